@@ -1,0 +1,38 @@
+# dmvpn — build and test entry points. `make test` is what CI runs.
+
+GO       ?= go
+FUZZTIME ?= 20s
+BIN      ?= bin
+
+.PHONY: all build test deps vet unit fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# The one test command: installs what the tests need, vets, runs every test
+# (integration tests need root; they skip with a reason otherwise), then the
+# bounded fuzz runs.
+test: deps vet unit fuzz
+
+deps:
+	@./scripts/install-deps.sh
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 -timeout 45m ./...
+
+# Each fuzz target runs for FUZZTIME, seeded by its committed corpus.
+fuzz:
+	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
+
+# Codec benchmarks.
+bench:
+	$(GO) test ./nhrp/wire -run '^$$' -bench . -benchmem -count 5
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,3 @@
+module github.com/opendmvpn/dmvpn
+
+go 1.26

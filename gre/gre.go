@@ -1,0 +1,113 @@
+// Package gre is the tunnel data plane: a multipoint GRE interface, NHRP
+// packet I/O over it, neighbour entries (tunnel IP → NBMA address) and
+// neighbour-miss events. It knows nothing of NHRP semantics.
+//
+// Three backends implement Device: kernel (ip_gre, AF_PACKET for NHRP),
+// userspace (a TUN device and a raw GRE socket) and, later, ebpf. An
+// in-memory implementation for tests lives in package gretest.
+package gre
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// ProtoNHRP is the GRE protocol type that carries NHRP.
+const ProtoNHRP = 0x2001
+
+// ErrClosed is returned by every method of a Device after Close.
+var ErrClosed = errors.New("gre: device closed")
+
+// Info describes a tunnel device as the control plane sees it.
+type Info struct {
+	// Name and Index identify the tunnel's network interface.
+	Name  string
+	Index int
+	// Key is the GRE key; HasKey says whether one is configured.
+	Key    uint32
+	HasKey bool
+	// Prefix is the tunnel address with its prefix length (10.0.0.1/24).
+	Prefix netip.Prefix
+	// NBMA lists the node's own NBMA (underlay) addresses, first the one
+	// the tunnel sources its packets from.
+	NBMA []netip.Addr
+	// MTU is the tunnel interface MTU (inner packets).
+	MTU int
+	// Backend names the implementation ("kernel", "userspace", …).
+	Backend string
+}
+
+// Neighbor is a neighbour entry: a tunnel protocol address reachable at an
+// NBMA address.
+type Neighbor struct {
+	Proto netip.Addr
+	NBMA  netip.Addr
+	// Static marks an entry that does not expire (NUD_PERMANENT).
+	Static bool
+	// LastUsed is when the data plane last sent a packet through the entry;
+	// zero if unknown or never.
+	LastUsed time.Time
+}
+
+// Miss reports that a packet needed a tunnel next hop for which no
+// neighbour entry exists.
+type Miss struct {
+	// NextHop is the tunnel protocol address that needs resolving.
+	NextHop netip.Addr
+	// Dst is the destination of the packet that triggered the miss, when
+	// known (the userspace backends know it; the kernel does not tell).
+	Dst netip.Addr
+}
+
+// Route is a route through the tunnel interface.
+type Route struct {
+	Dst      netip.Prefix
+	Via      netip.Addr // tunnel next hop; invalid for a directly attached route
+	Table    int
+	Protocol int
+	MTU      int
+}
+
+// Device is a multipoint GRE tunnel as the NHRP engine and the daemon use
+// it. Every method is safe for concurrent use. After Close every method
+// returns ErrClosed.
+type Device interface {
+	// Info describes the device.
+	Info() Info
+
+	// ReadNHRP blocks until an NHRP packet arrives and copies it into b. It
+	// returns the number of bytes and the sender's NBMA address (the outer
+	// source address).
+	ReadNHRP(b []byte) (n int, from netip.Addr, err error)
+	// WriteNHRP sends an NHRP packet to an NBMA address, GRE-encapsulated
+	// with the tunnel's key.
+	WriteNHRP(b []byte, to netip.Addr) error
+
+	// SetNeighbor adds or replaces a neighbour entry.
+	SetNeighbor(ctx context.Context, n Neighbor) error
+	// DeleteNeighbor removes the neighbour entry for a tunnel address; it
+	// is not an error if none exists.
+	DeleteNeighbor(ctx context.Context, proto netip.Addr) error
+	// Neighbors lists the neighbour entries of the tunnel device.
+	Neighbors(ctx context.Context) ([]Neighbor, error)
+	// Misses delivers neighbour-miss events. The channel is closed by Close.
+	Misses() <-chan Miss
+
+	// SetMulticast sets the NBMA addresses that packets to multicast or
+	// broadcast tunnel destinations are replicated to.
+	SetMulticast(nbma []netip.Addr) error
+
+	// ReplaceRoute adds or replaces a route through the tunnel device.
+	ReplaceRoute(ctx context.Context, r Route) error
+	// DeleteRoute removes a route; it is not an error if none exists.
+	DeleteRoute(ctx context.Context, r Route) error
+	// Routes lists the routes through the tunnel device in a table.
+	Routes(ctx context.Context, table int) ([]Route, error)
+
+	// Close releases the device. The kernel state the device created (the
+	// interface, its neighbours and routes) is removed unless the device
+	// was opened with KeepState.
+	Close() error
+}
