@@ -106,8 +106,11 @@ type Device interface {
 	// Routes lists the routes through the tunnel device in a table.
 	Routes(ctx context.Context, table int) ([]Route, error)
 
+	// Counters returns a snapshot of the data-plane counters.
+	Counters() Counters
+
 	// Close releases the device. The kernel state the device created (the
 	// interface, its neighbours and routes) is removed unless the device
-	// was opened with KeepState.
+	// was opened with Config.KeepState.
 	Close() error
 }

@@ -1,0 +1,184 @@
+package gre
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// DropReason says why the data plane dropped a packet.
+type DropReason uint8
+
+// Drop reasons. Malformed input is counted under one of these and never
+// logged per packet.
+const (
+	DropMalformed   DropReason = iota // truncated or inconsistent headers
+	DropBadKey                        // GRE key missing or not ours
+	DropBadChecksum                   // GRE checksum wrong
+	DropUnsupported                   // GRE version/routing bits, unknown payload type
+	DropIngress                       // refused by Config.AcceptIngress
+	DropNoRoute                       // no route through the tunnel for the destination
+	DropNoNeighbor                    // no neighbour entry and the hold queue was full
+	DropHoldExpired                   // held for a neighbour that never appeared
+	DropTooBig                        // larger than the path MTU (frag-needed sent when DF)
+	DropSendError                     // the underlay refused the packet
+	DropTunError                      // writing to the tunnel interface failed
+	DropQueueFull                     // an NHRP or miss queue toward the control plane was full
+	DropTruncated                     // larger than the receive buffer
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	"malformed", "bad_key", "bad_checksum", "unsupported", "ingress",
+	"no_route", "no_neighbor", "hold_expired", "too_big", "send_error",
+	"tun_error", "queue_full", "truncated",
+}
+
+// String returns the reason as a metric label value.
+func (r DropReason) String() string {
+	if r < numDropReasons {
+		return dropNames[r]
+	}
+	return "unknown"
+}
+
+// DropReasons lists every reason, in order.
+func DropReasons() []DropReason {
+	out := make([]DropReason, numDropReasons)
+	for i := range out {
+		out[i] = DropReason(i)
+	}
+	return out
+}
+
+// PeerCounters are the data packets exchanged with one NBMA peer.
+type PeerCounters struct {
+	NBMA               netip.Addr
+	TxPackets, TxBytes uint64
+	RxPackets, RxBytes uint64
+}
+
+// Counters is a snapshot of a device's data-plane counters. Packet and byte
+// counts are of inner (tunnelled) packets.
+type Counters struct {
+	TxPackets, TxBytes uint64 // tunnel → NBMA
+	RxPackets, RxBytes uint64 // NBMA → tunnel
+	NHRPTx, NHRPRx     uint64
+	// Misses counts neighbour-miss events delivered; MissesSuppressed those
+	// the rate limiter held back.
+	Misses, MissesSuppressed uint64
+	// FragNeeded counts ICMP "fragmentation needed"/"packet too big" sent.
+	FragNeeded uint64
+	// RxSuper counts coalesced (GRO) datagrams handed to the tunnel whole.
+	RxSuper uint64
+	// Drops by reason; absent reasons are zero.
+	Drops map[string]uint64
+	// Peers holds per-NBMA counts where the backend keeps them (nil
+	// otherwise).
+	Peers []PeerCounters
+}
+
+// Stats is a set of atomic counters backends embed and snapshot.
+type Stats struct {
+	TxPackets, TxBytes, RxPackets, RxBytes atomic.Uint64
+	NHRPTx, NHRPRx                         atomic.Uint64
+	Misses, MissesSuppressed               atomic.Uint64
+	FragNeeded, RxSuper                    atomic.Uint64
+	drops                                  [numDropReasons]atomic.Uint64
+
+	peersMu sync.Mutex
+	peers   atomic.Pointer[map[netip.Addr]*PeerStats]
+}
+
+// MaxPeerStats bounds the per-peer table; traffic of further peers is only
+// counted in the totals.
+const MaxPeerStats = 4096
+
+// PeerStats are the atomic per-peer counters.
+type PeerStats struct {
+	TxPackets, TxBytes, RxPackets, RxBytes atomic.Uint64
+}
+
+// Drop counts n packets dropped for reason r.
+func (s *Stats) Drop(r DropReason, n uint64) {
+	if r < numDropReasons {
+		s.drops[r].Add(n)
+	}
+}
+
+// Dropped returns the count for one reason.
+func (s *Stats) Dropped(r DropReason) uint64 {
+	if r < numDropReasons {
+		return s.drops[r].Load()
+	}
+	return 0
+}
+
+// Peer returns the counters of one NBMA peer, creating them; nil when the
+// table is full.
+func (s *Stats) Peer(nbma netip.Addr) *PeerStats {
+	if m := s.peers.Load(); m != nil {
+		if p, ok := (*m)[nbma]; ok {
+			return p
+		}
+	}
+	s.peersMu.Lock()
+	defer s.peersMu.Unlock()
+	old := s.peers.Load()
+	if old != nil {
+		if p, ok := (*old)[nbma]; ok {
+			return p
+		}
+		if len(*old) >= MaxPeerStats {
+			return nil
+		}
+	}
+	m := make(map[netip.Addr]*PeerStats, 1+lenMap(old))
+	if old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	p := new(PeerStats)
+	m[nbma] = p
+	s.peers.Store(&m)
+	return p
+}
+
+func lenMap(m *map[netip.Addr]*PeerStats) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
+}
+
+// Snapshot copies the counters.
+func (s *Stats) Snapshot() Counters {
+	c := Counters{
+		TxPackets: s.TxPackets.Load(), TxBytes: s.TxBytes.Load(),
+		RxPackets: s.RxPackets.Load(), RxBytes: s.RxBytes.Load(),
+		NHRPTx: s.NHRPTx.Load(), NHRPRx: s.NHRPRx.Load(),
+		Misses: s.Misses.Load(), MissesSuppressed: s.MissesSuppressed.Load(),
+		FragNeeded: s.FragNeeded.Load(), RxSuper: s.RxSuper.Load(),
+		Drops: map[string]uint64{},
+	}
+	for i := range s.drops {
+		if v := s.drops[i].Load(); v != 0 {
+			c.Drops[DropReason(i).String()] = v
+		}
+	}
+	if m := s.peers.Load(); m != nil {
+		for k, p := range *m {
+			c.Peers = append(c.Peers, PeerCounters{NBMA: k,
+				TxPackets: p.TxPackets.Load(), TxBytes: p.TxBytes.Load(),
+				RxPackets: p.RxPackets.Load(), RxBytes: p.RxBytes.Load()})
+		}
+		sortPeers(c.Peers)
+	}
+	return c
+}
+
+func sortPeers(p []PeerCounters) {
+	slices.SortFunc(p, func(a, b PeerCounters) int { return a.NBMA.Compare(b.NBMA) })
+}
