@@ -9,11 +9,23 @@ import (
 // packet size are ignored (link-layer padding). The returned Packet does
 // not alias b.
 func Decode(b []byte) (*Packet, error) {
-	p := new(Packet)
+	s := new(packetStore)
+	p := &s.p
+	p.buf, p.cies, p.Extensions = s.buf[:0], s.cies[:0], s.exts[:0]
 	if err := p.UnmarshalBinary(b); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// packetStore lets Decode allocate a packet and room for a typical
+// packet's bytes, CIEs and extensions at once. Larger packets grow out of
+// it.
+type packetStore struct {
+	p    Packet
+	buf  [128]byte
+	cies [3]CIE
+	exts [6]Extension
 }
 
 // UnmarshalBinary decodes one NHRP packet from b into p, reusing p's
@@ -81,11 +93,14 @@ func (p *Packet) UnmarshalBinary(b []byte) error {
 		return err
 	}
 	p.Extensions = p.Extensions[:0]
-	p.extCIEs = p.extCIEs[:0]
 	if extOff != 0 {
 		if err := p.decodeExtensions(&d, extOff); err != nil {
 			return err
 		}
+	}
+	p.CIEs = nil
+	if d.nMand > 0 {
+		p.CIEs = p.cies[:d.nMand:d.nMand]
 	}
 	return nil
 }
@@ -96,6 +111,7 @@ type decoder struct {
 	b        []byte
 	nbmaLen  int
 	protoLen int
+	nMand    int // CIEs of the mandatory part, first in Packet.cies
 }
 
 func (p *Packet) decodeMandatory(d *decoder, end int) error {
@@ -138,7 +154,7 @@ func (p *Packet) decodeMandatory(d *decoder, end int) error {
 		return err
 	}
 
-	p.CIEs = p.CIEs[:0]
+	p.cies = p.cies[:0]
 	p.Payload = nil
 	if !p.Type.HasCIEs() {
 		if off < end {
@@ -146,11 +162,9 @@ func (p *Packet) decodeMandatory(d *decoder, end int) error {
 		}
 		return nil
 	}
-	p.CIEs, err = d.cies(p.CIEs, off, end)
-	if err != nil {
-		return err
-	}
-	return nil
+	p.cies, err = d.cies(p.cies, off, end)
+	d.nMand = len(p.cies)
+	return err
 }
 
 // cies decodes CIEs filling b[off:end] exactly and appends them to dst.
@@ -219,9 +233,6 @@ func (d *decoder) raw(off, end, n int) ([]byte, int, error) {
 func (p *Packet) decodeExtensions(d *decoder, off int) error {
 	b := d.b
 	size := len(b)
-	if p.Extensions == nil {
-		p.Extensions = make([]Extension, 0, 6)
-	}
 	for {
 		if size-off < extHeaderLen {
 			if off == size {
@@ -254,15 +265,15 @@ func (p *Packet) decodeExtensions(d *decoder, off int) error {
 			}
 			return nil
 		case ExtResponderAddress, ExtForwardTransit, ExtReverseTransit, ExtNATAddress:
-			first := len(p.extCIEs)
+			first := len(p.cies)
 			var err error
-			p.extCIEs, err = d.cies(p.extCIEs, start+extHeaderLen, off)
+			p.cies, err = d.cies(p.cies, start+extHeaderLen, off)
 			if err != nil {
 				err.(*Error).Code = ErrorInvalidExtension
 				return err
 			}
-			if n := len(p.extCIEs); n > first {
-				e.CIEs = p.extCIEs[first:n:n]
+			if n := len(p.cies); n > first {
+				e.CIEs = p.cies[first:n:n]
 			}
 		case ExtAuthentication:
 			if n < 4 {

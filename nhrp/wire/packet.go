@@ -51,8 +51,8 @@ type Packet struct {
 	// last extension is not End.
 	Extensions []Extension
 
-	buf     []byte // decoded bytes, aliased by the slice fields
-	extCIEs []CIE  // storage for the CIEs of extensions
+	buf  []byte // decoded bytes, aliased by the slice fields
+	cies []CIE  // decoded CIEs: the mandatory part's, then the extensions'
 }
 
 // CIE is a Client Information Entry.
