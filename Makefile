@@ -29,6 +29,7 @@ unit:
 fuzz:
 	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/nhrpcap -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME)
 
 # Codec benchmarks.
 bench:
