@@ -1,0 +1,19 @@
+//go:build !linux
+
+package testbed
+
+import (
+	"context"
+	"errors"
+)
+
+// Testbed is a created topology; only Linux has network namespaces.
+type Testbed struct{ Prefix string }
+
+// New fails: network namespaces need Linux.
+func New(ctx context.Context, spec Spec) (*Testbed, error) {
+	return nil, errors.New("testbed: needs Linux network namespaces")
+}
+
+// Close does nothing.
+func (tb *Testbed) Close() error { return nil }
