@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"regexp"
@@ -135,3 +136,7 @@ func TestLANHostsThroughTunnel(t *testing.T) {
 	// a large ping needs fragmentation-free full-MTU packets through the tunnel
 	ping(t, p.ha, p.hb.Addr, "-s", "1400", "-M", "do")
 }
+
+var reNHRP = regexp.MustCompile(`^NHRP `)
+
+func hexOf(s string) string { return fmt.Sprintf("%x", s) }

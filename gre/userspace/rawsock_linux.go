@@ -201,9 +201,15 @@ func readErrQueue(fd int) []pmtuReport {
 	buf := make([]byte, 128)
 	oob := make([]byte, 256)
 	for i := 0; i < 64; i++ {
-		n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		// The name is the destination of the packet the error is about,
+		// for ICMP errors and local ones (whose payload is empty) alike.
+		_, oobn, _, from, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if err != nil {
 			return out
+		}
+		sa, ok := from.(*unix.SockaddrInet4)
+		if !ok {
+			continue
 		}
 		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 		if err != nil {
@@ -215,10 +221,10 @@ func readErrQueue(fd int) []pmtuReport {
 			}
 			errno := binary.NativeEndian.Uint32(m.Data[0:4])
 			info := binary.NativeEndian.Uint32(m.Data[8:12])
-			if unix.Errno(errno) != unix.EMSGSIZE || n < ipv4HdrLen {
+			if unix.Errno(errno) != unix.EMSGSIZE {
 				continue
 			}
-			out = append(out, pmtuReport{dst: netip.AddrFrom4([4]byte(buf[16:20])), mtu: int(info)})
+			out = append(out, pmtuReport{dst: netip.AddrFrom4(sa.Addr), mtu: int(info)})
 		}
 	}
 	return out

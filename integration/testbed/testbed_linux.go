@@ -177,7 +177,7 @@ func (tb *Testbed) build(ctx context.Context) error {
 			if err := tb.veth(nat, "lan0", site, "wan0", 0); err != nil {
 				return err
 			}
-			if err := nat.batch("addr add "+priv.String()+" dev lan0"); err != nil {
+			if err := nat.batch("addr add " + priv.String() + " dev lan0"); err != nil {
 				return err
 			}
 			if err := site.batch("addr add "+nthHost(priv, 1).String()+" dev wan0",
