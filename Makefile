@@ -37,3 +37,9 @@ bench:
 
 clean:
 	rm -rf $(BIN)
+
+# Drops the VM images (extracted kernel, initramfs) that integration/vm
+# caches; the next VM test rebuilds them (~1.5 s).
+.PHONY: vm-clean
+vm-clean:
+	rm -rf build/vm

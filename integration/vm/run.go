@@ -30,6 +30,12 @@ const (
 // guestMarker is on the guest's kernel command line; InGuest looks for it.
 const guestMarker = "dmvpn.vm=1"
 
+// kernelCmdline is the guest kernel's command line. pci=noacpi routes PCI
+// interrupts without interpreting ACPI's link devices, which under TCG took
+// ~0.6 s of every boot (measured: 2.9 s instead of 3.5 s to the command);
+// ACPI still powers the VM off.
+const kernelCmdline = "console=ttyS0 panic=-1 quiet loglevel=4 pci=noacpi " + guestMarker
+
 // markerStart is the console line stage2 prints just before the command.
 const markerStart = "dmvpn-vm: command starts"
 
@@ -213,7 +219,7 @@ func (img *Image) qemuArgs(cfg Config, jobDir string, macs []net.HardwareAddr) (
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.Memory),
 		"-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
 		"-kernel", img.Vmlinux, "-initrd", img.Initramfs,
-		"-append", "console=ttyS0 panic=-1 quiet loglevel=4 "+os.Getenv("XAPPEND")+" "+guestMarker,
+		"-append", kernelCmdline,
 	)
 	fsdev := func(id, path string, readonly bool) {
 		opt := "local,id=" + id + ",path=" + qemuEscape(path) + ",security_model=none,multidevs=remap"

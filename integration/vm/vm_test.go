@@ -86,7 +86,7 @@ exit 3`
 // its VM, the error says so and the output so far comes back.
 func TestTimeout(t *testing.T) {
 	img := Require(t)
-	const timeout = 10 * time.Second
+	const timeout = 8 * time.Second
 	res, err := img.Run(t.Context(), Config{Env: []string{guestPath}, Timeout: timeout},
 		"sh", "-c", "echo started; exec sleep 600")
 	logTimes(t, "timeout", res)
