@@ -1,0 +1,203 @@
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/vishvananda/netlink"
+
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/gre/internal/leakcheck"
+)
+
+const childEnv = "USERSPACE_TEST_IN_NETNS"
+
+// inNetns runs the calling test again in a fresh network namespace (a
+// child process under `ip netns exec`) and reports its result. It returns
+// true in the child, where the test body should run.
+func inNetns(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(childEnv) == t.Name() {
+		return true
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root (a network namespace and a TUN device)")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("skipping: needs the ip command (iproute2)")
+	}
+	ns := fmt.Sprintf("dmvu%dx%d", os.Getpid(), time.Now().UnixNano()%1e6)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
+	exe, _ := os.Executable()
+	cmd := exec.Command("ip", "netns", "exec", ns, exe, "-test.run", "^"+t.Name()+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), childEnv+"="+t.Name())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("in namespace %s: %v\n%s", ns, err, out)
+	}
+	return false
+}
+
+func ipCmd(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+var addrCmp = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+
+func TestDeviceNeighborsRoutesClose(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakcheck.Check(t)
+	ctx := context.Background()
+	d, err := Open(gre.Config{Name: "tuntest0", Key: 5, Prefix: netip.MustParsePrefix("10.0.0.1/24"), MTU: 1400})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := d.Info()
+	if info.MTU != 1400 || info.Index == 0 || info.Backend != "userspace" || info.Key != 5 {
+		t.Fatalf("Info = %+v", info)
+	}
+	n2 := gre.Neighbor{Proto: netip.MustParseAddr("10.0.0.2"), NBMA: netip.MustParseAddr("192.0.2.2"), Static: true}
+	n3 := gre.Neighbor{Proto: netip.MustParseAddr("10.0.0.3"), NBMA: netip.MustParseAddr("192.0.2.3")}
+	for _, n := range []gre.Neighbor{n3, n2} {
+		if err := d.SetNeighbor(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SetNeighbor(ctx, gre.Neighbor{Proto: n2.Proto, NBMA: netip.MustParseAddr("fd00::1")}); err == nil {
+		t.Fatal("IPv6 NBMA accepted")
+	}
+	got, err := d.Neighbors(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]gre.Neighbor{n2, n3}, got, addrCmp); diff != "" {
+		t.Fatalf("Neighbors (-want +got):\n%s", diff)
+	}
+	d.DeleteNeighbor(ctx, n3.Proto)
+	d.DeleteNeighbor(ctx, n3.Proto) // not there: no error
+	if got, _ := d.Neighbors(ctx); len(got) != 1 {
+		t.Fatalf("after delete: %v", got)
+	}
+
+	r := gre.Route{Dst: netip.MustParsePrefix("10.9.0.0/16"), Via: n2.Proto, Table: 42, Protocol: 191}
+	if err := d.ReplaceRoute(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := d.Routes(ctx, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]gre.Route{r}, rs, addrCmp, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
+		t.Fatalf("Routes (-want +got):\n%s", diff)
+	}
+
+	// The kernel lookup follows policy routing: table 42 by rule, else main.
+	ipCmd(t, "route", "add", "10.9.0.0/16", "via", "10.0.0.77", "dev", "tuntest0", "onlink")
+	lookup := kernelLookup(d.nlh, d.tunIndex)
+	check := func(dst, want string) {
+		t.Helper()
+		nh, ok, err := lookup(netip.MustParseAddr(dst), netip.Addr{})
+		if err != nil || !ok || nh != netip.MustParseAddr(want) {
+			t.Fatalf("lookup %s = %v %v %v, want %s", dst, nh, ok, err, want)
+		}
+	}
+	check("10.9.1.1", "10.0.0.77")
+	gen := d.routeGen.Load()
+	ipCmd(t, "rule", "add", "pref", "100", "lookup", "42")
+	check("10.9.1.1", "10.0.0.2")
+	check("10.0.0.5", "10.0.0.5") // on the tunnel prefix: the destination itself
+	// local source: `from` rules apply
+	ipCmd(t, "rule", "add", "pref", "90", "from", "10.0.0.1", "lookup", "43")
+	ipCmd(t, "route", "add", "10.9.0.0/16", "via", "10.0.0.4", "dev", "tuntest0", "onlink", "table", "43")
+	if nh, ok, _ := lookup(netip.MustParseAddr("10.9.1.1"), netip.MustParseAddr("10.0.0.1")); !ok || nh != netip.MustParseAddr("10.0.0.4") {
+		t.Fatalf("lookup from the tunnel address = %v, want 10.0.0.4 (table 43)", nh)
+	}
+	// The netlink mirror saw the rule and route changes.
+	deadline := time.Now().Add(3 * time.Second)
+	for d.routeGen.Load() == gen {
+		if time.Now().After(deadline) {
+			t.Fatal("routing changes did not invalidate the next-hop cache")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := d.DeleteRoute(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteRoute(ctx, r); err != nil {
+		t.Fatalf("deleting a missing route: %v", err)
+	}
+	if rs, _ := d.Routes(ctx, 42); len(rs) != 0 {
+		t.Fatalf("routes after delete: %v", rs)
+	}
+
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); !errors.Is(err, gre.ErrClosed) {
+		t.Fatalf("second Close = %v", err)
+	}
+	if _, ok := <-d.Misses(); ok {
+		t.Fatal("Misses not closed")
+	}
+	if _, err := d.Neighbors(ctx); !errors.Is(err, gre.ErrClosed) {
+		t.Fatalf("Neighbors after Close = %v", err)
+	}
+	if err := d.WriteNHRP([]byte{1}, n2.NBMA); !errors.Is(err, gre.ErrClosed) {
+		t.Fatalf("WriteNHRP after Close = %v", err)
+	}
+	if _, _, err := d.ReadNHRP(make([]byte, 10)); !errors.Is(err, gre.ErrClosed) {
+		t.Fatalf("ReadNHRP after Close = %v", err)
+	}
+	if _, err := netlink.LinkByName("tuntest0"); err == nil {
+		t.Fatal("TUN still exists after Close")
+	}
+}
+
+func TestDeviceKeepState(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakcheck.Check(t)
+	cfg := gre.Config{Name: "tunkeep0", Key: 5, Prefix: netip.MustParsePrefix("10.0.0.1/24"), MTU: 1400, KeepState: true}
+	d, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReplaceRoute(context.Background(), gre.Route{Dst: netip.MustParsePrefix("10.8.0.0/16")}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if _, err := netlink.LinkByName("tunkeep0"); err != nil {
+		t.Fatalf("TUN gone after Close with KeepState: %v", err)
+	}
+	cfg.KeepState = false
+	d, err = Open(cfg) // adopts the persistent TUN
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs, _ := d.Routes(context.Background(), 0); len(rs) == 0 {
+		t.Fatal("routes of the adopted TUN are gone")
+	}
+	d.Close()
+	if _, err := netlink.LinkByName("tunkeep0"); err == nil {
+		t.Fatal("TUN still there after Close without KeepState")
+	}
+}
