@@ -37,23 +37,32 @@ type Image struct {
 }
 
 // CacheDir returns the directory that holds prepared images: $DMVPN_VM_CACHE
-// if set, else build/vm under the repository root, found by walking up from
-// the working directory to the go.mod of this module.
+// if set, else build/vm under the repository root (RepoRoot).
 func CacheDir() (string, error) {
 	if d := os.Getenv(CacheEnv); d != "" {
 		return filepath.Abs(d)
 	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", fmt.Errorf("%w; or set %s", err, CacheEnv)
+	}
+	return filepath.Join(root, "build", "vm"), nil
+}
+
+// RepoRoot returns the repository's root: the first directory, from the
+// working directory up, whose go.mod declares this module.
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("vm: %w", err)
 	}
 	for {
 		if isModuleRoot(filepath.Join(dir, "go.mod")) {
-			return filepath.Join(dir, "build", "vm"), nil
+			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("vm: no go.mod of %s above the working directory; set %s", modulePath, CacheEnv)
+			return "", fmt.Errorf("vm: no go.mod of %s above the working directory", modulePath)
 		}
 		dir = parent
 	}

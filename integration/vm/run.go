@@ -124,6 +124,9 @@ func (img *Image) Run(ctx context.Context, cfg Config, argv ...string) (*Result,
 	if cfg.Memory == 0 {
 		cfg.Memory = DefaultMemory
 	}
+	if cfg.Memory < 128 {
+		return nil, fmt.Errorf("vm: %d MiB of memory is too little to boot (256 is enough)", cfg.Memory)
+	}
 	if cfg.CPUs == 0 {
 		cfg.CPUs = DefaultCPUs
 	}

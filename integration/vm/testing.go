@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -108,4 +112,27 @@ func RunTest(ctx context.Context, t testing.TB, img *Image, cfg Config, extra ..
 		t.Fatalf("%s did not pass in the guest (exit status %d)", t.Name(), res.ExitCode)
 	}
 	return res
+}
+
+// GoBuild builds the main package pkg ("./cmd/dmvpnd": a path relative to
+// the repository root, or an import path) on the host into a temporary
+// directory of t and returns the binary's path, which the guest sees too:
+// run it there with Image.Run. It fails t if the build fails.
+func GoBuild(t testing.TB, pkg string) string {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out := filepath.Join(t.TempDir(), path.Base(pkg))
+	cmd := exec.Command(goTool, "build", "-o", out, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
 }

@@ -34,14 +34,16 @@ func logTimes(t *testing.T, what string, res *Result) {
 
 // TestRun boots once and checks what a command sees and what comes back:
 // the kernel version, the working directory, exactly the environment given,
-// a writable but throw-away root, writable /run and /tmp, `ip netns`, and
-// a non-zero exit status.
+// a writable but throw-away root, writable /run and /tmp, `ip netns`, a
+// binary built on the host (GoBuild), and a non-zero exit status.
 func TestRun(t *testing.T) {
 	img := Require(t)
 	dir := t.TempDir()
+	probe := GoBuild(t, "./integration/vm/testdata/guestprobe")
 	script := `
 uname -r
 pwd
+"$PROBE_BIN" one "two words"
 printf '%s|%s\n' "$PROBE" "${HOME-unset}"
 echo guest > written-in-guest
 touch /etc/dmvpn-vm-probe /run/probe /tmp/probe && echo writable
@@ -50,7 +52,7 @@ echo "to stderr" >&2
 exit 3`
 	res, err := img.Run(t.Context(), Config{
 		Dir:     dir,
-		Env:     []string{guestPath, "PROBE=it's a \"value\""},
+		Env:     []string{guestPath, "PROBE=it's a \"value\"", "PROBE_BIN=" + probe},
 		Timeout: 90 * time.Second,
 	}, "sh", "-c", script)
 	logTimes(t, "uname", res)
@@ -63,6 +65,7 @@ exit 3`
 	want := strings.Join([]string{
 		img.Kernel.Version,
 		dir,
+		`guestprobe ["one" "two words"] on ` + img.Kernel.Version,
 		`it's a "value"|unset`,
 		"writable",
 		"probe",
