@@ -140,6 +140,9 @@ func (img *Image) Run(ctx context.Context, cfg Config, argv ...string) (*Result,
 		}
 		cfg.Dir = wd
 	}
+	if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("vm: working directory %s is not a directory on the host (the guest's root)", cfg.Dir)
+	}
 	if cfg.Env == nil {
 		cfg.Env = os.Environ()
 	}
@@ -200,8 +203,10 @@ func (img *Image) Run(ctx context.Context, cfg Config, argv ...string) (*Result,
 		return res, fmt.Errorf("%w after %v running %q; console:\n%s", ErrTimeout, res.Elapsed.Round(time.Millisecond), argv, tail(res.Console))
 	case ctx.Err() != nil:
 		return res, fmt.Errorf("vm: %w", ctx.Err())
+	case err != nil:
+		return res, fmt.Errorf("vm: no exit status came back from the guest: qemu: %w; console:\n%s", err, tail(res.Console))
 	default:
-		return res, fmt.Errorf("vm: no exit status came back from the guest (qemu: %v); console:\n%s", err, tail(res.Console))
+		return res, fmt.Errorf("vm: no exit status came back from the guest (qemu exited normally); console:\n%s", tail(res.Console))
 	}
 	res.ExitCode, err = strconv.Atoi(strings.TrimSpace(string(rc)))
 	if err != nil {
