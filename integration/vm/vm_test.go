@@ -302,12 +302,12 @@ func TestTAPTwoVMs(t *testing.T) {
 	const script = `
 ip link set eth0 up && ip addr add "$ME/24" dev eth0 || exit 1
 cat /sys/class/net/eth0/address
-retry() { n=0; until "$@" >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 60 ] || { echo "failed: $*"; exit 1; }; sleep 0.2; done; }
+retry() { n=0; until "$@" >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 150 ] || { echo "failed: $*"; exit 1; }; sleep 0.2; done; }
 retry ping -c 1 -W 1 198.51.100.1 && echo "pinged host"
 retry ping -c 1 -W 1 "$PEER" && echo "pinged peer"
-touch "$SHARE/pinged-by-$PEER"
-retry test -e "$SHARE/pinged-by-$ME"
-retry test -e "$SHARE/pinged-by-host-$ME"
+touch "$SHARE/$ME-pinged-$PEER"
+retry test -e "$SHARE/$PEER-pinged-$ME"
+retry test -e "$SHARE/host-pinged-$ME"
 echo done`
 	type run struct {
 		res        *Result
@@ -338,7 +338,7 @@ echo done`
 			for {
 				err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", v.addr).Run()
 				if err == nil {
-					hostErrs[i] = os.WriteFile(filepath.Join(share, "pinged-by-host-"+v.addr), nil, 0o644)
+					hostErrs[i] = os.WriteFile(filepath.Join(share, "host-pinged-"+v.addr), nil, 0o644)
 					return
 				}
 				if time.Now().After(deadline) || ctx.Err() != nil {
