@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/nhrpcap -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./gre -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME)
 
 # Codec benchmarks.
 bench:
@@ -43,3 +44,11 @@ clean:
 .PHONY: vm-clean
 vm-clean:
 	rm -rf build/vm
+
+# Data-plane benchmark (root): iperf3 and ping between two LAN hosts through
+# the userspace GRE tunnel and through the plain routed path, in namespaces,
+# one run; prints medians and the ratio. BENCHFLAGS, e.g. "-rounds 5 -t 10",
+# "-wire" (underlay GRO like a NIC), "-profile DIR" (pprof + perf).
+.PHONY: bench-dataplane
+bench-dataplane:
+	$(GO) run ./integration/cmd/benchdataplane $(BENCHFLAGS)

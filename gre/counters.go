@@ -80,12 +80,17 @@ type Counters struct {
 }
 
 // Stats is a set of atomic counters backends embed and snapshot.
+// The transmit and receive totals sit on separate cache lines: the two
+// directions are updated by different goroutines on different cores.
 type Stats struct {
-	TxPackets, TxBytes, RxPackets, RxBytes atomic.Uint64
-	NHRPTx, NHRPRx                         atomic.Uint64
-	Misses, MissesSuppressed               atomic.Uint64
-	FragNeeded, RxSuper                    atomic.Uint64
-	drops                                  [numDropReasons]atomic.Uint64
+	TxPackets, TxBytes       atomic.Uint64
+	_                        [48]byte
+	RxPackets, RxBytes       atomic.Uint64
+	_                        [48]byte
+	NHRPTx, NHRPRx           atomic.Uint64
+	Misses, MissesSuppressed atomic.Uint64
+	FragNeeded, RxSuper      atomic.Uint64
+	drops                    [numDropReasons]atomic.Uint64
 
 	peersMu sync.Mutex
 	peers   atomic.Pointer[map[netip.Addr]*PeerStats]

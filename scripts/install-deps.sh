@@ -5,7 +5,7 @@
 # with a message saying so).
 set -eu
 
-PKGS="tshark tcpdump iproute2 iputils-ping nftables iperf3 procps netbase qemu-system-x86 linux-image-amd64 busybox-static kmod cpio xz-utils binutils frr"
+PKGS="tshark tcpdump iproute2 iputils-ping nftables iperf3 procps netbase qemu-system-x86 linux-image-amd64 busybox-static kmod cpio xz-utils binutils frr ethtool"
 PKGS="$PKGS $*"
 
 missing=""

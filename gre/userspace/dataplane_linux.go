@@ -150,6 +150,7 @@ func (d *Device) txLoop() {
 		bufs[i] = make([]byte, bufSize+txHeadroom)
 	}
 	rc := newRouteCache(kernelLookup(d.nlh, d.tunIndex), &d.routeGen)
+	var flow lastFlow
 	for {
 		cnt, err := d.tun.Read(bufs, sizes, txHeadroom)
 		if err != nil {
@@ -180,19 +181,22 @@ func (d *Device) txLoop() {
 				d.replicate(pkt, in)
 				continue
 			}
-			var src netip.Addr
-			if d.isLocal(in.src) {
-				src = in.src
-			}
-			nh, ok := rc.nextHop(in.dst, src)
-			if !ok {
-				d.stats.Drop(gre.DropNoRoute, 1)
-				continue
-			}
-			nb := d.lookupNeigh(nh)
+			nb := flow.get(in, d)
 			if nb == nil {
-				d.miss(nh, in.dst, pkt, now)
-				continue
+				var src netip.Addr
+				if d.isLocal(in.src) {
+					src = in.src
+				}
+				nh, ok := rc.nextHop(in.dst, src)
+				if !ok {
+					d.stats.Drop(gre.DropNoRoute, 1)
+					continue
+				}
+				if nb = d.lookupNeigh(nh); nb == nil {
+					d.miss(nh, in.dst, pkt, now)
+					continue
+				}
+				flow.set(in, nb, d)
 			}
 			out, ok := d.prepare(bufs[i], n, in, nb, now)
 			if !ok {
@@ -203,6 +207,7 @@ func (d *Device) txLoop() {
 			nbs[k], lens[k] = nb, n
 			k++
 		}
+		var pkts, bytes uint64
 		for sent := 0; sent < k; {
 			r, err := d.snd.send(sent, k)
 			if err != nil {
@@ -211,9 +216,18 @@ func (d *Device) txLoop() {
 				continue
 			}
 			for j := sent; j < sent+r; j++ {
-				d.countTx(nbs[j], lens[j])
+				pkts++
+				bytes += uint64(lens[j])
+				if p := nbs[j].peer; p != nil {
+					p.TxPackets.Add(1)
+					p.TxBytes.Add(uint64(lens[j]))
+				}
 			}
 			sent += r
+		}
+		if pkts > 0 {
+			d.stats.TxPackets.Add(pkts)
+			d.stats.TxBytes.Add(bytes)
 		}
 	}
 }
@@ -241,6 +255,7 @@ func (d *Device) rxLoop() {
 				out = append(out, p)
 			}
 		}
+		d.rxCount.flush(d)
 		d.flushTun(&out)
 	}
 }
@@ -302,12 +317,7 @@ func (d *Device) receive(b []byte, n, ifindex int, out *[][]byte) []byte {
 		return nil
 	}
 	payload = payload[:il]
-	d.stats.RxPackets.Add(1)
-	d.stats.RxBytes.Add(uint64(il))
-	if p := d.stats.Peer(from); p != nil {
-		p.RxPackets.Add(1)
-		p.RxBytes.Add(uint64(il))
-	}
+	d.rxCount.add(d, from, il)
 	if il > int(d.mtu.Load()) {
 		d.flushTun(out)
 		d.writeSuper(b[start-vnetHdrLen : start+il])
@@ -342,4 +352,64 @@ func (d *Device) flushTun(out *[][]byte) {
 		d.stats.Drop(gre.DropTunError, 1)
 	}
 	*out = (*out)[:0]
+}
+
+// lastFlow remembers the neighbour of the last packet's addresses: a TSO
+// burst is dozens of segments of one flow, and this skips the route cache
+// and neighbour map for all but the first. Valid while neither the routing
+// generation nor the neighbour table changed.
+type lastFlow struct {
+	dst, src netip.Addr
+	gen      uint64
+	neigh    *map[netip.Addr]*neighbor
+	nb       *neighbor
+}
+
+func (f *lastFlow) get(in inner, d *Device) *neighbor {
+	if f.nb == nil || in.dst != f.dst || in.src != f.src || d.routeGen.Load() != f.gen || d.neigh.Load() != f.neigh {
+		return nil
+	}
+	return f.nb
+}
+
+func (f *lastFlow) set(in inner, nb *neighbor, d *Device) {
+	f.dst, f.src, f.nb = in.dst, in.src, nb
+	f.gen, f.neigh = d.routeGen.Load(), d.neigh.Load()
+}
+
+// rxCounter accumulates the receive counters of one batch (owned by the
+// receive goroutine) so the shared atomics are touched once per batch.
+type rxCounter struct {
+	pkts, bytes uint64
+	peerAddr    netip.Addr
+	peer        *gre.PeerStats
+	pp, pb      uint64
+}
+
+func (c *rxCounter) add(d *Device, from netip.Addr, n int) {
+	c.pkts++
+	c.bytes += uint64(n)
+	if from != c.peerAddr || c.peer == nil {
+		c.flushPeer()
+		c.peerAddr, c.peer = from, d.stats.Peer(from)
+	}
+	c.pp++
+	c.pb += uint64(n)
+}
+
+func (c *rxCounter) flushPeer() {
+	if c.peer != nil && c.pp > 0 {
+		c.peer.RxPackets.Add(c.pp)
+		c.peer.RxBytes.Add(c.pb)
+	}
+	c.pp, c.pb = 0, 0
+}
+
+func (c *rxCounter) flush(d *Device) {
+	c.flushPeer()
+	if c.pkts > 0 {
+		d.stats.RxPackets.Add(c.pkts)
+		d.stats.RxBytes.Add(c.bytes)
+		c.pkts, c.bytes = 0, 0
+	}
 }

@@ -76,6 +76,8 @@ type Device struct {
 	icmp6Mu sync.Mutex
 	icmp6   *icmp6Sender
 
+	rxCount rxCounter // receive goroutine only
+
 	ipid atomic.Uint32
 	seq  atomic.Uint32
 
