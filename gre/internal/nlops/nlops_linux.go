@@ -1,6 +1,5 @@
-// Package nlops is the rtnetlink surface the GRE backends use, behind a
-// small interface so the requests a backend builds can be checked against
-// a recording fake, plus the conversions between gre types and netlink's.
+//go:build linux
+
 package nlops
 
 import (
@@ -36,6 +35,10 @@ type Netlink interface {
 	RouteReplace(r *netlink.Route) error
 	RouteDel(r *netlink.Route) error
 	RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error)
+	// NeighSubscribe delivers neighbour events (RTM_GETNEIGH included)
+	// until done is closed; the channel is closed when the subscription
+	// fails.
+	NeighSubscribe(ch chan<- netlink.NeighUpdate, done <-chan struct{}, onError func(error)) error
 	// WriteSysctl writes a value under /proc/sys ("net/ipv4/conf/gre1/send_redirects").
 	WriteSysctl(name, value string) error
 }
@@ -98,6 +101,11 @@ func (Real) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([
 		}
 		return rs, err
 	}
+}
+
+// NeighSubscribe subscribes to neighbour events.
+func (Real) NeighSubscribe(ch chan<- netlink.NeighUpdate, done <-chan struct{}, onError func(error)) error {
+	return netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{ErrorCallback: onError})
 }
 
 // WriteSysctl writes /proc/sys/<name>.

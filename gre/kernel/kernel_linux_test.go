@@ -1,0 +1,336 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/mdlayher/packet"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/gre/internal/leakcheck"
+)
+
+var testCfg = gre.Config{Name: "gre1", Key: 1001, Prefix: netip.MustParsePrefix("10.0.0.1/24"), MTU: 1472}
+
+func openFake(t *testing.T, cfg gre.Config, f *fakeNL) (*Device, *fakeConn, *fakeMcast) {
+	t.Helper()
+	conn := newFakeConn()
+	mc := &fakeMcast{in: make(chan []byte, 4), closed: make(chan struct{})}
+	d, err := open(cfg, env{
+		nl:         f,
+		listenNHRP: func(ifindex int) (PacketConn, error) { return conn, nil },
+		listenMulticast: func(ifindex int, tunnel netip.Prefix) (mcastConn, error) {
+			return mc, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, conn, mc
+}
+
+func TestCreateRequests(t *testing.T) {
+	leakcheck.Check(t)
+	f := newFakeNL()
+	d, _, _ := openFake(t, testCfg, f)
+	want := []string{
+		"LinkAdd gre gre1",
+		"AddrReplace gre1 10.0.0.1/24",
+		"LinkSetARPOn gre1",
+		"sysctl net/ipv4/conf/gre1/send_redirects=0",
+		"sysctl net/ipv4/conf/all/send_redirects=0",
+		"sysctl net/ipv4/neigh/gre1/app_solicit=1",
+		"sysctl net/ipv4/neigh/gre1/ucast_solicit=0",
+		"sysctl net/ipv4/neigh/gre1/mcast_solicit=0",
+		"LinkSetUp gre1",
+	}
+	if diff := cmp.Diff(want, f.Calls()); diff != "" {
+		t.Fatalf("requests (-want +got):\n%s", diff)
+	}
+	g := f.links["gre1"].(*netlink.Gretun)
+	if g.Type() != "gre" {
+		t.Errorf("link type %q: a nil/IPv6 Local makes netlink build ip6gre", g.Type())
+	}
+	if !g.Local.Equal(net.IPv4zero) || len(g.Local) != 4 {
+		t.Errorf("Local = %v (len %d), want 4-byte 0.0.0.0", g.Local, len(g.Local))
+	}
+	if g.Remote != nil {
+		t.Errorf("Remote = %v, want none (multipoint)", g.Remote)
+	}
+	if g.IKey != 1001 || g.OKey != 1001 || g.IFlags&nl.GRE_KEY == 0 || g.OFlags&nl.GRE_KEY == 0 {
+		t.Errorf("keys %d/%d flags %#x/%#x", g.IKey, g.OKey, g.IFlags, g.OFlags)
+	}
+	if g.Ttl != 64 || g.PMtuDisc != 1 || g.MTU != 1472 {
+		t.Errorf("ttl %d pmtudisc %d mtu %d", g.Ttl, g.PMtuDisc, g.MTU)
+	}
+	if info := d.Info(); info.Index != 7 || info.Backend != "kernel" || info.MTU != 1472 {
+		t.Errorf("Info = %+v", info)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if calls := f.Calls(); calls[len(calls)-1] != "LinkDel gre1" {
+		t.Errorf("Close did not delete the created device: %v", calls)
+	}
+	if _, ok := <-d.Misses(); ok {
+		t.Error("Misses not closed")
+	}
+	if err := d.Close(); !errors.Is(err, gre.ErrClosed) {
+		t.Errorf("second Close = %v", err)
+	}
+}
+
+func TestLocalAndKeepState(t *testing.T) {
+	f := newFakeNL()
+	cfg := testCfg
+	cfg.Local = netip.MustParseAddr("192.0.2.1")
+	cfg.KeepState = true
+	cfg.TTL = 32
+	d, _, _ := openFake(t, cfg, f)
+	g := f.links["gre1"].(*netlink.Gretun)
+	if !g.Local.Equal(net.ParseIP("192.0.2.1")) || g.Type() != "gre" || g.Ttl != 32 {
+		t.Errorf("Local %v type %s ttl %d", g.Local, g.Type(), g.Ttl)
+	}
+	d.Close()
+	for _, c := range f.Calls() {
+		if c == "LinkDel gre1" {
+			t.Fatal("KeepState device deleted")
+		}
+	}
+}
+
+func TestAdopt(t *testing.T) {
+	mk := func(mod func(g *netlink.Gretun)) *fakeNL {
+		f := newFakeNL()
+		g := linkSpec(testCfg)
+		g.Index = 9
+		if mod != nil {
+			mod(g)
+		}
+		f.links["gre1"] = g
+		return f
+	}
+	f := mk(nil)
+	d, _, _ := openFake(t, testCfg, f)
+	if d.Info().Index != 9 {
+		t.Fatalf("adopted index %d", d.Info().Index)
+	}
+	d.Close()
+	for _, c := range f.Calls() {
+		if c == "LinkAdd gre gre1" || c == "LinkDel gre1" {
+			t.Fatalf("adopting created or deleted the device: %v", f.Calls())
+		}
+	}
+	bad := map[string]*fakeNL{
+		"other key":      mk(func(g *netlink.Gretun) { g.IKey, g.OKey = 5, 5 }),
+		"point-to-point": mk(func(g *netlink.Gretun) { g.Remote = net.ParseIP("198.51.100.1").To4() }),
+	}
+	veth := newFakeNL()
+	veth.links["gre1"] = &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "gre1", Index: 3}}
+	bad["not gre"] = veth
+	for name, f := range bad {
+		_, err := open(testCfg, env{nl: f, listenNHRP: func(int) (PacketConn, error) { return newFakeConn(), nil }})
+		if !errors.Is(err, ErrNotMGRE) {
+			t.Errorf("%s: err = %v, want ErrNotMGRE", name, err)
+		}
+	}
+}
+
+func TestCreateRefused(t *testing.T) {
+	f := newFakeNL()
+	f.failAdd = errors.New("operation not supported")
+	_, err := open(testCfg, env{nl: f, listenNHRP: func(int) (PacketConn, error) { return newFakeConn(), nil }})
+	if err == nil || !errors.Is(err, f.failAdd) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestNeighborsRoutes(t *testing.T) {
+	f := newFakeNL()
+	d, _, _ := openFake(t, testCfg, f)
+	defer d.Close()
+	ctx := context.Background()
+	f.calls = nil
+	d.SetNeighbor(ctx, gre.Neighbor{Proto: netip.MustParseAddr("10.0.0.2"), NBMA: netip.MustParseAddr("198.51.100.1"), Static: true})
+	d.SetNeighbor(ctx, gre.Neighbor{Proto: netip.MustParseAddr("10.0.0.3"), NBMA: netip.MustParseAddr("203.0.113.1")})
+	if err := d.DeleteNeighbor(ctx, netip.MustParseAddr("10.0.0.3")); err != nil {
+		t.Errorf("deleting a missing neighbour: %v", err)
+	}
+	d.ReplaceRoute(ctx, gre.Route{Dst: netip.MustParsePrefix("10.2.0.0/24"), Via: netip.MustParseAddr("10.0.0.2"), Table: 42, Protocol: 191})
+	d.ReplaceRoute(ctx, gre.Route{Dst: netip.MustParsePrefix("10.3.0.0/24")})
+	if err := d.DeleteRoute(ctx, gre.Route{Dst: netip.MustParsePrefix("10.3.0.0/24")}); err != nil {
+		t.Errorf("deleting a missing route: %v", err)
+	}
+	d.Routes(ctx, 42)
+	want := []string{
+		"NeighSet link=7 family=2 state=0x80 ip=10.0.0.2 lladdr=c6336401",
+		"NeighSet link=7 family=2 state=0x2 ip=10.0.0.3 lladdr=cb007101",
+		"NeighDel link=7 ip=10.0.0.3",
+		"RouteReplace link=7 dst=10.2.0.0/24 gw=10.0.0.2 table=42 proto=191 flags=4",
+		"RouteReplace link=7 dst=10.3.0.0/24 gw=<nil> table=254 proto=0 flags=0",
+		"RouteDel link=7 dst=10.3.0.0/24 table=254",
+		"RouteList link=7 table=42 mask=0x" + hex(netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE),
+	}
+	if diff := cmp.Diff(want, f.Calls()); diff != "" {
+		t.Fatalf("requests (-want +got):\n%s", diff)
+	}
+	f.neigh = []netlink.Neigh{
+		{LinkIndex: 7, IP: net.ParseIP("10.0.0.5"), LLIPAddr: net.ParseIP("192.0.2.5").To4(), State: netlink.NUD_REACHABLE},
+		{LinkIndex: 7, IP: net.ParseIP("10.0.0.4"), LLIPAddr: net.ParseIP("192.0.2.4").To4(), State: netlink.NUD_PERMANENT},
+		{LinkIndex: 7, IP: net.ParseIP("10.0.0.6"), State: netlink.NUD_INCOMPLETE},
+		{LinkIndex: 7, IP: net.ParseIP("10.0.0.7"), State: netlink.NUD_FAILED, LLIPAddr: net.ParseIP("192.0.2.7").To4()},
+	}
+	got, err := d.Neighbors(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantN := []gre.Neighbor{
+		{Proto: netip.MustParseAddr("10.0.0.4"), NBMA: netip.MustParseAddr("192.0.2.4"), Static: true},
+		{Proto: netip.MustParseAddr("10.0.0.5"), NBMA: netip.MustParseAddr("192.0.2.5")},
+	}
+	if diff := cmp.Diff(wantN, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Fatalf("Neighbors (-want +got):\n%s", diff)
+	}
+}
+
+func hex(v uint64) string {
+	const digits = "0123456789abcdef"
+	if v == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; v > 0; v >>= 4 {
+		b = append([]byte{digits[v&15]}, b...)
+	}
+	return string(b)
+}
+
+func TestMissesFromKernel(t *testing.T) {
+	leakcheck.Check(t)
+	f := newFakeNL()
+	d, _, _ := openFake(t, testCfg, f)
+	defer d.Close()
+	var ch chan<- netlink.NeighUpdate
+	waitSub := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			var c int
+			ch, c = f.sub()
+			if c >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no subscription %d", n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitSub(1)
+	upd := func(typ uint16, link int, ip string) netlink.NeighUpdate {
+		return netlink.NeighUpdate{Type: typ, Neigh: netlink.Neigh{LinkIndex: link, IP: net.ParseIP(ip)}}
+	}
+	ch <- upd(syscall.RTM_NEWNEIGH, 7, "10.0.0.8") // not a request
+	ch <- upd(syscall.RTM_GETNEIGH, 3, "10.0.0.8") // another device
+	ch <- upd(syscall.RTM_GETNEIGH, 7, "10.0.0.9") // ours
+	select {
+	case m := <-d.Misses():
+		if m.NextHop != netip.MustParseAddr("10.0.0.9") {
+			t.Fatalf("miss %+v", m)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no miss")
+	}
+	// The subscription dies: the device subscribes again.
+	close(ch)
+	waitSub(2)
+	ch <- upd(syscall.RTM_GETNEIGH, 7, "10.0.0.10")
+	select {
+	case m := <-d.Misses():
+		if m.NextHop != netip.MustParseAddr("10.0.0.10") {
+			t.Fatalf("miss %+v", m)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no miss after resubscribing")
+	}
+	if c := d.Counters(); c.Misses != 2 {
+		t.Fatalf("Misses = %d", c.Misses)
+	}
+}
+
+func TestNHRPSocket(t *testing.T) {
+	f := newFakeNL()
+	d, conn, _ := openFake(t, testCfg, f)
+	defer d.Close()
+	if err := d.WriteNHRP([]byte{1, 2}, netip.MustParseAddr("198.51.100.1")); err != nil {
+		t.Fatal(err)
+	}
+	if len(conn.sent) != 1 || conn.sent[0].addr.(*packet.Addr).HardwareAddr.String() != "c6:33:64:01" {
+		t.Fatalf("sent %+v", conn.sent)
+	}
+	if err := d.WriteNHRP([]byte{1}, netip.MustParseAddr("fd00::1")); err == nil {
+		t.Fatal("IPv6 NBMA accepted")
+	}
+	conn.in <- fakePkt{[]byte{9}, &packet.Addr{HardwareAddr: net.HardwareAddr{1, 2, 3, 4, 5, 6}}} // not an NBMA address
+	conn.in <- fakePkt{[]byte{7, 7}, &packet.Addr{HardwareAddr: net.HardwareAddr{203, 0, 113, 1}}}
+	b := make([]byte, 10)
+	n, from, err := d.ReadNHRP(b)
+	if err != nil || n != 2 || from != netip.MustParseAddr("203.0.113.1") {
+		t.Fatalf("ReadNHRP = %d %v %v", n, from, err)
+	}
+	c := d.Counters()
+	if c.NHRPTx != 1 || c.NHRPRx != 1 || c.Drops["malformed"] != 1 {
+		t.Fatalf("counters %+v", c)
+	}
+}
+
+func TestMulticastReplication(t *testing.T) {
+	leakcheck.Check(t)
+	f := newFakeNL()
+	d, _, mc := openFake(t, testCfg, f)
+	peers := []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("203.0.113.1")}
+	if err := d.SetMulticast(peers); err != nil {
+		t.Fatal(err)
+	}
+	pkt := make([]byte, 40)
+	pkt[0] = 0x45
+	mc.in <- pkt
+	v6 := make([]byte, 60)
+	v6[0] = 0x60
+	mc.in <- v6
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		mc.mu.Lock()
+		n := len(mc.sent)
+		mc.mu.Unlock()
+		if n == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sent %v", mc.sent)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	want := []string{"0x0800→198.51.100.1 (40 bytes)", "0x0800→203.0.113.1 (40 bytes)", "0x86dd→198.51.100.1 (60 bytes)", "0x86dd→203.0.113.1 (60 bytes)"}
+	if diff := cmp.Diff(want, mc.sent); diff != "" {
+		t.Fatalf("copies (-want +got):\n%s", diff)
+	}
+	d.Close()
+}
+
+func TestMulticastFilterAssembles(t *testing.T) {
+	for _, p := range []string{"10.0.0.1/24", "10.0.0.1/31"} {
+		f, err := mcastFilter(netip.MustParsePrefix(p))
+		if err != nil || len(f) != 14 {
+			t.Fatalf("%s: %d instructions, %v", p, len(f), err)
+		}
+	}
+}
