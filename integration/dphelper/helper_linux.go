@@ -17,7 +17,7 @@ import (
 	"syscall"
 
 	"github.com/opendmvpn/dmvpn/gre"
-	"github.com/opendmvpn/dmvpn/gre/userspace"
+	"github.com/opendmvpn/dmvpn/gre/backend"
 )
 
 // MaybeRun returns at once unless this process was started as a helper;
@@ -34,14 +34,18 @@ func MaybeRun() {
 	os.Exit(0)
 }
 
-// openFunc opens the backend a helper asks for; replaced by the backend
-// chooser once it is wired in main.
-var openFunc = func(cfg Config, g gre.Config) (gre.Device, string, error) {
-	d, err := userspace.Open(g)
+// openFunc opens the backend a helper asks for through the chooser the
+// daemon uses (default userspace).
+func openFunc(cfg Config, g gre.Config) (gre.Device, string, error) {
+	name := cfg.Backend
+	if name == "" {
+		name = string(backend.Userspace)
+	}
+	kind, err := backend.ParseKind(name)
 	if err != nil {
 		return nil, "", err
 	}
-	return d, "userspace requested", nil
+	return backend.Open(g, kind)
 }
 
 func serve(raw string) error {

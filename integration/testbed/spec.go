@@ -119,3 +119,15 @@ func nthHost(p netip.Prefix, n int) netip.Prefix {
 	v += uint32(n)
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), p.Bits())
 }
+
+// Logger receives a line per action when set (testing.T satisfies it).
+type Logger interface {
+	Logf(format string, args ...any)
+}
+
+// Option configures New.
+type Option func(*Testbed)
+
+// WithLogger logs every command the harness runs.
+func WithLogger(l Logger) Option { return func(tb *Testbed) { tb.log = l } }
+

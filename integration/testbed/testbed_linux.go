@@ -18,11 +18,6 @@ import (
 // stale ones.
 const NamePrefix = "dmvt"
 
-// Logger receives a line per action when set (testing.T satisfies it).
-type Logger interface {
-	Logf(format string, args ...any)
-}
-
 // Node is one namespace of the topology.
 type Node struct {
 	// Name is the node name ("inet", "spa", "spa-h1", "spa-nat").
@@ -54,12 +49,6 @@ type Testbed struct {
 	procs []*Proc
 	done  bool
 }
-
-// Option configures New.
-type Option func(*Testbed)
-
-// WithLogger logs every command the harness runs.
-func WithLogger(l Logger) Option { return func(tb *Testbed) { tb.log = l } }
 
 // New sweeps stale namespaces of earlier runs, then creates the topology.
 // On error everything created so far is removed.

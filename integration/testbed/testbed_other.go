@@ -8,10 +8,13 @@ import (
 )
 
 // Testbed is a created topology; only Linux has network namespaces.
-type Testbed struct{ Prefix string }
+type Testbed struct {
+	Prefix string
+	log    Logger
+}
 
 // New fails: network namespaces need Linux.
-func New(ctx context.Context, spec Spec) (*Testbed, error) {
+func New(ctx context.Context, spec Spec, opts ...Option) (*Testbed, error) {
 	return nil, errors.New("testbed: needs Linux network namespaces")
 }
 

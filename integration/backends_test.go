@@ -1,0 +1,69 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// backends are the data planes the end-to-end tests run against.
+var backends = []string{"userspace", "kernel"}
+
+// forEachBackend runs body as a parallel subtest per backend; the kernel
+// subtest skips, saying why, where the kernel cannot create GRE devices.
+func forEachBackend(t *testing.T, body func(t *testing.T, be string), only ...string) {
+	t.Helper()
+	for _, be := range backends {
+		if len(only) > 0 && !contains(only, be) {
+			continue
+		}
+		t.Run(be, func(t *testing.T) {
+			if be == "kernel" {
+				needKernelGRE(t)
+			}
+			t.Parallel()
+			body(t, be)
+		})
+	}
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	greProbeOnce sync.Once
+	greProbeErr  error
+)
+
+// needKernelGRE skips unless `ip link add … type gre` works here (probed
+// once, in a scratch namespace).
+func needKernelGRE(t *testing.T) {
+	t.Helper()
+	needRoot(t)
+	greProbeOnce.Do(func() {
+		ns := fmt.Sprintf("dmvtgreprobe%d", time.Now().UnixNano()%1e9)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, "ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			greProbeErr = fmt.Errorf("ip netns add: %v: %s", err, out)
+			return
+		}
+		defer exec.Command("ip", "netns", "del", ns).Run()
+		if out, err := exec.CommandContext(ctx, "ip", "-n", ns, "link", "add", "probe0", "type", "gre", "key", "1").CombinedOutput(); err != nil {
+			greProbeErr = fmt.Errorf("ip link add … type gre refused: %s", strings.TrimSpace(string(out)))
+		}
+	})
+	if greProbeErr != nil {
+		t.Skipf("skipping the kernel backend: this kernel cannot create GRE devices (%v); these tests run unchanged on a kernel with ip_gre", greProbeErr)
+	}
+}
