@@ -1,0 +1,142 @@
+package nhrp
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// entry is a cache entry. Entries belong to the engine's goroutine.
+type entry struct {
+	typ   EntryType
+	proto netip.Prefix
+	// nbma is where packets go; claimed is what the peer wrote in its
+	// packets when that differs (NAT).
+	nbma    netip.Addr
+	claimed netip.Addr
+	// nextHop is a shortcut route's tunnel next hop.
+	nextHop netip.Addr
+	flags   Flags
+	created time.Time
+	expires time.Time // zero: never
+	holding uint16
+	mtu     uint16
+	reqID   uint32 // the registration that created a dynamic entry
+
+	identity string
+	attrs    map[string][]string
+
+	used time.Time // when traffic last went through it (from the data plane)
+
+	expire *timer // expiry
+	renew  *timer // shortcut renewal or idle check
+
+	// told lists the peers a local entry was advertised to in resolution
+	// replies, so they can be purged when it goes away.
+	told map[netip.Addr]netip.Addr // requester NBMA → requester tunnel address
+
+	// kernel says what the entry installed: a neighbour entry, a route.
+	neigh bool
+	route bool
+}
+
+// host reports whether the entry is for a single address.
+func (e *entry) host() bool { return e.proto.IsSingleIP() }
+
+// snapshot returns the public view of the entry.
+func (e *entry) snapshot(peerState string) CacheEntry {
+	c := CacheEntry{
+		Type: e.typ, Proto: e.proto, NBMA: e.nbma, NextHop: e.nextHop,
+		Flags: e.flags.Names(), Created: e.created, Expires: e.expires,
+		HoldingTime: int(e.holding), MTU: int(e.mtu), Identity: e.identity,
+		PeerState: peerState,
+	}
+	if e.claimed.IsValid() && e.claimed != e.nbma {
+		c.ClaimedNBMA = e.claimed
+	}
+	if len(e.attrs) > 0 {
+		c.Attrs = make(map[string][]string, len(e.attrs))
+		for k, v := range e.attrs {
+			c.Attrs[k] = slices.Clone(v)
+		}
+	}
+	return c
+}
+
+// cache maps protocol prefixes to entries, with longest-prefix lookups.
+type cache struct {
+	m map[netip.Prefix]*entry
+	// lens counts entries per prefix length (index 0-128, IPv6 lengths
+	// offset by 33 for IPv6) so lookups skip empty lengths.
+	lens4 [33]int
+	lens6 [129]int
+}
+
+func newCache() *cache { return &cache{m: make(map[netip.Prefix]*entry)} }
+
+func (c *cache) get(p netip.Prefix) *entry { return c.m[p.Masked()] }
+
+func (c *cache) put(e *entry) {
+	e.proto = e.proto.Masked()
+	if _, ok := c.m[e.proto]; !ok {
+		c.count(e.proto, 1)
+	}
+	c.m[e.proto] = e
+}
+
+func (c *cache) del(e *entry) {
+	if cur, ok := c.m[e.proto]; ok && cur == e {
+		delete(c.m, e.proto)
+		c.count(e.proto, -1)
+	}
+}
+
+func (c *cache) count(p netip.Prefix, d int) {
+	if p.Addr().Is4() {
+		c.lens4[p.Bits()] += d
+	} else {
+		c.lens6[p.Bits()] += d
+	}
+}
+
+// lookup returns the entry with the longest prefix containing a for which
+// ok returns true (nil ok accepts every entry).
+func (c *cache) lookup(a netip.Addr, ok func(*entry) bool) *entry {
+	lens := c.lens6[:]
+	if a.Is4() {
+		lens = c.lens4[:]
+	}
+	for l := len(lens) - 1; l >= 0; l-- {
+		if lens[l] == 0 {
+			continue
+		}
+		p, err := a.Prefix(l)
+		if err != nil {
+			continue
+		}
+		if e := c.m[p]; e != nil && (ok == nil || ok(e)) {
+			return e
+		}
+	}
+	return nil
+}
+
+// all returns every entry, sorted by prefix.
+func (c *cache) all() []*entry {
+	out := make([]*entry, 0, len(c.m))
+	for _, e := range c.m {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b *entry) int {
+		if a.proto.Addr() != b.proto.Addr() {
+			return a.proto.Addr().Compare(b.proto.Addr())
+		}
+		return a.proto.Bits() - b.proto.Bits()
+	})
+	return out
+}
+
+// hostPrefix returns the single-address prefix of a.
+func hostPrefix(a netip.Addr) netip.Prefix {
+	return netip.PrefixFrom(a, a.BitLen())
+}

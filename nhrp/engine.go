@@ -1,0 +1,344 @@
+package nhrp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/nhrp/wire"
+)
+
+// Resolver resolves NHS host names. *net.Resolver implements it.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Deps are what an Engine works with. Only Tunnel is required.
+type Deps struct {
+	Tunnel Tunnel
+	// Router answers route lookups; nil means only the tunnel address is
+	// local and nothing is routed through the tunnel.
+	Router Router
+	// Authorizer decides on registrations (hub); nil accepts every one.
+	Authorizer Authorizer
+	// Peers brings peers up and down (IPsec); nil treats every peer as up.
+	Peers PeerHandler
+	// Observers receive events.
+	Observers []Observer
+	// Resolver resolves NHS host names; nil uses net.DefaultResolver.
+	Resolver Resolver
+	// Logger; nil logs nothing.
+	Logger *zap.Logger
+}
+
+// ErrStopped is returned by requests to an engine that is not running.
+var ErrStopped = errors.New("nhrp: engine stopped")
+
+// Engine is the NHRP engine of one tunnel interface.
+type Engine struct {
+	deps Deps
+	tun  Tunnel
+	log  *zap.Logger
+
+	reqCh   chan func()   // API requests, run on the loop
+	asyncCh chan func()   // completions of hooks run elsewhere
+	pktCh   chan rxPacket // received NHRP packets
+	relayCh chan []byte   // relayed traffic (redirect detection)
+	done    chan struct{} // closed when Run returns
+	running chan struct{} // closed when Run starts
+
+	subMu sync.Mutex
+	subs  map[*subscriber]struct{}
+	// wantPackets says a subscriber wants packet events.
+	wantPackets atomic.Bool
+
+	// Everything below belongs to the loop goroutine.
+	cfg         Config
+	info        gre.Info
+	own         netip.Addr // own tunnel address
+	ownPfx      netip.Prefix
+	cache       *cache
+	sched       sched
+	now         time.Time
+	reqID       uint32
+	peers       map[netip.Addr]*peer
+	nhs         []*nhsClient
+	dns         map[string]*dnsName
+	pending     map[uint32]*pendingReq
+	resolves    map[netip.Addr]*resolution
+	authorizing map[authKey]bool
+	kern        *kernel
+	stats       stats
+	limits      limits
+	rx          wire.Packet // reused for decoding
+	txBuf       []byte
+	stopping    bool
+	ctx         context.Context // the Run context, for hook calls
+	wg          sync.WaitGroup  // hook goroutines
+}
+
+// rxPacket is a received NHRP packet.
+type rxPacket struct {
+	b    []byte
+	from netip.Addr
+}
+
+// New returns an engine for a tunnel. Run starts it.
+func New(cfg Config, deps Deps) (*Engine, error) {
+	if deps.Tunnel == nil {
+		return nil, fmt.Errorf("%w: no tunnel", ErrConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Resolver == nil {
+		deps.Resolver = net.DefaultResolver
+	}
+	if deps.Logger == nil {
+		deps.Logger = zap.NewNop()
+	}
+	e := &Engine{
+		deps:        deps,
+		tun:         deps.Tunnel,
+		log:         deps.Logger,
+		reqCh:       make(chan func()),
+		asyncCh:     make(chan func(), 256),
+		pktCh:       make(chan rxPacket, 1024),
+		relayCh:     make(chan []byte, 256),
+		done:        make(chan struct{}),
+		running:     make(chan struct{}),
+		subs:        make(map[*subscriber]struct{}),
+		cfg:         cfg.withDefaults(),
+		cache:       newCache(),
+		peers:       make(map[netip.Addr]*peer),
+		dns:         make(map[string]*dnsName),
+		pending:     make(map[uint32]*pendingReq),
+		resolves:    make(map[netip.Addr]*resolution),
+		authorizing: make(map[authKey]bool),
+	}
+	e.info = e.tun.Info()
+	e.ownPfx = e.info.Prefix
+	e.own = e.info.Prefix.Addr()
+	if !e.own.IsValid() {
+		return nil, fmt.Errorf("%w: tunnel %s has no address", ErrConfig, e.info.Name)
+	}
+	e.stats.init()
+	e.limits.init(e.cfg.MaxSend)
+	return e, nil
+}
+
+// Run runs the engine until ctx is done, then shuts it down: purges where
+// configured, removes the kernel state it created (unless
+// KeepKernelState) and waits for its goroutines, except the packet reader,
+// which ends when the owner closes the tunnel. It returns nil after a
+// clean stop.
+func (e *Engine) Run(ctx context.Context) error {
+	e.ctx = ctx
+	e.now = time.Now()
+	e.kern = newKernel(e.tun, e.log, e.asyncCh)
+	e.reqID = uint32(e.now.UnixNano()) & 0x7fffffff
+	// The reader ends when the tunnel is closed (ReadNHRP cannot be
+	// interrupted otherwise) or, after Run, at the next packet.
+	readCtx, stopRead := context.WithCancel(context.Background())
+	go e.readLoop(readCtx)
+	kernDone := make(chan struct{})
+	go func() { defer close(kernDone); e.kern.run() }()
+
+	e.start()
+	close(e.running)
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	misses := e.tun.Misses()
+	for {
+		if when, ok := e.sched.next(); ok {
+			t.Reset(time.Until(when))
+		} else {
+			t.Reset(time.Hour)
+		}
+		select {
+		case <-ctx.Done():
+			e.shutdown()
+			stopRead()
+			e.kern.close()
+			// Hook goroutines finish by their deadlines; drain their
+			// completions meanwhile.
+			hooksDone := make(chan struct{})
+			go func() { e.wg.Wait(); close(hooksDone) }()
+		drain:
+			for {
+				select {
+				case f := <-e.asyncCh:
+					e.now = time.Now()
+					f()
+				case <-hooksDone:
+					break drain
+				}
+			}
+			<-kernDone
+			e.closeSubscribers()
+			close(e.done)
+			return nil
+		case f := <-e.reqCh:
+			e.now = time.Now()
+			f()
+		case f := <-e.asyncCh:
+			e.now = time.Now()
+			f()
+		case p := <-e.pktCh:
+			e.now = time.Now()
+			e.handlePacket(p.b, p.from)
+		case m, ok := <-misses:
+			if !ok {
+				misses = nil
+				continue
+			}
+			e.now = time.Now()
+			e.handleMiss(m)
+		case b := <-e.relayCh:
+			e.now = time.Now()
+			e.handleRelayed(b)
+		case <-t.C:
+			e.now = time.Now()
+			e.sched.runDue(e.now)
+		}
+	}
+}
+
+// readLoop reads NHRP packets from the tunnel and hands them to the loop.
+func (e *Engine) readLoop(ctx context.Context) {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := e.tun.ReadNHRP(buf)
+		if err != nil {
+			if errors.Is(err, gre.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			e.log.Warn("reading NHRP from the tunnel", zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		p := rxPacket{b: append([]byte(nil), buf[:n]...), from: from}
+		select {
+		case e.pktCh <- p:
+		case <-ctx.Done():
+			return
+		default:
+			e.stats.rxQueueFull.Add(1)
+		}
+	}
+}
+
+// do runs f on the engine's goroutine and waits for it.
+func (e *Engine) do(ctx context.Context, f func()) error {
+	done := make(chan struct{})
+	select {
+	case <-e.running:
+	case <-e.done:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case e.reqCh <- func() { f(); close(done) }:
+	case <-e.done:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-e.done:
+		return ErrStopped
+	}
+}
+
+// goHook runs a hook call in its own goroutine; then, on the loop, runs
+// the continuation it returns. Hook goroutines are waited for on stop.
+func (e *Engine) goHook(timeout time.Duration, call func(ctx context.Context) func()) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		ctx, cancel := context.WithTimeout(e.ctx, timeout)
+		cont := call(ctx)
+		cancel()
+		if cont != nil {
+			e.asyncCh <- cont
+		}
+	}()
+}
+
+// emit sends an event to the observers and subscribers.
+func (e *Engine) emit(ev Event) {
+	ev.Time = e.now
+	for _, o := range e.deps.Observers {
+		o.Event(ev)
+	}
+	e.publish(ev)
+}
+
+// nextReqID returns a fresh request ID.
+func (e *Engine) nextReqID() uint32 {
+	e.reqID++
+	if e.reqID == 0 {
+		e.reqID = 1
+	}
+	return e.reqID
+}
+
+// localNBMA returns the NBMA address this node uses toward dst.
+func (e *Engine) localNBMA(dst netip.Addr) netip.Addr {
+	if info := e.tun.Info(); len(info.NBMA) > 0 && info.NBMA[0].IsValid() {
+		return info.NBMA[0]
+	}
+	if s, ok := e.deps.Router.(interface {
+		Source(ctx context.Context, dst netip.Addr) (netip.Addr, error)
+	}); ok && dst.IsValid() {
+		ctx, cancel := context.WithTimeout(e.ctx, time.Second)
+		defer cancel()
+		if a, err := s.Source(ctx, dst); err == nil {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+// isOwn reports whether a is this node's tunnel address.
+func (e *Engine) isOwn(a netip.Addr) bool { return a == e.own }
+
+// route asks the Router how dst is routed.
+func (e *Engine) route(dst netip.Addr) (RouteInfo, bool) {
+	if e.deps.Router == nil {
+		return RouteInfo{}, false
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, time.Second)
+	defer cancel()
+	ri, err := e.deps.Router.Route(ctx, dst)
+	if err != nil {
+		return RouteInfo{}, false
+	}
+	return ri, true
+}
+
+// mtu is the MTU advertised in CIEs.
+func (e *Engine) mtu() uint16 {
+	if e.cfg.MTU > 0 {
+		return uint16(e.cfg.MTU)
+	}
+	return uint16(e.info.MTU)
+}
+
+// holding is the holding time advertised, in seconds.
+func (e *Engine) holding() uint16 { return uint16(e.cfg.HoldingTime / time.Second) }

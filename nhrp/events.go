@@ -1,0 +1,97 @@
+package nhrp
+
+import (
+	"net/netip"
+	"time"
+)
+
+// EventKind names an engine event.
+type EventKind uint8
+
+// Event kinds. The opennhrp-script events map onto them: peer-register is
+// the Authorizer, peer-up/peer-down are the PeerHandler, and the rest are
+// these.
+const (
+	// EventRegistered: a client's registration was accepted (hub). Sent on
+	// the first registration and when its NBMA address changes, not on
+	// refreshes.
+	EventRegistered EventKind = iota + 1
+	// EventRegistrationRefused: a registration was refused (hub).
+	EventRegistrationRefused
+	// EventExpired: a client's binding went away (hub): expired, purged
+	// or cleared; Reason says which.
+	EventExpired
+	// EventNHSUp and EventNHSDown: this node's registration with a next
+	// hop server succeeded or was lost (spoke).
+	EventNHSUp
+	EventNHSDown
+	// EventShortcutUp and EventShortcutDown: a shortcut route was installed
+	// or removed (spoke).
+	EventShortcutUp
+	EventShortcutDown
+	// EventPeerUp and EventPeerDown: an NBMA peer was brought up (its
+	// PeerUp returned) or released.
+	EventPeerUp
+	EventPeerDown
+	// EventResolutionFailed: a resolution got a negative answer or none.
+	EventResolutionFailed
+	// EventPacket: an NHRP packet was sent or received (for live
+	// debugging); Packet describes it.
+	EventPacket
+)
+
+var eventNames = [...]string{
+	EventRegistered: "registered", EventRegistrationRefused: "registration-refused",
+	EventExpired: "expired", EventNHSUp: "nhs-up", EventNHSDown: "nhs-down",
+	EventShortcutUp: "shortcut-up", EventShortcutDown: "shortcut-down",
+	EventPeerUp: "peer-up", EventPeerDown: "peer-down",
+	EventResolutionFailed: "resolution-failed", EventPacket: "packet",
+}
+
+func (k EventKind) String() string {
+	if int(k) < len(eventNames) && eventNames[k] != "" {
+		return eventNames[k]
+	}
+	return "event"
+}
+
+// MarshalText names the kind in JSON.
+func (k EventKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// Event is something that happened in the engine.
+type Event struct {
+	Kind EventKind `json:"kind"`
+	Time time.Time `json:"time"`
+	// Proto is the protocol address or prefix concerned: the client's
+	// tunnel address, the shortcut prefix, the NHS address.
+	Proto netip.Prefix `json:"proto,omitzero"`
+	// NBMA is the peer's NBMA address (the one packets go to), and
+	// ClaimedNBMA the one it claimed when different (NAT).
+	NBMA        netip.Addr `json:"nbma,omitzero"`
+	ClaimedNBMA netip.Addr `json:"claimed_nbma,omitzero"`
+	// NextHop is a shortcut's tunnel next hop.
+	NextHop netip.Addr `json:"next_hop,omitzero"`
+	// Reason explains a refusal, an expiry or a down event.
+	Reason string `json:"reason,omitempty"`
+	// Code is the CIE code of a refusal.
+	Code uint8 `json:"code,omitempty"`
+	// Identity and Attrs are what the Authorizer learned about the peer.
+	Identity string              `json:"identity,omitempty"`
+	Attrs    map[string][]string `json:"attrs,omitempty"`
+	// HoldingTime of a registration or shortcut.
+	HoldingTime time.Duration `json:"holding_time,omitempty"`
+	// Packet describes an EventPacket.
+	Packet *PacketEvent `json:"packet,omitempty"`
+}
+
+// PacketEvent describes an NHRP packet sent or received.
+type PacketEvent struct {
+	// Dir is "in" or "out".
+	Dir string `json:"dir"`
+	// Peer is the NBMA address it came from or went to.
+	Peer netip.Addr `json:"peer"`
+	// Summary is a one-line decode.
+	Summary string `json:"summary"`
+	// Error is set for a received packet that was dropped.
+	Error string `json:"error,omitempty"`
+}

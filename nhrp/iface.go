@@ -1,0 +1,110 @@
+package nhrp
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/opendmvpn/dmvpn/gre"
+)
+
+// Tunnel is the data plane the engine drives. gre.Device implements it.
+type Tunnel interface {
+	Info() gre.Info
+	ReadNHRP(b []byte) (n int, from netip.Addr, err error)
+	WriteNHRP(b []byte, to netip.Addr) error
+	SetNeighbor(ctx context.Context, n gre.Neighbor) error
+	DeleteNeighbor(ctx context.Context, proto netip.Addr) error
+	Neighbors(ctx context.Context) ([]gre.Neighbor, error)
+	Misses() <-chan gre.Miss
+	SetMulticast(nbma []netip.Addr) error
+	ReplaceRoute(ctx context.Context, r gre.Route) error
+	DeleteRoute(ctx context.Context, r gre.Route) error
+}
+
+// RouteInfo is how an address is routed on this node.
+type RouteInfo struct {
+	// Prefix is the route that matched.
+	Prefix netip.Prefix
+	// Local means the address is in a network behind this node that the
+	// node may answer resolutions for (not through the tunnel, not the
+	// underlay): Prefix is then what a Resolution Reply advertises.
+	Local bool
+	// NextHop is the tunnel next hop when the route goes through the
+	// tunnel; invalid otherwise.
+	NextHop netip.Addr
+}
+
+// Router answers how an address is routed: the kernel's routing table in
+// production, a fixed table in tests.
+type Router interface {
+	Route(ctx context.Context, dst netip.Addr) (RouteInfo, error)
+}
+
+// Verdict is the answer of an Authorizer.
+type Verdict struct {
+	// Code is the CIE code of the reply: 0 accepts; any other code refuses
+	// (administratively prohibited is the usual one).
+	Code uint8
+	// Reason explains a refusal (logged, counted, shown).
+	Reason string
+	// Identity describes who the peer proved to be (a certificate subject),
+	// and Attrs carries what the policy learned about it (AS, networks),
+	// kept with the binding.
+	Identity string
+	Attrs    map[string][]string
+}
+
+// Registration is what an Authorizer decides on.
+type Registration struct {
+	// Proto is the tunnel address (or prefix) the spoke claims.
+	Proto netip.Prefix
+	// NBMA is the address the packet came from; ClaimedNBMA the one the
+	// spoke wrote in it (they differ behind NAT).
+	NBMA, ClaimedNBMA netip.Addr
+	Unique            bool
+	HoldingTime       uint16
+}
+
+// Authorizer decides on registrations. It may block (the engine calls it
+// from its own goroutine per registration, with a deadline); registrations
+// are processed concurrently.
+type Authorizer interface {
+	Authorize(ctx context.Context, r Registration) Verdict
+}
+
+// AuthorizerFunc adapts a function to an Authorizer.
+type AuthorizerFunc func(ctx context.Context, r Registration) Verdict
+
+// Authorize calls f.
+func (f AuthorizerFunc) Authorize(ctx context.Context, r Registration) Verdict { return f(ctx, r) }
+
+// Peer is an NBMA peer: another node the engine exchanges packets with.
+type Peer struct {
+	NBMA netip.Addr
+	// Proto is the peer's tunnel address when known.
+	Proto netip.Addr
+	// Role says why the peer is used: "nhs", "client" (a registered spoke)
+	// or "shortcut".
+	Role string
+}
+
+// PeerHandler brings peers up before they are used and learns when they
+// are no longer needed: the IPsec bring-up and teardown point. PeerUp may
+// block until the peer is usable (the SA is up), within the context's
+// deadline; an error keeps packets from being sent to the peer.
+type PeerHandler interface {
+	PeerUp(ctx context.Context, p Peer) error
+	PeerDown(p Peer, reason string)
+}
+
+// Observer receives the engine's events, in order, from the engine's
+// goroutine. Implementations must not block: queue work elsewhere.
+type Observer interface {
+	Event(e Event)
+}
+
+// ObserverFunc adapts a function to an Observer.
+type ObserverFunc func(e Event)
+
+// Event calls f.
+func (f ObserverFunc) Event(e Event) { f(e) }

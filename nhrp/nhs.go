@@ -1,0 +1,184 @@
+package nhrp
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/nhrp/wire"
+)
+
+// regCIE is one registration of a Registration Request, being decided.
+type regCIE struct {
+	reg     Registration
+	holding time.Duration
+	mtu     uint16
+	verdict Verdict
+}
+
+// handleRegistrationRequest serves a client's registration (hub). The
+// Authorizer runs in its own goroutine so one slow decision never delays
+// the others; duplicate requests while one is being decided are dropped.
+func (e *Engine) handleRegistrationRequest(p *wire.Packet, raw []byte, from netip.Addr) {
+	if e.cfg.Role != RoleHub {
+		e.stats.drop("not-for-us")
+		return
+	}
+	if e.refuseUnknown(p, raw, from) {
+		return
+	}
+	if p.DstProto != e.own && p.DstProto != p.SrcProto {
+		e.stats.drop("not-for-us")
+		return
+	}
+	if p.SrcProto.BitLen() != e.own.BitLen() || len(p.CIEs) == 0 {
+		e.stats.drop("unsupported")
+		return
+	}
+	key := authKey{proto: p.SrcProto, nbma: from}
+	if e.authorizing[key] {
+		e.stats.drop("refused") // a retransmission while the first is being decided
+		return
+	}
+	regs := make([]regCIE, len(p.CIEs))
+	for i, c := range p.CIEs {
+		proto := c.Proto
+		if !proto.IsValid() {
+			proto = p.SrcProto
+		}
+		bits := int(c.PrefixLen)
+		if bits == 0 || bits == 0xff || bits > proto.BitLen() {
+			bits = proto.BitLen()
+		}
+		claimed := c.NBMA
+		if !claimed.IsValid() {
+			claimed = p.SrcNBMA
+		}
+		hold := time.Duration(c.HoldingTime) * time.Second
+		if hold == 0 {
+			hold = e.cfg.HoldingTime
+		}
+		regs[i] = regCIE{
+			reg: Registration{
+				Proto: netip.PrefixFrom(proto, bits).Masked(), NBMA: from, ClaimedNBMA: claimed,
+				Unique: p.Flags&wire.RegFlagU != 0, HoldingTime: c.HoldingTime,
+			},
+			holding: hold, mtu: c.MTU,
+		}
+	}
+	if e.deps.Authorizer == nil {
+		e.completeRegistration(p, from, regs)
+		return
+	}
+	e.authorizing[key] = true
+	pkt, err := wire.Decode(raw) // p is reused for the next packet
+	if err != nil {
+		delete(e.authorizing, key)
+		return
+	}
+	e.goHook(e.cfg.AuthorizeTimeout, func(ctx context.Context) func() {
+		for i := range regs {
+			regs[i].verdict = e.deps.Authorizer.Authorize(ctx, regs[i].reg)
+			if ctx.Err() != nil && regs[i].verdict.Code == 0 {
+				regs[i].verdict = Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: "authorization timed out"}
+			}
+		}
+		return func() {
+			delete(e.authorizing, key)
+			e.completeRegistration(pkt, from, regs)
+		}
+	})
+}
+
+// authKey identifies a registration being authorized.
+type authKey struct {
+	proto netip.Addr
+	nbma  netip.Addr
+}
+
+// completeRegistration installs the accepted bindings and replies.
+func (e *Engine) completeRegistration(p *wire.Packet, from netip.Addr, regs []regCIE) {
+	if e.stopping {
+		return
+	}
+	reply := &wire.Packet{
+		AddrFamily: p.AddrFamily, ProtoType: p.ProtoType, HopCount: HopCount,
+		Type: wire.TypeRegistrationReply, Flags: p.Flags, RequestID: p.RequestID,
+		SrcNBMA: p.SrcNBMA, SrcNBMAType: p.SrcNBMAType, SrcProto: p.SrcProto, DstProto: p.DstProto,
+		CIEs: make([]wire.CIE, len(p.CIEs)),
+	}
+	var natExtra []wire.CIE
+	for i := range regs {
+		r := &regs[i]
+		code := wire.CIECode(r.verdict.Code)
+		if code == wire.CIESuccess {
+			code = e.bind(r, p.RequestID)
+		}
+		if code != wire.CIESuccess {
+			reason := r.verdict.Reason
+			if reason == "" {
+				reason = code.String()
+			}
+			e.stats.drop("refused")
+			e.emit(Event{Kind: EventRegistrationRefused, Proto: r.reg.Proto, NBMA: r.reg.NBMA,
+				ClaimedNBMA: r.reg.ClaimedNBMA, Code: uint8(code), Reason: reason, Identity: r.verdict.Identity})
+			e.logLimited("registration refused", zap.Stringer("proto", r.reg.Proto), zap.Stringer("nbma", from), zap.String("reason", reason))
+		}
+		c := p.CIEs[i]
+		c.Code = code
+		reply.CIEs[i] = c
+		if code == wire.CIESuccess && r.reg.ClaimedNBMA != r.reg.NBMA {
+			natExtra = append(natExtra, wire.CIE{PrefixLen: uint8(r.reg.Proto.Bits()), MTU: r.mtu,
+				HoldingTime: uint16(r.holding / time.Second), NBMA: r.reg.NBMA, Proto: r.reg.Proto.Addr()})
+		}
+	}
+	resp := e.ownCIE(from, uint8(e.own.BitLen()))
+	reply.Extensions = e.replyExtensions(p, &resp, natExtra)
+	e.send(reply, from, "client", p.SrcProto)
+}
+
+// bind installs or refreshes a client's binding and returns the CIE code:
+// a binding of higher rank (static, local) is never replaced; a unique
+// binding is never taken over by another NBMA address (code 14), and a
+// registration from the same address refreshes it.
+func (e *Engine) bind(r *regCIE, reqID uint32) wire.CIECode {
+	cur := e.cache.get(r.reg.Proto)
+	if cur != nil && cur.typ > TypeDynamic {
+		return wire.CIEAdminProhibited
+	}
+	if cur != nil && cur.typ == TypeDynamic && cur.nbma != r.reg.NBMA && cur.flags&FlagUnique != 0 {
+		return wire.CIEAlreadyRegistered
+	}
+	flags := FlagRegistered
+	if r.reg.Unique {
+		flags |= FlagUnique
+	}
+	if r.reg.ClaimedNBMA != r.reg.NBMA {
+		flags |= FlagNAT
+	}
+	if cur != nil && cur.typ == TypeDynamic && cur.nbma == r.reg.NBMA {
+		// A refresh.
+		cur.flags = flags | cur.flags&FlagUsed
+		cur.claimed, cur.holding, cur.mtu, cur.reqID = r.reg.ClaimedNBMA, uint16(r.holding/time.Second), r.mtu, reqID
+		if r.verdict.Identity != "" {
+			cur.identity, cur.attrs = r.verdict.Identity, r.verdict.Attrs
+		}
+		e.expireAt(cur, e.now.Add(r.holding), "expired")
+		return wire.CIESuccess
+	}
+	if cur != nil {
+		e.removeEntry(cur, "replaced by a registration")
+	}
+	en := &entry{
+		typ: TypeDynamic, proto: r.reg.Proto, nbma: r.reg.NBMA, claimed: r.reg.ClaimedNBMA,
+		flags: flags, created: e.now, holding: uint16(r.holding / time.Second), mtu: r.mtu,
+		reqID: reqID, identity: r.verdict.Identity, attrs: r.verdict.Attrs,
+	}
+	e.addEntry(en)
+	e.expireAt(en, e.now.Add(r.holding), "expired")
+	e.emit(Event{Kind: EventRegistered, Proto: en.proto, NBMA: en.nbma, ClaimedNBMA: en.claimed,
+		HoldingTime: r.holding, Identity: en.identity, Attrs: en.attrs})
+	return wire.CIESuccess
+}

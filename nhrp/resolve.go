@@ -1,0 +1,331 @@
+package nhrp
+
+import (
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/nhrp/wire"
+)
+
+// resolveTries is how many Resolution Requests are sent (1 s, 2 s, 4 s
+// apart) before a resolution fails.
+const resolveTries = 3
+
+// resolution is a Resolution Request this node is waiting on.
+type resolution struct {
+	target netip.Addr
+	reason string
+	id     uint32
+	tries  int
+	timer  *timer
+	// renew is the shortcut or binding being renewed; it stays in place
+	// meanwhile.
+	renew *entry
+}
+
+// handleMiss starts a resolution for a tunnel next hop without a
+// neighbour entry (DMVPN phase 2).
+func (e *Engine) handleMiss(m gre.Miss) {
+	nh := m.NextHop
+	if !nh.IsValid() || e.isOwn(nh) || (e.ownPfx.IsValid() && !e.ownPfx.Contains(nh)) {
+		return
+	}
+	if en := e.cache.get(hostPrefix(nh)); en != nil {
+		if n, ok := neighborOf(en); ok {
+			// The kernel lost a neighbour the cache has: program it again.
+			e.whenUp(en.nbma, roleOf(en.typ), nh, func() {
+				if e.cache.get(en.proto) == en {
+					e.kern.setNeighbor(n)
+					en.neigh = true
+				}
+			})
+			return
+		}
+	}
+	e.resolve(nh, "miss", nil)
+}
+
+// resolve sends a Resolution Request for target unless one is in flight,
+// a usable binding exists or a recent resolution failed.
+func (e *Engine) resolve(target netip.Addr, reason string, renew *entry) {
+	if e.stopping || e.isOwn(target) || e.resolves[target] != nil {
+		return
+	}
+	if renew == nil {
+		if en := e.cache.lookup(target, nil); en != nil {
+			switch {
+			case en.typ == TypeNegative || en.typ == TypeIncomplete:
+				e.stats.suppress("resolution")
+				return
+			case en.typ >= TypeCached && en.typ != TypeLocal && (en.nbma.IsValid() || en.nextHop.IsValid()):
+				return // already resolved
+			}
+		}
+		if e.cache.get(hostPrefix(target)) == nil {
+			inc := &entry{typ: TypeIncomplete, proto: hostPrefix(target), created: e.now}
+			e.cache.put(inc)
+		}
+	}
+	r := &resolution{target: target, reason: reason, renew: renew}
+	e.resolves[target] = r
+	e.sendResolution(r)
+}
+
+// resolutionTarget picks the NBMA address a Resolution Request for target
+// goes to: the tunnel next hop of the route to it, else the preferred NHS.
+func (e *Engine) resolutionTarget(target netip.Addr) (netip.Addr, netip.Addr) {
+	if ri, ok := e.route(target); ok && ri.NextHop.IsValid() && ri.NextHop != target {
+		if en := e.cache.get(hostPrefix(ri.NextHop)); en != nil && en.nbma.IsValid() && en.typ >= TypeCached {
+			return en.nbma, ri.NextHop
+		}
+	}
+	if n := e.upNHS(); n != nil {
+		return n.nbma, n.proto
+	}
+	return netip.Addr{}, netip.Addr{}
+}
+
+func (e *Engine) sendResolution(r *resolution) {
+	to, toProto := e.resolutionTarget(r.target)
+	if !to.IsValid() {
+		e.resolutionFailed(r, "no next hop server")
+		return
+	}
+	r.tries++
+	if r.id != 0 {
+		delete(e.pending, r.id)
+	}
+	r.id = e.nextReqID()
+	p := e.newPacket(wire.TypeResolutionRequest, r.target, to)
+	p.Flags = wire.ResFlagQ | wire.ResFlagA | wire.ResFlagS | wire.ResFlagNAT
+	p.RequestID = r.id
+	p.CIEs = []wire.CIE{{MTU: e.mtu(), HoldingTime: e.holding()}}
+	p.Extensions = e.requestExtensions(true, e.natCIEs())
+	e.addPending(&pendingReq{
+		id: r.id, typ: wire.TypeResolutionRequest, to: to,
+		onReply: func(rep *wire.Packet, from netip.Addr) { e.resolutionReply(r, rep, from) },
+		onFail:  func(reason string) { e.resolutionFailed(r, reason) },
+	})
+	role := "nhs"
+	if e.nhsByNBMA(to) == nil {
+		role = "shortcut"
+	}
+	e.send(p, to, role, toProto)
+	r.timer.Stop()
+	r.timer = e.sched.after(e.now, backoff(r.tries, 4*time.Second), func() {
+		if e.resolves[r.target] != r {
+			return
+		}
+		if r.tries >= resolveTries {
+			e.resolutionFailed(r, "no reply")
+			return
+		}
+		e.sendResolution(r)
+	})
+}
+
+// resolutionFailed ends a resolution without an answer: a negative entry
+// keeps it from being retried for NegativeTTL.
+func (e *Engine) resolutionFailed(r *resolution, reason string) {
+	if e.resolves[r.target] != r {
+		return
+	}
+	e.endResolution(r)
+	e.emit(Event{Kind: EventResolutionFailed, Proto: hostPrefix(r.target), Reason: reason})
+	if r.renew != nil {
+		return // the renewed binding runs out on its own
+	}
+	p := hostPrefix(r.target)
+	if cur := e.cache.get(p); cur != nil && cur.typ > TypeNegative {
+		return
+	} else if cur != nil {
+		e.cache.del(cur)
+	}
+	neg := &entry{typ: TypeNegative, proto: p, created: e.now}
+	e.cache.put(neg)
+	e.expireAt(neg, e.now.Add(e.cfg.NegativeTTL), "negative entry expired")
+}
+
+// endResolution forgets an outstanding resolution and its incomplete
+// entry.
+func (e *Engine) endResolution(r *resolution) {
+	r.timer.Stop()
+	delete(e.pending, r.id)
+	delete(e.resolves, r.target)
+	if en := e.cache.get(hostPrefix(r.target)); en != nil && en.typ == TypeIncomplete {
+		e.cache.del(en)
+	}
+}
+
+// handleResolutionReply delivers a reply to its request, or forwards a
+// reply for another node along the reverse path.
+func (e *Engine) handleResolutionReply(p *wire.Packet, raw []byte, from netip.Addr) {
+	if p.SrcProto != e.own {
+		e.forwardReply(p, raw, from)
+		return
+	}
+	r := e.takePending(p.RequestID, p.Type)
+	if r == nil {
+		e.stats.drop("unexpected-reply")
+		return
+	}
+	if e.refuseUnknown(p, raw, from) {
+		r.fail("unrecognized extension in reply")
+		return
+	}
+	r.onReply(p, from)
+}
+
+// resolutionReply installs what a positive reply says: a binding for a
+// tunnel address (phase 2), or a shortcut route for the prefix behind the
+// responder plus the responder's binding (phase 3).
+func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from netip.Addr) {
+	if e.resolves[r.target] != r {
+		return
+	}
+	if len(p.CIEs) == 0 || p.CIEs[0].Code != wire.CIESuccess {
+		code := wire.CIENoBinding
+		if len(p.CIEs) > 0 {
+			code = p.CIEs[0].Code
+		}
+		e.resolutionFailed(r, "negative reply: "+code.String())
+		return
+	}
+	c := p.CIEs[0]
+	addr := c.Proto
+	if !addr.IsValid() {
+		addr = p.DstProto
+	}
+	bits := int(c.PrefixLen)
+	if bits == 0 || bits == 0xff || bits > addr.BitLen() {
+		bits = addr.BitLen()
+	}
+	prefix := netip.PrefixFrom(addr, bits).Masked()
+
+	// The responder: its tunnel address from the Responder Address
+	// extension, its NBMA address from the CIE, with NAT taken into
+	// account.
+	respProto, respNBMA := netip.Addr{}, c.NBMA
+	if x := p.Extension(wire.ExtResponderAddress); x != nil && len(x.CIEs) > 0 {
+		respProto = x.CIEs[0].Proto
+		if !respNBMA.IsValid() {
+			respNBMA = x.CIEs[0].NBMA
+		}
+	}
+	if !respProto.IsValid() && prefix.IsSingleIP() {
+		respProto = prefix.Addr()
+	}
+	if x := p.Extension(wire.ExtNATAddress); x != nil {
+		for _, nc := range x.CIEs {
+			if nc.Proto == respProto && nc.NBMA.IsValid() {
+				respNBMA = nc.NBMA
+			}
+		}
+	}
+	if !respNBMA.IsValid() {
+		respNBMA = from
+	} else if from != respNBMA && e.nhsByNBMA(from) == nil && e.cache.lookup(respProto, nil) == nil {
+		// Answered directly from another address than it claims: the
+		// responder is behind NAT.
+		respNBMA = from
+	}
+
+	if reason := e.checkReply(r.target, prefix, respProto); reason != "" {
+		e.logLimited("resolution reply refused", zap.Stringer("target", r.target), zap.Stringer("prefix", prefix), zap.String("reason", reason))
+		e.stats.drop("unsupported")
+		e.resolutionFailed(r, "invalid reply: "+reason)
+		return
+	}
+	e.endResolution(r)
+
+	hold := time.Duration(c.HoldingTime) * time.Second
+	if hold == 0 {
+		hold = e.cfg.HoldingTime
+	}
+	flags := FlagRouter
+	if p.Flags&wire.ResFlagA != 0 {
+		flags |= FlagAuthoritative
+	}
+	if from != c.NBMA && c.NBMA.IsValid() {
+		flags |= FlagNAT
+	}
+	// The responder's own binding (its tunnel address → NBMA).
+	bind := e.installBinding(hostPrefix(respProto), respNBMA, c.NBMA, flags, hold, c.MTU)
+	if prefix.IsSingleIP() && prefix.Addr() == respProto {
+		if bind != nil {
+			e.scheduleRenew(bind)
+		}
+		return // phase 2: the binding is all there is
+	}
+	e.installShortcut(prefix, respProto, respNBMA, flags, hold)
+}
+
+// checkReply says why a resolution reply must not be used, or "".
+func (e *Engine) checkReply(target netip.Addr, prefix netip.Prefix, resp netip.Addr) string {
+	switch {
+	case !prefix.Contains(target):
+		return "prefix does not contain the address asked for"
+	case !resp.IsValid():
+		return "no responder address"
+	case resp.BitLen() != e.own.BitLen():
+		return "responder address family"
+	case !prefix.IsSingleIP() && prefix.Bits() < e.cfg.MinShortcutPrefix:
+		return "prefix shorter than the minimum"
+	case !prefix.IsSingleIP() && prefix.Contains(e.own):
+		return "prefix covers this node's tunnel address"
+	case e.isOwn(resp):
+		return "responder is this node"
+	}
+	return ""
+}
+
+// installBinding puts a resolved tunnel address → NBMA binding in the
+// cache, unless a binding of higher rank exists. It returns the entry in
+// place.
+func (e *Engine) installBinding(p netip.Prefix, nbma, claimed netip.Addr, flags Flags, hold time.Duration, mtu uint16) *entry {
+	cur := e.cache.get(p)
+	if cur != nil && cur.typ > TypeCached {
+		return nil // a registration, an NHS or a static binding wins
+	}
+	if cur != nil && cur.typ == TypeCached && cur.nbma == nbma {
+		cur.flags |= flags
+		cur.holding = uint16(hold / time.Second)
+		e.expireAt(cur, e.now.Add(hold), "expired")
+		return cur
+	}
+	if cur != nil {
+		e.removeEntry(cur, "replaced by a resolution")
+	}
+	en := &entry{typ: TypeCached, proto: p, nbma: nbma, claimed: claimed, flags: flags,
+		created: e.now, holding: uint16(hold / time.Second), mtu: mtu}
+	e.addEntry(en)
+	e.expireAt(en, e.now.Add(hold), "expired")
+	return en
+}
+
+// installShortcut puts a shortcut route for prefix via the responder in
+// the cache and the kernel.
+func (e *Engine) installShortcut(prefix netip.Prefix, via, nbma netip.Addr, flags Flags, hold time.Duration) {
+	cur := e.cache.get(prefix)
+	if cur != nil && cur.typ > TypeShortcut {
+		return
+	}
+	if cur != nil && cur.typ == TypeShortcut && cur.nextHop == via {
+		cur.holding = uint16(hold / time.Second)
+		e.expireAt(cur, e.now.Add(hold), "expired")
+		e.scheduleRenew(cur)
+		return
+	}
+	if cur != nil {
+		e.removeEntry(cur, "replaced by a shortcut")
+	}
+	en := &entry{typ: TypeShortcut, proto: prefix, nbma: nbma, nextHop: via, flags: flags,
+		created: e.now, holding: uint16(hold / time.Second)}
+	e.addEntry(en)
+	e.expireAt(en, e.now.Add(hold), "expired")
+	e.scheduleRenew(en)
+	e.emit(Event{Kind: EventShortcutUp, Proto: prefix, NextHop: via, NBMA: nbma, HoldingTime: hold})
+}

@@ -1,0 +1,283 @@
+package nhrp
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/opendmvpn/dmvpn/nhrp/wire"
+)
+
+// handleResolutionRequest answers a Resolution Request this node is
+// authoritative for, forwards it toward the node that is, or answers no.
+//
+// This node answers for its own tunnel address, for static bindings and
+// for the networks behind it (what its Router calls local). A hub does not
+// answer for its registered clients from its cache: like Cisco it forwards
+// the request to the client, which answers with the prefix behind it and
+// learns the requester. Anything routed through the tunnel is forwarded to
+// the next hop of its route.
+func (e *Engine) handleResolutionRequest(p *wire.Packet, raw []byte, from netip.Addr) {
+	if e.forwardTransitHasSelf(p) {
+		e.stats.drop("loop")
+		e.sendError(p, raw, from, wire.ErrorLoopDetected, extOffset(raw))
+		return
+	}
+	if p.SrcProto.BitLen() != e.own.BitLen() || p.DstProto.BitLen() != e.own.BitLen() || e.isOwn(p.SrcProto) {
+		e.stats.drop("unsupported")
+		return
+	}
+	target := p.DstProto
+
+	// Authoritative here?
+	if e.isOwn(target) {
+		e.answer(p, raw, from, hostPrefix(target), e.localNBMA(from), nil)
+		return
+	}
+	if en := e.cache.lookup(target, func(en *entry) bool { return en.typ == TypeStatic || en.typ == TypeLocal }); en != nil {
+		if en.typ == TypeStatic {
+			e.answer(p, raw, from, en.proto, en.nbma, nil)
+		} else {
+			e.answer(p, raw, from, en.proto, e.localNBMA(from), en)
+		}
+		return
+	}
+	ri, routed := e.route(target)
+	if routed && ri.Local && ri.Prefix.IsValid() && (ri.Prefix.IsSingleIP() || ri.Prefix.Bits() >= e.cfg.MinShortcutPrefix) && !ri.Prefix.Contains(e.own) {
+		e.answer(p, raw, from, ri.Prefix, e.localNBMA(from), e.localEntry(ri.Prefix))
+		return
+	}
+
+	// Forward toward the node that knows: a registered client covering
+	// the target, or the tunnel next hop of its route.
+	if en := e.cache.lookup(target, func(en *entry) bool { return en.typ == TypeDynamic }); en != nil {
+		if en.nbma != from {
+			e.forwardRequest(p, raw, from, en.nbma, en.proto.Addr())
+			return
+		}
+	}
+	if routed && ri.NextHop.IsValid() && !e.isOwn(ri.NextHop) {
+		if en := e.cache.get(hostPrefix(ri.NextHop)); en != nil && en.nbma.IsValid() && en.nbma != from && en.typ >= TypeCached {
+			e.forwardRequest(p, raw, from, en.nbma, ri.NextHop)
+			return
+		}
+	}
+	// A spoke that knows nothing passes the question to its server.
+	if e.cfg.Role != RoleHub {
+		if n := e.upNHS(); n != nil && n.nbma != from {
+			e.forwardRequest(p, raw, from, n.nbma, n.proto)
+			return
+		}
+	}
+	e.nak(p, raw, from)
+}
+
+// requesterNBMA is where an answer to p goes: the requester's public
+// address from the NAT extension, else the outer source when the request
+// came straight from it, else the NBMA address it claims.
+func requesterNBMA(p *wire.Packet, from netip.Addr) netip.Addr {
+	if x := p.Extension(wire.ExtNATAddress); x != nil {
+		for _, c := range x.CIEs {
+			if c.Proto == p.SrcProto && c.NBMA.IsValid() {
+				return c.NBMA
+			}
+		}
+	}
+	if fwd := p.Extension(wire.ExtForwardTransit); (fwd == nil || len(fwd.CIEs) == 0) && from.IsValid() {
+		return from
+	}
+	return p.SrcNBMA
+}
+
+// answer sends a positive Resolution Reply for prefix, at nbma, straight
+// to the requester, and remembers the requester.
+func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix netip.Prefix, nbma netip.Addr, local *entry) {
+	if e.refuseUnknown(p, raw, from) {
+		return
+	}
+	to := requesterNBMA(p, from)
+	if pub := e.publicNBMA(); pub.IsValid() && nbma == e.localNBMA(from) {
+		nbma = pub
+	}
+	holding := e.holding()
+	c := wire.CIE{
+		PrefixLen: uint8(prefix.Bits()), MTU: e.mtu(), HoldingTime: holding,
+		NBMA: nbma, Proto: p.DstProto,
+	}
+	reply := &wire.Packet{
+		AddrFamily: p.AddrFamily, ProtoType: p.ProtoType, HopCount: HopCount,
+		Type: wire.TypeResolutionReply, RequestID: p.RequestID,
+		Flags:   p.Flags&(wire.ResFlagQ|wire.ResFlagS|wire.ResFlagNAT) | wire.ResFlagA | wire.ResFlagD | wire.ResFlagU,
+		SrcNBMA: p.SrcNBMA, SrcNBMAType: p.SrcNBMAType, SrcProto: p.SrcProto, DstProto: p.DstProto,
+		CIEs: []wire.CIE{c},
+	}
+	resp := e.ownCIE(from, 0)
+	reply.Extensions = e.replyExtensions(p, &resp, e.natCIEs())
+	if local != nil {
+		if local.told == nil {
+			local.told = make(map[netip.Addr]netip.Addr)
+		}
+		local.told[to] = p.SrcProto
+	}
+	// Learn the requester (its source binding), so traffic back to it can
+	// go straight too.
+	hold := e.cfg.HoldingTime
+	if len(p.CIEs) > 0 && p.CIEs[0].HoldingTime > 0 {
+		hold = time.Duration(p.CIEs[0].HoldingTime) * time.Second
+	}
+	if p.Flags&wire.ResFlagS != 0 {
+		if en := e.installBinding(hostPrefix(p.SrcProto), to, p.SrcNBMA, FlagImplicit|FlagRouter, hold, 0); en != nil {
+			e.scheduleRenewQuiet(en)
+		}
+	}
+	e.send(reply, to, "shortcut", p.SrcProto)
+}
+
+// scheduleRenewQuiet lets an implicit binding run out unless used; it is
+// not renewed by resolving (the requester renews it by asking again).
+func (e *Engine) scheduleRenewQuiet(en *entry) { en.renew.Stop() }
+
+// localEntry returns the local entry of a network behind this node,
+// creating it: it records who was told about the network.
+func (e *Engine) localEntry(p netip.Prefix) *entry {
+	if en := e.cache.get(p); en != nil {
+		if en.typ == TypeLocal {
+			return en
+		}
+		if en.typ > TypeLocal {
+			return nil
+		}
+		e.removeEntry(en, "replaced by a local network")
+	}
+	en := &entry{typ: TypeLocal, proto: p, created: e.now}
+	e.cache.put(en)
+	return en
+}
+
+// nak answers that no binding exists.
+func (e *Engine) nak(p *wire.Packet, raw []byte, from netip.Addr) {
+	if e.refuseUnknown(p, raw, from) {
+		return
+	}
+	e.stats.drop("no-binding")
+	reply := &wire.Packet{
+		AddrFamily: p.AddrFamily, ProtoType: p.ProtoType, HopCount: HopCount,
+		Type: wire.TypeResolutionReply, RequestID: p.RequestID, Flags: p.Flags &^ wire.ResFlagA,
+		SrcNBMA: p.SrcNBMA, SrcNBMAType: p.SrcNBMAType, SrcProto: p.SrcProto, DstProto: p.DstProto,
+		CIEs: []wire.CIE{{Code: wire.CIENoBinding, PrefixLen: uint8(p.DstProto.BitLen()), MTU: e.mtu(), Proto: p.DstProto}},
+	}
+	reply.Extensions = e.replyExtensions(p, nil, nil)
+	to := requesterNBMA(p, from)
+	if e.deps.Peers != nil {
+		if pe := e.peers[to]; pe == nil || pe.state != peerUp {
+			to = from // the peer that handed us the request is up
+		}
+	}
+	e.send(reply, to, "shortcut", p.SrcProto)
+}
+
+// forwardRequest passes a Resolution Request on toward nbma: the hop
+// count goes down by one, this node is added to the Forward Transit NHS
+// Record, the authentication is this node's, and a NATed requester's
+// public address goes into the NAT extension so the responder can reach
+// it.
+func (e *Engine) forwardRequest(p *wire.Packet, raw []byte, from, nbma, proto netip.Addr) {
+	if p.HopCount <= 1 {
+		e.stats.drop("hop-count")
+		e.sendError(p, raw, from, wire.ErrorHopCountExceeded, 9)
+		return
+	}
+	fwd, err := wire.Decode(raw) // a private copy: p is reused
+	if err != nil {
+		return
+	}
+	fwd.HopCount--
+	e.appendTransit(fwd, wire.ExtForwardTransit, nbma)
+	if en := e.cache.get(hostPrefix(fwd.SrcProto)); en != nil && en.typ == TypeDynamic && en.flags&FlagNAT != 0 {
+		e.addNATCIE(fwd, wire.CIE{PrefixLen: uint8(fwd.SrcProto.BitLen()), NBMA: en.nbma, Proto: fwd.SrcProto})
+	}
+	role := "client"
+	if e.nhsByNBMA(nbma) != nil {
+		role = "nhs"
+	}
+	e.send(fwd, nbma, role, proto)
+}
+
+// forwardReply passes a Resolution Reply for another node back toward its
+// requester, adding this node to the Reverse Transit NHS Record.
+func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
+	x := p.Extension(wire.ExtReverseTransit)
+	if x != nil {
+		for _, c := range x.CIEs {
+			if c.Proto == e.own {
+				e.stats.drop("loop")
+				return
+			}
+		}
+	}
+	en := e.cache.get(hostPrefix(p.SrcProto))
+	if en == nil || !en.nbma.IsValid() || en.nbma == from || en.typ < TypeCached || p.HopCount <= 1 {
+		e.stats.drop("not-for-us")
+		return
+	}
+	fwd, err := wire.Decode(raw)
+	if err != nil {
+		return
+	}
+	fwd.HopCount--
+	e.appendTransit(fwd, wire.ExtReverseTransit, en.nbma)
+	e.send(fwd, en.nbma, roleOf(en.typ), p.SrcProto)
+}
+
+// appendTransit adds this node to a transit record extension (creating it
+// before End if the packet has none) and puts this node's authentication
+// in.
+func (e *Engine) appendTransit(p *wire.Packet, t wire.ExtType, toward netip.Addr) {
+	self := e.ownCIE(toward, 0)
+	found := false
+	out := p.Extensions[:0:0]
+	for _, x := range p.Extensions {
+		switch {
+		case x.Type == t:
+			x.CIEs = append(append([]wire.CIE(nil), x.CIEs...), self)
+			found = true
+		case x.Type == wire.ExtAuthentication:
+			if len(e.cfg.AuthPassword) == 0 {
+				continue
+			}
+			x = wire.NewCiscoAuth(e.cfg.AuthPassword)
+		case x.Type == wire.ExtEnd && !found:
+			out = append(out, wire.Extension{Type: t, Compulsory: true, CIEs: []wire.CIE{self}})
+			found = true
+		}
+		out = append(out, x)
+	}
+	if !found {
+		out = append(out, wire.Extension{Type: t, Compulsory: true, CIEs: []wire.CIE{self}})
+	}
+	p.Extensions = out
+}
+
+// addNATCIE adds c to the NAT Address extension unless it has a CIE for
+// the same protocol address.
+func (e *Engine) addNATCIE(p *wire.Packet, c wire.CIE) {
+	for i := range p.Extensions {
+		x := &p.Extensions[i]
+		if x.Type != wire.ExtNATAddress {
+			continue
+		}
+		for _, have := range x.CIEs {
+			if have.Proto == c.Proto {
+				return
+			}
+		}
+		x.CIEs = append(append([]wire.CIE(nil), x.CIEs...), c)
+		return
+	}
+	// No NAT extension: add one before End.
+	n := len(p.Extensions)
+	if n > 0 && p.Extensions[n-1].Type == wire.ExtEnd {
+		p.Extensions = append(p.Extensions[:n-1:n-1], wire.Extension{Type: wire.ExtNATAddress, CIEs: []wire.CIE{c}}, p.Extensions[n-1])
+		return
+	}
+	p.Extensions = append(p.Extensions, wire.Extension{Type: wire.ExtNATAddress, CIEs: []wire.CIE{c}})
+}

@@ -1,0 +1,244 @@
+package nhrp
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/opendmvpn/dmvpn/nhrp/wire"
+)
+
+// stats counts packets. The counters are written by the loop and the
+// reader goroutine and read by snapshots, so they are atomic.
+type stats struct {
+	sent, received [9]atomic.Uint64 // by wire.Type
+	errSent        [16]atomic.Uint64
+	errRecv        [16]atomic.Uint64
+	dropped        map[string]*atomic.Uint64
+	suppressed     map[string]*atomic.Uint64
+	rxQueueFull    atomic.Uint64
+}
+
+// Drop reasons counted in Traffic.Dropped.
+var dropReasons = []string{
+	"malformed", "auth", "unknown-extension", "hop-count", "loop", "not-for-us",
+	"unexpected-reply", "unsupported", "refused", "peer-down", "peer-queue-full",
+	"no-route", "rx-queue-full", "no-binding",
+}
+
+// Suppression kinds counted in Traffic.Suppressed.
+var suppressKinds = []string{"redirect", "error-indication", "max-send", "resolution"}
+
+func (s *stats) init() {
+	s.dropped = make(map[string]*atomic.Uint64)
+	for _, r := range dropReasons {
+		s.dropped[r] = new(atomic.Uint64)
+	}
+	s.suppressed = make(map[string]*atomic.Uint64)
+	for _, k := range suppressKinds {
+		s.suppressed[k] = new(atomic.Uint64)
+	}
+}
+
+func (s *stats) drop(reason string) {
+	if c := s.dropped[reason]; c != nil {
+		c.Add(1)
+	}
+}
+
+func (s *stats) suppress(kind string) {
+	if c := s.suppressed[kind]; c != nil {
+		c.Add(1)
+	}
+}
+
+func (s *stats) countSent(t wire.Type) {
+	if int(t) < len(s.sent) {
+		s.sent[t].Add(1)
+	}
+}
+
+func (s *stats) countReceived(t wire.Type) {
+	if int(t) < len(s.received) {
+		s.received[t].Add(1)
+	}
+}
+
+func (s *stats) countError(recv bool, code wire.ErrorCode) {
+	if int(code) >= 16 {
+		code = 0
+	}
+	if recv {
+		s.errRecv[code].Add(1)
+	} else {
+		s.errSent[code].Add(1)
+	}
+}
+
+// snapshot returns the public view.
+func (s *stats) snapshot(l *limits, now time.Time) Traffic {
+	t := Traffic{
+		Sent: map[string]uint64{}, Received: map[string]uint64{},
+		ErrorsSent: map[string]uint64{}, ErrorsReceived: map[string]uint64{},
+		Dropped: map[string]uint64{}, Suppressed: map[string]uint64{},
+	}
+	for ty := wire.TypeResolutionRequest; ty <= wire.TypeTrafficIndication; ty++ {
+		t.Sent[ty.String()] = s.sent[ty].Load()
+		t.Received[ty.String()] = s.received[ty].Load()
+	}
+	for c := range s.errSent {
+		if n := s.errSent[c].Load(); n > 0 {
+			t.ErrorsSent[wire.ErrorCode(c).String()] = n
+		}
+		if n := s.errRecv[c].Load(); n > 0 {
+			t.ErrorsReceived[wire.ErrorCode(c).String()] = n
+		}
+	}
+	for r, c := range s.dropped {
+		t.Dropped[r] = c.Load()
+	}
+	t.Dropped["rx-queue-full"] += s.rxQueueFull.Load()
+	for k, c := range s.suppressed {
+		t.Suppressed[k] = c.Load()
+	}
+	t.MaxSend = l.maxSend
+	t.Usage = l.usage(now)
+	return t
+}
+
+// bucket is a token bucket.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// allow takes a token if one is available; rate is tokens per second.
+func (b *bucket) allow(now time.Time, rate, burst float64) bool {
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens += now.Sub(b.last).Seconds() * rate
+		if b.tokens > burst {
+			b.tokens = burst
+		}
+	}
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true
+	}
+	return false
+}
+
+// limits holds the engine's rate limits (loop-owned).
+type limits struct {
+	maxSend int
+	send    bucket
+	// window counts packets sent in the current and previous second for
+	// the usage figure.
+	winStart   time.Time
+	winCount   int
+	lastCount  int
+	redirect   map[[2]netip.Addr]*bucket
+	errInd     map[netip.Addr]*bucket
+	errIndAll  bucket
+	lastPruned time.Time
+}
+
+func (l *limits) init(maxSend int) {
+	l.maxSend = maxSend
+	l.redirect = make(map[[2]netip.Addr]*bucket)
+	l.errInd = make(map[netip.Addr]*bucket)
+}
+
+// allowSend applies the global send limit and counts the packet.
+func (l *limits) allowSend(now time.Time) bool {
+	if !l.send.allow(now, float64(l.maxSend), float64(l.maxSend)) {
+		return false
+	}
+	if now.Sub(l.winStart) >= time.Second {
+		if now.Sub(l.winStart) < 2*time.Second {
+			l.lastCount = l.winCount
+		} else {
+			l.lastCount = 0
+		}
+		l.winStart, l.winCount = now, 0
+	}
+	l.winCount++
+	return true
+}
+
+// usage is the share of the send limit used over the last second, in
+// percent.
+func (l *limits) usage(now time.Time) int {
+	n := l.lastCount
+	if now.Sub(l.winStart) < time.Second && l.winCount > n {
+		n = l.winCount
+	}
+	if now.Sub(l.winStart) >= 2*time.Second {
+		n = 0
+	}
+	if l.maxSend == 0 {
+		return 0
+	}
+	return n * 100 / l.maxSend
+}
+
+// Redirect limits: per (source, destination) pair, a first indication at
+// once, then one every redirectInterval.
+const (
+	redirectInterval = 5 * time.Second
+	redirectBurst    = 2
+)
+
+// allowRedirect applies the per-pair Traffic Indication limit.
+func (l *limits) allowRedirect(now time.Time, src, dst netip.Addr) bool {
+	l.prune(now)
+	k := [2]netip.Addr{src, dst}
+	b := l.redirect[k]
+	if b == nil {
+		b = &bucket{}
+		l.redirect[k] = b
+	}
+	return b.allow(now, 1/redirectInterval.Seconds(), redirectBurst)
+}
+
+// forgetRedirect clears the limit of a pair (after a purge, a new
+// shortcut attempt may be needed at once).
+func (l *limits) forgetRedirect(dst netip.Prefix) {
+	for k := range l.redirect {
+		if dst.Contains(k[1]) || dst.Contains(k[0]) {
+			delete(l.redirect, k)
+		}
+	}
+}
+
+// allowErrInd applies the Error Indication limits: per destination one a
+// second (burst 3), and 50 a second in all.
+func (l *limits) allowErrInd(now time.Time, to netip.Addr) bool {
+	l.prune(now)
+	b := l.errInd[to]
+	if b == nil {
+		b = &bucket{}
+		l.errInd[to] = b
+	}
+	return b.allow(now, 1, 3) && l.errIndAll.allow(now, 50, 50)
+}
+
+// prune drops idle per-peer buckets once a minute.
+func (l *limits) prune(now time.Time) {
+	if now.Sub(l.lastPruned) < time.Minute {
+		return
+	}
+	l.lastPruned = now
+	for k, b := range l.redirect {
+		if now.Sub(b.last) > 10*time.Minute {
+			delete(l.redirect, k)
+		}
+	}
+	for k, b := range l.errInd {
+		if now.Sub(b.last) > time.Minute {
+			delete(l.errInd, k)
+		}
+	}
+}
