@@ -1,7 +1,8 @@
-// Package firewall will hold the node's nftables ruleset, applied
-// atomically through netlink (google/nftables): GRE accepted only when IPsec
-// protected it, MSS clamping on the tunnel, per-uplink connection marks and
-// NAT on the uplinks.
+// Package firewall holds the node's nftables rules, applied atomically
+// through netlink (google/nftables), never through the nft command.
 //
-// The package is empty until the firewall capability is built.
+// Subpackage redirect installs the hub's redirect-detection rule and reads
+// it over NFLOG. The rest of the ruleset (GRE accepted only when IPsec
+// protected it, MSS clamping on the tunnel, per-uplink marks, NAT on the
+// uplinks) comes with the firewall capability.
 package firewall

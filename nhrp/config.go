@@ -228,3 +228,11 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// ShortcutTableOrDefault returns the routing table of shortcut routes.
+func (c *Config) ShortcutTableOrDefault() int {
+	if c.ShortcutTable == 0 {
+		return DefaultShortcutTable
+	}
+	return c.ShortcutTable
+}

@@ -1,0 +1,58 @@
+// Package redirect detects traffic a hub relays from its tunnel back into
+// its tunnel, the trigger of NHRP redirects (DMVPN phase 3). It installs
+// an nftables rule `iifname T oifname T limit … log group N snaplen 128`
+// in a table of its own and reads the logged packets over NFLOG; it works
+// the same for every data-plane backend, since the kernel forwards the
+// inner packets in all of them.
+package redirect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Config describes the watcher.
+type Config struct {
+	// Interface is the tunnel interface.
+	Interface string
+	// Group is the NFLOG group.
+	Group uint16
+	// Rate limits the packets logged per second (in the kernel); the
+	// engine limits indications per source and destination on top.
+	Rate uint64
+}
+
+// ErrConfig wraps configuration errors.
+var ErrConfig = errors.New("redirect: invalid config")
+
+func (c *Config) validate() error {
+	if c.Interface == "" || len(c.Interface) > 15 {
+		return fmt.Errorf("%w: interface %q", ErrConfig, c.Interface)
+	}
+	if c.Group == 0 {
+		return fmt.Errorf("%w: NFLOG group 0 is reserved", ErrConfig)
+	}
+	return nil
+}
+
+// TableName returns the nftables table the watcher uses for an interface.
+func TableName(iface string) string { return "dmvpn_redirect_" + iface }
+
+// Watcher delivers relayed packets until Close.
+type Watcher interface {
+	Close() error
+}
+
+// Start installs the rule and calls fn with the start of each relayed
+// packet (at most 128 bytes), from a goroutine of its own, until ctx is
+// done or Close is called. Close removes the rule.
+func Start(ctx context.Context, cfg Config, fn func(pkt []byte)) (Watcher, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Rate == 0 {
+		cfg.Rate = 200
+	}
+	return start(ctx, cfg, fn)
+}

@@ -1,0 +1,289 @@
+// Package daemon is dmvpnd as a library: it wires the data plane, the
+// NHRP engine, route lookups, redirect detection and the kernel settings
+// of a node together from one Config, runs them, reloads them and stops
+// them cleanly. The command, the control socket and the tests all drive
+// the same Daemon.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/gre/backend"
+	"github.com/opendmvpn/dmvpn/nhrp"
+)
+
+// Defaults.
+const (
+	DefaultRedirectGroup        = 1
+	DefaultShortcutRulePriority = 1000
+)
+
+// Config is a node's configuration as the daemon uses it. The YAML file
+// is parsed and validated into it.
+type Config struct {
+	// Node names the node (the shell's prompt, logs).
+	Node string
+	// Tunnel is the tunnel interface.
+	Tunnel gre.Config
+	// Dataplane selects the backend: auto, kernel or userspace.
+	Dataplane backend.Kind
+	// NHRP configures the engine.
+	NHRP nhrp.Config
+	// Networks lists the networks behind this node it answers resolutions
+	// for; empty means: the kernel's routes that are not through the
+	// tunnel and not through an uplink.
+	Networks []netip.Prefix
+	// Policy decides on registrations (hubs).
+	Policy Policy
+	// RedirectGroup is the NFLOG group of the hub's redirect rule.
+	RedirectGroup uint16
+	// ShortcutRulePriority is the priority of the policy rule that makes
+	// the shortcut table take precedence over the main table.
+	ShortcutRulePriority int
+	// Forwarding turns on IP forwarding (a DMVPN node routes).
+	Forwarding bool
+}
+
+// Policy is the registration policy of a hub: every client, or only the
+// tunnel addresses in Allow.
+type Policy struct {
+	AllowAll bool
+	Allow    []netip.Prefix
+}
+
+// withDefaults fills the defaults of zero fields.
+func (c Config) withDefaults() Config {
+	if c.RedirectGroup == 0 {
+		c.RedirectGroup = DefaultRedirectGroup
+	}
+	if c.ShortcutRulePriority == 0 {
+		c.ShortcutRulePriority = DefaultShortcutRulePriority
+	}
+	if c.Dataplane == "" {
+		c.Dataplane = backend.Auto
+	}
+	return c
+}
+
+// Daemon runs a node.
+type Daemon struct {
+	log   *zap.Logger
+	ready chan struct{}
+
+	mu     sync.Mutex
+	cfg    Config
+	dev    gre.Device
+	reason string
+	eng    *nhrp.Engine
+	router *kernelRouter
+	stopFn []func() error // undo actions, run in reverse order on stop
+	engCtx context.CancelFunc
+	engErr chan error
+	obs    []nhrp.Observer
+	policy atomic.Pointer[Policy]
+}
+
+// Option adjusts a Daemon.
+type Option func(*Daemon)
+
+// WithObserver adds an observer of the engine's events (metrics).
+func WithObserver(o nhrp.Observer) Option { return func(d *Daemon) { d.obs = append(d.obs, o) } }
+
+// New returns a daemon for cfg. Run starts it.
+func New(cfg Config, log *zap.Logger, opts ...Option) (*Daemon, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.Tunnel.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.NHRP.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Daemon{log: log, cfg: cfg, ready: make(chan struct{})}
+	for _, o := range opts {
+		o(d)
+	}
+	return d, nil
+}
+
+// Ready is closed once the node runs.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Engine returns the NHRP engine (nil before Ready).
+func (d *Daemon) Engine() *nhrp.Engine {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.eng
+}
+
+// Device returns the data plane (nil before Ready).
+func (d *Daemon) Device() gre.Device {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.dev
+}
+
+// Dataplane returns the backend in use and why it was chosen.
+func (d *Daemon) Dataplane() (string, string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.dev == nil {
+		return "", ""
+	}
+	return d.dev.Info().Backend, d.reason
+}
+
+// Config returns the configuration in force.
+func (d *Daemon) Config() Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
+// Run brings the node up, runs it until ctx is done, then takes it down
+// in reverse order: engine (purges, kernel entries), redirect rule,
+// shortcut rule, data plane.
+func (d *Daemon) Run(ctx context.Context) error {
+	if err := d.up(ctx); err != nil {
+		d.down()
+		return err
+	}
+	close(d.ready)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-d.engErr:
+		if err != nil {
+			err = fmt.Errorf("NHRP engine: %w", err)
+		}
+	}
+	return errors.Join(err, d.down())
+}
+
+// up opens the data plane and starts everything on it.
+func (d *Daemon) up(ctx context.Context) error {
+	cfg := d.cfg
+	dev, reason, err := backend.Open(cfg.Tunnel, cfg.Dataplane)
+	if err != nil {
+		return fmt.Errorf("opening the tunnel %s: %w", cfg.Tunnel.Name, err)
+	}
+	d.log.Info(reason, zap.String("interface", cfg.Tunnel.Name))
+	d.mu.Lock()
+	d.dev, d.reason = dev, reason
+	d.mu.Unlock()
+	d.stopFn = append(d.stopFn, dev.Close)
+
+	if err := d.sysctls(cfg, dev.Info()); err != nil {
+		return err
+	}
+	router, err := newKernelRouter(dev.Info(), cfg)
+	if err != nil {
+		return err
+	}
+	d.router = router
+	if cfg.NHRP.Shortcut {
+		undo, err := addShortcutRule(cfg.NHRP.ShortcutTableOrDefault(), cfg.ShortcutRulePriority, dev.Info().Prefix.Addr().Is4())
+		if err != nil {
+			return fmt.Errorf("shortcut table rule: %w", err)
+		}
+		if !cfg.Tunnel.KeepState {
+			d.stopFn = append(d.stopFn, undo)
+		}
+	}
+
+	deps := nhrp.Deps{Tunnel: dev, Router: router, Logger: d.log.Named("nhrp"), Observers: d.obs}
+	if cfg.NHRP.Role == nhrp.RoleHub {
+		p := cfg.Policy
+		d.policy.Store(&p)
+		deps.Authorizer = policyAuthorizer(cfg.Policy, &d.policy)
+	}
+	eng, err := nhrp.New(cfg.NHRP, deps)
+	if err != nil {
+		return err
+	}
+	engCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.engErr = make(chan error, 1)
+	go func() { d.engErr <- eng.Run(engCtx) }()
+	d.mu.Lock()
+	d.eng, d.engCtx = eng, cancel
+	d.mu.Unlock()
+
+	if cfg.NHRP.Role == nhrp.RoleHub && cfg.NHRP.Redirect {
+		w, err := startRedirect(ctx, cfg, eng)
+		if err != nil {
+			return err
+		}
+		d.stopFn = append(d.stopFn, w.Close)
+	}
+	return nil
+}
+
+// down stops what up started, in reverse order.
+func (d *Daemon) down() error {
+	var errs []error
+	d.mu.Lock()
+	eng, cancel := d.eng, d.engCtx
+	d.mu.Unlock()
+	if eng != nil {
+		cancel()
+		select {
+		case <-eng.Done():
+		case <-time.After(10 * time.Second):
+			errs = append(errs, errors.New("NHRP engine did not stop in time"))
+		}
+	}
+	for i := len(d.stopFn) - 1; i >= 0; i-- {
+		if err := d.stopFn[i](); err != nil && !errors.Is(err, gre.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	d.stopFn = nil
+	return errors.Join(errs...)
+}
+
+// Reload applies a new configuration. Settings that need the tunnel
+// recreated (interface, key, address, data plane) are refused: restart
+// for those. It returns what changed.
+func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.NHRP.Validate(); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	old, eng := d.cfg, d.eng
+	d.mu.Unlock()
+	if eng == nil {
+		return nil, errors.New("daemon not running")
+	}
+	changes, restart := diff(old, cfg)
+	if len(restart) > 0 {
+		return nil, fmt.Errorf("%w: %v", ErrNeedsRestart, restart)
+	}
+	if len(changes) == 0 {
+		return nil, nil
+	}
+	if err := eng.Reconfigure(ctx, cfg.NHRP); err != nil {
+		return nil, err
+	}
+	d.router.setNetworks(cfg.Networks)
+	p := cfg.Policy
+	d.policy.Store(&p)
+	d.mu.Lock()
+	d.cfg = cfg
+	d.mu.Unlock()
+	return changes, nil
+}
+
+// ErrNeedsRestart is returned by Reload for changes it cannot apply live.
+var ErrNeedsRestart = errors.New("these changes need a restart")

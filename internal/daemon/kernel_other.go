@@ -1,0 +1,31 @@
+//go:build !linux
+
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/opendmvpn/dmvpn/firewall/redirect"
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/nhrp"
+)
+
+var errLinux = errors.New("dmvpnd needs Linux")
+
+type kernelRouter struct{}
+
+func newKernelRouter(gre.Info, Config) (*kernelRouter, error) { return nil, errLinux }
+func (r *kernelRouter) setNetworks([]netip.Prefix)            {}
+
+// Route implements nhrp.Router.
+func (r *kernelRouter) Route(context.Context, netip.Addr) (nhrp.RouteInfo, error) {
+	return nhrp.RouteInfo{}, errLinux
+}
+
+func addShortcutRule(int, int, bool) (func() error, error) { return nil, errLinux }
+func (d *Daemon) sysctls(Config, gre.Info) error           { return errLinux }
+func startRedirect(context.Context, Config, *nhrp.Engine) (redirect.Watcher, error) {
+	return nil, errLinux
+}
