@@ -219,7 +219,10 @@ func (e *Engine) register(n *nhsClient) {
 	})
 }
 
-// registrationTimeout handles a registration without reply.
+// registrationTimeout handles a registration without reply. The wait for
+// the reply is the backoff (1 s, 2 s, 4 s … up to RetryMax), so the next
+// request goes out at once: a server that comes back is registered with
+// within RetryMax.
 func (e *Engine) registrationTimeout(n *nhsClient) {
 	if n.removed {
 		return
@@ -227,15 +230,18 @@ func (e *Engine) registrationTimeout(n *nhsClient) {
 	n.failed++
 	n.failures++
 	n.lastErr = "no reply"
-	if n.state == NHSUp && n.attempt < unreachableAfter && e.now.Before(n.expires) {
-		e.register(n) // a refresh got no reply: retransmit, still registered
-		return
+	if !(n.state == NHSUp && n.attempt < unreachableAfter && e.now.Before(n.expires)) {
+		e.serverDown(n, "no reply")
+		if n.removed || !(n.active || n.unreachable) {
+			return
+		}
 	}
-	e.registrationFailed(n, "no reply", false)
+	e.register(n)
 }
 
-// registrationFailed handles a lost or refused registration: the server is
-// down, and is retried with backoff capped at RetryMax.
+// registrationFailed handles a refused registration (a negative reply or
+// an Error Indication): the server is down and asked again after a
+// backoff capped at RetryMax.
 func (e *Engine) registrationFailed(n *nhsClient, reason string, refused bool) {
 	if n.removed {
 		return
@@ -245,11 +251,17 @@ func (e *Engine) registrationFailed(n *nhsClient, reason string, refused bool) {
 		n.failed++
 		n.failures++
 	}
-	if n.state == NHSUp || n.state == NHSProbing {
-		e.setNHSState(n, NHSProbing, reason)
-	}
+	e.serverDown(n, reason)
 	if n.active || n.unreachable {
 		e.scheduleRegister(n, backoff(n.failures, e.cfg.RetryMax))
+	}
+}
+
+// serverDown marks a server down; after unreachableAfter failures in a row
+// it counts as unreachable and a standby server may take over.
+func (e *Engine) serverDown(n *nhsClient, reason string) {
+	if n.state == NHSUp || n.state == NHSProbing || n.state == NHSDown {
+		e.setNHSState(n, NHSProbing, reason)
 	}
 	if n.failures >= unreachableAfter && !n.unreachable {
 		n.unreachable = true

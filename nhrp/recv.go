@@ -26,7 +26,10 @@ func (e *Engine) handlePacket(b []byte, from netip.Addr) {
 	if e.wantPackets.Load() {
 		e.emit(Event{Kind: EventPacket, NBMA: from, Packet: &PacketEvent{Dir: "in", Peer: from, Summary: nhrpview.Summary(p)}})
 	}
-	if len(e.cfg.AuthPassword) > 0 {
+	// Error Indications carry no extensions (an answer to a packet with a
+	// bad password cannot carry the right one); one that does must carry
+	// the right password.
+	if len(e.cfg.AuthPassword) > 0 && (p.Type != wire.TypeErrorIndication || len(p.Extensions) > 0) {
 		pw, ok := p.Auth()
 		if !ok || !bytes.Equal(pw, e.cfg.AuthPassword) {
 			e.stats.drop("auth")
