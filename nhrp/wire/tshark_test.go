@@ -1,60 +1,32 @@
 package wire
 
 import (
-	"bytes"
-	"encoding/csv"
 	"encoding/hex"
+	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/opendmvpn/dmvpn/internal/tsharktest"
 )
 
 // writeGREPcap writes each NHRP packet as an Ethernet/IP/GRE frame (GRE
 // key 1000; outer IPv6 for IPv6 NBMA addresses) into a pcap file.
 func writeGREPcap(t *testing.T, path string, pkts [][]byte, afns []uint16) {
 	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := pcapgo.NewWriter(f)
-	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
-		t.Fatal(err)
-	}
-	for i, nhrp := range pkts {
-		eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}}
-		gre := &layers.GRE{KeyPresent: true, Key: 1000, Protocol: layers.EthernetType(0x2001)}
-		var ip gopacket.SerializableLayer
+	var frames []tsharktest.Frame
+	for i, b := range pkts {
+		f := tsharktest.Frame{Src: netip.MustParseAddr("192.0.2.11"), Dst: netip.MustParseAddr("203.0.113.1"), Key: 1000, NHRP: b}
 		if afns[i] == AFIPv6 {
-			eth.EthernetType = layers.EthernetTypeIPv6
-			ip = &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolGRE,
-				SrcIP: net.ParseIP("2001:db8::11"), DstIP: net.ParseIP("2001:db8:2::1")}
-		} else {
-			eth.EthernetType = layers.EthernetTypeIPv4
-			ip = &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolGRE,
-				SrcIP: net.IPv4(192, 0, 2, 11), DstIP: net.IPv4(203, 0, 113, 1)}
+			f.Src, f.Dst = netip.MustParseAddr("2001:db8::11"), netip.MustParseAddr("2001:db8:2::1")
 		}
-		buf := gopacket.NewSerializeBuffer()
-		opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
-		if err := gopacket.SerializeLayers(buf, opts, eth, ip, gre, gopacket.Payload(nhrp)); err != nil {
-			t.Fatal(err)
-		}
-		ci := gopacket.CaptureInfo{Timestamp: time.Unix(1700000000, int64(i)*1000), CaptureLength: len(buf.Bytes()), Length: len(buf.Bytes())}
-		if err := w.WritePacket(ci, buf.Bytes()); err != nil {
-			t.Fatal(err)
-		}
+		frames = append(frames, f)
+	}
+	if err := tsharktest.WritePcap(path, frames); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -68,37 +40,14 @@ var tsharkFields = []string{
 
 func runTshark(t *testing.T, path string) []map[string]string {
 	t.Helper()
-	if _, err := exec.LookPath("tshark"); err != nil {
-		t.Skip("tshark is missing: install it (make test does: apt-get install tshark) to run the independent NHRP check")
+	rows, err := tsharktest.Fields(path, tsharkFields...)
+	if errors.Is(err, tsharktest.ErrNoTshark) {
+		t.Skip(err)
 	}
-	args := []string{"-r", path, "-n", "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,", "-E", "quote=n"}
-	for _, f := range tsharkFields {
-		args = append(args, "-e", f)
-	}
-	var stderr bytes.Buffer
-	cmd := exec.Command("tshark", args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("tshark: %v: %s", err, stderr.String())
+		t.Fatal(err)
 	}
-	r := csv.NewReader(bytes.NewReader(out))
-	r.Comma = '|'
-	r.FieldsPerRecord = len(tsharkFields)
-	r.LazyQuotes = true
-	rows, err := r.ReadAll()
-	if err != nil {
-		t.Fatalf("tshark output: %v\n%s", err, out)
-	}
-	var res []map[string]string
-	for _, row := range rows {
-		m := make(map[string]string)
-		for i, f := range tsharkFields {
-			m[f] = row[i]
-		}
-		res = append(res, m)
-	}
-	return res
+	return rows
 }
 
 // first returns the first of tshark's comma-aggregated values: an Error
