@@ -125,6 +125,9 @@ func testTunnelEndpointsPing(t *testing.T, be string) {
 	if be == "userspace" && (len(c.Peers) != 1 || c.Peers[0].NBMA != nbmaB || c.Peers[0].TxPackets < 3) {
 		t.Errorf("spa per-peer counters = %+v", c.Peers)
 	}
+	if len(p.a.Info.NBMA) != 1 || p.a.Info.NBMA[0] != nbmaA {
+		t.Errorf("Info.NBMA = %v, want [%s] (the uplink)", p.a.Info.NBMA, nbmaA)
+	}
 	if p.a.Info.MTU != 1472 {
 		t.Errorf("tunnel MTU %d, want 1472 (1500 underlay - 28)", p.a.Info.MTU)
 	}

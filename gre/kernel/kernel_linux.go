@@ -232,6 +232,8 @@ func (d *Device) Info() gre.Info {
 	}
 	if d.cfg.Local.IsValid() {
 		info.NBMA = []netip.Addr{d.cfg.Local}
+	} else if _, real := d.env.nl.(nlops.Real); real {
+		info.NBMA = nlops.UplinkAddrs(d.index)
 	}
 	return info
 }

@@ -190,10 +190,11 @@ func (d *Device) open() error {
 }
 
 // underlayMTU is the MTU of the interface that carries traffic from the
-// local NBMA address (or of the default route's interface), else 1500.
+// local NBMA address, else of the first interface holding an IPv4 default
+// route, else 1500.
 func underlayMTU(local netip.Addr) int {
+	links, _ := netlink.LinkList()
 	if local.IsValid() {
-		links, _ := netlink.LinkList()
 		for _, l := range links {
 			as, _ := netlink.AddrList(l, netlink.FAMILY_V4)
 			for _, a := range as {
@@ -203,9 +204,8 @@ func underlayMTU(local netip.Addr) int {
 			}
 		}
 	}
-	rs, err := netlink.RouteGet(nlops.IP(netip.AddrFrom4([4]byte{192, 0, 2, 1})))
-	if err == nil && len(rs) > 0 {
-		if l, err := netlink.LinkByIndex(rs[0].LinkIndex); err == nil && l.Attrs().MTU >= 576 {
+	for _, idx := range nlops.DefaultRouteLinks() {
+		if l, err := netlink.LinkByIndex(idx); err == nil && l.Attrs().MTU >= 576 {
 			return l.Attrs().MTU
 		}
 	}
@@ -313,23 +313,8 @@ func (d *Device) Info() gre.Info {
 	return info
 }
 
-// localNBMA lists the global IPv4 addresses outside the tunnel, sorted.
-func (d *Device) localNBMA() []netip.Addr {
-	as, err := netlink.AddrList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, a := range as {
-		ad := nlops.Addr(a.IP)
-		if a.LinkIndex == d.tunIndex || !ad.IsGlobalUnicast() {
-			continue
-		}
-		out = append(out, ad)
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out
-}
+// localNBMA lists the node's uplink addresses.
+func (d *Device) localNBMA() []netip.Addr { return nlops.UplinkAddrs(d.tunIndex) }
 
 // Counters returns the data-plane counters.
 func (d *Device) Counters() gre.Counters { return d.stats.Snapshot() }

@@ -107,7 +107,7 @@ func TestFragNeeded4(t *testing.T) {
 
 func TestGSOHeader(t *testing.T) {
 	p := ipv4Packet("10.1.0.2", "10.2.0.2", protoTCP, true, 20+4000)
-	p[20+12] = 5 << 4 // TCP data offset
+	p[20+12] = 5 << 4                    // TCP data offset
 	binary.BigEndian.PutUint16(p[2:], 0) // GRO may leave a stale length
 	h, ok := gsoHeader(p, 1472)
 	if !ok {

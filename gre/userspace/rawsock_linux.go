@@ -256,4 +256,3 @@ func (s *icmp6Sender) send(b []byte, dst netip.Addr) error {
 }
 
 func (s *icmp6Sender) close() error { return unix.Close(s.fd) }
-

@@ -130,4 +130,3 @@ type Option func(*Testbed)
 
 // WithLogger logs every command the harness runs.
 func WithLogger(l Logger) Option { return func(tb *Testbed) { tb.log = l } }
-

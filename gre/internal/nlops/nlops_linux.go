@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -256,4 +257,52 @@ func IgnoreNotFound(err error) error {
 		return nil
 	}
 	return err
+}
+
+// DefaultRouteLinks lists the interfaces of the IPv4 default routes in the
+// main table (the uplinks).
+func DefaultRouteLinks() []int {
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: MainTable}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, r := range rs {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		if r.LinkIndex > 0 {
+			out = append(out, r.LinkIndex)
+		}
+		for _, nh := range r.MultiPath {
+			out = append(out, nh.LinkIndex)
+		}
+	}
+	return out
+}
+
+// UplinkAddrs lists the IPv4 addresses of the uplinks (interfaces with a
+// default route), sorted; without a default route, every global IPv4
+// address. The tunnel interface (index exclude) is skipped.
+func UplinkAddrs(exclude int) []netip.Addr {
+	as, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil
+	}
+	up := map[int]bool{}
+	for _, idx := range DefaultRouteLinks() {
+		up[idx] = true
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		ad := Addr(a.IP)
+		if a.LinkIndex == exclude || !ad.IsGlobalUnicast() || (len(up) > 0 && !up[a.LinkIndex]) {
+			continue
+		}
+		out = append(out, ad)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
 }

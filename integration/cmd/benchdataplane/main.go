@@ -188,8 +188,10 @@ func measure(ctx context.Context, from *testbed.Node, to netip.Addr, secs, pings
 	out, err = from.Run(ctx, "iperf3", "-c", to.String(), "-t", strconv.Itoa(secs), "-J")
 	if perfCmd != nil {
 		perfCmd.Wait()
-		rep, _ := exec.Command("sh", "-c", "perf report -i "+filepath.Join(profile, "perf.data")+" --no-children --sort comm,dso,sym --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -40").Output()
-		os.WriteFile(filepath.Join(profile, "perf-top.txt"), rep, 0o644)
+		data := filepath.Join(profile, "perf.data")
+		byComm, _ := exec.Command("sh", "-c", "perf report -i "+data+" --no-children --sort comm --stdio -g none 2>/dev/null | grep '%' | head -15").Output()
+		bySym, _ := exec.Command("sh", "-c", "perf report -i "+data+" --no-children --sort comm,sym --stdio -g none 2>/dev/null | grep '%' | head -40").Output()
+		os.WriteFile(filepath.Join(profile, "perf-top.txt"), append(append(byComm, '\n'), bySym...), 0o644)
 	}
 	if err != nil {
 		return s, err

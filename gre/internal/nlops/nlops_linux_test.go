@@ -1,0 +1,86 @@
+package nlops
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+
+	"github.com/opendmvpn/dmvpn/gre"
+)
+
+var addrCmp = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+
+func TestNeighConversion(t *testing.T) {
+	n := gre.Neighbor{Proto: netip.MustParseAddr("10.0.0.2"), NBMA: netip.MustParseAddr("198.51.100.1"), Static: true}
+	nn, err := NeighToNetlink(n, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nn.LinkIndex != 5 || nn.Family != netlink.FAMILY_V4 || nn.State != netlink.NUD_PERMANENT || len(nn.LLIPAddr) != 4 {
+		t.Fatalf("neigh %+v", nn)
+	}
+	back, ok := NeighFromNetlink(*nn)
+	if !ok {
+		t.Fatal("round trip refused")
+	}
+	if diff := cmp.Diff(n, back, addrCmp); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+	v6 := gre.Neighbor{Proto: netip.MustParseAddr("fd00::2"), NBMA: netip.MustParseAddr("198.51.100.1")}
+	if nn, _ := NeighToNetlink(v6, 5); nn.Family != netlink.FAMILY_V6 || nn.State != netlink.NUD_REACHABLE || len(nn.LLIPAddr) != 4 {
+		t.Fatalf("IPv6 tunnel address: %+v", nn)
+	}
+	if _, err := NeighToNetlink(gre.Neighbor{Proto: n.Proto, NBMA: netip.MustParseAddr("fd00::1")}, 5); err == nil {
+		t.Fatal("IPv6 NBMA accepted")
+	}
+	hw := netlink.Neigh{IP: net.ParseIP("10.0.0.3"), HardwareAddr: net.HardwareAddr{192, 0, 2, 3}, State: netlink.NUD_STALE}
+	if g, ok := NeighFromNetlink(hw); !ok || g.NBMA != netip.MustParseAddr("192.0.2.3") {
+		t.Fatalf("4-byte HardwareAddr: %+v %v", g, ok)
+	}
+	for _, bad := range []netlink.Neigh{
+		{IP: net.ParseIP("10.0.0.4"), State: netlink.NUD_INCOMPLETE},
+		{IP: net.ParseIP("10.0.0.4"), State: netlink.NUD_REACHABLE, HardwareAddr: net.HardwareAddr{1, 2, 3, 4, 5, 6}},
+		{IP: net.ParseIP("10.0.0.4"), State: netlink.NUD_FAILED, LLIPAddr: net.ParseIP("192.0.2.4")},
+	} {
+		if _, ok := NeighFromNetlink(bad); ok {
+			t.Errorf("accepted %+v", bad)
+		}
+	}
+}
+
+func TestRouteConversion(t *testing.T) {
+	tests := []gre.Route{
+		{Dst: netip.MustParsePrefix("10.2.0.0/24"), Via: netip.MustParseAddr("10.0.0.2"), Table: 42, Protocol: 191, MTU: 1400},
+		{Dst: netip.MustParsePrefix("10.3.0.0/16")},
+		{Dst: netip.MustParsePrefix("fd00:2::/64"), Via: netip.MustParseAddr("fd00::2")},
+	}
+	for _, r := range tests {
+		nr, err := RouteToNetlink(r, 9)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nr.LinkIndex != 9 || (r.Table == 0) != (nr.Table == MainTable) {
+			t.Errorf("%v: %+v", r, nr)
+		}
+		if r.Via.IsValid() != (nr.Flags&int(netlink.FLAG_ONLINK) != 0) {
+			t.Errorf("%v: onlink flag %d", r, nr.Flags)
+		}
+		if diff := cmp.Diff(r, RouteFromNetlink(*nr), addrCmp, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+			t.Errorf("round trip (-want +got):\n%s", diff)
+		}
+	}
+	if _, err := RouteToNetlink(gre.Route{}, 9); err == nil {
+		t.Error("route without destination accepted")
+	}
+	if got := Prefix(nil, netlink.FAMILY_V4); got != netip.MustParsePrefix("0.0.0.0/0") {
+		t.Errorf("default prefix %v", got)
+	}
+	if IgnoreNotFound(syscall.ESRCH) != nil || IgnoreNotFound(syscall.ENOENT) != nil || !errors.Is(IgnoreNotFound(syscall.EPERM), syscall.EPERM) {
+		t.Error("IgnoreNotFound")
+	}
+}
