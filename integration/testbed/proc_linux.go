@@ -178,6 +178,7 @@ type outBuffer struct {
 
 func newOutBuffer() *outBuffer { return &outBuffer{changed: make(chan struct{})} }
 
+// Write appends output and wakes waiters.
 func (b *outBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -187,6 +188,7 @@ func (b *outBuffer) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// String returns everything written so far.
 func (b *outBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -1,0 +1,241 @@
+// Command benchnhrp measures the NHRP hub under load: a load generator in
+// one network namespace simulates N spokes from N distinct NBMA addresses
+// against one hub process (dmvpnd's daemon, userspace data plane) in
+// another. It reports registrations per second, the time until all N are
+// registered, the hub's memory per registered spoke and the resolution
+// round trip through the hub. Root only; `make bench-nhrp` runs it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opendmvpn/dmvpn/integration/testbed"
+)
+
+// Child roles: the binary re-executes itself in the namespaces.
+const envRole = "BENCHNHRP_ROLE"
+
+var (
+	hubNBMA  = netip.MustParseAddr("192.0.2.1")
+	hubProto = netip.MustParseAddr("10.0.0.1")
+	greKey   = uint32(42)
+)
+
+func main() {
+	switch os.Getenv(envRole) {
+	case "hub":
+		os.Exit(runHub())
+	case "load":
+		os.Exit(runLoad())
+	}
+	n := flag.Int("n", 10000, "simulated spokes")
+	rounds := flag.Int("rounds", 3, "rounds (a fresh hub each round); medians are reported")
+	samples := flag.Int("rtt", 1000, "resolution round trips measured per round")
+	flag.Parse()
+	if err := run(*n, *rounds, *samples); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
+		os.Exit(1)
+	}
+}
+
+// result is what one round measured.
+type result struct {
+	N            int             `json:"n"`
+	Elapsed      time.Duration   `json:"elapsed"`
+	Sends        int             `json:"sends"`
+	RTTs         []time.Duration `json:"rtts"`
+	HubRSSBefore int64           `json:"rss_before"`
+	HubRSSAfter  int64           `json:"rss_after"`
+	HeapBefore   uint64          `json:"heap_before"`
+	HeapAfter    uint64          `json:"heap_after"`
+	Entries      int             `json:"entries"`
+}
+
+func run(n, rounds, samples int) error {
+	if err := testbed.Available(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var results []result
+	for r := 1; r <= rounds; r++ {
+		res, err := round(ctx, n, samples)
+		if err != nil {
+			return fmt.Errorf("round %d: %w", r, err)
+		}
+		fmt.Printf("round %d: %d spokes registered in %v (%d requests sent), %.0f registrations/s, hub memory +%.2f KiB/spoke (RSS), +%.2f KiB/spoke (Go heap), resolution RTT median %v p99 %v\n",
+			r, res.N, res.Elapsed.Round(time.Millisecond), res.Sends, float64(res.N)/res.Elapsed.Seconds(),
+			float64(res.HubRSSAfter-res.HubRSSBefore)/1024/float64(res.N),
+			(float64(res.HeapAfter)-float64(res.HeapBefore))/1024/float64(res.N),
+			pct(res.RTTs, 50), pct(res.RTTs, 99))
+		results = append(results, res)
+	}
+	med := func(f func(result) float64) float64 {
+		v := make([]float64, len(results))
+		for i, r := range results {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	el := med(func(r result) float64 { return r.Elapsed.Seconds() })
+	fmt.Printf("\nNHRP hub, %d simulated spokes, medians of %d rounds:\n", n, rounds)
+	fmt.Printf("  time until all registered   %.3f s   (goal ≤ 2 s)\n", el)
+	fmt.Printf("  registrations per second    %.0f\n", float64(n)/el)
+	fmt.Printf("  hub memory per spoke        %.2f KiB RSS, %.2f KiB Go heap   (goal ≤ 5 KB)\n",
+		med(func(r result) float64 { return float64(r.HubRSSAfter-r.HubRSSBefore) / 1024 / float64(r.N) }),
+		med(func(r result) float64 { return (float64(r.HeapAfter) - float64(r.HeapBefore)) / 1024 / float64(r.N) }))
+	fmt.Printf("  resolution RTT via the hub  median %.3f ms, p90 %.3f ms, p99 %.3f ms   (goal median ≤ 1 ms)\n",
+		med(func(r result) float64 { return ms(pct(r.RTTs, 50)) }),
+		med(func(r result) float64 { return ms(pct(r.RTTs, 90)) }),
+		med(func(r result) float64 { return ms(pct(r.RTTs, 99)) }))
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+// round builds the testbed, starts a hub, runs the load generator and
+// tears everything down.
+func round(ctx context.Context, n, samples int) (result, error) {
+	spec := testbed.Spec{Sites: []testbed.Site{
+		{Name: "hub", Kind: testbed.Hub, NBMA: netip.PrefixFrom(hubNBMA, 24)},
+		{Name: "load", Kind: testbed.Spoke, NBMA: netip.MustParsePrefix("198.51.100.1/24")},
+	}}
+	tb, err := testbed.New(ctx, spec)
+	if err != nil {
+		return result{}, err
+	}
+	defer tb.Close()
+	// The load namespace owns 198.18.0.0/15 (the benchmarking range): one
+	// address per simulated spoke, without configuring 10,000 addresses.
+	if err := tb.Node("load").IP("route add local 198.18.0.0/15 dev lo"); err != nil {
+		return result{}, err
+	}
+	if err := tb.Node("inet").IP("route add 198.18.0.0/15 via 198.51.100.1"); err != nil {
+		return result{}, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return result{}, err
+	}
+	hub, err := tb.Node("hub").Start(testbed.ProcSpec{Name: "hub", Args: []string{exe}, Env: []string{envRole + "=hub"}, Stdin: true})
+	if err != nil {
+		return result{}, err
+	}
+	defer hub.Stop()
+	if _, _, err := hub.WaitFor(ctx, regexp.MustCompile(`^READY`), 0); err != nil {
+		return result{}, fmt.Errorf("hub: %w\n%s", err, hub.Output())
+	}
+	var res result
+	res.N = n
+	before, err := hubMemory(ctx, hub)
+	if err != nil {
+		return result{}, err
+	}
+	res.HubRSSBefore, res.HeapBefore = before.RSS, before.Heap
+
+	load, err := tb.Node("load").Start(testbed.ProcSpec{Name: "load", Args: []string{exe},
+		Env: []string{envRole + "=load", "BENCHNHRP_N=" + strconv.Itoa(n), "BENCHNHRP_RTT=" + strconv.Itoa(samples)}})
+	if err != nil {
+		return result{}, err
+	}
+	defer load.Stop()
+	if err := load.Wait(ctx); err != nil {
+		return result{}, fmt.Errorf("load generator: %w\n%s", err, load.Output())
+	}
+	line := lastLine(load.Output(), "RESULT ")
+	if line == "" {
+		return result{}, fmt.Errorf("load generator printed no result:\n%s", load.Output())
+	}
+	var lr result
+	if err := json.Unmarshal([]byte(line), &lr); err != nil {
+		return result{}, err
+	}
+	res.Elapsed, res.Sends, res.RTTs = lr.Elapsed, lr.Sends, lr.RTTs
+	after, err := hubMemory(ctx, hub)
+	if err != nil {
+		return result{}, err
+	}
+	res.HubRSSAfter, res.HeapAfter, res.Entries = after.RSS, after.Heap, after.Entries
+	if res.Entries < n {
+		return result{}, fmt.Errorf("hub holds %d registrations, want %d", res.Entries, n)
+	}
+	return res, nil
+}
+
+// memory is the hub's answer to a MEM request on its standard input.
+type memory struct {
+	RSS     int64  `json:"rss"`
+	Heap    uint64 `json:"heap"`
+	Entries int    `json:"entries"`
+}
+
+func hubMemory(ctx context.Context, hub *testbed.Proc) (memory, error) {
+	from := strings.Count(hub.Output(), "\n")
+	if err := hub.Send("MEM"); err != nil {
+		return memory{}, err
+	}
+	line, _, err := hub.WaitFor(ctx, regexp.MustCompile(`^MEM `), from)
+	if err != nil {
+		return memory{}, err
+	}
+	var m memory
+	err = json.Unmarshal([]byte(strings.TrimPrefix(line, "MEM ")), &m)
+	return m, err
+}
+
+func lastLine(out, prefix string) string {
+	lines := strings.Split(out, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], prefix) {
+			return strings.TrimPrefix(lines[i], prefix)
+		}
+	}
+	return ""
+}
+
+// runLoad is the load generator child.
+func runLoad() int {
+	n, _ := strconv.Atoi(os.Getenv("BENCHNHRP_N"))
+	samples, _ := strconv.Atoi(os.Getenv("BENCHNHRP_RTT"))
+	g, err := newLoadgen(hubNBMA, hubProto, greKey)
+	if err != nil {
+		fmt.Println("FATAL", err)
+		return 1
+	}
+	defer g.close()
+	elapsed, sends, err := g.registerAll(n, 60*time.Second)
+	if err != nil {
+		fmt.Println("FATAL", err)
+		return 1
+	}
+	rtts, err := g.resolutionRTTs(n, samples)
+	if err != nil {
+		fmt.Println("FATAL", err)
+		return 1
+	}
+	b, _ := json.Marshal(result{Elapsed: elapsed, Sends: sends, RTTs: rtts})
+	fmt.Println("RESULT " + string(b))
+	return 0
+}
