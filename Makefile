@@ -31,6 +31,7 @@ fuzz:
 	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/nhrpcap -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./gre -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./gre/userspace -run '^$$' -fuzz '^FuzzReceive$$' -fuzztime $(FUZZTIME)
 
 # Codec benchmarks.
 bench:

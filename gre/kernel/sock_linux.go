@@ -109,8 +109,10 @@ func listenMulticast(ifindex int, tunnel netip.Prefix) (mcastConn, error) {
 	return &afPacket{fd: os.NewFile(uintptr(fd), "mcast"), raw: fd, ifindex: ifindex}, nil
 }
 
+// Read returns the next captured packet.
 func (c *afPacket) Read(b []byte) (int, error) { return c.fd.Read(b) }
 
+// Send transmits a copy to an NBMA address through the device.
 func (c *afPacket) Send(pkt []byte, proto uint16, nbma netip.Addr) error {
 	a := nbma.As4()
 	sa := &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: c.ifindex, Halen: 4}
@@ -118,6 +120,7 @@ func (c *afPacket) Send(pkt []byte, proto uint16, nbma netip.Addr) error {
 	return unix.Sendto(c.raw, pkt, 0, sa)
 }
 
+// Close closes the socket.
 func (c *afPacket) Close() error { return c.fd.Close() }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
