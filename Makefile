@@ -4,7 +4,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BIN      ?= bin
 
-.PHONY: all build test deps vet unit fuzz bench clean
+.PHONY: all build test deps vet unit fuzz bench bench-nhrp clean
 
 all: build
 
@@ -53,3 +53,9 @@ vm-clean:
 .PHONY: bench-dataplane
 bench-dataplane:
 	$(GO) run ./integration/cmd/benchdataplane $(BENCHFLAGS)
+
+# The NHRP hub under load: N simulated spokes from N NBMA addresses in one
+# namespace against one hub process in another (root).
+bench-nhrp: deps
+	$(GO) build -o $(BIN)/benchnhrp ./integration/cmd/benchnhrp
+	$(BIN)/benchnhrp -n $(or $(N),10000) -rounds $(or $(ROUNDS),3)

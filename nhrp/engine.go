@@ -61,28 +61,29 @@ type Engine struct {
 	wantPackets atomic.Bool
 
 	// Everything below belongs to the loop goroutine.
-	cfg         Config
-	info        gre.Info
-	own         netip.Addr // own tunnel address
-	ownPfx      netip.Prefix
-	cache       *cache
-	sched       sched
-	now         time.Time
-	reqID       uint32
-	peers       map[netip.Addr]*peer
-	nhs         []*nhsClient
-	dns         map[string]*dnsName
-	pending     map[uint32]*pendingReq
-	resolves    map[netip.Addr]*resolution
-	authorizing map[authKey]bool
-	kern        *kernel
-	stats       stats
-	limits      limits
-	rx          wire.Packet // reused for decoding
-	txBuf       []byte
-	stopping    bool
-	ctx         context.Context // the Run context, for hook calls
-	wg          sync.WaitGroup  // hook goroutines
+	cfg          Config
+	info         gre.Info
+	own          netip.Addr // own tunnel address
+	ownPfx       netip.Prefix
+	cache        *cache
+	sched        sched
+	now          time.Time
+	reqID        uint32
+	peers        map[netip.Addr]*peer
+	nhs          []*nhsClient
+	dns          map[string]*dnsName
+	pending      map[uint32]*pendingReq
+	resolves     map[netip.Addr]*resolution
+	authorizing  map[authKey]bool
+	kern         *kernel
+	stats        stats
+	limits       limits
+	rx           wire.Packet // reused for decoding
+	txBuf        []byte
+	stopping     bool
+	mcastPending bool            // a multicast list update is scheduled
+	ctx          context.Context // the Run context, for hook calls
+	wg           sync.WaitGroup  // hook goroutines
 }
 
 // rxPacket is a received NHRP packet.

@@ -397,8 +397,25 @@ func (e *Engine) upNHS() *nhsClient {
 	return best
 }
 
-// updateMulticast sets the tunnel's multicast replication list.
+// multicastDelay coalesces multicast list updates: a hub with thousands of
+// clients registering at once rebuilds the list once, not per client.
+const multicastDelay = 100 * time.Millisecond
+
+// updateMulticast schedules an update of the tunnel's multicast
+// replication list.
 func (e *Engine) updateMulticast() {
+	if e.cfg.Multicast == MulticastOff || e.mcastPending {
+		return
+	}
+	e.mcastPending = true
+	e.sched.after(e.now, multicastDelay, func() {
+		e.mcastPending = false
+		e.applyMulticast()
+	})
+}
+
+// applyMulticast sets the tunnel's multicast replication list.
+func (e *Engine) applyMulticast() {
 	var list []netip.Addr
 	switch e.cfg.Multicast {
 	case MulticastOff:

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,7 @@ func runHub() int {
 		return 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	errc := make(chan error, 1)
 	go func() { errc <- d.Run(ctx) }()
 	select {
@@ -46,6 +48,12 @@ func runHub() int {
 	case err := <-errc:
 		fmt.Println("FATAL", err)
 		return 1
+	}
+	if path := os.Getenv("BENCHNHRP_PROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 	}
 	fmt.Println("READY")
 	sc := bufio.NewScanner(os.Stdin)

@@ -24,6 +24,9 @@ import (
 	"github.com/opendmvpn/dmvpn/integration/testbed"
 )
 
+// profile is where the hub writes a CPU profile, if set.
+var profile string
+
 // Child roles: the binary re-executes itself in the namespaces.
 const envRole = "BENCHNHRP_ROLE"
 
@@ -43,6 +46,7 @@ func main() {
 	n := flag.Int("n", 10000, "simulated spokes")
 	rounds := flag.Int("rounds", 3, "rounds (a fresh hub each round); medians are reported")
 	samples := flag.Int("rtt", 1000, "resolution round trips measured per round")
+	flag.StringVar(&profile, "profile", "", "write a CPU profile of the hub to this file")
 	flag.Parse()
 	if err := run(*n, *rounds, *samples); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
@@ -139,7 +143,11 @@ func round(ctx context.Context, n, samples int) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	hub, err := tb.Node("hub").Start(testbed.ProcSpec{Name: "hub", Args: []string{exe}, Env: []string{envRole + "=hub"}, Stdin: true})
+	env := []string{envRole + "=hub"}
+	if profile != "" {
+		env = append(env, "BENCHNHRP_PROFILE="+profile)
+	}
+	hub, err := tb.Node("hub").Start(testbed.ProcSpec{Name: "hub", Args: []string{exe}, Env: env, Stdin: true})
 	if err != nil {
 		return result{}, err
 	}
@@ -178,6 +186,8 @@ func round(ctx context.Context, n, samples int) (result, error) {
 		return result{}, err
 	}
 	res.HubRSSAfter, res.HeapAfter, res.Entries = after.RSS, after.Heap, after.Entries
+	hub.CloseStdin()
+	hub.Wait(ctx) // the hub writes its profile on the way out
 	if res.Entries < n {
 		return result{}, fmt.Errorf("hub holds %d registrations, want %d", res.Entries, n)
 	}
