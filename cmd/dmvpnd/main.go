@@ -1,0 +1,16 @@
+// Command dmvpnd is the DMVPN hub and spoke daemon: it runs a node from one
+// YAML file (-c, default /etc/dmvpn/dmvpnd.yaml), serves the control API
+// that dmvpnctl talks to and the Prometheus metrics, reloads the file on
+// SIGHUP and stops cleanly on SIGTERM or SIGINT. --check validates the
+// file; --keep-routes leaves routes and neighbours in place on stop.
+package main
+
+import (
+	"os"
+
+	"github.com/opendmvpn/dmvpn/internal/dmvpnd"
+)
+
+func main() {
+	os.Exit(dmvpnd.Main(os.Args[1:], os.Stdout, os.Stderr))
+}

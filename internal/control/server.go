@@ -1,0 +1,380 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/internal/version"
+	"github.com/opendmvpn/dmvpn/nhrp"
+)
+
+// requestTimeout bounds every call into the engine.
+const requestTimeout = 5 * time.Second
+
+// Server serves the API. Its listeners and streams stop with Close.
+type Server struct {
+	d   Daemon
+	log *zap.Logger
+	srv *http.Server
+
+	ctx    context.Context // cancelled by Close: ends event streams
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	wg        sync.WaitGroup
+	closed    bool
+}
+
+// NewServer returns a server for d; Listen* start serving.
+func NewServer(d Daemon, log *zap.Logger) *Server {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Server{d: d, log: log}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathStatus, s.status)
+	mux.HandleFunc("GET "+PathCache, s.cache)
+	mux.HandleFunc("GET "+PathShortcuts, s.shortcuts)
+	mux.HandleFunc("GET "+PathNHS, s.nhs)
+	mux.HandleFunc("GET "+PathPeers, s.peers)
+	mux.HandleFunc("GET "+PathTraffic, s.traffic)
+	mux.HandleFunc("POST "+PathClear, s.clear)
+	mux.HandleFunc("GET "+PathRunningConfig, s.runningConfig)
+	mux.HandleFunc("GET "+PathVersion, s.version)
+	mux.HandleFunc("POST "+PathReload, s.reload)
+	mux.HandleFunc("GET "+PathEvents, s.events)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
+	})
+	s.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		ErrorLog:          zap.NewStdLog(log),
+	}
+	return s
+}
+
+// ListenUnix serves on a unix socket at path, mode 0600, creating its
+// directory. A stale socket file is replaced; a live one (another daemon)
+// is an error.
+func (s *Server) ListenUnix(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("control socket %s: another dmvpnd is listening there", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("control socket %s: removing the stale socket: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	return s.serve(l)
+}
+
+// ListenTCP serves on a TCP address as well (only when configured: the
+// API has no authentication of its own).
+func (s *Server) ListenTCP(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("control API on %s: %w", addr, err)
+	}
+	return s.serve(l)
+}
+
+// Serve serves on a listener the caller opened (tests).
+func (s *Server) Serve(l net.Listener) error { return s.serve(l) }
+
+func (s *Server) serve(l net.Listener) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		l.Close()
+		return errors.New("control: server closed")
+	}
+	s.listeners = append(s.listeners, l)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Warn("control API stopped serving", zap.String("listener", l.Addr().String()), zap.Error(err))
+		}
+	}()
+	return nil
+}
+
+// Close ends event streams, stops serving (waiting up to 5 s for requests
+// in progress) and removes the socket file.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	s.wg.Wait()
+	return err
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(ErrorResponse{Error: err.Error()})
+}
+
+// errStarting answers while the node is not up yet.
+var errStarting = errors.New("dmvpnd is starting: the tunnel is not up yet")
+
+// engine returns the engine and a context bounded by requestTimeout, or
+// answers 503.
+func (s *Server) engine(w http.ResponseWriter, r *http.Request) (Engine, context.Context, context.CancelFunc, bool) {
+	e := s.d.Engine()
+	if e == nil {
+		writeError(w, http.StatusServiceUnavailable, errStarting)
+		return nil, nil, nil, false
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	return e, ctx, cancel, true
+}
+
+// engineError answers a failed engine call.
+func engineError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	if errors.Is(err, nhrp.ErrStopped) {
+		code = http.StatusServiceUnavailable
+	} else if errors.Is(err, context.DeadlineExceeded) {
+		code = http.StatusGatewayTimeout
+	}
+	writeError(w, code, err)
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	e, ctx, cancel, ok := s.engine(w, r)
+	if !ok {
+		return
+	}
+	defer cancel()
+	st, err := e.Status(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	writeJSON(w, Status{Info: s.d.Info(), NHRP: st})
+}
+
+func (s *Server) cacheEntries(w http.ResponseWriter, r *http.Request, keep func(nhrp.CacheEntry) bool) {
+	e, ctx, cancel, ok := s.engine(w, r)
+	if !ok {
+		return
+	}
+	defer cancel()
+	st, err := e.Status(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	all, err := e.Cache(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	out := CacheResponse{Interface: st.Interface, Entries: []nhrp.CacheEntry{}}
+	for _, en := range all {
+		if keep(en) {
+			out.Entries = append(out.Entries, en)
+		}
+	}
+	writeJSON(w, out)
+}
+
+func (s *Server) cache(w http.ResponseWriter, r *http.Request) {
+	s.cacheEntries(w, r, func(nhrp.CacheEntry) bool { return true })
+}
+
+func (s *Server) shortcuts(w http.ResponseWriter, r *http.Request) {
+	s.cacheEntries(w, r, func(e nhrp.CacheEntry) bool { return e.Type == nhrp.TypeShortcut })
+}
+
+func (s *Server) nhs(w http.ResponseWriter, r *http.Request) {
+	e, ctx, cancel, ok := s.engine(w, r)
+	if !ok {
+		return
+	}
+	defer cancel()
+	st, err := e.Status(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	servers, err := e.NHS(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	if servers == nil {
+		servers = []nhrp.NHSStatus{}
+	}
+	writeJSON(w, NHSResponse{Interface: st.Interface, Servers: servers})
+}
+
+func (s *Server) peers(w http.ResponseWriter, r *http.Request) {
+	e, ctx, cancel, ok := s.engine(w, r)
+	if !ok {
+		return
+	}
+	defer cancel()
+	st, err := e.Status(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	ps, err := e.Peers(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	if ps == nil {
+		ps = []nhrp.PeerStatus{}
+	}
+	writeJSON(w, PeersResponse{Interface: st.Interface, Peers: ps})
+}
+
+func (s *Server) traffic(w http.ResponseWriter, r *http.Request) {
+	e, ctx, cancel, ok := s.engine(w, r)
+	if !ok {
+		return
+	}
+	defer cancel()
+	st, err := e.Status(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	t, err := e.Traffic(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	out := TrafficResponse{Interface: st.Interface, NHRP: t}
+	if c, ok := s.d.Counters(); ok {
+		out.Dataplane = &c
+	}
+	writeJSON(w, out)
+}
+
+func (s *Server) clear(w http.ResponseWriter, r *http.Request) {
+	var req ClearRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("clear: bad request: %w", err))
+		return
+	}
+	e, ctx, cancel, ok := s.engine(w, r)
+	if !ok {
+		return
+	}
+	defer cancel()
+	n, err := e.Clear(ctx, nhrp.ClearRequest{Dynamic: req.Dynamic, Shortcut: req.Shortcut, Peer: req.Peer})
+	if err != nil {
+		if errors.Is(err, nhrp.ErrStopped) || ctx.Err() != nil {
+			engineError(w, err)
+		} else {
+			writeError(w, http.StatusBadRequest, err)
+		}
+		return
+	}
+	s.log.Info("NHRP cache cleared through the control API", zap.Int("entries", n),
+		zap.Bool("dynamic", req.Dynamic), zap.Bool("shortcut", req.Shortcut), zap.Stringer("peer", req.Peer))
+	writeJSON(w, ClearResponse{Cleared: n})
+}
+
+func (s *Server) runningConfig(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, RunningConfigResponse{File: s.d.Info().ConfigFile, YAML: string(s.d.RunningConfig())})
+}
+
+func (s *Server) version(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, VersionResponse{Daemon: version.Get(), Started: s.d.Info().Started})
+}
+
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	changes, err := s.d.Reload(ctx)
+	if err != nil {
+		writeError(w, http.StatusConflict, err)
+		return
+	}
+	if changes == nil {
+		changes = []string{}
+	}
+	writeJSON(w, ReloadResponse{Changes: changes})
+}
+
+// events streams engine events as JSON lines until the client goes away
+// or the server closes. ?packets=true adds every NHRP packet.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	e := s.d.Engine()
+	if e == nil {
+		writeError(w, http.StatusServiceUnavailable, errStarting)
+		return
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, errors.New("streaming unsupported"))
+		return
+	}
+	ch, cancel := e.Subscribe(256, r.URL.Query().Get("packets") == "true")
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl.Flush()
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case ev, ok := <-ch:
+			if !ok {
+				return // the engine stopped
+			}
+			if err := enc.Encode(ev); err != nil {
+				return
+			}
+			fl.Flush()
+		}
+	}
+}
