@@ -25,11 +25,12 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/opendmvpn/dmvpn/gre/backend"
+	"github.com/opendmvpn/dmvpn/internal/control"
 )
 
 // Defaults of the daemon-level settings.
 const (
-	DefaultSocket        = "/run/dmvpnd/dmvpnd.sock"
+	DefaultSocket        = control.DefaultSocketPath
 	DefaultMetricsListen = "127.0.0.1:9474"
 	DefaultLogLevel      = "info"
 	DefaultLogFormat     = "console"

@@ -15,6 +15,10 @@ import (
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
+// DefaultSocketPath is where dmvpnd listens and dmvpnctl connects by
+// default.
+const DefaultSocketPath = "/run/dmvpnd/dmvpnd.sock"
+
 // API paths, version 1.
 const (
 	PathStatus        = "/v1/status"

@@ -24,7 +24,7 @@ const capturesDir = "../../nhrp/wire/testdata/captures/"
 func runCtl(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := Run(context.Background(), args, &out, &errb)
+	code := Run(context.Background(), args, strings.NewReader(""), &out, &errb, nil)
 	return out.String(), errb.String(), code
 }
 

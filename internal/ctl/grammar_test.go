@@ -1,0 +1,111 @@
+package ctl
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestExpand(t *testing.T) {
+	root := NewRoot(Options{Socket: "/nonexistent"})
+	tests := []struct {
+		in      string
+		want    string
+		wantErr error
+	}{
+		{"sh ip nh", "show ip nhrp", nil},
+		{"sh dm det j", "show dmvpn detail json", nil},
+		{"s i n c d", "show ip nhrp cache detail", nil},
+		{"sh ip nhrp sh", "show ip nhrp shortcut", nil},
+		{"sh ip nhrp tr js", "show ip nhrp traffic json", nil},
+		{"sh run", "show running-config", nil},
+		{"sh ver json", "show version json", nil},
+		{"cl ip nh peer 10.0.0.1", "clear ip nhrp peer 10.0.0.1", nil},
+		{"cl i n dyn", "clear ip nhrp dynamic", nil},
+		{"deb nh pack", "debug nhrp packets", nil},
+		{"dec /tmp/x.pcap --text", "decode /tmp/x.pcap --text", nil},
+		{"--socket /x sh dm", "--socket /x show dmvpn", nil},
+		{"d", "", ErrAmbiguous},            // debug, decode
+		{"sh ip nhrp s", "show ip nhrp shortcut", nil},
+		{"sh foo", "", ErrUnknown},
+		{"sh ip nhrp cache x", "", ErrUnknown},
+	}
+	for _, tt := range tests {
+		got, err := Expand(root, strings.Fields(tt.in))
+		if !errors.Is(err, tt.wantErr) {
+			t.Errorf("Expand(%q): error %v, want %v", tt.in, err, tt.wantErr)
+			continue
+		}
+		if err == nil && strings.Join(got, " ") != tt.want {
+			t.Errorf("Expand(%q) = %q, want %q", tt.in, strings.Join(got, " "), tt.want)
+		}
+	}
+	_, err := Expand(root, []string{"d"})
+	if err == nil || err.Error() != `ambiguous command "d": could be debug, decode` {
+		t.Errorf("ambiguous error: %v", err)
+	}
+}
+
+func words(items []Item) []string {
+	var out []string
+	for _, it := range items {
+		out = append(out, it.Word)
+	}
+	return out
+}
+
+func TestCandidates(t *testing.T) {
+	root := NewRoot(Options{Socket: "/nonexistent", Interactive: true})
+	tests := []struct {
+		line string
+		want []string
+	}{
+		{"", []string{"clear", "debug", "decode", "exit", "quit", "show"}},
+		{"sh", []string{"show"}},
+		{"show ", []string{"dmvpn", "ip", "running-config", "version"}},
+		{"sh ip nh ", []string{"cache", "nhs", "shortcut", "traffic", "detail", "json", "<cr>"}},
+		{"sh ip nhrp detail ", []string{"cache", "nhs", "shortcut", "traffic", "json", "<cr>"}},
+		{"sh dmvpn d", []string{"detail"}},
+		{"show ip nhrp traffic ", []string{"json", "<cr>"}},
+		{"clear ip nhrp ", []string{"dynamic", "peer", "shortcut", "<cr>"}},
+		{"clear ip nhrp peer ", []string{"<ADDRESS>"}},
+		{"clear ip nhrp peer 10.0.0.1 ", []string{"<cr>"}},
+		{"decode ", []string{"<FILE>"}},
+	}
+	for _, tt := range tests {
+		w, p := SplitLine(tt.line)
+		items, err := Candidates(root, w, p)
+		if err != nil {
+			t.Errorf("%q: %v", tt.line, err)
+			continue
+		}
+		if diff := cmp.Diff(tt.want, words(items)); diff != "" {
+			t.Errorf("candidates after %q (-want +got):\n%s", tt.line, diff)
+		}
+	}
+	if _, err := Candidates(root, []string{"d"}, ""); !errors.Is(err, ErrAmbiguous) {
+		t.Errorf("candidates after an ambiguous word: %v", err)
+	}
+}
+
+func TestHelpText(t *testing.T) {
+	got := HelpText([]Item{{"dmvpn", "DMVPN peers"}, {"running-config", "Current configuration"}, {"<cr>", ""}})
+	want := "  dmvpn           DMVPN peers\n  running-config  Current configuration\n  <cr>"
+	if got != want {
+		t.Errorf("got\n%q\nwant\n%q", got, want)
+	}
+}
+
+func TestUnreachable(t *testing.T) {
+	out, errb, code := runCtl(t, "--socket", "/nonexistent/dmvpnd.sock", "sh", "dmvpn")
+	want := "% cannot reach dmvpnd at /nonexistent/dmvpnd.sock: connect: no such file or directory\n"
+	if code != 1 || out != "" || errb != want {
+		t.Errorf("exit %d, stdout %q, stderr %q; want stderr %q", code, out, errb, want)
+	}
+	_, errb, code = runCtl(t, "--socket", "/nonexistent/dmvpnd.sock", "sh", "bogus")
+	if code != 1 || errb != "% unknown command \"bogus\" after \"show\"\n" {
+		t.Errorf("unknown command: exit %d, stderr %q", code, errb)
+	}
+}
