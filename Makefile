@@ -8,8 +8,24 @@ BIN      ?= bin
 
 all: build
 
+# The version dmvpnd and dmvpnctl report (show version).
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X github.com/opendmvpn/dmvpn/internal/version.Version=$(VERSION)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+# The README's main command: a whole DMVPN in network namespaces (root).
+# Installs what the lab needs, builds, and runs `dmvpn-lab up`; TOPOLOGY
+# picks another topology (dmvpn-lab topologies). `make lab-down` removes it.
+.PHONY: lab lab-down
+lab:
+	@./scripts/install-deps.sh --lab
+	@$(MAKE) --no-print-directory build
+	./$(BIN)/dmvpn-lab up $(TOPOLOGY)
+
+lab-down:
+	./$(BIN)/dmvpn-lab down
 
 # The one test command: installs what the tests need, vets, runs every test
 # (integration tests need root; they skip with a reason otherwise), then the

@@ -6,6 +6,11 @@
 set -eu
 
 PKGS="tshark tcpdump iproute2 iputils-ping nftables iperf3 procps netbase qemu-system-x86 linux-image-amd64 busybox-static kmod cpio xz-utils binutils frr ethtool"
+# --lab: only what `make lab` needs (namespaces, ping, the NAT router's nft).
+if [ "${1:-}" = "--lab" ]; then
+	shift
+	PKGS="iproute2 iputils-ping nftables procps"
+fi
 PKGS="$PKGS $*"
 
 missing=""

@@ -27,7 +27,7 @@ func TestExpand(t *testing.T) {
 		{"deb nh pack", "debug nhrp packets", nil},
 		{"dec /tmp/x.pcap --text", "decode /tmp/x.pcap --text", nil},
 		{"--socket /x sh dm", "--socket /x show dmvpn", nil},
-		{"d", "", ErrAmbiguous},            // debug, decode
+		{"d", "", ErrAmbiguous}, // debug, decode
 		{"sh ip nhrp s", "show ip nhrp shortcut", nil},
 		{"sh foo", "", ErrUnknown},
 		{"sh ip nhrp cache x", "", ErrUnknown},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -123,6 +124,7 @@ func dmvpnView(ctx context.Context, c *control.Client) (DmvpnView, error) {
 		}
 		v.Peers[i].Entries = append(v.Peers[i].Entries, row)
 	}
+	slices.SortStableFunc(v.Peers, func(a, b DmvpnPeer) int { return a.NBMA.Compare(b.NBMA) })
 	return v, nil
 }
 

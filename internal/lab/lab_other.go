@@ -1,0 +1,28 @@
+//go:build !linux
+
+package lab
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+var errLinux = errors.New("dmvpn-lab needs Linux network namespaces")
+
+// Up fails outside Linux.
+func (l *Lab) Up(ctx context.Context, topo string) error { return errLinux }
+
+// Down fails outside Linux.
+func (l *Lab) Down(ctx context.Context) error { return errLinux }
+
+// Status fails outside Linux.
+func (l *Lab) Status(ctx context.Context) error { return errLinux }
+
+// Exec fails outside Linux.
+func (l *Lab) Exec(ctx context.Context, node string, args []string, stdin io.Reader) (int, error) {
+	return 1, errLinux
+}
+
+// Shell fails outside Linux.
+func (l *Lab) Shell(node string) error { return errLinux }
