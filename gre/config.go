@@ -31,10 +31,11 @@ type Config struct {
 	MTU int
 	// TTL is the outer TTL; zero means DefaultTTL.
 	TTL uint8
-	// Checksum adds the GRE checksum to every packet sent (the userspace
-	// backend; received checksums are always verified).
+	// Checksum adds the GRE checksum to every packet sent; received
+	// checksums are always verified.
 	Checksum bool
-	// Sequence adds a GRE sequence number to every packet sent (userspace).
+	// Sequence adds a GRE sequence number to every packet sent; received
+	// ones are accepted (not reordered or checked).
 	Sequence bool
 	// KeepState leaves the interface, its neighbours and routes in place on
 	// Close (a restarting daemon adopts them again).

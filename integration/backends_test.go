@@ -45,11 +45,26 @@ var (
 	greProbeErr  error
 )
 
+// greAvailable reports whether this kernel creates GRE devices.
+func greAvailable(t *testing.T) bool {
+	t.Helper()
+	probeGRE()
+	return greProbeErr == nil
+}
+
 // needKernelGRE skips unless `ip link add … type gre` works here (probed
 // once, in a scratch namespace).
 func needKernelGRE(t *testing.T) {
 	t.Helper()
 	needRoot(t)
+	probeGRE()
+	if greProbeErr != nil {
+		t.Skipf("skipping the kernel backend: this kernel cannot create GRE devices (%v); these tests run unchanged on a kernel with ip_gre", greProbeErr)
+	}
+}
+
+// probeGRE tries `ip link add … type gre` once, in a scratch namespace.
+func probeGRE() {
 	greProbeOnce.Do(func() {
 		ns := fmt.Sprintf("dmvtgreprobe%d", time.Now().UnixNano()%1e9)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -63,7 +78,4 @@ func needKernelGRE(t *testing.T) {
 			greProbeErr = fmt.Errorf("ip link add … type gre refused: %s", strings.TrimSpace(string(out)))
 		}
 	})
-	if greProbeErr != nil {
-		t.Skipf("skipping the kernel backend: this kernel cannot create GRE devices (%v); these tests run unchanged on a kernel with ip_gre", greProbeErr)
-	}
 }

@@ -138,13 +138,15 @@ func testTunnelEndpointsPing(t *testing.T, be string) {
 
 func TestLANHostsThroughTunnel(t *testing.T) {
 	needRoot(t, "ping")
-	forEachBackend(t, func(t *testing.T, be string) {
-		p := twoSpokes(t, be, nil)
-		ping(t, p.ha, p.hb.Addr)
-		ping(t, p.hb, p.ha.Addr)
-		// full-size packets cross without fragmentation
-		ping(t, p.ha, p.hb.Addr, "-s", "1400", "-M", "do")
-	})
+	forEachBackend(t, testLANHostsThroughTunnel)
+}
+
+func testLANHostsThroughTunnel(t *testing.T, be string) {
+	p := twoSpokes(t, be, nil)
+	ping(t, p.ha, p.hb.Addr)
+	ping(t, p.hb, p.ha.Addr)
+	// full-size packets cross without fragmentation
+	ping(t, p.ha, p.hb.Addr, "-s", "1400", "-M", "do")
 }
 
 var reNHRP = regexp.MustCompile(`^NHRP `)

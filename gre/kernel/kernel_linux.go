@@ -85,20 +85,28 @@ func open(cfg gre.Config, e env) (*Device, error) {
 }
 
 // linkSpec is the ip_gre device Open creates: key both ways, fixed TTL with
-// path-MTU discovery, no remote (multipoint). Local must be an IPv4
+// path-MTU discovery, no remote (multipoint), checksum and sequence numbers
+// on send when configured. Local must be an IPv4
 // address — 0.0.0.0 for "any" — or netlink builds an ip6gre device.
 func linkSpec(cfg gre.Config) *netlink.Gretun {
 	local := net.IPv4zero.To4()
 	if cfg.Local.IsValid() {
 		local = nlops.IP(cfg.Local).To4()
 	}
+	oflags := uint16(nl.GRE_KEY)
+	if cfg.Checksum {
+		oflags |= nl.GRE_CSUM
+	}
+	if cfg.Sequence {
+		oflags |= nl.GRE_SEQ
+	}
 	return &netlink.Gretun{
 		LinkAttrs: netlink.LinkAttrs{Name: cfg.Name, MTU: cfg.MTU},
 		Local:     local,
 		IKey:      cfg.Key,
 		OKey:      cfg.Key,
-		IFlags:    nl.GRE_KEY,
-		OFlags:    nl.GRE_KEY,
+		IFlags:    nl.GRE_KEY, // received checksums and sequence numbers are accepted, not required
+		OFlags:    oflags,
 		Ttl:       cfg.TTLOrDefault(),
 		PMtuDisc:  1,
 	}

@@ -94,8 +94,12 @@ func TestLocalAndKeepState(t *testing.T) {
 	cfg.Local = netip.MustParseAddr("192.0.2.1")
 	cfg.KeepState = true
 	cfg.TTL = 32
+	cfg.Checksum, cfg.Sequence = true, true
 	d, _, _ := openFake(t, cfg, f)
 	g := f.links["gre1"].(*netlink.Gretun)
+	if g.OFlags != nl.GRE_KEY|nl.GRE_CSUM|nl.GRE_SEQ || g.IFlags != nl.GRE_KEY {
+		t.Errorf("flags in %#x out %#x: want key in, key+csum+seq out", g.IFlags, g.OFlags)
+	}
 	if !g.Local.Equal(net.ParseIP("192.0.2.1")) || g.Type() != "gre" || g.Ttl != 32 {
 		t.Errorf("Local %v type %s ttl %d", g.Local, g.Type(), g.Ttl)
 	}

@@ -131,12 +131,17 @@ func (in *Instance) WaitMiss(ctx context.Context) (gre.Miss, error) {
 	if len(f) != 3 {
 		return gre.Miss{}, fmt.Errorf("dphelper: bad miss line %q", line)
 	}
-	nh, err1 := netip.ParseAddr(f[1])
-	dst, err2 := netip.ParseAddr(f[2])
-	if err1 != nil || err2 != nil {
+	nh, err := netip.ParseAddr(f[1])
+	if err != nil {
 		return gre.Miss{}, fmt.Errorf("dphelper: bad miss line %q", line)
 	}
-	return gre.Miss{NextHop: nh, Dst: dst}, nil
+	m := gre.Miss{NextHop: nh}
+	if f[2] != "-" {
+		if m.Dst, err = netip.ParseAddr(f[2]); err != nil {
+			return gre.Miss{}, fmt.Errorf("dphelper: bad miss line %q", line)
+		}
+	}
+	return m, nil
 }
 
 // Stop closes the device (quit command) and waits for the helper to exit.

@@ -101,7 +101,11 @@ func serve(raw string) error {
 	go func() {
 		defer wg.Done()
 		for m := range dev.Misses() {
-			say("%s%s %s", lineMiss, m.NextHop, m.Dst)
+			dst := "-" // the kernel backend does not know the destination
+			if m.Dst.IsValid() {
+				dst = m.Dst.String()
+			}
+			say("%s%s %s", lineMiss, m.NextHop, dst)
 		}
 	}()
 	go func() {

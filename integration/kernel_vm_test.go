@@ -1,0 +1,44 @@
+package integration
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/opendmvpn/dmvpn/integration/vm"
+)
+
+// TestKernelBackendInVM runs the kernel-backend end-to-end tests inside a
+// VM booted from Debian's kernel, which has ip_gre, so the backend is
+// exercised here too and not only on kernels that have it natively.
+func TestKernelBackendInVM(t *testing.T) {
+	if !vm.InGuest() {
+		needRoot(t, "ping")
+		if greAvailable(t) {
+			t.Skip("skipping: this kernel has ip_gre; the kernel subtests of the other tests already run natively")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		vm.RunTest(ctx, t, vm.Require(t), vm.Config{Timeout: 10 * time.Minute, Memory: 768, CPUs: 2})
+		return
+	}
+	needKernelGRE(t)
+	for _, tc := range []struct {
+		name string
+		body func(*testing.T, string)
+	}{
+		{"TunnelEndpointsPing", testTunnelEndpointsPing},
+		{"LANHostsThroughTunnel", testLANHostsThroughTunnel},
+		{"NeighborMissAndHoldQueue", testNeighborMissAndHoldQueue},
+		{"ShortcutTableWithRule", testShortcutTableWithRule},
+		{"NHRPThroughNAT", testNHRPThroughNAT},
+		{"MulticastReplicated", testMulticastReplicated},
+		{"FragNeededOverSmallPath", testFragNeededOverSmallPath},
+		{"KeyMismatch", testKeyMismatch},
+		{"IPv6OverTunnel", testIPv6OverTunnel},
+		{"ChecksumAndSequence", testChecksumAndSequence},
+		{"WireFormat", testWireFormat},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.body(t, "kernel") })
+	}
+}
