@@ -133,10 +133,11 @@ func Open(cfg gre.Config) (*Device, error) {
 		d.release()
 		return nil, err
 	}
-	d.wg.Add(3)
+	d.wg.Add(4)
 	go d.txLoop()
 	go d.rxLoop()
 	go d.mirrorLoop()
+	go d.tunEvents()
 	return d, nil
 }
 
@@ -229,6 +230,18 @@ func (d *Device) setPersist(on bool) error {
 		return fmt.Errorf("userspace: TUNSETPERSIST %d: %w", v, ierr)
 	}
 	return nil
+}
+
+// tunEvents drains the TUN's event channel (the tun package blocks its
+// watchers when nobody reads it) and follows MTU changes. It ends when
+// Close closes the TUN, which closes the channel.
+func (d *Device) tunEvents() {
+	defer d.wg.Done()
+	for ev := range d.tun.Events() {
+		if ev&tun.EventMTUUpdate != 0 {
+			d.refreshMTU()
+		}
+	}
 }
 
 // release frees whatever open acquired.

@@ -138,6 +138,14 @@ func TestDeviceNeighborsRoutesClose(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// An operator's MTU change is followed.
+	ipCmd(t, "link", "set", "tuntest0", "mtu", "1300")
+	for d.Info().MTU != 1300 {
+		if time.Now().After(deadline.Add(2 * time.Second)) {
+			t.Fatalf("MTU %d after `ip link set mtu 1300`", d.Info().MTU)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := d.DeleteRoute(ctx, r); err != nil {
 		t.Fatal(err)
 	}
