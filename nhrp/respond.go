@@ -71,6 +71,19 @@ func (e *Engine) handleResolutionRequest(p *wire.Packet, raw []byte, from netip.
 	e.nak(p, raw, from)
 }
 
+// requesterBehindNAT reports whether the NAT extension says the requester
+// of p is behind NAT (its public address differs from the one it claims).
+func requesterBehindNAT(p *wire.Packet) bool {
+	if x := p.Extension(wire.ExtNATAddress); x != nil {
+		for _, c := range x.CIEs {
+			if c.Proto == p.SrcProto && c.NBMA.IsValid() && c.NBMA != p.SrcNBMA {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // requesterNBMA is where an answer to p goes: the requester's public
 // address from the NAT extension, else the outer source when the request
 // came straight from it, else the NBMA address it claims.
@@ -118,6 +131,16 @@ func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix neti
 		}
 		local.told[to] = p.SrcProto
 	}
+	// A requester behind NAT gets the answer back through the server that
+	// forwarded the request: a packet from here to its public address
+	// before it sent one here would find no mapping on its NAT router and
+	// (for GRE, which has no ports) create a conntrack entry there that
+	// keeps the NAT from mapping the requester's own packets to us. Its
+	// first direct packet, after the answer, opens the path both ways.
+	via := to
+	if requesterBehindNAT(p) && from != to {
+		via = from
+	}
 	// Learn the requester (its source binding), so traffic back to it can
 	// go straight too.
 	hold := e.cfg.HoldingTime
@@ -128,6 +151,10 @@ func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix neti
 		if en := e.installBinding(hostPrefix(p.SrcProto), to, p.SrcNBMA, FlagImplicit|FlagRouter, hold, 0); en != nil {
 			e.scheduleRenewQuiet(en)
 		}
+	}
+	if via != to {
+		e.send(reply, via, roleOf(TypeNHS), netip.Addr{})
+		return
 	}
 	e.send(reply, to, "shortcut", p.SrcProto)
 }

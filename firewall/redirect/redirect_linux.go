@@ -68,7 +68,10 @@ func start(ctx context.Context, cfg Config, fn func([]byte)) (Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redirect: nftables: %w", err)
 	}
-	nf, err := nflog.Open(&nflog.Config{Group: cfg.Group, Copymode: nflog.CopyPacket, Bufsize: 128})
+	nf, err := nflog.Open(&nflog.Config{Group: cfg.Group, Copymode: nflog.CopyPacket, Bufsize: 128,
+		// Deliver each packet at once: the kernel batches NFLOG messages for up
+		// to a second by default, which would delay the redirect.
+		QThresh: 1, Timeout: 1})
 	if err != nil {
 		return nil, fmt.Errorf("redirect: NFLOG group %d: %w", cfg.Group, err)
 	}
