@@ -3,8 +3,15 @@
 // neighbour-miss events. It knows nothing of NHRP semantics.
 //
 // Three backends implement Device: kernel (ip_gre, AF_PACKET for NHRP),
-// userspace (a TUN device and a raw GRE socket) and, later, ebpf. An
-// in-memory implementation for tests lives in package gretest.
+// userspace (a TUN device and a raw GRE socket) and, later, ebpf; package
+// backend chooses one (auto, kernel, userspace) and says why. An in-memory
+// implementation for tests lives in package gretest.
+//
+// The control plane programs neighbours through SetNeighbor, not netlink
+// directly: the kernel backend keeps them in the kernel's neighbour table
+// (4-byte lladdr), the userspace backend in its own table, because the
+// kernel keys every IPv4 neighbour of a point-to-point device such as a TUN
+// as 0.0.0.0. Routes live in the kernel's tables for both backends.
 package gre
 
 import (
@@ -85,7 +92,8 @@ type Device interface {
 	// with the tunnel's key.
 	WriteNHRP(b []byte, to netip.Addr) error
 
-	// SetNeighbor adds or replaces a neighbour entry.
+	// SetNeighbor adds or replaces a neighbour entry. Packets held for
+	// its next hop (userspace) or queued by the kernel go out.
 	SetNeighbor(ctx context.Context, n Neighbor) error
 	// DeleteNeighbor removes the neighbour entry for a tunnel address; it
 	// is not an error if none exists.
