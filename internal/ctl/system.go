@@ -131,9 +131,6 @@ func newDebugNHRP(e *env) *cobra.Command {
 				_, err := fmt.Fprintln(w, eventLine(ev))
 				return err
 			})
-			if err == nil && cmd.Context().Err() != nil && !js {
-				fmt.Fprintln(w, "NHRP debugging is off")
-			}
 			if cmd.Context().Err() == context.Canceled {
 				return nil
 			}
