@@ -143,8 +143,9 @@ type Config struct {
 	KeepKernelState bool
 	// AuthorizeTimeout and PeerUpTimeout bound the hooks.
 	AuthorizeTimeout, PeerUpTimeout time.Duration
-	// MaxSend limits NHRP packets sent per second (Cisco's max-send);
-	// 0 means 10000 per 10 seconds.
+	// MaxSend limits the NHRP packets sent per second, like Cisco's
+	// max-send; 0 means 10000, what a hub answering a registration storm
+	// of thousands of spokes needs.
 	MaxSend int
 }
 
@@ -181,7 +182,7 @@ func (c Config) withDefaults() Config {
 		c.PeerUpTimeout = DefaultPeerUpTimeout
 	}
 	if c.MaxSend == 0 {
-		c.MaxSend = 1000
+		c.MaxSend = 10000
 	}
 	return c
 }

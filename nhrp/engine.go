@@ -230,13 +230,13 @@ func (e *Engine) readLoop(ctx context.Context) {
 			}
 			continue
 		}
+		// Block when the loop is behind: the data plane's queue and the
+		// socket buffer absorb bursts, and drop there when truly full.
 		p := rxPacket{b: append([]byte(nil), buf[:n]...), from: from}
 		select {
 		case e.pktCh <- p:
 		case <-ctx.Done():
 			return
-		default:
-			e.stats.rxQueueFull.Add(1)
 		}
 	}
 }

@@ -361,12 +361,12 @@ func (d *Device) flushTun(out *[][]byte) {
 type lastFlow struct {
 	dst, src netip.Addr
 	gen      uint64
-	neigh    *map[netip.Addr]*neighbor
+	neighGen uint64
 	nb       *neighbor
 }
 
 func (f *lastFlow) get(in inner, d *Device) *neighbor {
-	if f.nb == nil || in.dst != f.dst || in.src != f.src || d.routeGen.Load() != f.gen || d.neigh.Load() != f.neigh {
+	if f.nb == nil || in.dst != f.dst || in.src != f.src || d.routeGen.Load() != f.gen || d.neigh.generation() != f.neighGen {
 		return nil
 	}
 	return f.nb
@@ -374,7 +374,7 @@ func (f *lastFlow) get(in inner, d *Device) *neighbor {
 
 func (f *lastFlow) set(in inner, nb *neighbor, d *Device) {
 	f.dst, f.src, f.nb = in.dst, in.src, nb
-	f.gen, f.neigh = d.routeGen.Load(), d.neigh.Load()
+	f.gen, f.neighGen = d.routeGen.Load(), d.neigh.generation()
 }
 
 // rxCounter accumulates the receive counters of one batch (owned by the

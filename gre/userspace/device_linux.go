@@ -31,7 +31,7 @@ const (
 	missBurst       = 200         // events per second overall
 	icmpInterval    = 100 * time.Millisecond
 	pmtuLifetime    = 10 * time.Minute // the kernel's mtu_expires
-	nhrpQueueLen    = 512
+	nhrpQueueLen    = 8192             // a hub takes registration storms of thousands
 	missQueueLen    = 256
 	rxBatch         = 64
 	bufSize         = 65535 + 1
@@ -63,10 +63,9 @@ type Device struct {
 	locals       atomic.Pointer[map[netip.Addr]struct{}]
 	nlSock       atomic.Pointer[nl.NetlinkSocket]
 
-	neighMu sync.Mutex // serialises writers of neigh
-	neigh   atomic.Pointer[map[netip.Addr]*neighbor]
-	mcast   atomic.Pointer[[]netip.Addr]
-	pmtu    pmtuTable
+	neigh neighTable
+	mcast atomic.Pointer[[]netip.Addr]
+	pmtu  pmtuTable
 
 	holdMu  sync.Mutex
 	hold    *HoldQueue
@@ -126,8 +125,6 @@ func Open(cfg gre.Config) (*Device, error) {
 	if cfg.Local.IsValid() {
 		d.local4 = cfg.Local.As4()
 	}
-	empty := map[netip.Addr]*neighbor{}
-	d.neigh.Store(&empty)
 	d.mcast.Store(&[]netip.Addr{})
 	if err := d.open(); err != nil {
 		d.release()

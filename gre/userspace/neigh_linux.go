@@ -12,7 +12,7 @@ import (
 
 // lookupNeigh returns the entry for a tunnel next hop, or nil.
 func (d *Device) lookupNeigh(nh netip.Addr) *neighbor {
-	return (*d.neigh.Load())[nh]
+	return d.neigh.get(nh)
 }
 
 // SetNeighbor adds or replaces a neighbour entry and sends the packets
@@ -27,18 +27,9 @@ func (d *Device) SetNeighbor(ctx context.Context, n gre.Neighbor) error {
 	n.Proto = n.Proto.Unmap()
 	n.LastUsed = time.Time{}
 	nb := &neighbor{n: n, nbma4: n.NBMA.As4(), peer: d.stats.Peer(n.NBMA)}
-	d.neighMu.Lock()
-	old := *d.neigh.Load()
-	m := make(map[netip.Addr]*neighbor, len(old)+1)
-	for k, v := range old {
-		m[k] = v
-	}
-	if prev := old[n.Proto]; prev != nil {
+	if prev := d.neigh.set(n.Proto, nb); prev != nil {
 		nb.lastUsed.Store(prev.lastUsed.Load())
 	}
-	m[n.Proto] = nb
-	d.neigh.Store(&m)
-	d.neighMu.Unlock()
 
 	d.holdMu.Lock()
 	held := d.hold.Take(n.Proto)
@@ -53,20 +44,7 @@ func (d *Device) DeleteNeighbor(ctx context.Context, proto netip.Addr) error {
 	if err := d.check(ctx); err != nil {
 		return err
 	}
-	proto = proto.Unmap()
-	d.neighMu.Lock()
-	defer d.neighMu.Unlock()
-	old := *d.neigh.Load()
-	if _, ok := old[proto]; !ok {
-		return nil
-	}
-	m := make(map[netip.Addr]*neighbor, len(old))
-	for k, v := range old {
-		if k != proto {
-			m[k] = v
-		}
-	}
-	d.neigh.Store(&m)
+	d.neigh.del(proto.Unmap())
 	return nil
 }
 
@@ -76,9 +54,9 @@ func (d *Device) Neighbors(ctx context.Context) ([]gre.Neighbor, error) {
 	if err := d.check(ctx); err != nil {
 		return nil, err
 	}
-	m := *d.neigh.Load()
-	out := make([]gre.Neighbor, 0, len(m))
-	for _, nb := range m {
+	all := d.neigh.all()
+	out := make([]gre.Neighbor, 0, len(all))
+	for _, nb := range all {
 		n := nb.n
 		if t := nb.lastUsed.Load(); t != 0 {
 			n.LastUsed = time.Unix(0, t)

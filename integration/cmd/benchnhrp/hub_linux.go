@@ -68,7 +68,16 @@ func runHub() int {
 		runtime.GC()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		b, _ := json.Marshal(memory{RSS: rss(), Heap: ms.HeapInuse, Entries: n})
+		var tr nhrp.Traffic
+		if t, err := d.Engine().Traffic(ctx); err == nil {
+			tr = t
+		}
+		var dp gre.Counters
+		if dev := d.Device(); dev != nil {
+			dp = dev.Counters()
+		}
+		b, _ := json.Marshal(memory{RSS: rss(), Heap: ms.HeapInuse, Entries: n,
+			RegRecv: tr.Received["Registration Request"], RegSent: tr.Sent["Registration Reply"], Drops: dp.Drops, NHRPRx: dp.NHRPRx})
 		fmt.Println("MEM " + string(b))
 	}
 	cancel()

@@ -144,8 +144,8 @@ func (g *loadgen) registration(i int, id uint32) *wire.Packet {
 }
 
 // registerAll registers n spokes as fast as the hub answers: everything
-// is sent at once in bursts, unanswered requests are sent again every
-// 500 ms (as a spoke retransmits), until all are registered or timeout.
+// is sent at once, unanswered requests are sent again after a second (as
+// our spokes retransmit), until all are registered or timeout.
 // It returns the time until the last reply.
 func (g *loadgen) registerAll(n int, timeout time.Duration) (time.Duration, int, error) {
 	done := make([]bool, n)
@@ -203,7 +203,7 @@ func (g *loadgen) registerAll(n int, timeout time.Duration) (time.Duration, int,
 			}
 			sends++
 		}
-		deadline := time.Now().Add(500 * time.Millisecond)
+		deadline := time.Now().Add(time.Second)
 		for time.Now().Before(deadline) {
 			mu.Lock()
 			left = remaining

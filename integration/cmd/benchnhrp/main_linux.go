@@ -186,6 +186,8 @@ func round(ctx context.Context, n, samples int) (result, error) {
 		return result{}, err
 	}
 	res.HubRSSAfter, res.HeapAfter, res.Entries = after.RSS, after.Heap, after.Entries
+	fmt.Printf("hub: %d NHRP packets from the data plane, %d registration requests handled, %d replies sent, data-plane drops %v\n",
+		after.NHRPRx, after.RegRecv, after.RegSent, after.Drops)
 	hub.CloseStdin()
 	hub.Wait(ctx) // the hub writes its profile on the way out
 	if res.Entries < n {
@@ -196,9 +198,13 @@ func round(ctx context.Context, n, samples int) (result, error) {
 
 // memory is the hub's answer to a MEM request on its standard input.
 type memory struct {
-	RSS     int64  `json:"rss"`
-	Heap    uint64 `json:"heap"`
-	Entries int    `json:"entries"`
+	RSS     int64             `json:"rss"`
+	Heap    uint64            `json:"heap"`
+	Entries int               `json:"entries"`
+	RegRecv uint64            `json:"reg_recv"`
+	RegSent uint64            `json:"reg_sent"`
+	NHRPRx  uint64            `json:"nhrp_rx"`
+	Drops   map[string]uint64 `json:"drops"`
 }
 
 func hubMemory(ctx context.Context, hub *testbed.Proc) (memory, error) {
