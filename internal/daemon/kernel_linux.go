@@ -176,6 +176,26 @@ func (d *Daemon) sysctls(cfg Config, info gre.Info) error {
 			set("/proc/sys/net/ipv4/conf/all/send_redirects", "0"),
 			set("/proc/sys/net/ipv4/conf/"+info.Name+"/send_redirects", "0"))
 	}
+	// A hub on ip_gre keeps a kernel neighbour entry per registered spoke:
+	// the default table limit (gc_thresh3 = 1024) would stop it at about
+	// a thousand spokes. Raise the limits, never lower them.
+	if cfg.NHRP.Role == nhrp.RoleHub && info.Backend == "kernel" {
+		fam := "ipv4"
+		if !info.Prefix.Addr().Is4() {
+			fam = "ipv6"
+		}
+		for i, v := range []int{16384, 32768, 65536} {
+			path := fmt.Sprintf("/proc/sys/net/%s/neigh/default/gc_thresh%d", fam, i+1)
+			if cur, err := os.ReadFile(path); err == nil {
+				var n int
+				fmt.Sscan(string(cur), &n)
+				if n >= v {
+					continue
+				}
+			}
+			errs = append(errs, set(path, fmt.Sprint(v)))
+		}
+	}
 	return errors.Join(errs...)
 }
 
