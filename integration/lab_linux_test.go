@@ -155,8 +155,10 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
+
 	out, err = l.run(t, "down")
-	if err != nil || !strings.Contains(out, "Lab down: 5 dmvpnd stopped, 10 namespaces removed") {
+	if err != nil || !strings.Contains(out, "Lab down: 4 dmvpnd stopped, 10 namespaces removed") {
 		t.Errorf("down: %v\n%s", err, out)
 	}
 	assertNothingLeft(t, l)
@@ -317,4 +319,60 @@ func metricsIn(t *testing.T, ns string) string {
 		t.Fatalf("metrics: %s\n%s", resp.Status, b.String())
 	}
 	return b.String()
+}
+
+// testLabStop stops spoke3's dmvpnd with SIGTERM: it purges its
+// registrations at both hubs (which drop it at once rather than when its
+// holding time runs out) and removes the kernel state it created.
+func testLabStop(t *testing.T, l *labEnv) {
+	st, err := loadState(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d *lab.DaemonState
+	ns := ""
+	for _, n := range st.Nodes {
+		if n.Name == "spoke3" {
+			d, ns = n.Daemon, n.NS
+		}
+	}
+	if d == nil {
+		t.Fatal("no spoke3 daemon in the lab state")
+	}
+	if !strings.Contains(l.ctl(t, "hub1", "show", "ip", "nhrp"), "172.16.3.1/32 via 172.16.3.1") {
+		t.Fatal("hub1 has no registration of spoke3 to begin with")
+	}
+	if err := syscall.Kill(d.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(d.Log)
+		if strings.Contains(string(b), "dmvpnd stopped") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spoke3 did not stop cleanly:\n%s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, hub := range []string{"hub1", "hub2"} {
+		deadline := time.Now().Add(5 * time.Second)
+		for strings.Contains(l.ctl(t, hub, "show", "ip", "nhrp"), "172.16.3.1/32") {
+			if time.Now().After(deadline) {
+				t.Errorf("%s still has spoke3's registration after its purge", hub)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if out, err := exec.Command("ip", "-n", ns, "link", "show", "gre1").CombinedOutput(); err == nil {
+		t.Errorf("spoke3's tunnel interface is still there:\n%s", out)
+	}
+	if out, _ := exec.Command("ip", "-n", ns, "rule").CombinedOutput(); strings.Contains(string(out), "lookup 42") {
+		t.Errorf("spoke3's shortcut rule is still there:\n%s", out)
+	}
+	if _, err := os.Stat(d.Socket); !os.IsNotExist(err) {
+		t.Errorf("spoke3's control socket is still there: %v", err)
+	}
 }

@@ -123,8 +123,29 @@ func (tm *term) text() string {
 	return ansi.ReplaceAllString(tm.raw.String(), "")
 }
 
+// settle waits until the program has been quiet for a moment, so that
+// keys are not typed while it still redraws (or reads the answer to its
+// cursor-position query, where a key could be taken for part of it).
+func (tm *term) settle() {
+	size := func() int {
+		tm.mu.Lock()
+		defer tm.mu.Unlock()
+		return tm.raw.Len()
+	}
+	last, quiet := size(), time.Now()
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		if n := size(); n != last {
+			last, quiet = n, time.Now()
+		} else if time.Since(quiet) >= 150*time.Millisecond {
+			return
+		}
+	}
+}
+
 func (tm *term) send(s string) {
 	tm.t.Helper()
+	tm.settle()
 	if _, err := tm.master.Write([]byte(s)); err != nil {
 		tm.t.Fatalf("writing %q to the terminal: %v", s, err)
 	}

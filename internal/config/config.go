@@ -162,6 +162,7 @@ type Error struct {
 	Msg          string
 }
 
+// Error formats the problem as "line N: path: message".
 func (e Error) Error() string {
 	loc := ""
 	if e.Line > 0 {
@@ -182,6 +183,7 @@ type Errors struct {
 	List []Error
 }
 
+// Error lists every problem, one per line, after a summary line.
 func (e *Errors) Error() string {
 	var b strings.Builder
 	n := len(e.List)

@@ -67,7 +67,7 @@ func tunnelFields(d *decoder, t *Tunnel) fields {
 				d.errorf(resolve(n), p, "%q: an interface name is 1-15 bytes without '/' or spaces", t.Interface)
 			}
 		},
-		"address":   func(n *yaml.Node, p string) { d.prefix(n, p, true, &t.Address) },
+		"address": func(n *yaml.Node, p string) { d.prefix(n, p, true, &t.Address) },
 		"key": func(n *yaml.Node, p string) {
 			var v int64
 			if d.integer(n, p, 0, math.MaxUint32, &v) {

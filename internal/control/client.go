@@ -57,6 +57,7 @@ type APIError struct {
 	Msg    string
 }
 
+// Error returns the daemon's message.
 func (e *APIError) Error() string { return e.Msg }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {

@@ -33,6 +33,7 @@ type node interface {
 // daemonNode adapts *daemon.Daemon (whose Engine is typed) to node.
 type daemonNode struct{ d *daemon.Daemon }
 
+// Engine returns the engine, or a nil interface before it runs.
 func (n daemonNode) Engine() control.Engine {
 	if e := n.d.Engine(); e != nil {
 		return e
@@ -40,6 +41,7 @@ func (n daemonNode) Engine() control.Engine {
 	return nil
 }
 
+// Counters reads the data plane's counters.
 func (n daemonNode) Counters() (gre.Counters, bool) {
 	dev := n.d.Device()
 	if dev == nil {
@@ -48,8 +50,10 @@ func (n daemonNode) Counters() (gre.Counters, bool) {
 	return dev.Counters(), true
 }
 
+// Dataplane names the backend and why it was chosen.
 func (n daemonNode) Dataplane() (string, string) { return n.d.Dataplane() }
 
+// Reload applies a configuration through the daemon.
 func (n daemonNode) Reload(ctx context.Context, cfg daemon.Config) ([]string, error) {
 	return n.d.Reload(ctx, cfg)
 }

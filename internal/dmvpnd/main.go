@@ -161,6 +161,7 @@ func run(path string, cfg *config.Config, rt config.Runtime, log *zap.Logger, le
 // metrics observer before the App).
 type metricsSource struct{ app **App }
 
+// MetricsEngine implements metrics.Source.
 func (s metricsSource) MetricsEngine() metrics.Engine {
 	if *s.app == nil {
 		return nil
@@ -168,6 +169,7 @@ func (s metricsSource) MetricsEngine() metrics.Engine {
 	return (*s.app).MetricsEngine()
 }
 
+// Counters implements metrics.Source.
 func (s metricsSource) Counters() (gre.Counters, bool) {
 	if *s.app == nil {
 		return gre.Counters{}, false

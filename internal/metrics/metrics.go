@@ -131,6 +131,7 @@ var peerStates = []string{"idle", "connecting", "up", "failed"}
 // scrape reads the snapshots at scrape time.
 type scrape struct{ src Source }
 
+// Describe implements prometheus.Collector.
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descErrInd, descDropped, descSuppressed, descPeers, descNHS,
 		descCache, descDPPackets, descDPBytes, descDPDropped, descMisses, descNHRPFrames, descUp} {
@@ -138,6 +139,7 @@ func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// Collect implements prometheus.Collector: it reads the snapshots.
 func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
