@@ -279,18 +279,33 @@ func metricsIn(t *testing.T, ns string) string {
 	conn := make(chan net.Conn, 1)
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // the thread is left in the namespace: never unlocked, so it exits
+		// The socket is created on this thread while it is in the lab
+		// node's namespace; the thread then returns to its own namespace
+		// (if it cannot, it stays locked and the runtime ends it).
+		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer self.Close()
 		f, err := os.Open("/run/netns/" + ns)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		c, err := net.DialTimeout("tcp", "127.0.0.1:9474", 2*time.Second)
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
 		if err != nil {
 			errc <- err
 			return
