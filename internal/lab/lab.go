@@ -30,6 +30,8 @@ type Lab struct {
 	Prefix string
 	Out    io.Writer
 	Err    io.Writer
+	// Self is how the user ran dmvpn-lab, for the hints it prints.
+	Self string
 }
 
 // ctl runs a dmvpnctl command against a node's socket, printing to Out.
@@ -54,7 +56,10 @@ const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("dmvpn-lab", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	l := &Lab{Out: stdout, Err: stderr}
+	l := &Lab{Out: stdout, Err: stderr, Self: "dmvpn-lab"}
+	if len(os.Args) > 0 && strings.Contains(os.Args[0], "/") {
+		l.Self = os.Args[0]
+	}
 	fs.StringVar(&l.Dir, "dir", envOr("DMVPN_LAB_DIR", DefaultDir), "state directory (env DMVPN_LAB_DIR)")
 	fs.StringVar(&l.Prefix, "prefix", envOr("DMVPN_LAB_PREFIX", DefaultPrefix), "namespace name prefix (env DMVPN_LAB_PREFIX)")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }

@@ -120,7 +120,7 @@ func (l *Lab) Up(ctx context.Context, topo string) error {
 		return err
 	} else if s != nil && s.running() {
 		fmt.Fprintf(l.Out, "The lab is already up (topology %s, %d namespaces, started %s).\n", s.Topology, len(s.Nodes), s.Started.Local().Format(time.DateTime))
-		fmt.Fprintf(l.Out, "Explore it with `dmvpn-lab shell spoke1`, or take it down with `dmvpn-lab down`.\n")
+		fmt.Fprintf(l.Out, "Explore it with `%s shell spoke1`, or take it down with `%s down`.\n", l.Self, l.Self)
 		return nil
 	} else if s != nil {
 		_ = l.Down(ctx) // stale state (namespaces gone): clean what is left
@@ -188,11 +188,15 @@ func (l *Lab) Up(ctx context.Context, topo string) error {
 		fmt.Fprintf(l.Out, "\nThe shortcut demonstration failed: %v\nThe lab stays up for you to look: dmvpn-lab status; dmvpn-lab down.\n", err)
 		return err
 	}
-	fmt.Fprintf(l.Out, "\nThe lab is up. Explore it:\n"+
-		"  dmvpn-lab shell spoke1                    the shell of spoke1 (try: show dmvpn, show ip nhrp shortcut, ?)\n"+
-		"  dmvpn-lab exec spoke1-h1 -- ping 10.2.0.2  a command in a node\n"+
-		"  dmvpn-lab status                          nodes and daemons\n"+
-		"  dmvpn-lab down                            remove everything\n")
+	fmt.Fprintf(l.Out, "\nThe lab is up. Explore it:\n")
+	for _, h := range [][2]string{
+		{"shell spoke1", "the shell of spoke1 (try: show dmvpn, show ip nhrp shortcut, ?)"},
+		{"exec spoke1-h1 -- ping 10.3.0.2", "a command in a node"},
+		{"status", "nodes and daemons"},
+		{"down", "remove everything"},
+	} {
+		fmt.Fprintf(l.Out, "  %-45s %s\n", l.Self+" "+h[0], h[1])
+	}
 	return nil
 }
 
@@ -402,7 +406,7 @@ func (l *Lab) Status(ctx context.Context) error {
 		return err
 	}
 	if s == nil || !s.running() {
-		fmt.Fprintln(l.Out, "No lab is up. Start one with `dmvpn-lab up`.")
+		fmt.Fprintf(l.Out, "No lab is up. Start one with `%s up`.\n", l.Self)
 		return nil
 	}
 	fmt.Fprintf(l.Out, "Lab %q up since %s, state in %s\n\n", s.Topology, s.Started.Local().Format(time.DateTime), l.Dir)
