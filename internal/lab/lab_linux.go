@@ -191,7 +191,7 @@ func (l *Lab) Up(ctx context.Context, topo string) error {
 	fmt.Fprintf(l.Out, "\nThe lab is up. Explore it:\n")
 	for _, h := range [][2]string{
 		{"shell spoke1", "the shell of spoke1 (try: show dmvpn, show ip nhrp shortcut, ?)"},
-		{"exec spoke1-h1 -- ping 10.3.0.2", "a command in a node"},
+		{"exec spoke1-h1 -- ping 10.2.0.2", "a command in a node"},
 		{"status", "nodes and daemons"},
 		{"down", "remove everything"},
 	} {
