@@ -87,6 +87,7 @@ func (l *labEnv) ctl(t *testing.T, node string, args ...string) string {
 func TestLab(t *testing.T) {
 	needRoot(t, "ping", "nft")
 	l := &labEnv{bin: buildCommands(t), dir: filepath.Join(t.TempDir(), "lab"), prefix: fmt.Sprintf("dmvt%dxlab", os.Getpid())}
+	t.Cleanup(func() { os.RemoveAll(l.bin) }) // only TestLab uses the built commands
 	t.Cleanup(func() {
 		if out, err := l.run(t, "down"); err != nil {
 			t.Logf("cleanup down: %v\n%s", err, out)
