@@ -81,6 +81,7 @@ type node struct {
 	cfg    Config
 	deps   Deps
 	cancel context.CancelFunc
+	routes []gre.Route // data-plane routes to restore on restart
 
 	mu     sync.Mutex
 	events []Event
@@ -159,6 +160,25 @@ func (l *lab) start(n *node) {
 	l.t.Cleanup(func() { n.stop() })
 }
 
+// restart stops the node's engine and starts a new one on a new device
+// at the same NBMA address, as a restarted daemon would.
+func (l *lab) restart(n *node) {
+	l.t.Helper()
+	n.stop()
+	info := n.dev.Info()
+	n.dev.Close()
+	dev, err := l.inet.NewDevice(gretest.Config{Name: info.Name, NBMA: info.NBMA[0], Prefix: info.Prefix, Key: info.Key})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { dev.Close() })
+	for _, r := range n.routes {
+		dev.ReplaceRoute(context.Background(), r)
+	}
+	n.dev, n.tun = dev, dev
+	l.start(n)
+}
+
 // stop stops the engine and waits for it.
 func (n *node) stop() {
 	if n.cancel != nil {
@@ -195,7 +215,8 @@ func (l *lab) addSpoke(i, via int, cfg Config) *node {
 	r := &labRouter{local: []netip.Prefix{spokeLAN(i)}, routes: map[netip.Prefix]netip.Addr{lanAll: hubAddr(via)}}
 	n := l.add(fmt.Sprintf("spoke%d", i), spokeAddr(i), spokeNBMA(i), cfg, r)
 	// The data plane's view of the same route (for Forward).
-	if err := n.dev.ReplaceRoute(context.Background(), gre.Route{Dst: lanAll, Via: hubAddr(via), Table: 254}); err != nil {
+	n.routes = []gre.Route{{Dst: lanAll, Via: hubAddr(via), Table: 254}}
+	if err := n.dev.ReplaceRoute(context.Background(), n.routes[0]); err != nil {
 		l.t.Fatal(err)
 	}
 	return n

@@ -29,10 +29,8 @@ func TestHubRestart(t *testing.T) {
 			spokes = append(spokes, s)
 		}
 		settle(time.Second)
-		hub.stop()
 		stopped := time.Now()
-		settle(100 * time.Millisecond)
-		l.start(hub) // a new engine on the same tunnel: an empty cache
+		l.restart(hub) // a new engine: an empty cache
 		settle(3 * time.Second)
 		for i := 1; i <= 3; i++ {
 			e, ok := hub.entry(t, hostPrefix(spokeAddr(i)))
@@ -46,9 +44,13 @@ func TestHubRestart(t *testing.T) {
 
 		// A crash: no purge. The spokes come back at their refresh (a
 		// third of the holding time: 200 s here).
-		hub.eng.cfg.PurgeOnShutdown = false
-		hub.stop()
-		l.start(hub)
+		noPurge := hcfg
+		noPurge.PurgeOnShutdown = false
+		if err := hub.eng.Reconfigure(context.Background(), noPurge); err != nil {
+			t.Fatal(err)
+		}
+		hub.cfg = noPurge
+		l.restart(hub)
 		settle(time.Second)
 		if _, ok := hub.entry(t, hostPrefix(spokeAddr(1))); ok {
 			t.Fatal("registration survived a crash without a refresh")
