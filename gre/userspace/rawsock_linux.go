@@ -30,9 +30,25 @@ type rawSender struct {
 }
 
 func newRawSender(batch int) (*rawSender, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	// A protocol-47 socket with IP_HDRINCL, not an IPPROTO_RAW one: the
+	// kernel's route lookup for each packet then sees protocol GRE, so
+	// policy rules on `ipproto gre` apply (the IPsec rules that keep GRE
+	// from leaving in clear rely on it; IPPROTO_RAW would be looked up as
+	// protocol 255 and slip past them).
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_GRE)
 	if err != nil {
 		return nil, fmt.Errorf("raw send socket: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("raw send socket IP_HDRINCL: %w", err)
+	}
+	// It would also receive every GRE packet: a filter that takes none.
+	drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	prog := unix.SockFprog{Len: uint16(len(drop)), Filter: &drop[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("raw send socket filter: %w", err)
 	}
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
