@@ -6,13 +6,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/firewall/redirect"
 	"github.com/opendmvpn/dmvpn/gre"
@@ -184,19 +187,43 @@ func (d *Daemon) sysctls(cfg Config, info gre.Info) error {
 		if !info.Prefix.Addr().Is4() {
 			fam = "ipv6"
 		}
-		for i, v := range []int{16384, 32768, 65536} {
-			path := fmt.Sprintf("/proc/sys/net/%s/neigh/default/gc_thresh%d", fam, i+1)
-			if cur, err := os.ReadFile(path); err == nil {
-				var n int
-				fmt.Sscan(string(cur), &n)
-				if n >= v {
-					continue
-				}
-			}
-			errs = append(errs, set(path, fmt.Sprint(v)))
+		raised, err := raiseNeighLimits("/proc/sys", fam)
+		errs = append(errs, err)
+		if !raised {
+			d.log.Info("the neighbour table limits (gc_thresh1-3) exist in the initial network namespace only: set them there for a hub of more than about 1000 spokes",
+				zap.String("family", fam))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// neighLimits are the gc_thresh1-3 values a hub on ip_gre wants at least.
+var neighLimits = [3]int{16384, 32768, 65536}
+
+// raiseNeighLimits raises net.<fam>.neigh.default.gc_thresh1-3 under the
+// sysctl root to neighLimits, never lowering them. The kernel has them in
+// the initial network namespace only (the neighbour tables are shared by
+// all namespaces): elsewhere they do not exist, nothing is written and
+// raised is false.
+func raiseNeighLimits(root, fam string) (raised bool, err error) {
+	var errs []error
+	for i, v := range neighLimits {
+		path := filepath.Join(root, "net", fam, "neigh", "default", fmt.Sprintf("gc_thresh%d", i+1))
+		cur, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		if err == nil {
+			var n int
+			if _, err := fmt.Sscan(string(cur), &n); err == nil && n >= v {
+				continue
+			}
+		}
+		if err := os.WriteFile(path, []byte(fmt.Sprint(v)), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("sysctl %s: %w", path, err))
+		}
+	}
+	return true, errors.Join(errs...)
 }
 
 // startRedirect starts the hub's redirect detection.
