@@ -54,30 +54,38 @@ type mcastConn interface {
 
 // mcastFilter accepts only outgoing packets to IPv4 multicast, limited
 // broadcast or the tunnel broadcast address, and IPv6 multicast, so data
-// traffic never reaches userspace.
+// traffic never reaches userspace: received packets (the socket sees both
+// directions) and outgoing unicast, NHRP included, are refused.
 func mcastFilter(tunnel netip.Prefix) ([]bpf.RawInstruction, error) {
+	return bpf.Assemble(mcastProgram(tunnel))
+}
+
+// mcastProgram is mcastFilter's program; its first instruction loads the
+// packet type (PACKET_OUTGOING for what the device sends).
+func mcastProgram(tunnel netip.Prefix) []bpf.Instruction {
 	bcast := uint32(0xffffffff)
 	if tunnel.IsValid() && tunnel.Addr().Is4() && tunnel.Bits() < 31 {
 		a := tunnel.Masked().Addr().As4()
 		bcast = binary.BigEndian.Uint32(a[:]) | (1<<(32-tunnel.Bits()) - 1)
 	}
-	prog := []bpf.Instruction{
-		bpf.LoadExtension{Num: bpf.ExtType},
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.PACKET_OUTGOING, SkipTrue: 10},
-		bpf.LoadAbsolute{Off: 0, Size: 1},
-		bpf.ALUOpConstant{Op: bpf.ALUOpShiftRight, Val: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 6, SkipTrue: 5},
-		bpf.LoadAbsolute{Off: 16, Size: 4}, // IPv4 destination
-		bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: 0xe0000000, SkipTrue: 5},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: bcast, SkipTrue: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0xffffffff, SkipTrue: 3},
-		bpf.RetConstant{Val: 0},
-		bpf.LoadAbsolute{Off: 24, Size: 1}, // IPv6 destination, first byte
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0xff, SkipFalse: 1},
-		bpf.RetConstant{Val: 0xffff},
-		bpf.RetConstant{Val: 0},
+	// Jumps skip to "accept" (13) or "refuse" (14).
+	return []bpf.Instruction{
+		/* 0 */ bpf.LoadExtension{Num: bpf.ExtType},
+		/* 1 */ bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.PACKET_OUTGOING, SkipTrue: 12},
+		/* 2 */ bpf.LoadAbsolute{Off: 0, Size: 1},
+		/* 3 */ bpf.ALUOpConstant{Op: bpf.ALUOpShiftRight, Val: 4},
+		/* 4 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 6, SkipTrue: 6},
+		/* 5 */ bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 4, SkipTrue: 8},
+		/* 6 */ bpf.LoadAbsolute{Off: 16, Size: 4}, // IPv4 destination
+		/* 7 */ bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: 0xe0000000, SkipTrue: 5},
+		/* 8 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: bcast, SkipTrue: 4},
+		/* 9 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0xffffffff, SkipTrue: 3},
+		/* 10 */ bpf.RetConstant{Val: 0},
+		/* 11 */ bpf.LoadAbsolute{Off: 24, Size: 1}, // IPv6 destination, first byte
+		/* 12 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0xff, SkipFalse: 1},
+		/* 13 */ bpf.RetConstant{Val: 0xffff},
+		/* 14 */ bpf.RetConstant{Val: 0},
 	}
-	return bpf.Assemble(prog)
 }
 
 type afPacket struct {
