@@ -27,14 +27,54 @@ type rawSender struct {
 	hdrs  []mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet4
+	// oob is one IP_PROTOCOL control message shared by every send (nil
+	// when the kernel does not take it).
+	oob []byte
+}
+
+// protoCmsg is an IP_PROTOCOL control message naming GRE. With IP_HDRINCL
+// the kernel looks up each packet's route as protocol IPPROTO_RAW (255)
+// whatever the socket's protocol, so policy rules on `ipproto gre` (the
+// IPsec rules that keep GRE from leaving in clear) would never match it;
+// this message makes the lookup see GRE.
+func protoCmsg() []byte {
+	b := make([]byte, unix.CmsgSpace(4))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level = unix.IPPROTO_IP
+	h.Type = unix.IP_PROTOCOL
+	h.SetLen(unix.CmsgLen(4))
+	binary.NativeEndian.PutUint32(b[unix.CmsgLen(0):], unix.IPPROTO_GRE)
+	return b
+}
+
+// ProtoRouted reports whether this kernel routes IP_HDRINCL packets by the
+// protocol an IP_PROTOCOL control message names (Linux 6.x): a MSG_PROBE
+// send parses the message and looks up the route without sending anything.
+func ProtoRouted() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_GRE)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	if unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_HDRINCL, 1) != nil {
+		return false
+	}
+	return probeProto(fd)
+}
+
+func probeProto(fd int) bool {
+	pkt := make([]byte, 24)
+	pkt[0] = 0x45
+	pkt[8] = 64
+	pkt[9] = unix.IPPROTO_GRE
+	copy(pkt[16:20], []byte{127, 0, 0, 1})
+	err := unix.Sendmsg(fd, pkt, protoCmsg(), &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}, msgProbe)
+	return err != unix.EINVAL
 }
 
 func newRawSender(batch int) (*rawSender, error) {
-	// A protocol-47 socket with IP_HDRINCL, not an IPPROTO_RAW one: the
-	// kernel's route lookup for each packet then sees protocol GRE, so
-	// policy rules on `ipproto gre` apply (the IPsec rules that keep GRE
-	// from leaving in clear rely on it; IPPROTO_RAW would be looked up as
-	// protocol 255 and slip past them).
+	// A protocol-47 socket with IP_HDRINCL; each send carries an
+	// IP_PROTOCOL message (see protoCmsg) so that routing sees GRE.
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_GRE)
 	if err != nil {
 		return nil, fmt.Errorf("raw send socket: %w", err)
@@ -59,7 +99,14 @@ func newRawSender(batch int) (*rawSender, error) {
 		return nil, fmt.Errorf("raw send socket IP_RECVERR: %w", err)
 	}
 	s := &rawSender{fd: fd, hdrs: make([]mmsghdr, batch), iovs: make([]unix.Iovec, batch), names: make([]unix.RawSockaddrInet4, batch)}
+	if probeProto(fd) {
+		s.oob = protoCmsg()
+	}
 	for i := range s.hdrs {
+		if s.oob != nil {
+			s.hdrs[i].hdr.Control = &s.oob[0]
+			s.hdrs[i].hdr.SetControllen(len(s.oob))
+		}
 		s.names[i].Family = unix.AF_INET
 		s.hdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&s.names[i]))
 		s.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet4
@@ -94,7 +141,7 @@ func (s *rawSender) send(from, k int) (int, error) {
 // sendOne sends one datagram; safe for concurrent use with the batch path.
 func (s *rawSender) sendOne(b []byte, dst [4]byte) error {
 	for {
-		err := unix.Sendto(s.fd, b, 0, &unix.SockaddrInet4{Addr: dst})
+		err := unix.Sendmsg(s.fd, b, s.oob, &unix.SockaddrInet4{Addr: dst}, 0)
 		if err != unix.EINTR {
 			return err
 		}
@@ -272,3 +319,6 @@ func (s *icmp6Sender) send(b []byte, dst netip.Addr) error {
 }
 
 func (s *icmp6Sender) close() error { return unix.Close(s.fd) }
+
+// msgProbe is Linux's MSG_PROBE: do not send, only check the route.
+const msgProbe = 0x10

@@ -25,3 +25,49 @@ func TestPktinfoIfindex(t *testing.T) {
 		t.Fatalf("corrupt control data gave %d", got)
 	}
 }
+
+// TestRawSenderRoutedAsGRE checks that the kernel routes what the raw
+// sender sends as protocol GRE: a policy rule on `ipproto gre` must see it
+// (the IPsec rules that keep GRE from leaving in clear depend on it), for
+// batches and single sends alike.
+func TestRawSenderRoutedAsGRE(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	if !ProtoRouted() {
+		t.Skip("skipping: this kernel does not take IP_PROTOCOL on raw sends (Linux 6.x); GRE sent with IP_HDRINCL is routed as protocol 255")
+	}
+	ipCmd(t, "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p")
+	ipCmd(t, "link", "set", "wan0", "up")
+	ipCmd(t, "link", "set", "wan0p", "up")
+	ipCmd(t, "addr", "add", "198.51.100.1/24", "dev", "wan0")
+	ipCmd(t, "rule", "add", "pref", "100", "ipproto", "gre", "prohibit")
+
+	s, err := newRawSender(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	dst := [4]byte{198, 51, 100, 2}
+	pkt := make([]byte, 28)
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, unix.IPPROTO_GRE
+	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+	copy(pkt[16:20], dst[:])
+	binary.BigEndian.PutUint16(pkt[22:], 0x0800)
+
+	if err := s.sendOne(pkt, dst); err != unix.EACCES {
+		t.Fatalf("single send under `ipproto gre prohibit`: %v, want EACCES", err)
+	}
+	s.set(0, pkt, dst)
+	if n, err := s.send(0, 1); err != unix.EACCES {
+		t.Fatalf("batch send under `ipproto gre prohibit`: sent %d, error %v, want EACCES", n, err)
+	}
+	// Without the rule the same packets go out.
+	ipCmd(t, "rule", "del", "pref", "100")
+	if err := s.sendOne(pkt, dst); err != nil {
+		t.Fatalf("single send: %v", err)
+	}
+	if n, err := s.send(0, 1); n != 1 || err != nil {
+		t.Fatalf("batch send: sent %d, %v", n, err)
+	}
+}

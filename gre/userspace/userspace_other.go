@@ -17,3 +17,6 @@ type Device struct{ gre.Device }
 
 // Open fails: the backend needs Linux.
 func Open(cfg gre.Config) (*Device, error) { return nil, ErrUnsupported }
+
+// ProtoRouted is false: raw GRE sends exist only on Linux.
+func ProtoRouted() bool { return false }
