@@ -284,8 +284,10 @@ func DefaultRouteLinks() []int {
 }
 
 // UplinkAddrs lists the IPv4 addresses of the uplinks (interfaces with a
-// default route), sorted; without a default route, every global IPv4
-// address. The tunnel interface (index exclude) is skipped.
+// default route), sorted; without a default route, none: which address
+// reaches a peer is then the kernel's choice per destination (the engine
+// asks it), and guessing one, a LAN address say, would advertise a wrong
+// NBMA address. The tunnel interface (index exclude) is skipped.
 func UplinkAddrs(exclude int) []netip.Addr {
 	as, err := netlink.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
@@ -298,7 +300,7 @@ func UplinkAddrs(exclude int) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range as {
 		ad := Addr(a.IP)
-		if a.LinkIndex == exclude || !ad.IsGlobalUnicast() || (len(up) > 0 && !up[a.LinkIndex]) {
+		if a.LinkIndex == exclude || !ad.IsGlobalUnicast() || !up[a.LinkIndex] {
 			continue
 		}
 		out = append(out, ad)

@@ -4,11 +4,14 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/opendmvpn/dmvpn/gre"
 )
@@ -82,5 +85,75 @@ func TestRouteConversion(t *testing.T) {
 	}
 	if IgnoreNotFound(syscall.ESRCH) != nil || IgnoreNotFound(syscall.ENOENT) != nil || !errors.Is(IgnoreNotFound(syscall.EPERM), syscall.EPERM) {
 		t.Error("IgnoreNotFound")
+	}
+}
+
+// TestUplinkAddrs, in a scratch network namespace (root): without a default
+// route no address is an uplink's (a LAN address must not be taken for the
+// NBMA address); with one, the addresses of its interface, not the LAN's
+// nor the excluded tunnel's.
+func TestUplinkAddrs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a network namespace)")
+	}
+	type result struct {
+		before, after, excluded []netip.Addr
+		err                     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// The thread stays locked and dies with the goroutine, so the
+		// namespace it entered never leaks to other goroutines.
+		runtime.LockOSThread()
+		var r result
+		defer func() { done <- r }()
+		if r.err = unix.Unshare(unix.CLONE_NEWNET); r.err != nil {
+			return
+		}
+		add := func(name, peer, addr string) (netlink.Link, error) {
+			l := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer}
+			if err := netlink.LinkAdd(l); err != nil {
+				return nil, err
+			}
+			lk, err := netlink.LinkByName(name)
+			if err != nil {
+				return nil, err
+			}
+			a, _ := netlink.ParseAddr(addr)
+			if err := netlink.AddrAdd(lk, a); err != nil {
+				return nil, err
+			}
+			return lk, netlink.LinkSetUp(lk)
+		}
+		lan, err := add("lan0", "lan0p", "10.3.0.1/24")
+		if err != nil {
+			r.err = err
+			return
+		}
+		wan, err := add("wan0", "wan0p", "192.0.2.13/24")
+		if err != nil {
+			r.err = err
+			return
+		}
+		r.before = UplinkAddrs(0)
+		gw := &netlink.Route{LinkIndex: wan.Attrs().Index, Gw: net.ParseIP("192.0.2.254")}
+		if r.err = netlink.RouteAdd(gw); r.err != nil {
+			return
+		}
+		r.after = UplinkAddrs(lan.Attrs().Index)
+		r.excluded = UplinkAddrs(wan.Attrs().Index)
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if len(r.before) != 0 {
+		t.Errorf("without a default route: %v, want none", r.before)
+	}
+	if diff := cmp.Diff([]netip.Addr{netip.MustParseAddr("192.0.2.13")}, r.after, addrCmp); diff != "" {
+		t.Errorf("with a default route via wan0 (-want +got):\n%s", diff)
+	}
+	if len(r.excluded) != 0 {
+		t.Errorf("the excluded interface's address listed: %v", r.excluded)
 	}
 }
