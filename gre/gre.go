@@ -122,3 +122,13 @@ type Device interface {
 	// was opened with Config.KeepState.
 	Close() error
 }
+
+// PeerAliaser is implemented by data planes that can address a peer on
+// the wire by another address than its NBMA address: IPsec in tunnel mode
+// with a peer behind NAT, where the inner GRE packets carry the peer's
+// private address while NHRP knows it by its public one.
+type PeerAliaser interface {
+	// SetPeerAliases replaces every alias: packets to NBMA address k go
+	// out addressed to m[k], and packets from m[k] count as from k.
+	SetPeerAliases(m map[netip.Addr]netip.Addr) error
+}

@@ -18,7 +18,7 @@ import (
 // payload at buf[off:] and returns the datagram.
 func (d *Device) encapsulate(buf []byte, off, n int, proto uint16, tos uint8, df bool, dst [4]byte) []byte {
 	start := off - d.greLen - ipv4HdrLen
-	putOuter4(buf[start:], d.local4, dst, tos, d.cfg.TTLOrDefault(), df, uint16(d.ipid.Add(1)))
+	putOuter4(buf[start:], d.local4, d.wireAddr(dst), tos, d.cfg.TTLOrDefault(), df, uint16(d.ipid.Add(1)))
 	h := gre.Header{Protocol: proto, HasKey: true, Key: d.cfg.Key, HasChecksum: d.cfg.Checksum, HasSeq: d.cfg.Sequence}
 	if h.HasSeq {
 		h.Seq = d.seq.Add(1)
@@ -52,7 +52,7 @@ func (d *Device) sendSingle(buf []byte, n int, in inner, nb *neighbor) {
 	if !ok {
 		return
 	}
-	if err := d.snd.sendOne(out, nb.nbma4); err != nil {
+	if err := d.snd.sendOne(out); err != nil {
 		d.sendFailed(err)
 		return
 	}
@@ -85,7 +85,7 @@ func (d *Device) learnPMTU(fd int) {
 	exp := time.Now().Add(pmtuLifetime)
 	for _, r := range readErrQueue(fd) {
 		if r.mtu >= minPathMTU {
-			d.pmtu.set(r.dst, r.mtu, exp)
+			d.pmtu.set(d.peerAddr(r.dst), r.mtu, exp)
 		}
 	}
 }
@@ -104,7 +104,7 @@ func (d *Device) tooBig(orig []byte, in inner, mtu int) {
 		return
 	}
 	if !in.v6 {
-		if err := d.snd.sendOne(fragNeeded4(orig, mtu), in.src.As4()); err == nil {
+		if err := d.snd.sendOne(fragNeeded4(orig, mtu)); err == nil {
 			d.stats.FragNeeded.Add(1)
 		}
 		return
@@ -203,7 +203,7 @@ func (d *Device) txLoop() {
 				continue
 			}
 			nb.lastUsed.Store(now.UnixNano())
-			d.snd.set(k, out, nb.nbma4)
+			d.snd.set(k, out)
 			nbs[k], lens[k] = nb, n
 			k++
 		}
@@ -294,7 +294,7 @@ func (d *Device) receive(b []byte, n, ifindex int, out *[][]byte) []byte {
 		d.stats.Drop(gre.DropBadKey, 1)
 		return nil
 	}
-	from := netip.AddrFrom4([4]byte(b[12:16]))
+	from := d.peerAddr(netip.AddrFrom4([4]byte(b[12:16])))
 	start := ihl + hl
 	payload := b[start:]
 	switch h.Protocol {

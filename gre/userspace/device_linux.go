@@ -65,6 +65,7 @@ type Device struct {
 
 	neigh neighTable
 	mcast atomic.Pointer[[]netip.Addr]
+	alias atomic.Pointer[aliasTable]
 	pmtu  pmtuTable
 
 	holdMu  sync.Mutex
@@ -353,7 +354,7 @@ func (d *Device) WriteNHRP(b []byte, to netip.Addr) error {
 	pkt := make([]byte, txHeadroom+len(b))
 	copy(pkt[txHeadroom:], b)
 	out := d.encapsulate(pkt, txHeadroom, len(b), gre.ProtoNHRP, 0, true, to.As4())
-	if err := d.snd.sendOne(out, to.As4()); err != nil {
+	if err := d.snd.sendOne(out); err != nil {
 		d.stats.Drop(gre.DropSendError, 1)
 		return fmt.Errorf("userspace: send NHRP to %s: %w", to, err)
 	}

@@ -116,11 +116,12 @@ func newRawSender(batch int) (*rawSender, error) {
 	return s, nil
 }
 
-// set prepares message i of the next batch.
-func (s *rawSender) set(i int, b []byte, dst [4]byte) {
+// set prepares message i of the next batch: an IPv4 datagram, sent to
+// the destination in its header.
+func (s *rawSender) set(i int, b []byte) {
 	s.iovs[i].Base = &b[0]
 	s.iovs[i].SetLen(len(b))
-	s.names[i].Addr = dst
+	s.names[i].Addr = [4]byte(b[16:20])
 }
 
 // send transmits messages [from, k). It returns how many went out before
@@ -138,10 +139,11 @@ func (s *rawSender) send(from, k int) (int, error) {
 	}
 }
 
-// sendOne sends one datagram; safe for concurrent use with the batch path.
-func (s *rawSender) sendOne(b []byte, dst [4]byte) error {
+// sendOne sends one IPv4 datagram to the destination in its header; safe
+// for concurrent use with the batch path.
+func (s *rawSender) sendOne(b []byte) error {
 	for {
-		err := unix.Sendmsg(s.fd, b, s.oob, &unix.SockaddrInet4{Addr: dst}, 0)
+		err := unix.Sendmsg(s.fd, b, s.oob, &unix.SockaddrInet4{Addr: [4]byte(b[16:20])}, 0)
 		if err != unix.EINTR {
 			return err
 		}

@@ -55,16 +55,16 @@ func TestRawSenderRoutedAsGRE(t *testing.T) {
 	copy(pkt[16:20], dst[:])
 	binary.BigEndian.PutUint16(pkt[22:], 0x0800)
 
-	if err := s.sendOne(pkt, dst); err != unix.EACCES {
+	if err := s.sendOne(pkt); err != unix.EACCES {
 		t.Fatalf("single send under `ipproto gre prohibit`: %v, want EACCES", err)
 	}
-	s.set(0, pkt, dst)
+	s.set(0, pkt)
 	if n, err := s.send(0, 1); err != unix.EACCES {
 		t.Fatalf("batch send under `ipproto gre prohibit`: sent %d, error %v, want EACCES", n, err)
 	}
 	// Without the rule the same packets go out.
 	ipCmd(t, "rule", "del", "pref", "100")
-	if err := s.sendOne(pkt, dst); err != nil {
+	if err := s.sendOne(pkt); err != nil {
 		t.Fatalf("single send: %v", err)
 	}
 	if n, err := s.send(0, 1); n != 1 || err != nil {
