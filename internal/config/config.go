@@ -51,6 +51,8 @@ type Config struct {
 	Networks []netip.Prefix
 	// Forwarding turns IP forwarding on.
 	Forwarding bool
+	// IPsec protects the tunnel; nil runs NHRP and GRE in clear.
+	IPsec *IPsec
 	// Logging, Metrics and Control configure the program around the
 	// daemon.
 	Logging Logging
@@ -226,7 +228,9 @@ func Parse(data []byte, name string) (*Config, error) {
 	default:
 		d.mapping(doc.Content[0], "", sections(d, c))
 		c.defaults(d)
+		c.ipsecDefaults(d)
 		c.check(d)
+		c.ipsecChecks(d)
 	}
 	if len(d.errs) > 0 {
 		sortErrors(d.errs)

@@ -70,5 +70,6 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		RedirectGroup:        uint16(t.RedirectGroup),
 		ShortcutRulePriority: t.ShortcutRulePriority,
 		Forwarding:           c.Forwarding,
+		IPsec:                c.IPsec.ipsecConfig(),
 	}
 }

@@ -93,6 +93,9 @@ func (c *Config) YAML() []byte {
 		root.add("networks", prefixList(c.Networks))
 	}
 	root.add("forwarding", boolean(c.Forwarding))
+	if c.IPsec != nil {
+		root.add("ipsec", renderIPsec(c.IPsec))
+	}
 	root.add("logging", mapNode("level", str(c.Logging.Level), "format", str(c.Logging.Format)).Node)
 	root.add("metrics", mapNode("enabled", boolean(c.Metrics.Enabled), "listen", str(c.Metrics.Listen)).Node)
 	ctl := mapNode("socket", str(c.Control.Socket))

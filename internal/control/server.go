@@ -56,6 +56,8 @@ func NewServer(d Daemon, log *zap.Logger) *Server {
 	mux.HandleFunc("GET "+PathVersion, s.version)
 	mux.HandleFunc("POST "+PathReload, s.reload)
 	mux.HandleFunc("GET "+PathEvents, s.events)
+	mux.HandleFunc("GET "+PathCrypto, s.crypto)
+	mux.HandleFunc("POST "+PathCryptoClear, s.cryptoClear)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
 	})

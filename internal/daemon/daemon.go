@@ -18,6 +18,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
+	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -51,6 +52,8 @@ type Config struct {
 	ShortcutRulePriority int
 	// Forwarding turns on IP forwarding (a DMVPN node routes).
 	Forwarding bool
+	// IPsec protects the tunnel with strongSwan; nil runs it in clear.
+	IPsec *ipsec.Config
 }
 
 // Policy is the registration policy of a hub: every client, or only the
@@ -90,6 +93,8 @@ type Daemon struct {
 	engErr chan error
 	obs    []nhrp.Observer
 	policy atomic.Pointer[Policy]
+
+	ipsecMgr *ipsec.Manager
 }
 
 // Option adjusts a Daemon.
@@ -174,6 +179,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 // up opens the data plane and starts everything on it.
 func (d *Daemon) up(ctx context.Context) error {
 	cfg := d.cfg
+	gate := &ingressGate{filter: ipsec.IngressFilter()}
+	if cfg.IPsec != nil {
+		cfg.Tunnel.AcceptIngress = gate.accept
+	}
 	dev, reason, err := backend.Open(cfg.Tunnel, cfg.Dataplane)
 	if err != nil {
 		return fmt.Errorf("opening the tunnel %s: %w", cfg.Tunnel.Name, err)
@@ -202,11 +211,29 @@ func (d *Daemon) up(ctx context.Context) error {
 		}
 	}
 
+	var mgr *ipsec.Manager
+	if cfg.IPsec != nil {
+		if mgr, err = d.startIPsec(ctx, cfg, dev, gate); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.ipsecMgr = mgr
+		d.mu.Unlock()
+	} else {
+		d.log.Warn("no ipsec section: NHRP and GRE run in clear")
+	}
+
 	deps := nhrp.Deps{Tunnel: dev, Router: router, Logger: d.log.Named("nhrp"), Observers: d.obs}
 	if cfg.NHRP.Role == nhrp.RoleHub {
 		p := cfg.Policy
 		d.policy.Store(&p)
 		deps.Authorizer = policyAuthorizer(cfg.Policy, &d.policy)
+		if mgr != nil {
+			deps.Authorizer = bothAuthorizers(deps.Authorizer, mgr)
+		}
+	}
+	if mgr != nil {
+		deps.Peers = mgr
 	}
 	eng, err := nhrp.New(cfg.NHRP, deps)
 	if err != nil {

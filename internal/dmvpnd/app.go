@@ -53,6 +53,14 @@ func (n daemonNode) Counters() (gre.Counters, bool) {
 // Dataplane names the backend and why it was chosen.
 func (n daemonNode) Dataplane() (string, string) { return n.d.Dataplane() }
 
+// Crypto returns the IPsec manager, or a nil interface when IPsec is off.
+func (n daemonNode) Crypto() control.Crypto {
+	if m := n.d.IPsec(); m != nil {
+		return m
+	}
+	return nil
+}
+
 // Reload applies a configuration through the daemon.
 func (n daemonNode) Reload(ctx context.Context, cfg daemon.Config) ([]string, error) {
 	return n.d.Reload(ctx, cfg)
@@ -82,6 +90,14 @@ func newApp(path string, cfg *config.Config, rt config.Runtime, n node, log *zap
 
 // Engine implements control.Daemon.
 func (a *App) Engine() control.Engine { return a.node.Engine() }
+
+// Crypto implements control.CryptoSource.
+func (a *App) Crypto() control.Crypto {
+	if cs, ok := a.node.(interface{ Crypto() control.Crypto }); ok {
+		return cs.Crypto()
+	}
+	return nil
+}
 
 // MetricsEngine implements metrics.Source.
 func (a *App) MetricsEngine() metrics.Engine {

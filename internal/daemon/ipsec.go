@@ -1,0 +1,144 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/gre/userspace"
+	"github.com/opendmvpn/dmvpn/ipsec"
+	"github.com/opendmvpn/dmvpn/nhrp"
+)
+
+// Tunnel MTUs with IPsec when the configuration sets none: kernel-libipsec's
+// TUN has MTU 1400, less the outer IPv4 and keyed GRE headers; ESP in
+// transport mode over a 1500-byte underlay leaves room for 1400 with any
+// proposal.
+const (
+	mtuIPsecUserspace = 1400 - gre.Overhead
+	mtuIPsecKernel    = 1400
+)
+
+// ipsecMode resolves the configured mode against the data plane: auto
+// follows it (kernel ESP with ip_gre, userspace ESP otherwise).
+func ipsecMode(m ipsec.Mode, backendName string) (ipsec.Mode, string) {
+	switch m {
+	case ipsec.ModeKernel, ipsec.ModeUserspace:
+		return m, "as configured"
+	}
+	if backendName == "kernel" {
+		return ipsec.ModeKernel, "auto: the kernel data plane has kernel ESP (xfrm, transport mode)"
+	}
+	return ipsec.ModeUserspace, "auto: the " + backendName + " data plane uses userspace ESP (kernel-libipsec, tunnel mode)"
+}
+
+// ingressGate is the data plane's ingress check with IPsec: once armed
+// (userspace mode), GRE counts only if it came out of charon's TUN.
+type ingressGate struct {
+	armed  atomic.Bool
+	filter func(int) bool
+}
+
+func (g *ingressGate) accept(ifindex int) bool {
+	return !g.armed.Load() || g.filter(ifindex)
+}
+
+// startIPsec brings IPsec up on an open tunnel: the mode, the tunnel MTU,
+// the rules or policies that keep GRE from going in clear, and the
+// manager (charon, credentials, connections). It adds its undo steps.
+func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gate *ingressGate) (*ipsec.Manager, error) {
+	info := dev.Info()
+	mode, why := ipsecMode(cfg.IPsec.Mode, info.Backend)
+	d.log.Info("ipsec: "+string(mode)+" ESP", zap.String("why", why))
+	if cfg.Tunnel.MTU == 0 {
+		mtu := mtuIPsecKernel
+		if mode == ipsec.ModeUserspace {
+			mtu = mtuIPsecUserspace
+		}
+		if info.MTU > mtu {
+			if l, err := netlink.LinkByIndex(info.Index); err == nil {
+				if err := netlink.LinkSetMTU(l, mtu); err != nil {
+					d.log.Warn("ipsec: setting the tunnel MTU", zap.Int("mtu", mtu), zap.Error(err))
+				}
+			}
+		}
+	}
+	if mode == ipsec.ModeUserspace && info.Backend == "userspace" && !userspace.ProtoRouted() {
+		// Without it GRE sent with IP_HDRINCL is routed as protocol 255
+		// and the rules that hold GRE back when no SA covers it do not
+		// apply: refuse rather than risk GRE in clear.
+		return nil, errors.New("ipsec: this kernel routes raw GRE sends as protocol 255 (no IP_PROTOCOL control message, Linux 6.x needed), so the rules that keep GRE from leaving in clear would not apply; use the kernel data plane (ipsec mode kernel)")
+	}
+	undo, err := ipsec.Protect(mode)
+	if err != nil {
+		return nil, err
+	}
+	d.stopFn = append(d.stopFn, undo)
+	if mode == ipsec.ModeUserspace {
+		gate.armed.Store(true)
+	}
+	hooks := ipsec.Hooks{
+		PeerLost: func(nbma netip.Addr, reason string) {
+			if e := d.Engine(); e != nil {
+				c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				e.PeerLost(c, nbma, reason)
+			}
+		},
+		Restarted: func(reason string) {
+			if e := d.Engine(); e != nil {
+				c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				e.Reregister(c, reason)
+			}
+		},
+	}
+	if a, ok := dev.(gre.PeerAliaser); ok && mode == ipsec.ModeUserspace {
+		hooks.Aliases = a.SetPeerAliases
+	}
+	m, err := ipsec.New(*cfg.IPsec, mode, cfg.NHRP.Role == nhrp.RoleHub, d.log.Named("ipsec"), hooks)
+	if err != nil {
+		return nil, err
+	}
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if err := m.Start(mctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	d.stopFn = append(d.stopFn, func() error {
+		cancel()
+		select {
+		case <-m.Done():
+		case <-time.After(10 * time.Second):
+		}
+		return nil
+	})
+	return m, nil
+}
+
+// IPsec returns the IPsec manager, nil when IPsec is off.
+func (d *Daemon) IPsec() *ipsec.Manager {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ipsecMgr
+}
+
+// bothAuthorizers accepts a registration only if the policy and the
+// certificate both do.
+func bothAuthorizers(policy, cert nhrp.Authorizer) nhrp.Authorizer {
+	if policy == nil {
+		return cert
+	}
+	return nhrp.AuthorizerFunc(func(ctx context.Context, r nhrp.Registration) nhrp.Verdict {
+		if v := policy.Authorize(ctx, r); v.Code != 0 {
+			return v
+		}
+		return cert.Authorize(ctx, r)
+	})
+}

@@ -1,0 +1,288 @@
+package ipsec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/nhrp"
+	"github.com/opendmvpn/dmvpn/nhrp/wire"
+)
+
+// Authorize decides on a registration by the certificate of the IKE SA it
+// arrived over: accepted only if that certificate's OU=GRE= is the tunnel
+// address the spoke claims. It fails closed: no SA from the address,
+// several SAs with different identities, a certificate that cannot be
+// found or read without doubt, no OU=GRE=, an expired certificate — all
+// refused, the IKE SA terminated, the decision audited.
+func (m *Manager) Authorize(ctx context.Context, r nhrp.Registration) nhrp.Verdict {
+	v, kind, id, sa := m.decide(ctx, r)
+	fields := []zap.Field{
+		zap.String("nbma", r.NBMA.String()), zap.String("tunnel_address", r.Proto.Addr().String()),
+	}
+	if id != nil {
+		fields = append(fields, zap.String("subject", id.Subject), zap.String("serial", id.Serial))
+	} else if sa != nil {
+		fields = append(fields, zap.String("subject", sa.RemoteID))
+	}
+	if sa != nil {
+		fields = append(fields, zap.String("ike_id", sa.IKEID))
+	}
+	if v.Code == 0 {
+		m.stats.accept()
+		m.audit.Info("registration accepted", fields...)
+		return v
+	}
+	m.stats.refuse(kind)
+	m.audit.Info("registration refused", append(fields, zap.String("reason", v.Reason), zap.String("kind", kind))...)
+	if m.limitLog(r.NBMA, v.Reason) {
+		m.log.Warn("registration refused", append(fields, zap.String("reason", v.Reason))...)
+	}
+	if sa != nil {
+		m.terminateAfterReply(sa.IKEID)
+	}
+	return v
+}
+
+// refusalGrace is how long a refused spoke's SA is left up so that the
+// negative Registration Reply reaches it (ending the SA at once would
+// take the reply with it, and the spoke, hearing nothing, would come
+// straight back).
+const refusalGrace = 500 * time.Millisecond
+
+// terminateAfterReply ends an IKE SA once the reply to a refused
+// registration has gone out over it.
+func (m *Manager) terminateAfterReply(ikeID string) {
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		select {
+		case <-time.After(refusalGrace):
+		case <-m.done:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		m.terminate(ctx, ikeID)
+	}()
+}
+
+// Kinds of refusal: the label of the refusal counter (the audit line has
+// the details).
+const (
+	RefusedNoSA        = "no_sa"
+	RefusedIdentities  = "several_identities"
+	RefusedNoCert      = "certificate_unavailable"
+	RefusedBadIdentity = "identity_ambiguous"
+	RefusedExpired     = "certificate_expired"
+	RefusedNoGRE       = "no_gre_field"
+	RefusedWrongGRE    = "gre_mismatch"
+)
+
+// decide returns the verdict (with the kind of refusal), the identity
+// read and the SA it came over.
+func (m *Manager) decide(ctx context.Context, r nhrp.Registration) (nhrp.Verdict, string, *Identity, *SA) {
+	refuse := func(reason string) nhrp.Verdict {
+		return nhrp.Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: reason}
+	}
+	sas := m.upSAsFrom(r.NBMA)
+	if len(sas) == 0 {
+		m.refresh(ctx) // an event may be on its way
+		sas = m.upSAsFrom(r.NBMA)
+	}
+	if len(sas) == 0 {
+		return refuse("no IPsec SA from " + r.NBMA.String()), RefusedNoSA, nil, nil
+	}
+	sa := &sas[0]
+	for _, other := range sas[1:] {
+		if other.RemoteID != sa.RemoteID {
+			for _, s := range sas {
+				m.terminate(ctx, s.IKEID)
+			}
+			return refuse("several IPsec SAs with different identities from " + r.NBMA.String()), RefusedIdentities, nil, nil
+		}
+	}
+	id, err := m.identityOf(ctx, sa.RemoteID)
+	if errors.Is(err, errNoCert) {
+		return refuse(err.Error()), RefusedNoCert, nil, sa
+	}
+	if err != nil {
+		return refuse(err.Error()), RefusedBadIdentity, nil, sa
+	}
+	switch {
+	case time.Now().After(id.NotAfter):
+		return refuse("certificate expired"), RefusedExpired, id, sa
+	case len(id.GRE) == 0:
+		return refuse("certificate has no OU=GRE="), RefusedNoGRE, id, sa
+	case !r.Proto.IsSingleIP() || id.GRE[0] != r.Proto.Addr():
+		return refuse(fmt.Sprintf("certificate is for GRE=%s, registration claims %s", id.GRE[0], r.Proto)), RefusedWrongGRE, id, sa
+	}
+	return nhrp.Verdict{Identity: id.Subject, Attrs: id.Attrs()}, "", id, sa
+}
+
+// upSAsFrom returns the established SAs from a peer address.
+func (m *Manager) upSAsFrom(nbma netip.Addr) []SA {
+	var out []SA
+	for _, sa := range m.sasTo(nbma) {
+		if sa.Up() {
+			out = append(out, sa)
+		}
+	}
+	return out
+}
+
+// errNoCert says a peer's certificate is not in charon's cache (it holds
+// 32): the SA is terminated so the peer authenticates again and its
+// certificate comes back.
+var errNoCert = errors.New("certificate not available, re-authenticating")
+
+// identityOf reads the identity of an SA's peer from its certificate's
+// DER: the one captured when the SA came up, else charon's cache.
+func (m *Manager) identityOf(ctx context.Context, remoteID string) (*Identity, error) {
+	m.mu.Lock()
+	der := m.certs[remoteID]
+	m.mu.Unlock()
+	if der == nil {
+		der = m.fetchCert(ctx, remoteID)
+	}
+	if der == nil {
+		return nil, errNoCert
+	}
+	id, err := ParseIdentity(der)
+	if err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+// fetchCert finds the certificate whose subject charon renders as
+// remoteID: by subject first, else by scanning every certificate charon
+// holds (a subject that does not re-parse, such as one with a comma in a
+// value, is not found by the first).
+func (m *Manager) fetchCert(ctx context.Context, remoteID string) []byte {
+	m.mu.Lock()
+	c := m.cmd
+	m.mu.Unlock()
+	if c == nil || remoteID == "" {
+		return nil
+	}
+	try := func(in ...any) []byte {
+		msgs, err := c.stream(ctx, 5*time.Second, "list-certs", "list-cert", msg(in...))
+		if err != nil {
+			return nil
+		}
+		var found [][]byte
+		for _, mm := range msgs {
+			data := mm.Get("data")
+			var der []byte
+			switch d := data.(type) {
+			case string:
+				der = []byte(d)
+			case []byte:
+				der = d
+			}
+			if len(der) == 0 {
+				continue
+			}
+			if s, err := renderLikeCharon(der); err == nil && s == remoteID {
+				found = append(found, der)
+			}
+		}
+		if len(found) != 1 {
+			return nil // none, or several that render alike: not sure which
+		}
+		return found[0]
+	}
+	der := try("type", "X509", "subject", remoteID)
+	if der == nil {
+		der = try("type", "X509")
+	}
+	if der != nil {
+		m.mu.Lock()
+		m.certs[remoteID] = der
+		m.mu.Unlock()
+	}
+	return der
+}
+
+// certWorker fetches the certificate of every peer as its SA comes up,
+// while charon still has it cached.
+func (m *Manager) certWorker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case id := <-m.certQ:
+			m.mu.Lock()
+			have := m.certs[id] != nil
+			m.mu.Unlock()
+			if !have {
+				m.fetchCert(ctx, id)
+			}
+		}
+	}
+}
+
+// reloadCredsIfChanged loads the credentials again when a file changed (a
+// certificate rotated without a restart), and the connections that carry
+// them.
+func (m *Manager) reloadCredsIfChanged(ctx context.Context) {
+	m.mu.Lock()
+	cs := m.creds
+	m.mu.Unlock()
+	if cs == nil || !cs.changed() {
+		return
+	}
+	if err := m.ReloadCredentials(ctx); err != nil {
+		m.log.Error("reloading credentials", zap.Error(err))
+	}
+}
+
+// ReloadCredentials reads the credential files again and loads them and
+// every connection into charon.
+func (m *Manager) ReloadCredentials(ctx context.Context) error {
+	cs, err := readCreds(m.cfg)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.creds = cs
+	specs := make([]connSpec, 0, len(m.loaded))
+	for _, s := range m.loaded {
+		specs = append(specs, s)
+	}
+	c := m.cmd
+	m.mu.Unlock()
+	if c == nil {
+		return errNotConnected
+	}
+	if err := loadCreds(ctx, c, cs); err != nil {
+		return err
+	}
+	for _, s := range specs {
+		if err := m.loadConn(ctx, s); err != nil {
+			return err
+		}
+	}
+	m.log.Info("credentials reloaded")
+	return nil
+}
+
+// limitLog allows one log line per peer and reason a minute.
+func (m *Manager) limitLog(nbma netip.Addr, reason string) bool {
+	m.logMu.Lock()
+	defer m.logMu.Unlock()
+	k := nbma.String() + "|" + reason
+	if t, ok := m.logged[k]; ok && time.Since(t) < time.Minute {
+		return false
+	}
+	if len(m.logged) > 10000 {
+		m.logged = map[string]time.Time{}
+	}
+	m.logged[k] = time.Now()
+	return true
+}

@@ -1,0 +1,99 @@
+package ipsec
+
+import (
+	"crypto/x509/pkix"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/opendmvpn/dmvpn/internal/pki"
+)
+
+func newCA(t *testing.T) *pki.CA {
+	t.Helper()
+	ca, err := pki.NewCA("C=FI, O=Example, CN=Example DMVPN CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+func issue(t *testing.T, ca *pki.CA, subj pkix.RDNSequence) []byte {
+	t.Helper()
+	is, err := ca.Issue(subj, time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return is.Cert.Raw
+}
+
+func dn(t *testing.T, s string) pkix.RDNSequence {
+	t.Helper()
+	d, err := pki.ParseDN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestParseIdentity(t *testing.T) {
+	ca := newCA(t)
+	der := issue(t, ca, dn(t, "C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.11.0.0/24, OU=NET=10.11.1.0/24, CN=spoke1"))
+	id, err := ParseIdentity(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"GRE": {"10.0.0.11"}, "AS": {"65011"}, "NET": {"10.11.0.0/24", "10.11.1.0/24"}}
+	if diff := cmp.Diff(want, id.Attrs()); diff != "" {
+		t.Errorf("attrs (-want +got):\n%s", diff)
+	}
+	if id.GRE[0] != netip.MustParseAddr("10.0.0.11") || id.Serial == "" {
+		t.Errorf("identity %+v", id)
+	}
+	// The string strongSwan shows for it, and ours, agree.
+	s, err := renderLikeCharon(der)
+	if err != nil || s != "C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.11.0.0/24, OU=NET=10.11.1.0/24, CN=spoke1" {
+		t.Errorf("rendered %q, %v", s, err)
+	}
+}
+
+func TestParseIdentityRefuses(t *testing.T) {
+	ca := newCA(t)
+	base := dn(t, "C=FI, O=Example")
+	with := func(extra ...pkix.RelativeDistinguishedNameSET) pkix.RDNSequence {
+		return append(append(pkix.RDNSequence{}, base...), extra...)
+	}
+	cn := pki.RDN(pki.ParseDNOID("CN"), "x")
+	tests := []struct {
+		name string
+		subj pkix.RDNSequence
+	}{
+		// One OU whose value reads, once rendered, as two: the attack.
+		{"OU value with ', OU=GRE='", with(pki.RDN(pki.OU, "GRE=10.0.0.13, OU=GRE=10.0.0.11"), cn)},
+		{"OU value with ', '", with(pki.RDN(pki.OU, "Network Ops, Inc"), pki.RDN(pki.OU, "GRE=10.0.0.11"), cn)},
+		{"second '=' in a value", with(pki.RDN(pki.OU, "AS=65013=GRE=10.0.0.11"), cn)},
+		{"non-ASCII", with(pki.RDN(pki.ParseDNOID("O"), "Exämple Oy"), pki.RDN(pki.OU, "GRE=10.0.0.11"), cn)},
+		{"two OU=GRE=", with(pki.RDN(pki.OU, "GRE=10.0.0.11"), pki.RDN(pki.OU, "GRE=10.0.0.12"), cn)},
+		{"GRE not an address", with(pki.RDN(pki.OU, "GRE=spoke1"), cn)},
+		{"AS not a number", with(pki.RDN(pki.OU, "GRE=10.0.0.11"), pki.RDN(pki.OU, "AS=big"), cn)},
+		{"NET not a prefix", with(pki.RDN(pki.OU, "GRE=10.0.0.11"), pki.RDN(pki.OU, "NET=10.11.0.0"), cn)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := ParseIdentity(issue(t, ca, tc.subj))
+			if !errors.Is(err, ErrAmbiguous) {
+				t.Fatalf("got %+v, %v; want ErrAmbiguous", id, err)
+			}
+		})
+	}
+}
+
+func TestParseIdentityWithoutGRE(t *testing.T) {
+	id, err := ParseIdentity(issue(t, newCA(t), dn(t, "C=FI, O=Example, OU=Routers, CN=x")))
+	if err != nil || len(id.GRE) != 0 {
+		t.Fatalf("%+v %v", id, err)
+	}
+}

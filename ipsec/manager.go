@@ -1,0 +1,463 @@
+package ipsec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/strongswan/govici/vici"
+	"go.uber.org/zap"
+)
+
+// Hooks are what the manager tells the NHRP engine.
+type Hooks struct {
+	// PeerLost: a peer's SA went away (its peer should be brought up
+	// again on next use; a server is registered with again at once).
+	PeerLost func(nbma netip.Addr, reason string)
+	// Restarted: charon came back after being away; everything must be
+	// brought up again.
+	Restarted func(reason string)
+	// Aliases (userspace mode): the inner addresses of peers behind NAT,
+	// by NBMA address, for the data plane (gre.PeerAliaser).
+	Aliases func(map[netip.Addr]netip.Addr) error
+}
+
+// Manager drives charon for one node: credentials and connections, an SA
+// per NBMA peer on demand, the certificate check of registrations. It
+// implements nhrp.PeerHandler and nhrp.Authorizer.
+type Manager struct {
+	cfg    Config
+	mode   Mode
+	hub    bool
+	log    *zap.Logger
+	audit  *zap.Logger
+	hooks  Hooks
+	charon *charon // nil when charon is not ours
+
+	cmd *viciConn // command session; replaced on reconnect
+
+	mu        sync.Mutex
+	creds     *credSet
+	sas       map[string]SA       // by IKE unique id
+	certs     map[string][]byte   // remote-id → DER, captured when SAs came up
+	loaded    map[string]connSpec // connections loaded into charon
+	waiters   map[netip.Addr][]chan struct{}
+	verified  map[string]bool // IKE ids of servers whose certificate was checked
+	connected bool
+	stats     counters
+
+	bg     sync.WaitGroup // PeerDown calls in flight
+	logMu  sync.Mutex
+	logged map[string]time.Time // rate limit of refusal log lines
+
+	aliasMu sync.Mutex
+	aliases map[netip.Addr]netip.Addr // as the data plane has them
+
+	wake  chan struct{}
+	done  chan struct{}
+	certQ chan string // remote-ids whose certificate to fetch
+}
+
+// New returns a manager. Start connects it.
+func New(cfg Config, mode Mode, hub bool, log *zap.Logger, hooks Hooks) (*Manager, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if mode != ModeKernel && mode != ModeUserspace {
+		return nil, fmt.Errorf("%w: mode %q must be resolved to kernel or userspace", ErrConfig, mode)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	m := &Manager{
+		cfg: cfg, mode: mode, hub: hub, log: log, hooks: hooks,
+		sas: map[string]SA{}, certs: map[string][]byte{}, loaded: map[string]connSpec{},
+		waiters: map[netip.Addr][]chan struct{}{}, verified: map[string]bool{}, logged: map[string]time.Time{},
+		wake: make(chan struct{}, 1), done: make(chan struct{}), certQ: make(chan string, 1024),
+	}
+	m.stats.init()
+	audit, err := newAuditLogger(cfg.AuditLog)
+	if err != nil {
+		return nil, err
+	}
+	m.audit = audit
+	if cfg.Managed {
+		m.charon = newCharon(cfg, mode, log)
+	}
+	return m, nil
+}
+
+// Mode returns the ESP mode in use.
+func (m *Manager) Mode() Mode { return m.mode }
+
+// Start starts charon when it is ours, connects, loads credentials and
+// connections and follows charon's events until ctx is done. It returns
+// once charon answers; the event loop runs on.
+func (m *Manager) Start(ctx context.Context) error {
+	cs, err := readCreds(m.cfg)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.creds = cs
+	m.mu.Unlock()
+	if m.charon != nil {
+		if err := m.charon.start(ctx); err != nil {
+			return err
+		}
+		go m.charon.supervise(ctx)
+	}
+	events, err := m.connect(ctx)
+	if err != nil {
+		return err
+	}
+	go m.run(ctx, events)
+	go m.certWorker(ctx)
+	return nil
+}
+
+// Done is closed when the manager has stopped.
+func (m *Manager) Done() <-chan struct{} { return m.done }
+
+// connect opens the command and event sessions and loads everything.
+func (m *Manager) connect(ctx context.Context) (*eventSession, error) {
+	cmd, err := dialVICI(ctx, m.cfg.Socket)
+	if err != nil {
+		return nil, err
+	}
+	ev, err := openEvents(m.cfg.Socket)
+	if err != nil {
+		cmd.close()
+		return nil, err
+	}
+	m.mu.Lock()
+	if m.cmd != nil {
+		m.cmd.close()
+	}
+	m.cmd = cmd
+	m.connected = true
+	m.loaded = map[string]connSpec{}
+	m.sas = map[string]SA{}
+	m.verified = map[string]bool{}
+	m.mu.Unlock()
+	if err := m.loadAll(ctx); err != nil {
+		ev.close()
+		return nil, err
+	}
+	m.refresh(ctx)
+	return ev, nil
+}
+
+// loadAll loads the credentials and the standing connections.
+func (m *Manager) loadAll(ctx context.Context) error {
+	m.mu.Lock()
+	cs := m.creds
+	m.mu.Unlock()
+	if err := loadCreds(ctx, m.cmd, cs); err != nil {
+		return err
+	}
+	if m.hub {
+		return m.loadConn(ctx, connSpec{name: connHub, kind: kindAccept})
+	}
+	return m.loadConn(ctx, connSpec{name: connAccept, kind: kindAccept})
+}
+
+// loadConn loads (or reloads) one connection.
+func (m *Manager) loadConn(ctx context.Context, spec connSpec) error {
+	m.mu.Lock()
+	cs := m.creds
+	c := m.cmd
+	m.mu.Unlock()
+	in := loadConnMessage(spec, m.cfg, m.mode, creds{cert: cs.cert, cas: cs.cas})
+	if _, err := c.call(ctx, 5*time.Second, "load-conn", in); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.loaded[spec.name] = spec
+	m.mu.Unlock()
+	return nil
+}
+
+// run follows charon's events; when charon goes away it redials, reloads
+// and tells the engine to bring everything up again.
+func (m *Manager) run(ctx context.Context, ev *eventSession) {
+	defer close(m.done)
+	certTick := time.NewTicker(5 * time.Second)
+	defer certTick.Stop()
+	for {
+		gone := false
+		for !gone {
+			select {
+			case <-ctx.Done():
+				ev.close()
+				m.shutdown()
+				return
+			case e, ok := <-ev.ch:
+				if !ok {
+					gone = true
+					break
+				}
+				m.handleEvent(ctx, e)
+			case <-certTick.C:
+				m.reloadCredsIfChanged(ctx)
+			}
+		}
+		ev.close()
+		m.lostCharon()
+		for {
+			select {
+			case <-ctx.Done():
+				m.shutdown()
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			var err error
+			if ev, err = m.connect(ctx); err == nil {
+				break
+			}
+		}
+		m.log.Info("charon is back: credentials and connections reloaded")
+		m.stats.restarts.Add(1)
+		if m.hooks.Restarted != nil {
+			m.hooks.Restarted("charon restarted")
+		}
+	}
+}
+
+// lostCharon forgets every SA and tells the engine its peers are down.
+func (m *Manager) lostCharon() {
+	m.mu.Lock()
+	m.connected = false
+	peers := map[netip.Addr]bool{}
+	for _, sa := range m.sas {
+		peers[sa.RemoteHost] = true
+	}
+	m.sas = map[string]SA{}
+	m.mu.Unlock()
+	m.setAliases(nil)
+	m.log.Warn("charon went away: every SA is down")
+	for p := range peers {
+		if m.hooks.PeerLost != nil {
+			m.hooks.PeerLost(p, "charon went away")
+		}
+	}
+}
+
+// shutdown stops a charon of ours (it deletes its SAs at the peers).
+func (m *Manager) shutdown() {
+	m.bg.Wait()
+	m.mu.Lock()
+	if m.cmd != nil {
+		m.cmd.close()
+	}
+	m.mu.Unlock()
+	if m.charon != nil {
+		m.charon.stop()
+	}
+}
+
+// refresh reads every SA from charon.
+func (m *Manager) refresh(ctx context.Context) {
+	m.mu.Lock()
+	c := m.cmd
+	m.mu.Unlock()
+	msgs, err := c.stream(ctx, 5*time.Second, "list-sas", "list-sa", msg("noblock", "yes"))
+	if err != nil {
+		m.log.Warn("listing SAs", zap.Error(err))
+		return
+	}
+	now := time.Now()
+	sas := map[string]SA{}
+	for _, mm := range msgs {
+		for _, sa := range parseSAs(mm, now) {
+			sas[sa.IKEID] = sa
+		}
+	}
+	m.mu.Lock()
+	for id, sa := range sas {
+		sa.upSeen = m.sas[id].upSeen
+		sas[id] = sa
+	}
+	m.sas = sas
+	m.mu.Unlock()
+	m.syncAliases(ctx)
+	m.wakeWaiters()
+}
+
+// handleEvent updates the SA table from an event.
+func (m *Manager) handleEvent(ctx context.Context, e vici.Event) {
+	now := time.Now()
+	up := str(e.Message, "up") == "yes"
+	switch e.Name {
+	case "ike-updown", "child-updown":
+		for _, sa := range parseSAs(e.Message, now) {
+			m.mu.Lock()
+			prev, had := m.sas[sa.IKEID]
+			if up || (e.Name == "child-updown" && sa.State == "ESTABLISHED") {
+				if e.Name == "child-updown" && !up {
+					// One CHILD_SA went down: the others stay.
+					sa.Children = dropChildren(prev.Children, sa.Children)
+				}
+				sa.upSeen = prev.upSeen
+				if up && e.Name == "child-updown" {
+					sa.upSeen = now
+				}
+				m.sas[sa.IKEID] = sa
+			} else {
+				delete(m.sas, sa.IKEID)
+			}
+			m.mu.Unlock()
+			if up && e.Name == "ike-updown" {
+				m.stats.ikeUp.Add(1)
+				select {
+				case m.certQ <- sa.RemoteID:
+				default:
+				}
+			}
+			if !up && had && prev.Up() && !m.peerUp(sa.RemoteHost) {
+				m.stats.saDown.Add(1)
+				m.log.Info("SA down", zap.Stringer("peer", sa.RemoteHost), zap.String("conn", sa.Conn), zap.String("event", e.Name))
+				if m.hooks.PeerLost != nil {
+					m.hooks.PeerLost(sa.RemoteHost, "SA down")
+				}
+			}
+			if up {
+				m.dedup(ctx, sa.RemoteHost)
+			}
+		}
+	case "ike-rekey", "child-rekey":
+		// The IKE SA's unique id changes on an IKE rekey: re-read all.
+		m.refresh(ctx)
+	}
+	if e.Name == "child-updown" || e.Name == "ike-updown" {
+		m.syncAliases(ctx)
+	}
+	m.wakeWaiters()
+}
+
+// dropChildren removes the CHILD_SAs of down from have.
+func dropChildren(have, down []ChildSA) []ChildSA {
+	var out []ChildSA
+	for _, c := range have {
+		gone := false
+		for _, d := range down {
+			if d.ID == c.ID {
+				gone = true
+			}
+		}
+		if !gone {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// peerUp reports whether an SA to nbma is up.
+func (m *Manager) peerUp(nbma netip.Addr) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, sa := range m.sas {
+		if sa.RemoteHost == nbma && sa.Up() {
+			return true
+		}
+	}
+	return false
+}
+
+// sasTo returns the SAs with a peer.
+func (m *Manager) sasTo(nbma netip.Addr) []SA {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []SA
+	for _, sa := range m.sas {
+		if sa.RemoteHost == nbma {
+			out = append(out, sa)
+		}
+	}
+	return out
+}
+
+// wakeWaiters wakes every PeerUp waiting for an SA.
+func (m *Manager) wakeWaiters() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for nbma, ws := range m.waiters {
+		up := false
+		for _, sa := range m.sas {
+			if sa.RemoteHost == nbma && sa.Up() {
+				up = true
+			}
+		}
+		if up {
+			for _, w := range ws {
+				close(w)
+			}
+			delete(m.waiters, nbma)
+		}
+	}
+}
+
+// responderGuard is how long a CHILD_SA we answered for is left alone
+// after it came up: the responder installs its SAs before it sends the
+// last IKE_AUTH message, and a packet it sends at once would reach the
+// initiator before the initiator has the SA to decrypt it (a lost
+// Resolution Reply costs the requester its one-second retry).
+const responderGuard = 50 * time.Millisecond
+
+// waitUp waits until an SA with nbma is up or ctx ends.
+func (m *Manager) waitUp(ctx context.Context, nbma netip.Addr) error {
+	for {
+		m.mu.Lock()
+		var wait time.Duration
+		up := false
+		for _, sa := range m.sas {
+			if sa.RemoteHost == nbma && sa.Up() {
+				if d := responderGuard - time.Since(sa.upSeen); !sa.Initiator && d > 0 {
+					wait = d
+					continue
+				}
+				up = true
+			}
+		}
+		if up {
+			m.mu.Unlock()
+			return nil
+		}
+		var w chan struct{}
+		if wait == 0 {
+			w = make(chan struct{})
+			m.waiters[nbma] = append(m.waiters[nbma], w)
+		}
+		m.mu.Unlock()
+		if wait > 0 {
+			select {
+			case <-time.After(wait):
+				continue
+			case <-ctx.Done():
+				return fmt.Errorf("ipsec: no SA with %s: %w", nbma, ctx.Err())
+			}
+		}
+		select {
+		case <-w:
+			continue
+		case <-ctx.Done():
+			return fmt.Errorf("ipsec: no SA with %s: %w", nbma, ctx.Err())
+		}
+	}
+}
+
+// terminate ends an IKE SA (asynchronously in charon).
+func (m *Manager) terminate(ctx context.Context, ikeID string) {
+	m.mu.Lock()
+	c := m.cmd
+	m.mu.Unlock()
+	if _, err := c.call(ctx, 2*time.Second, "terminate", msg("ike-id", ikeID, "timeout", "-1")); err != nil {
+		m.log.Debug("terminate", zap.String("ike_id", ikeID), zap.Error(err))
+	}
+}
+
+var errNotConnected = errors.New("ipsec: charon is not reachable")

@@ -1,0 +1,233 @@
+package ipsec
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/nhrp"
+)
+
+// PeerUp brings up the SA with a peer before the engine uses it, and
+// returns once its CHILD_SA is installed (or ctx ends). A hub does not
+// initiate toward its clients: their SA came with their registration. A
+// spoke initiates toward its servers (and checks their certificate) and,
+// on demand, toward shortcut peers.
+func (m *Manager) PeerUp(ctx context.Context, p nhrp.Peer) error {
+	if !m.isConnected() {
+		m.stats.failure("charon unreachable")
+		return errNotConnected
+	}
+	if p.Role == "client" {
+		if err := m.waitUp(ctx, p.NBMA); err != nil {
+			m.stats.failure("no SA from client")
+			return err
+		}
+		return nil
+	}
+	spec := connSpec{name: connPeer(p.NBMA), kind: kindPeer, remote: p.NBMA}
+	if p.Role == "nhs" {
+		spec = connSpec{name: connNHS(p.NBMA), kind: kindNHS, remote: p.NBMA, remoteID: m.cfg.HubIdentity}
+	}
+	if err := m.ensureConn(ctx, spec); err != nil {
+		m.stats.failure("load-conn")
+		return err
+	}
+	if !m.peerUp(p.NBMA) {
+		// Both ends of a shortcut may initiate at once; the side with the
+		// higher NBMA address gives the other a moment first, and the
+		// duplicate check cleans up what still doubles.
+		if p.Role != "nhs" && m.localAbove(p.NBMA) {
+			wait, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			err := m.waitUp(wait, p.NBMA)
+			cancel()
+			if err == nil {
+				return m.checkServer(ctx, p)
+			}
+		}
+		if !m.connecting(p.NBMA) {
+			if err := m.initiate(ctx, spec.name); err != nil {
+				m.stats.failure("initiate")
+				return err
+			}
+		}
+		up, cancel := context.WithTimeout(ctx, m.cfg.UpTimeout)
+		err := m.waitUp(up, p.NBMA)
+		cancel()
+		if err != nil {
+			m.stats.failure("timeout")
+			return err
+		}
+	}
+	return m.checkServer(ctx, p)
+}
+
+// checkServer verifies a next hop server's certificate once per IKE SA:
+// the configured identity, or OU=GRE= equal to the server's tunnel
+// address. A server that fails is cut off.
+func (m *Manager) checkServer(ctx context.Context, p nhrp.Peer) error {
+	if p.Role != "nhs" {
+		return nil
+	}
+	for _, sa := range m.sasTo(p.NBMA) {
+		if !sa.Up() {
+			continue
+		}
+		m.mu.Lock()
+		ok := m.verified[sa.IKEID]
+		m.mu.Unlock()
+		if ok {
+			return nil
+		}
+		reason := ""
+		switch {
+		case m.cfg.HubIdentity != "":
+			if sa.RemoteID != m.cfg.HubIdentity {
+				reason = fmt.Sprintf("server identity %q is not %q", sa.RemoteID, m.cfg.HubIdentity)
+			}
+		default:
+			id, err := m.identityOf(ctx, sa.RemoteID)
+			switch {
+			case err != nil:
+				reason = err.Error()
+			case len(id.GRE) == 0:
+				reason = "server certificate has no OU=GRE="
+			case p.Proto.IsValid() && id.GRE[0] != p.Proto:
+				reason = fmt.Sprintf("server certificate is for GRE=%s, the server is %s", id.GRE[0], p.Proto)
+			}
+		}
+		if reason != "" {
+			m.stats.failure("server identity")
+			m.log.Warn("next hop server refused", zap.Stringer("nbma", p.NBMA), zap.String("reason", reason))
+			m.terminate(ctx, sa.IKEID)
+			return fmt.Errorf("ipsec: server %s: %s", p.NBMA, reason)
+		}
+		m.mu.Lock()
+		m.verified[sa.IKEID] = true
+		m.mu.Unlock()
+		return nil
+	}
+	return fmt.Errorf("ipsec: no SA with server %s", p.NBMA)
+}
+
+// PeerDown releases a peer: its SAs are terminated first, then its
+// connection unloaded (an unloaded connection's SAs would live on). It
+// does not block: the engine calls it from its own goroutine.
+func (m *Manager) PeerDown(p nhrp.Peer, reason string) {
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		m.peerDown(p, reason)
+	}()
+}
+
+func (m *Manager) peerDown(p nhrp.Peer, reason string) {
+	if !m.isConnected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if p.Role == "client" && m.hub {
+		for _, sa := range m.sasTo(p.NBMA) {
+			m.terminate(ctx, sa.IKEID)
+		}
+		return
+	}
+	name := connPeer(p.NBMA)
+	if p.Role == "nhs" {
+		name = connNHS(p.NBMA)
+	}
+	for _, sa := range m.sasTo(p.NBMA) {
+		if sa.Conn == name || (sa.Conn == connAccept && p.Role != "nhs") {
+			m.terminate(ctx, sa.IKEID)
+		}
+	}
+	m.mu.Lock()
+	_, loaded := m.loaded[name]
+	delete(m.loaded, name)
+	c := m.cmd
+	m.mu.Unlock()
+	if loaded {
+		if _, err := c.call(ctx, 2*time.Second, "unload-conn", msg("name", name)); err != nil {
+			m.log.Debug("unload-conn", zap.String("conn", name), zap.Error(err))
+		}
+	}
+	m.log.Debug("peer released", zap.Stringer("nbma", p.NBMA), zap.String("role", p.Role), zap.String("reason", reason))
+}
+
+func (m *Manager) isConnected() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.connected
+}
+
+// ensureConn loads a connection unless it is loaded.
+func (m *Manager) ensureConn(ctx context.Context, spec connSpec) error {
+	m.mu.Lock()
+	_, ok := m.loaded[spec.name]
+	m.mu.Unlock()
+	if ok {
+		return nil
+	}
+	return m.loadConn(ctx, spec)
+}
+
+// initiate starts a connection's CHILD_SA without waiting (timeout -1):
+// the result comes as an event.
+func (m *Manager) initiate(ctx context.Context, conn string) error {
+	m.mu.Lock()
+	c := m.cmd
+	m.mu.Unlock()
+	_, err := c.call(ctx, 2*time.Second, "initiate", msg("child", childName, "ike", conn, "timeout", "-1", "init-limits", "no"))
+	return err
+}
+
+// connecting reports whether an IKE SA with nbma is being set up.
+func (m *Manager) connecting(nbma netip.Addr) bool {
+	for _, sa := range m.sasTo(nbma) {
+		if sa.State == "CONNECTING" || sa.State == "ESTABLISHED" {
+			return true
+		}
+	}
+	return false
+}
+
+// localAbove reports whether this node's address toward nbma sorts above
+// nbma (the tie-break of simultaneous initiation).
+func (m *Manager) localAbove(nbma netip.Addr) bool {
+	for _, sa := range m.sasTo(nbma) {
+		if sa.LocalHost.IsValid() {
+			return sa.LocalHost.Compare(nbma) > 0
+		}
+	}
+	return false
+}
+
+// dedup keeps one IKE SA per peer when both ends initiated at once: the
+// node with the higher address terminates the SAs it initiated when the
+// peer's own is up (several of its own: all but the newest). The lower
+// node never does, so exactly one survives.
+func (m *Manager) dedup(ctx context.Context, nbma netip.Addr) {
+	var est []SA
+	for _, sa := range m.sasTo(nbma) {
+		if sa.Up() {
+			est = append(est, sa)
+		}
+	}
+	if len(est) < 2 || est[0].LocalHost.Compare(nbma) <= 0 {
+		return
+	}
+	slices.SortFunc(est, func(a, b SA) int { return a.Established.Compare(b.Established) })
+	peerOwn := slices.ContainsFunc(est, func(sa SA) bool { return !sa.Initiator })
+	for i, sa := range est {
+		if !sa.Initiator || (!peerOwn && i == len(est)-1) {
+			continue
+		}
+		m.log.Info("duplicate SA with a peer, terminating ours", zap.Stringer("peer", nbma), zap.String("ike_id", sa.IKEID))
+		m.terminate(ctx, sa.IKEID)
+	}
+}

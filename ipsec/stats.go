@@ -1,0 +1,102 @@
+package ipsec
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// counters are the manager's metrics.
+type counters struct {
+	ikeUp, saDown, restarts atomic.Uint64
+	mu                      sync.Mutex
+	refused                 map[string]uint64 // registrations refused, by reason
+	accepted                uint64
+	ikeFailures             map[string]uint64 // SA bring-up failures, by reason
+}
+
+func (c *counters) init() {
+	c.refused = map[string]uint64{}
+	c.ikeFailures = map[string]uint64{}
+}
+
+func (c *counters) refuse(reason string) {
+	c.mu.Lock()
+	c.refused[reason]++
+	c.mu.Unlock()
+}
+
+func (c *counters) accept() {
+	c.mu.Lock()
+	c.accepted++
+	c.mu.Unlock()
+}
+
+func (c *counters) failure(reason string) {
+	c.mu.Lock()
+	c.ikeFailures[reason]++
+	c.mu.Unlock()
+}
+
+// Stats is a snapshot of the manager's state for metrics and the shell.
+type Stats struct {
+	Mode      Mode   `json:"mode"`
+	Connected bool   `json:"connected"`
+	CharonPID int    `json:"charon_pid,omitempty"`
+	Restarts  uint64 `json:"charon_restarts"`
+	// SAsByState counts IKE SAs by state.
+	SAsByState map[string]int `json:"sas_by_state"`
+	// Refused counts registrations refused, by reason; Accepted those
+	// accepted.
+	Refused  map[string]uint64 `json:"refused"`
+	Accepted uint64            `json:"accepted"`
+	// IKEFailures counts SA bring-ups that failed, by reason.
+	IKEFailures map[string]uint64 `json:"ike_failures"`
+	SADowns     uint64            `json:"sa_downs"`
+	// CertDaysLeft is, per loaded certificate subject, the days until it
+	// expires (negative once expired).
+	CertDaysLeft map[string]float64 `json:"cert_days_left"`
+}
+
+// Stats returns a snapshot.
+func (m *Manager) Stats() Stats {
+	st := Stats{Mode: m.mode, SAsByState: map[string]int{}, Refused: map[string]uint64{},
+		IKEFailures: map[string]uint64{}, CertDaysLeft: map[string]float64{}}
+	m.mu.Lock()
+	st.Connected = m.connected
+	for _, sa := range m.sas {
+		st.SAsByState[sa.State]++
+	}
+	if m.creds != nil {
+		for subj, t := range m.creds.expires {
+			st.CertDaysLeft[subj] = time.Until(t).Hours() / 24
+		}
+	}
+	m.mu.Unlock()
+	m.stats.mu.Lock()
+	for k, v := range m.stats.refused {
+		st.Refused[k] = v
+	}
+	for k, v := range m.stats.ikeFailures {
+		st.IKEFailures[k] = v
+	}
+	st.Accepted = m.stats.accepted
+	m.stats.mu.Unlock()
+	st.Restarts = m.stats.restarts.Load()
+	st.SADowns = m.stats.saDown.Load()
+	if m.charon != nil {
+		st.CharonPID = m.charon.pid()
+	}
+	return st
+}
+
+// sortedKeys returns a map's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
