@@ -130,13 +130,27 @@ func (e *Engine) PeerLost(ctx context.Context, nbma netip.Addr, reason string) e
 			p.state, p.since = peerIdle, e.now
 			p.gen++
 		}
-		if n := e.nhsByNBMA(nbma); n != nil && (n.active || n.unreachable) {
+		n := e.nhsByNBMA(nbma)
+		switch {
+		case n == nil || !(n.active || n.unreachable):
+		case n.refused:
+			e.log.Debug("next hop server lost its protection after refusing us; next attempt after the backoff", zap.Stringer("nhs", nbma))
+		case len(n.reqIDs) > 0 && e.now.Sub(n.lastSent) < peerLostHoldDown:
+			// A request went out just now and waits for its reply (its
+			// retry is armed): an SA that keeps going away must not turn
+			// into a stream of registrations.
+			e.log.Debug("next hop server lost its protection again; the pending request's retry stands", zap.Stringer("nhs", nbma))
+		default:
 			e.log.Info("next hop server lost its protection, registering again", zap.Stringer("nhs", nbma), zap.String("reason", reason))
 			n.failures, n.attempt = 0, 0
 			e.register(n)
 		}
 	})
 }
+
+// peerLostHoldDown is how soon after an unanswered registration a lost SA
+// may send another at once.
+const peerLostHoldDown = time.Second
 
 // Reregister sends registrations to every server at once: the local NBMA
 // address changed (uplink failover) or IPsec was restarted.

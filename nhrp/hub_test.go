@@ -304,3 +304,82 @@ func contains(s []string, v string) bool {
 	}
 	return false
 }
+
+// TestPeerLostAfterRefusal: a server that refuses a spoke ends its IPsec
+// SA; losing that SA must not bring the spoke's next attempt forward (it
+// would come straight back and be refused again, in a loop), while losing
+// the SA of a server that accepted it re-registers at once.
+func TestPeerLostAfterRefusal(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t)
+		hub := l.addHub(1, hubConfig(), 1)
+		var refuse atomic.Bool
+		refuse.Store(true)
+		hub.deps.Authorizer = AuthorizerFunc(func(ctx context.Context, r Registration) Verdict {
+			if refuse.Load() {
+				return Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: "wrong certificate"}
+			}
+			return Verdict{}
+		})
+		l.start(hub)
+		cfg := spokeConfig(1)
+		cfg.RetryMax = 8 * time.Second
+		s := l.addSpoke(1, 1, cfg)
+		l.start(s)
+		settle(100 * time.Millisecond)
+		refusals := func() int { return len(hub.eventsOf(EventRegistrationRefused)) }
+		if refusals() != 1 {
+			t.Fatalf("%d refusals, want 1", refusals())
+		}
+		// The SA goes away (the hub terminated it) at once, twice.
+		for range 2 {
+			s.eng.PeerLost(t.Context(), hubNBMA(1), "SA down")
+			settle(10 * time.Millisecond)
+		}
+		if n := refusals(); n != 1 {
+			t.Fatalf("%d refusals right after the SA went away, want still 1", n)
+		}
+		// The backoff still runs: another attempt, refused again.
+		settle(3 * time.Second)
+		if n := refusals(); n < 2 {
+			t.Fatalf("%d refusals after the backoff, want ≥ 2", n)
+		}
+		// Accepted: losing the SA now re-registers at once.
+		refuse.Store(false)
+		settle(20 * time.Second)
+		if st := s.nhsState(t, hubNBMA(1)); st.State != NHSUp {
+			t.Fatalf("server %s after the refusals stopped", st.State)
+		}
+		sent := s.nhsState(t, hubNBMA(1)).Sent
+		s.eng.PeerLost(t.Context(), hubNBMA(1), "SA down")
+		settle(10 * time.Millisecond)
+		if got := s.nhsState(t, hubNBMA(1)).Sent; got != sent+1 {
+			t.Errorf("requests sent %d → %d after losing an accepting server's SA, want one more at once", sent, got)
+		}
+	})
+}
+
+// TestPeerLostFlapping: a server's SA that keeps going away while a
+// registration waits for its reply does not turn into a registration per
+// loss; the retry timer paces them.
+func TestPeerLostFlapping(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t)
+		hub := l.addHub(1, hubConfig(), 1)
+		l.start(hub)
+		s := l.addSpoke(1, 1, spokeConfig(1))
+		l.start(s)
+		settle(100 * time.Millisecond)
+		hub.stop() // no more replies
+		before := s.nhsState(t, hubNBMA(1)).Sent
+		for range 50 {
+			s.eng.PeerLost(t.Context(), hubNBMA(1), "SA down")
+			settle(5 * time.Millisecond)
+		}
+		// The first loss re-registers at once; the others find that
+		// request waiting for its reply.
+		if got := s.nhsState(t, hubNBMA(1)).Sent - before; got != 1 {
+			t.Errorf("%d registrations for 50 SA losses in 250 ms, want 1", got)
+		}
+	})
+}

@@ -36,8 +36,13 @@ type nhsClient struct {
 	sent, replies, failed uint64
 	lastReply, expires    time.Time
 	lastErr               string
-	public                netip.Addr
-	removed               bool
+	// refused: the last answer was a refusal; losing the IPsec SA (which
+	// the server ends when it refuses) must not bring the next attempt
+	// forward, or a refused spoke would hammer its server.
+	refused  bool
+	lastSent time.Time // the last Registration Request
+	public   netip.Addr
+	removed  bool
 }
 
 // startNHS creates the clients of the configured servers.
@@ -183,6 +188,7 @@ func (e *Engine) register(n *nhsClient) {
 	}
 	n.attempt++
 	n.sent++
+	n.lastSent = e.now
 	if n.state == NHSDown {
 		e.setNHSState(n, NHSProbing, "")
 	}
@@ -250,6 +256,7 @@ func (e *Engine) registrationFailed(n *nhsClient, reason string, refused bool) {
 	if refused {
 		n.failed++
 		n.failures++
+		n.refused = true
 	}
 	e.serverDown(n, reason)
 	if n.active || n.unreachable {
@@ -312,6 +319,7 @@ func (e *Engine) registrationReply(n *nhsClient, p *wire.Packet, from netip.Addr
 	n.expires = e.now.Add(hold)
 	n.failures = 0
 	n.lastErr = ""
+	n.refused = false
 	// Learn the server's tunnel address from the Responder Address.
 	if x := p.Extension(wire.ExtResponderAddress); x != nil && len(x.CIEs) > 0 {
 		if a := x.CIEs[0].Proto; a.IsValid() && a != n.proto && a.BitLen() == e.own.BitLen() {
