@@ -192,6 +192,9 @@ func buildDmvpnd(t *testing.T) string {
 	return vm.GoBuild(t, "./cmd/dmvpnd")
 }
 
+// regexpListening matches tcpdump's ready line.
+var regexpListening = regexp.MustCompile(`listening on`)
+
 // capture runs tcpdump in a node for NHRP in GRE (GRE protocol 0x2001
 // behind a 20-byte IPv4 header) until stopped.
 type capture struct {
@@ -209,7 +212,7 @@ func startCapture(t *testing.T, n *testbed.Node, iface string) *capture {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, _, err := p.WaitFor(ctx, regexp.MustCompile(`listening on`), 0); err != nil {
+	if _, _, err := p.WaitFor(ctx, regexpListening, 0); err != nil {
 		t.Fatalf("tcpdump: %v\n%s", err, p.Output())
 	}
 	t.Cleanup(p.Stop)

@@ -1,0 +1,343 @@
+package integration
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/integration/vm"
+	"github.com/opendmvpn/dmvpn/internal/control"
+	"github.com/opendmvpn/dmvpn/internal/pki"
+	"github.com/opendmvpn/dmvpn/nhrp"
+	"github.com/opendmvpn/dmvpn/nhrp/wire"
+)
+
+// charonPath is strongSwan's IKE daemon (Debian's strongswan-charon).
+const charonPath = "/usr/lib/ipsec/charon"
+
+func requireCharon(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(charonPath); err != nil {
+		t.Skipf("strongSwan's charon is missing (%v): make test installs strongswan-charon", err)
+	}
+}
+
+// testPKI is a CA and a directory of node certificates.
+type testPKI struct {
+	t   *testing.T
+	dir string
+	ca  *pki.CA
+	caF string
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	ca, err := pki.NewCA("C=FI, O=Example, CN=Example DMVPN CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caF, err := ca.WriteCA(dir, "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testPKI{t: t, dir: dir, ca: ca, caF: caF}
+}
+
+// node issues a node certificate and returns its ipsec section.
+func (p *testPKI) node(name, dn string, extra string) string {
+	p.t.Helper()
+	is, err := p.ca.IssueDN(dn)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return p.section(name, is, extra)
+}
+
+// section writes a certificate and returns the ipsec section using it.
+func (p *testPKI) section(name string, is *pki.Issued, extra string) string {
+	return p.sectionCA(name, is, p.caF, extra)
+}
+
+// sectionCA is section with another CA certificate file.
+func (p *testPKI) sectionCA(name string, is *pki.Issued, caFile, extra string) string {
+	p.t.Helper()
+	cert, key, err := is.Write(p.dir, name)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	state := filepath.Join(p.dir, "state-"+name)
+	return fmt.Sprintf(`ipsec:
+  mode: userspace
+  ca: %s
+  cert: %s
+  key: %s
+  charon: managed
+  state_dir: %s
+  dpd_delay: 1s
+  retransmit_timeout: 500ms
+  retransmit_tries: 3
+  audit_log: %s
+%s`, caFile, cert, key, state, filepath.Join(p.dir, "audit-"+name+".jsonl"), extra)
+}
+
+// dumpLogs prints the end of every charon log when the test failed.
+func (p *testPKI) dumpLogs() {
+	if !p.t.Failed() {
+		return
+	}
+	logs, _ := filepath.Glob(filepath.Join(p.dir, "state-*", "charon.log"))
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		lines := strings.Split(string(b), "\n")
+		if len(lines) > 60 {
+			lines = lines[len(lines)-60:]
+		}
+		p.t.Logf("%s:\n%s", l, strings.Join(lines, "\n"))
+	}
+}
+
+// ipsecExtra gives every node of the end-to-end topology its certificate.
+func (p *testPKI) ipsecExtra() func(string) string {
+	return func(n string) string {
+		switch n {
+		case "hub":
+			return p.node(n, "C=FI, O=Example, OU=GRE=10.0.0.1, OU=AS=65000, CN=hub", "")
+		case "s1":
+			return p.node(n, "C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.1.0.0/24, CN=s1", "")
+		case "s2":
+			return p.node(n, "C=FI, O=Example, OU=GRE=10.0.0.12, OU=AS=65012, OU=NET=10.2.0.0/24, CN=s2", "")
+		case "s3":
+			return p.node(n, "C=FI, O=Example, OU=GRE=10.0.0.13, OU=AS=65013, OU=NET=10.3.0.0/24, CN=s3", "")
+		}
+		return ""
+	}
+}
+
+// crypto returns a node's IPsec state.
+func (d *daemonNode) crypto() control.CryptoResponse {
+	d.t.Helper()
+	var r control.CryptoResponse
+	d.get(control.PathCrypto, &r)
+	return r
+}
+
+// saUpWith reports whether the node has an established SA with nbma.
+func (d *daemonNode) saUpWith(nbma netip.Addr) bool {
+	for _, sa := range d.crypto().SAs {
+		if sa.RemoteHost == nbma && sa.Up() {
+			return true
+		}
+	}
+	return false
+}
+
+// charonPID finds the managed charon of a node by its configuration file.
+func charonPID(t *testing.T, stateDir string) int {
+	t.Helper()
+	want := "STRONGSWAN_CONF=" + filepath.Join(stateDir, "strongswan.conf")
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if strings.TrimSpace(string(comm)) == "charon" && strings.Contains(string(env), want) {
+			return pid
+		}
+	}
+	t.Fatalf("no charon with %s", want)
+	return 0
+}
+
+// wireCount counts what crossed the internet router in a capture: GRE
+// (IP protocol 47) packets, GRE packets carrying the injector's marker,
+// and IKE/ESP packets (UDP 500/4500).
+type wireCount struct {
+	gre, injected, ike, other int
+}
+
+func countWire(t *testing.T, path string, marker []byte) wireCount {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c wireCount
+	src := gopacket.NewPacketSource(r, r.LinkType())
+	for p := range src.Packets() {
+		ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if ip == nil {
+			continue
+		}
+		switch {
+		case ip.Protocol == layers.IPProtocolGRE:
+			c.gre++
+			if strings.Contains(string(ip.Payload), string(marker)) {
+				c.injected++
+			}
+		case ip.Protocol == layers.IPProtocolUDP:
+			if u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && (u.SrcPort == 500 || u.SrcPort == 4500 || u.DstPort == 500 || u.DstPort == 4500) {
+				c.ike++
+			} else {
+				c.other++
+			}
+		default:
+			c.other++
+		}
+	}
+	return c
+}
+
+// TestIPsecEndToEnd runs the NHRP scenario with IPsec on every node
+// (strongSwan per namespace, userspace ESP): registrations only after the
+// SA is up and authorised by certificate, phase 3 with an on-demand
+// spoke-to-spoke SA, no GRE in clear on the wire, plaintext GRE injected
+// from a spoke's address dropped, and recovery after the hub's charon is
+// killed.
+func TestIPsecEndToEnd(t *testing.T) {
+	requireTestbed(t)
+	requireCharon(t)
+	p := newTestPKI(t)
+	t.Cleanup(func() { p.dumpLogs() })
+	var all *capture
+	x := newE2EWith(t, "userspace", p.ipsecExtra(), func(tb *testbed.Testbed) { all = startFullCapture(t, tb.Node("inet")) })
+
+	d := waitFor(t, 30*time.Second, "all spokes registered over IPsec", x.allRegistered)
+	t.Logf("all three spokes registered %v after the last daemon started", d.Round(time.Millisecond))
+	for i, s := range x.spokes {
+		if !x.hub.saUpWith(nbmaOf(x, i)) {
+			t.Errorf("hub has no SA with spoke %d", i+1)
+		}
+		e, _ := x.hub.entry(netip.PrefixFrom(e2eTunnel[i], 32))
+		if !strings.Contains(e.Identity, "OU=GRE="+e2eTunnel[i].String()) || len(e.Attrs["AS"]) != 1 {
+			t.Errorf("spoke %d binding without its certificate identity: %s", i+1, jsonString(e))
+		}
+		_ = s
+	}
+
+	// Phase 3 with IPsec: the shortcut comes with an SA between the spokes.
+	h1, h2 := x.hosts[0], x.hosts[1]
+	if _, err := pingTTL(t, h1, h2.Addr); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, 10*time.Second, "the shortcuts between LAN 1 and LAN 2", func() bool {
+		_, ok1 := x.shortcut(0, 1)
+		_, ok2 := x.shortcut(1, 0)
+		return ok1 && ok2
+	})
+	t.Logf("shortcut with IPsec installed %v after the first packet", took.Round(time.Millisecond))
+	if os.Getenv("DMVPN_DEBUG_PAUSE") != "" {
+		t.Logf("pausing: namespaces %s*", x.tb.Node("hub").NS)
+		time.Sleep(120 * time.Second)
+	}
+	if !x.spokes[0].saUpWith(netip.MustParseAddr("198.51.100.65")) {
+		t.Error("no SA between spoke 1 and spoke 2 after the shortcut")
+	}
+	for i := 0; i < 5; i++ {
+		if ttl, err := pingTTL(t, h1, h2.Addr); err != nil || ttl != 62 {
+			t.Fatalf("ping %d over the shortcut: TTL %d, %v", i, ttl, err)
+		}
+	}
+
+	// Plaintext GRE from spoke 1's address straight to the hub (around
+	// every SA): dropped and counted, no binding.
+	marker := []byte("dmvpn-plaintext-probe")
+	reg, _ := (&wire.Packet{Type: wire.TypeRegistrationRequest, HopCount: 255, RequestID: 99,
+		SrcNBMA: netip.MustParseAddr("198.51.100.1"), SrcProto: netip.MustParseAddr("10.0.0.99"),
+		DstProto: netip.MustParseAddr("10.0.0.1"), CIEs: []wire.CIE{{PrefixLen: 255, HoldingTime: 60}},
+		Extensions: []wire.Extension{{Type: wire.ExtVendorPrivate, VendorID: 0xffffff, Data: marker}}}).MarshalBinary()
+	inj := vm.GoBuild(t, "./integration/cmd/greinject")
+	before := x.hub.traffic().Dataplane.Drops["ingress"]
+	if out, err := x.tb.Node("inet").Run(context.Background(), inj, "-src", "198.51.100.1", "-dst", "192.0.2.1",
+		"-key", "42", "-proto", "0x2001", "-payload", hex.EncodeToString(reg), "-n", "20"); err != nil {
+		t.Fatalf("greinject: %v: %s", err, out)
+	}
+	waitFor(t, 5*time.Second, "the hub to drop the plaintext GRE", func() bool {
+		return x.hub.traffic().Dataplane.Drops["ingress"] >= before+20
+	})
+	if _, ok := x.hub.entry(netip.MustParsePrefix("10.0.0.99/32")); ok {
+		t.Error("plaintext GRE created a binding")
+	}
+
+	// The hub's charon killed: it is restarted, and every spoke is
+	// registered again over a new SA.
+	killed := time.Now()
+	syscall.Kill(charonPID(t, filepath.Join(p.dir, "state-hub")), syscall.SIGKILL)
+	back := waitFor(t, 30*time.Second, "all spokes registered again after the hub's charon was killed", func() bool {
+		for i := range x.spokes {
+			if !x.hub.saUpWith(nbmaOf(x, i)) {
+				return false
+			}
+			st := x.spokes[i].nhs()
+			if len(st) == 0 || st[0].LastReply.Before(killed) {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("hub charon SIGKILL: all spokes registered again %v later", back.Round(time.Millisecond))
+
+	// On the wire: IKE and ESP only, and the injected packets.
+	wc := countWire(t, all.stop(), marker)
+	t.Logf("internet router saw %d IKE/ESP packets, %d GRE (%d of them injected), %d other", wc.ike, wc.gre, wc.injected, wc.other)
+	if wc.gre != wc.injected {
+		t.Errorf("%d GRE packets in clear on the wire that were not injected", wc.gre-wc.injected)
+	}
+	if wc.ike == 0 {
+		t.Error("no IKE/ESP on the wire")
+	}
+}
+
+// nbmaOf is spoke i's NBMA address as the hub sees it.
+func nbmaOf(x *e2e, i int) netip.Addr {
+	return []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.65"), netip.MustParseAddr("203.0.113.1")}[i]
+}
+
+// nhs returns a node's next hop servers.
+func (d *daemonNode) nhs() []nhrp.NHSStatus {
+	d.t.Helper()
+	var r control.NHSResponse
+	d.get(control.PathNHS, &r)
+	return r.Servers
+}
+
+// startFullCapture captures everything on the internet router.
+func startFullCapture(t *testing.T, n *testbed.Node) *capture {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "all.pcap")
+	p, err := n.Start(testbed.ProcSpec{Name: "tcpdump-all", Args: []string{"tcpdump", "-i", "any", "--immediate-mode", "-U", "-n", "-Z", "root", "-w", path, "ip"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := p.WaitFor(ctx, regexpListening, 0); err != nil {
+		t.Fatalf("tcpdump: %v\n%s", err, p.Output())
+	}
+	t.Cleanup(p.Stop)
+	return &capture{proc: p, path: path}
+}
