@@ -1,0 +1,115 @@
+package integration
+
+import (
+	"context"
+	"net/netip"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/strongswan/govici/vici"
+
+	"github.com/opendmvpn/dmvpn/internal/control"
+	"github.com/opendmvpn/dmvpn/ipsec"
+)
+
+// saWith returns a node's established SA with a peer.
+func (d *daemonNode) saWith(nbma netip.Addr) (ipsec.SA, bool) {
+	for _, sa := range d.crypto().SAs {
+		if sa.RemoteHost == nbma && sa.Up() {
+			return sa, true
+		}
+	}
+	return ipsec.SA{}, false
+}
+
+// registeredSince reports whether spoke i's server answered a
+// registration after t.
+func (x *e2e) registeredSince(i int, t time.Time) bool {
+	st := x.spokes[i].nhs()
+	return len(st) > 0 && st[0].LastReply.After(t) && x.registered(i)
+}
+
+// TestIPsecRecovery: an IKE rekey leaves nothing stale (a registration
+// after it is authorised over the rekeyed SA), a spoke whose SA the hub
+// deletes comes back and registers again, and a spoke whose charon dies
+// has it restarted, reloaded and registers again at once — not at its
+// next refresh, 20 s away.
+func TestIPsecRecovery(t *testing.T) {
+	requireTestbed(t)
+	requireCharon(t)
+	p := newTestPKI(t)
+	t.Cleanup(func() { p.dumpLogs() })
+	x := newE2EWith(t, "userspace", p.ipsecExtra())
+	waitFor(t, 30*time.Second, "all spokes registered over IPsec", x.allRegistered)
+	s1, s2 := nbmaOf(x, 0), nbmaOf(x, 1)
+
+	// IKE rekey of spoke 1's SA, from the hub: the SA's unique id changes.
+	old, ok := x.hub.saWith(s1)
+	if !ok {
+		t.Fatal("no SA with spoke 1")
+	}
+	sess, err := vici.NewSession(vici.WithSocketPath(filepath.Join(p.dir, "state-hub", "charon.vici")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := vici.NewMessage()
+	m.Set("ike-id", old.IKEID)
+	m.Set("ike", "yes")
+	if _, err := sess.CommandRequest("rekey", m); err != nil {
+		t.Fatalf("rekey: %v", err)
+	}
+	sess.Close()
+	waitFor(t, 10*time.Second, "the rekeyed SA", func() bool {
+		sa, ok := x.hub.saWith(s1)
+		return ok && sa.IKEID != old.IKEID
+	})
+	rekeyed, _ := x.hub.saWith(s1)
+	if rekeyed.RemoteID != old.RemoteID {
+		t.Errorf("rekeyed SA with another identity: %s", rekeyed.RemoteID)
+	}
+	// A registration now: the hub forgets spoke 1, which registers again
+	// (a purge from its server) and is authorised over the rekeyed SA.
+	cleared := time.Now()
+	var cr control.ClearResponse
+	if err := x.hub.client.Post(context.Background(), control.PathClear, control.ClearRequest{Peer: e2eTunnel[0]}, &cr); err != nil || cr.Cleared == 0 {
+		t.Fatalf("clear spoke 1 at the hub: %d, %v", cr.Cleared, err)
+	}
+	took := waitFor(t, 15*time.Second, "spoke 1 registered again after the rekey", func() bool { return x.registeredSince(0, cleared) })
+	var accepted bool
+	audit := readAudit(t, filepath.Join(p.dir, "audit-hub.jsonl"))
+	for _, l := range audit {
+		if l.NBMA == s1.String() && l.Event == "registration accepted" && l.IKEID != old.IKEID {
+			accepted = true
+		}
+	}
+	if !accepted {
+		t.Errorf("no registration of spoke 1 accepted over the rekeyed SA (IKE id %s → %s); audit: %+v", old.IKEID, rekeyed.IKEID, audit)
+	}
+	t.Logf("IKE rekey: IKE id %s → %s; spoke 1 registered again over it %v after the hub forgot it", old.IKEID, rekeyed.IKEID, took.Round(time.Millisecond))
+
+	// The hub deletes spoke 2's SA (clear crypto sa): spoke 2 brings it
+	// back and registers again.
+	cleared = time.Now()
+	var cc control.ClearResponse
+	if err := x.hub.client.Post(context.Background(), control.PathCryptoClear, control.CryptoClearRequest{Peer: s2}, &cc); err != nil {
+		t.Fatalf("clear crypto sa %s: %v", s2, err)
+	}
+	took = waitFor(t, 15*time.Second, "spoke 2 back with a new SA and registered", func() bool {
+		return x.hub.saUpWith(s2) && x.registeredSince(1, cleared)
+	})
+	t.Logf("SA deleted by the hub: spoke 2 registered again %v later", took.Round(time.Millisecond))
+
+	// Spoke 1's charon killed: restarted, everything reloaded, registered
+	// again at once.
+	killed := time.Now()
+	syscall.Kill(charonPID(t, filepath.Join(p.dir, "state-s1")), syscall.SIGKILL)
+	took = waitFor(t, 15*time.Second, "spoke 1 registered again after its charon was killed", func() bool {
+		return x.hub.saUpWith(s1) && x.registeredSince(0, killed)
+	})
+	t.Logf("spoke charon SIGKILL: registered again %v later", took.Round(time.Millisecond))
+	if st := x.spokes[0].crypto().Stats; st == nil || st.Restarts == 0 {
+		t.Errorf("spoke 1 did not count a charon restart: %+v", st)
+	}
+}
