@@ -103,10 +103,17 @@ func (e *Engine) completeRegistration(p *wire.Packet, from netip.Addr, regs []re
 	if e.stopping {
 		return
 	}
+	// A client that does not know our address asks for its own (FRR's
+	// "nhs dynamic"): the reply names us, as FRR's hub does, and FRR takes
+	// the server's address from it (RFC 2332 would copy the request's).
+	dst := p.DstProto
+	if dst == p.SrcProto {
+		dst = e.own
+	}
 	reply := &wire.Packet{
 		AddrFamily: p.AddrFamily, ProtoType: p.ProtoType, HopCount: HopCount,
 		Type: wire.TypeRegistrationReply, Flags: p.Flags, RequestID: p.RequestID,
-		SrcNBMA: p.SrcNBMA, SrcNBMAType: p.SrcNBMAType, SrcProto: p.SrcProto, DstProto: p.DstProto,
+		SrcNBMA: p.SrcNBMA, SrcNBMAType: p.SrcNBMAType, SrcProto: p.SrcProto, DstProto: dst,
 		CIEs: make([]wire.CIE, len(p.CIEs)),
 	}
 	var natExtra []wire.CIE

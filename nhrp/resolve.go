@@ -194,26 +194,29 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from netip.Addr)
 		e.resolutionFailed(r, "negative reply: "+code.String())
 		return
 	}
+	// The prefix length applies to the address asked for (RFC 2332
+	// section 5.2.2); the CIE's client address is the node to send to:
+	// the responder's tunnel address for a network behind it (FRR and
+	// this engine), the address asked for in a host answer.
 	c := p.CIEs[0]
-	addr := c.Proto
-	if !addr.IsValid() {
-		addr = p.DstProto
-	}
 	bits := int(c.PrefixLen)
-	if bits == 0 || bits == 0xff || bits > addr.BitLen() {
-		bits = addr.BitLen()
+	if bits == 0 || bits == 0xff || bits > r.target.BitLen() {
+		bits = r.target.BitLen()
 	}
-	prefix := netip.PrefixFrom(addr, bits).Masked()
+	prefix := netip.PrefixFrom(r.target, bits).Masked()
 
 	// The responder: its tunnel address from the Responder Address
-	// extension, its NBMA address from the CIE, with NAT taken into
-	// account.
+	// extension, else the CIE's; its NBMA address from the CIE, with NAT
+	// taken into account.
 	respProto, respNBMA := netip.Addr{}, c.NBMA
 	if x := p.Extension(wire.ExtResponderAddress); x != nil && len(x.CIEs) > 0 {
 		respProto = x.CIEs[0].Proto
 		if !respNBMA.IsValid() {
 			respNBMA = x.CIEs[0].NBMA
 		}
+	}
+	if !respProto.IsValid() && c.Proto.BitLen() == r.target.BitLen() {
+		respProto = c.Proto
 	}
 	if !respProto.IsValid() && prefix.IsSingleIP() {
 		respProto = prefix.Addr()
@@ -249,8 +252,8 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from netip.Addr)
 	if p.Flags&wire.ResFlagA != 0 {
 		flags |= FlagAuthoritative
 	}
-	if from != c.NBMA && c.NBMA.IsValid() {
-		flags |= FlagNAT
+	if respNBMA != c.NBMA && c.NBMA.IsValid() {
+		flags |= FlagNAT // the responder is reached elsewhere than it says
 	}
 	// The responder's own binding (its tunnel address → NBMA).
 	bind := e.installBinding(hostPrefix(respProto), respNBMA, c.NBMA, flags, hold, c.MTU)

@@ -30,20 +30,24 @@ func (e *Engine) handleResolutionRequest(p *wire.Packet, raw []byte, from netip.
 
 	// Authoritative here?
 	if e.isOwn(target) {
-		e.answer(p, raw, from, hostPrefix(target), e.localNBMA(from), nil)
+		e.answer(p, raw, from, hostPrefix(target), e.localNBMA(from), e.own, nil)
 		return
 	}
 	if en := e.cache.lookup(target, func(en *entry) bool { return en.typ == TypeStatic || en.typ == TypeLocal }); en != nil {
 		if en.typ == TypeStatic {
-			e.answer(p, raw, from, en.proto, en.nbma, nil)
+			next := target
+			if en.proto.IsSingleIP() {
+				next = en.proto.Addr()
+			}
+			e.answer(p, raw, from, en.proto, en.nbma, next, nil)
 		} else {
-			e.answer(p, raw, from, en.proto, e.localNBMA(from), en)
+			e.answer(p, raw, from, en.proto, e.localNBMA(from), e.own, en)
 		}
 		return
 	}
 	ri, routed := e.route(target)
 	if routed && ri.Local && ri.Prefix.IsValid() && (ri.Prefix.IsSingleIP() || ri.Prefix.Bits() >= e.cfg.MinShortcutPrefix) && !ri.Prefix.Contains(e.own) {
-		e.answer(p, raw, from, ri.Prefix, e.localNBMA(from), e.localEntry(ri.Prefix))
+		e.answer(p, raw, from, ri.Prefix, e.localNBMA(from), e.own, e.localEntry(ri.Prefix))
 		return
 	}
 
@@ -102,8 +106,12 @@ func requesterNBMA(p *wire.Packet, from netip.Addr) netip.Addr {
 }
 
 // answer sends a positive Resolution Reply for prefix, at nbma, straight
-// to the requester, and remembers the requester.
-func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix netip.Prefix, nbma netip.Addr, local *entry) {
+// to the requester, and remembers the requester. The CIE's client address
+// is next, the tunnel address to send to (this node's own for itself and
+// the networks behind it), as FRR puts it: FRR routes the prefix through
+// it. The prefix length applies to the destination asked for (RFC 2332
+// section 5.2.2).
+func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix netip.Prefix, nbma, next netip.Addr, local *entry) {
 	if e.refuseUnknown(p, raw, from) {
 		return
 	}
@@ -114,7 +122,7 @@ func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix neti
 	holding := e.holding()
 	c := wire.CIE{
 		PrefixLen: uint8(prefix.Bits()), MTU: e.mtu(), HoldingTime: holding,
-		NBMA: nbma, Proto: p.DstProto,
+		NBMA: nbma, Proto: next,
 	}
 	reply := &wire.Packet{
 		AddrFamily: p.AddrFamily, ProtoType: p.ProtoType, HopCount: HopCount,

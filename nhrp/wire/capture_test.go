@@ -140,13 +140,23 @@ func goldenView(frame int, raw []byte, p *Packet) goldenPacket {
 	return g
 }
 
-var captureNames = []string{
-	"tcpdump__nhrp-trace",
-	"tcpdump__NHRP_registration",
-	"tcpdump__ios_nhrp",
-}
+// ciscoCaptures come from tcpdump's test suite, with tcpdump's decode;
+// frrCaptures from the live FRR interoperation test (no tcpdump decode:
+// Debian's tcpdump has no NHRP printer; tshark checked them).
+var (
+	ciscoCaptures = []string{
+		"tcpdump__nhrp-trace",
+		"tcpdump__NHRP_registration",
+		"tcpdump__ios_nhrp",
+	}
+	frrCaptures = []string{
+		"frr__interop-ourhub",
+		"frr__interop-frrhub",
+	}
+	captureNames = append(append([]string(nil), ciscoCaptures...), frrCaptures...)
+)
 
-// TestCaptures decodes every NHRP packet of the real Cisco captures,
+// TestCaptures decodes every NHRP packet of the real Cisco and FRR captures,
 // compares the values with the golden files and requires the re-encoding
 // to be identical, byte for byte.
 func TestCaptures(t *testing.T) {

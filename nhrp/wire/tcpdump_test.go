@@ -20,10 +20,10 @@ var tcpdumpTypes = map[string]Type{
 	"traffic indication": TypeTrafficIndication,
 }
 
-// TestTcpdumpExpected compares our decode of every capture with what
+// TestTcpdumpExpected compares our decode of every Cisco capture with what
 // tcpdump printed for the same packets.
 func TestTcpdumpExpected(t *testing.T) {
-	for _, name := range captureNames {
+	for _, name := range ciscoCaptures {
 		pdus := readPDUs(t, name)
 		f, err := os.Open(filepath.Join("testdata", "captures", name+".tcpdump-expected.out"))
 		if err != nil {

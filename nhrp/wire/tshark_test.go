@@ -212,7 +212,7 @@ func TestTsharkConformance(t *testing.T) {
 	}
 }
 
-// TestTsharkCaptures runs the same expert check on the real Cisco
+// TestTsharkCaptures runs the same expert check on the real Cisco and FRR
 // captures: tshark dissects them without complaint, as it must dissect
 // ours.
 func TestTsharkCaptures(t *testing.T) {
