@@ -30,6 +30,14 @@ func TestExpand(t *testing.T) {
 		{"d", "", ErrAmbiguous}, // debug, decode
 		{"sh ip nhrp s", "show ip nhrp shortcut", nil},
 		{"sh foo", "", ErrUnknown},
+		{"sh cr sa", "show crypto sa", nil},
+		{"sh cry sa j", "show crypto sa json", nil},
+		{"sh cr ik sa", "show crypto ikev2 sa", nil},
+		{"sh cr ips s js", "show crypto ipsec sa json", nil},
+		{"sh cr i sa", "", ErrAmbiguous}, // ikev2, ipsec
+		{"cl cr sa 192.0.2.1", "clear crypto sa 192.0.2.1", nil},
+		{"cl c s 192.0.2.1", "clear crypto sa 192.0.2.1", nil},
+
 		{"sh ip nhrp cache x", "", ErrUnknown},
 	}
 	for _, tt := range tests {
@@ -64,7 +72,14 @@ func TestCandidates(t *testing.T) {
 	}{
 		{"", []string{"clear", "debug", "decode", "exit", "quit", "show"}},
 		{"sh", []string{"show"}},
-		{"show ", []string{"dmvpn", "ip", "running-config", "version"}},
+		{"show ", []string{"crypto", "dmvpn", "ip", "running-config", "version"}},
+		{"show crypto ", []string{"ikev2", "ipsec", "sa"}},
+		{"sh cr sa ", []string{"json", "<cr>"}},
+		{"sh cr ikev2 ", []string{"sa"}},
+		{"sh cr ipsec sa ", []string{"json", "<cr>"}},
+		{"clear ", []string{"crypto", "ip"}},
+		{"clear crypto sa ", []string{"<PEER>"}},
+		{"clear crypto sa 192.0.2.1 ", []string{"<cr>"}},
 		{"sh ip nh ", []string{"cache", "nhs", "shortcut", "traffic", "detail", "json", "<cr>"}},
 		{"sh ip nhrp detail ", []string{"cache", "nhs", "shortcut", "traffic", "json", "<cr>"}},
 		{"sh dmvpn d", []string{"detail"}},

@@ -74,7 +74,7 @@ with one it runs it and exits: dmvpnctl show dmvpn`,
 func commands(e *env) []*cobra.Command {
 	cs := []*cobra.Command{
 		group("show", "Show running system information", showCommands(e)...),
-		group("clear", "Reset functions", group("ip", "IP", newClearNHRP(e))),
+		group("clear", "Reset functions", group("ip", "IP", newClearNHRP(e)), newClearCrypto(e)),
 		group("debug", "Debugging functions (stream events until interrupted)", newDebugNHRP(e)),
 		withArg(newDecodeCmd(), "FILE", "A pcap or pcapng capture"),
 	}
@@ -98,6 +98,7 @@ func commands(e *env) []*cobra.Command {
 func showCommands(e *env) []*cobra.Command {
 	return []*cobra.Command{
 		newShowDmvpn(e),
+		newShowCrypto(e),
 		group("ip", "IP information", ipShowCommands(e)...),
 		newShowRunningConfig(e),
 		newShowVersion(e),

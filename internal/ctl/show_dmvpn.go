@@ -2,8 +2,10 @@ package ctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/opendmvpn/dmvpn/internal/control"
+	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -36,12 +39,29 @@ type DmvpnView struct {
 	Dataplane string           `json:"dataplane"`
 	Peers     []DmvpnPeer      `json:"peers"`
 	NHS       []nhrp.NHSStatus `json:"nhs,omitempty"`
+	// IPsec is set by detail when the node runs IPsec.
+	IPsec *CryptoStatus `json:"ipsec,omitempty"`
 }
 
 // DmvpnPeer is one NBMA peer of show dmvpn and its entries.
 type DmvpnPeer struct {
 	NBMA    netip.Addr   `json:"nbma,omitzero"`
 	Entries []DmvpnEntry `json:"entries"`
+	// IPsec is the peer's IKE SA (detail, IPsec on).
+	IPsec *DmvpnIPsec `json:"ipsec,omitempty"`
+}
+
+// DmvpnIPsec is a peer's IKE SA in show dmvpn detail.
+type DmvpnIPsec struct {
+	// State is charon's state of the IKE SA, "" without one; Up says an
+	// installed CHILD_SA goes with it.
+	State string `json:"state"`
+	Up    bool   `json:"up"`
+	// Identity is the SA's remote identity, or the certificate subject a
+	// registration was authorised with.
+	Identity string `json:"identity,omitempty"`
+	Conn     string `json:"conn,omitempty"`
+	IKEID    string `json:"ike_id,omitempty"`
 }
 
 // DmvpnEntry is one row of show dmvpn.
@@ -59,7 +79,7 @@ func newShowDmvpn(e *env) *cobra.Command {
 		Use:   "dmvpn",
 		Short: "DMVPN peers (Cisco's columns and legend)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := dmvpnView(cmd.Context(), e.client())
+			v, err := dmvpnView(cmd.Context(), e.client(), has(args, "detail"))
 			if err != nil {
 				return err
 			}
@@ -72,8 +92,9 @@ func newShowDmvpn(e *env) *cobra.Command {
 	}, "detail", "json")
 }
 
-// dmvpnView gathers show dmvpn from the daemon.
-func dmvpnView(ctx context.Context, c *control.Client) (DmvpnView, error) {
+// dmvpnView gathers show dmvpn from the daemon; with withIPsec, the
+// peers' IKE SAs as well.
+func dmvpnView(ctx context.Context, c *control.Client, withIPsec bool) (DmvpnView, error) {
 	var st control.Status
 	var cache control.CacheResponse
 	var peers control.PeersResponse
@@ -97,9 +118,13 @@ func dmvpnView(ctx context.Context, c *control.Client) (DmvpnView, error) {
 		nhsOf[n.NBMA] = n
 	}
 	index := map[netip.Addr]int{}
+	identity := map[netip.Addr]string{}
 	for _, en := range cache.Entries {
 		if en.Type == nhrp.TypeLocal {
 			continue
+		}
+		if en.Identity != "" && identity[en.NBMA] == "" {
+			identity[en.NBMA] = en.Identity
 		}
 		row := DmvpnEntry{Tunnel: peerAddr(en), Attrb: attrs(en), Target: en.Proto, Type: en.Type, Since: en.Created}
 		row.State = "NHRP"
@@ -125,7 +150,48 @@ func dmvpnView(ctx context.Context, c *control.Client) (DmvpnView, error) {
 		v.Peers[i].Entries = append(v.Peers[i].Entries, row)
 	}
 	slices.SortStableFunc(v.Peers, func(a, b DmvpnPeer) int { return a.NBMA.Compare(b.NBMA) })
+	if withIPsec {
+		var api *control.APIError
+		cr, err := getCrypto(ctx, c)
+		switch {
+		case errors.As(err, &api) && api.Status == http.StatusNotFound:
+			// a daemon older than IPsec
+		case err != nil:
+			return DmvpnView{}, err
+		case cr.Enabled:
+			st := cryptoStatus(cr)
+			v.IPsec = &st
+			for i := range v.Peers {
+				v.Peers[i].IPsec = peerIPsec(cr.SAs, v.Peers[i].NBMA, identity[v.Peers[i].NBMA])
+			}
+		}
+	}
 	return v, nil
+}
+
+// peerIPsec is the IKE SA with a peer (by NBMA address): an established
+// one with an installed CHILD_SA if there is one, else the first listed.
+func peerIPsec(sas []ipsec.SA, nbma netip.Addr, identity string) *DmvpnIPsec {
+	out := &DmvpnIPsec{Identity: identity}
+	if !nbma.IsValid() {
+		return out
+	}
+	var found *ipsec.SA
+	for i := range sas {
+		if sas[i].RemoteHost != nbma {
+			continue
+		}
+		if found == nil || (!found.Up() && sas[i].Up()) {
+			found = &sas[i]
+		}
+	}
+	if found != nil {
+		out.State, out.Up, out.Conn, out.IKEID = found.State, found.Up(), found.Conn, found.IKEID
+		if found.RemoteID != "" {
+			out.Identity = found.RemoteID
+		}
+	}
+	return out
 }
 
 func peerState(s string) string {
@@ -169,7 +235,15 @@ func printDmvpn(w io.Writer, v DmvpnView, detail bool, now time.Time) {
 	if detail {
 		fmt.Fprintf(w, "Interface %s is up/up, Addr. is %s, VRF \"\"\n", v.Interface, v.Address.Addr())
 		fmt.Fprintf(w, "   Tunnel Src./Dest. addr: %s/Multipoint, Tunnel VRF \"\"\n", orDash(v.NBMA))
-		fmt.Fprintf(w, "   Protocol/Transport: \"multi-GRE/IP\", Protect \"\"\n")
+		if v.IPsec == nil {
+			fmt.Fprintf(w, "   Protocol/Transport: \"multi-GRE/IP\", Protect \"\"\n")
+		} else {
+			fmt.Fprintf(w, "   Protocol/Transport: \"multi-GRE/IP\", Protect \"ipsec\"\n")
+			fmt.Fprintf(w, "   IPsec mode %s, %s\n", v.IPsec.Mode, charonState(*v.IPsec))
+			if v.IPsec.Error != "" {
+				fmt.Fprintf(w, "   %% %s\n", charonError(v.IPsec.Error))
+			}
+		}
 		fmt.Fprintf(w, "   Data plane: %s\n", v.Dataplane)
 		fmt.Fprintf(w, "   Node: %s\n", v.Node)
 		for _, n := range v.NHS {
@@ -178,10 +252,16 @@ func printDmvpn(w io.Writer, v DmvpnView, detail bool, now time.Time) {
 	} else {
 		fmt.Fprintf(w, "Interface: %s, IPv4 NHRP Details\n", v.Interface)
 	}
+	ipsecCols := detail && v.IPsec != nil
 	if detail {
 		fmt.Fprintf(w, "Type:%s, Total NBMA Peers (v4/v6): %d\n", v.Type, len(v.Peers))
-		fmt.Fprintf(w, "# Ent  Peer NBMA Addr Peer Tunnel Add State  UpDn Tm Attrb    Target Network\n")
-		fmt.Fprintf(w, "----- --------------- --------------- ----- -------- ----- -----------------\n")
+		if ipsecCols {
+			fmt.Fprintf(w, "# Ent  Peer NBMA Addr Peer Tunnel Add State  UpDn Tm Attrb    Target Network IKE SA      Remote Identity\n")
+			fmt.Fprintf(w, "----- --------------- --------------- ----- -------- ----- ----------------- ----------- ---------------\n")
+		} else {
+			fmt.Fprintf(w, "# Ent  Peer NBMA Addr Peer Tunnel Add State  UpDn Tm Attrb    Target Network\n")
+			fmt.Fprintf(w, "----- --------------- --------------- ----- -------- ----- -----------------\n")
+		}
 	} else {
 		fmt.Fprintf(w, "Type:%s, NHRP Peers:%d,\n\n", v.Type, len(v.Peers))
 		fmt.Fprintf(w, " # Ent  Peer NBMA Addr Peer Tunnel Add State  UpDn Tm Attrb\n")
@@ -197,9 +277,20 @@ func printDmvpn(w io.Writer, v DmvpnView, detail bool, now time.Time) {
 			if i > 0 {
 				ent, addr = "", ""
 			}
-			if detail {
+			switch {
+			case ipsecCols:
+				sa, id := "", ""
+				if i == 0 {
+					sa, id = "-", "-"
+					if p.IPsec != nil {
+						sa, id = orNone(p.IPsec.State), orNone(p.IPsec.Identity)
+					}
+				}
+				line := fmt.Sprintf("%5s %-15s %15s %5s %8s %5s %17s %-11s %s", ent, addr, orDash(r.Tunnel), r.State, upDown(r.Since, now), r.Attrb, r.Target, sa, id)
+				fmt.Fprintln(w, strings.TrimRight(line, " "))
+			case detail:
 				fmt.Fprintf(w, "%5s %-15s %15s %5s %8s %5s %17s\n", ent, addr, orDash(r.Tunnel), r.State, upDown(r.Since, now), r.Attrb, r.Target)
-			} else {
+			default:
 				fmt.Fprintf(w, "%6s %-15s %15s %5s %8s %5s\n", ent, addr, orDash(r.Tunnel), r.State, upDown(r.Since, now), r.Attrb)
 			}
 		}

@@ -1,8 +1,9 @@
 // Package metrics exports a node's Prometheus metrics: registrations
 // accepted and refused, peers and servers by state, NHRP packets by type
 // and direction, Error Indications by code, dropped packets, shortcuts
-// installed and expired, data-plane packets and bytes per direction, and
-// neighbour misses.
+// installed and expired, data-plane packets and bytes per direction,
+// neighbour misses, and with IPsec its SAs, failures, refusals, charon and
+// certificate expiry (ipsec.go).
 //
 // Event counts come from the engine's events (Metrics is an nhrp.Observer);
 // everything the engine and the data plane already count is read from
@@ -33,7 +34,9 @@ type Engine interface {
 }
 
 // Source gives the scrape the running engine and data plane; either may
-// be missing while the node starts.
+// be missing while the node starts. A Source that also implements
+// control.CryptoSource gives the IPsec statistics (none while its Crypto
+// is nil: IPsec off).
 type Source interface {
 	MetricsEngine() Engine
 	Counters() (gre.Counters, bool)
@@ -117,7 +120,7 @@ var (
 	descDPBytes = prometheus.NewDesc("dmvpn_dataplane_bytes_total",
 		"Data bytes (inner packets) through the tunnel by direction.", []string{"direction"}, nil)
 	descDPDropped = prometheus.NewDesc("dmvpn_dataplane_dropped_total",
-		"Packets the data plane dropped, by reason (malformed, bad_key, …).", []string{"reason"}, nil)
+		"Packets the data plane dropped, by reason (malformed, bad_key, …); with IPsec in userspace mode, ingress is GRE refused because it arrived in clear (kernel mode: the kernel drops it, XfrmInPolBlock).", []string{"reason"}, nil)
 	descMisses = prometheus.NewDesc("dmvpn_dataplane_neighbor_misses_total",
 		"Packets that needed a tunnel next hop without a neighbour entry: delivered to NHRP, or suppressed by the rate limit.", []string{"result"}, nil)
 	descNHRPFrames = prometheus.NewDesc("dmvpn_dataplane_nhrp_packets_total",
@@ -135,6 +138,9 @@ type scrape struct{ src Source }
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descErrInd, descDropped, descSuppressed, descPeers, descNHS,
 		descCache, descDPPackets, descDPBytes, descDPDropped, descMisses, descNHRPFrames, descUp} {
+		ch <- d
+	}
+	for _, d := range ipsecDescs {
 		ch <- d
 	}
 }
@@ -169,6 +175,9 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		for _, r := range gre.DropReasons() {
 			counter(descDPDropped, c.Drops[r.String()], r.String())
 		}
+	}
+	if st, ok := ipsecStats(s.src); ok {
+		collectIPsec(ch, st)
 	}
 }
 
