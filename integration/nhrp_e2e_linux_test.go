@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -329,16 +328,10 @@ func testNHRPEndToEnd(t *testing.T, dataplane string) {
 func (x *e2e) checkKernelState() {
 	t := x.t
 	t.Helper()
-	ipJSON := func(n *testbed.Node, v any, args ...string) {
+	ip := func(n *testbed.Node, v any, args ...string) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		out, err := n.Run(ctx, append([]string{"ip", "-j"}, args...)...)
-		if err != nil {
-			t.Fatalf("%s: ip %v: %v", n.Name, args, err)
-		}
-		if err := json.Unmarshal([]byte(out), v); err != nil {
-			t.Fatalf("%s: ip %v: %v\n%s", n.Name, args, err, out)
+		if err := ipJSON(n, v, args...); err != nil {
+			t.Fatalf("%s: %v", n.Name, err)
 		}
 	}
 	var links []struct {
@@ -352,7 +345,7 @@ func (x *e2e) checkKernelState() {
 			} `json:"info_data"`
 		} `json:"linkinfo"`
 	}
-	ipJSON(x.tb.Node("hub"), &links, "-d", "link", "show", "gre1")
+	ip(x.tb.Node("hub"), &links, "-d", "link", "show", "gre1")
 	key := "0.0.0.42"
 	if len(links) != 1 || links[0].LinkInfo.Kind != "gre" || links[0].LinkInfo.Data.IKey != key || links[0].LinkInfo.Data.OKey != key ||
 		!links[0].LinkInfo.Data.PMTUDisc || (links[0].LinkInfo.Data.Remote != "" && links[0].LinkInfo.Data.Remote != "any") {
@@ -362,7 +355,7 @@ func (x *e2e) checkKernelState() {
 		Dst    string `json:"dst"`
 		LLAddr string `json:"lladdr"`
 	}
-	ipJSON(x.tb.Node("hub"), &neigh, "neigh", "show", "dev", "gre1")
+	ip(x.tb.Node("hub"), &neigh, "neigh", "show", "dev", "gre1")
 	got := map[string]string{}
 	for _, n := range neigh {
 		got[n.Dst] = n.LLAddr
@@ -378,7 +371,7 @@ func (x *e2e) checkKernelState() {
 		Gateway string `json:"gateway"`
 		Dev     string `json:"dev"`
 	}
-	ipJSON(x.tb.Node("s1"), &routes, "route", "show", "table", fmt.Sprint(nhrp.DefaultShortcutTable), "10.2.0.0/24")
+	ip(x.tb.Node("s1"), &routes, "route", "show", "table", fmt.Sprint(nhrp.DefaultShortcutTable), "10.2.0.0/24")
 	if len(routes) != 1 || routes[0].Gateway != "10.0.0.12" || routes[0].Dev != "gre1" {
 		t.Errorf("spoke 1's shortcut route in table %d: %s", nhrp.DefaultShortcutTable, jsonString(routes))
 	}

@@ -5,8 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +18,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/integration/vm"
 	"github.com/opendmvpn/dmvpn/internal/nhrpcap"
+	"github.com/opendmvpn/dmvpn/internal/nhrpview"
 	"github.com/opendmvpn/dmvpn/internal/tsharktest"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
@@ -128,12 +133,21 @@ func guestDmvpnd(t *testing.T) (string, bool) {
 }
 
 // captureCheck is what a capture must show: the NHRP packet types that
-// must appear, and the NBMA addresses of foreign implementations whose
-// packets are checked against the codec too.
+// must appear, and those FRR must have sent (from its nodes' NBMA
+// addresses).
 type captureCheck struct {
 	Name  string   `json:"name"`
 	Types []string `json:"types"`
+	// FRR lists the NBMA addresses of FRR's nodes, FRRTypes the packet
+	// types (wire.Type numbers) they must have sent.
+	FRR      []netip.Addr `json:"frr,omitempty"`
+	FRRTypes []wire.Type  `json:"frr_types,omitempty"`
 }
+
+// envSaveFRR names a directory where the host half saves FRR's NHRP
+// packets of each interoperation capture: a pcap of them and the list of
+// their PDUs, the codec's test data (nhrp/wire/testdata/captures).
+const envSaveFRR = "DMVPN_SAVE_FRR_CAPTURES"
 
 // checkCapture requires every NHRP packet of a capture to dissect cleanly
 // in tshark, the types listed to appear, and every packet to decode and
@@ -186,7 +200,18 @@ var tsharkMu sync.Mutex // one tshark at a time: it is CPU-hungry
 
 func checkCaptureNow(t *testing.T, path string, c captureCheck) {
 	t.Helper()
-	n := roundTripCapture(t, path, c.Name)
+	n, fromFRR := roundTripCapture(t, path, c)
+	for _, ty := range c.FRRTypes {
+		if fromFRR[ty] == 0 {
+			t.Errorf("%s: FRR sent no %v (sent %v)", c.Name, ty, fromFRR)
+		}
+	}
+	if len(c.FRR) > 0 {
+		t.Logf("%s: FRR's packets, by type: %v", c.Name, fromFRR)
+		if dir := os.Getenv(envSaveFRR); dir != "" {
+			saveFRRPackets(t, path, dir, c)
+		}
+	}
 	tsharkMu.Lock()
 	probs, types, err := tsharktest.CheckNHRP(path, nil)
 	tsharkMu.Unlock()
@@ -216,28 +241,75 @@ func checkCaptureNow(t *testing.T, path string, c captureCheck) {
 
 // roundTripCapture decodes every NHRP packet of a capture with our codec
 // and requires the re-encoding to be identical, byte for byte: ours, and
-// those of the other implementations (FRR). It returns the packet count.
-func roundTripCapture(t *testing.T, path, name string) int {
+// those of the other implementations (FRR). It returns the packet count,
+// and the types of the packets FRR's nodes sent (each counted once: the
+// capture on all interfaces of a router sees a packet in and out).
+func roundTripCapture(t *testing.T, path string, c captureCheck) (int, map[wire.Type]int) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	fromFRR := map[wire.Type]int{}
+	seen := map[string]bool{}
 	st, err := nhrpcap.Scan(f, func(fr *nhrpcap.Frame) error {
 		p, err := wire.Decode(fr.NHRP)
 		if err != nil {
-			t.Errorf("%s: frame %d (%s → %s) does not decode: %v", name, fr.Number, fr.OuterSrc, fr.OuterDst, err)
+			t.Errorf("%s: frame %d (%s → %s) does not decode: %v", c.Name, fr.Number, fr.OuterSrc, fr.OuterDst, err)
 			return nil
 		}
 		b, err := p.AppendBinary(nil)
 		if err != nil || !bytes.Equal(b, fr.NHRP) {
-			t.Errorf("%s: frame %d (%s → %s) re-encodes differently (%v)\n got %x\nwant %x", name, fr.Number, fr.OuterSrc, fr.OuterDst, err, b, fr.NHRP)
+			t.Errorf("%s: frame %d (%s → %s) re-encodes differently (%v)\n got %x\nwant %x", c.Name, fr.Number, fr.OuterSrc, fr.OuterDst, err, b, fr.NHRP)
+		}
+		key := fr.OuterSrc.String() + fr.OuterDst.String() + string(fr.NHRP)
+		if slices.Contains(c.FRR, fr.OuterSrc) && !seen[key] {
+			seen[key] = true
+			fromFRR[p.Type]++
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st.NHRP
+	return st.NHRP, fromFRR
+}
+
+// saveFRRPackets writes FRR's NHRP packets of a capture to dir: the frames
+// themselves (tcpdump keeps each once, as it entered the router) and their
+// PDUs, listed as the codec's capture tests read them.
+func saveFRRPackets(t *testing.T, path, dir string, c captureCheck) {
+	t.Helper()
+	name := "frr__" + c.Name + ".pcap"
+	out := filepath.Join(dir, name)
+	var src []string
+	for _, a := range c.FRR {
+		src = append(src, "ip src "+a.String())
+	}
+	filter := "inbound and ip proto 47 and ip[22:2] = 0x2001 and (" + strings.Join(src, " or ") + ")"
+	if b, err := exec.Command("tcpdump", "-r", path, "-w", out, filter).CombinedOutput(); err != nil {
+		t.Fatalf("tcpdump: %v: %s", err, b)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var list strings.Builder
+	fmt.Fprintf(&list, "##### %s: the NHRP packets FRR %s sent in %s (TestFRRInterop)\n", name, frrVersion(), c.Name)
+	if _, err := nhrpcap.Scan(f, func(fr *nhrpcap.Frame) error {
+		summary := "undecodable"
+		if p, err := wire.Decode(fr.NHRP); err == nil {
+			summary = nhrpview.Summary(p)
+		}
+		fmt.Fprintf(&list, "# %s -> %s: %s\nframe %d: %x\n", fr.OuterSrc, fr.OuterDst, summary, fr.Number, fr.NHRP)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(out+".nhrp-pdus.txt", []byte(list.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: FRR's packets saved to %s", c.Name, out)
 }
