@@ -161,6 +161,9 @@ func run(path string, cfg *config.Config, rt config.Runtime, log *zap.Logger, le
 // metrics observer before the App).
 type metricsSource struct{ app **App }
 
+// The metrics package finds the IPsec state through this interface.
+var _ control.CryptoSource = metricsSource{}
+
 // MetricsEngine implements metrics.Source.
 func (s metricsSource) MetricsEngine() metrics.Engine {
 	if *s.app == nil {
@@ -175,6 +178,15 @@ func (s metricsSource) Counters() (gre.Counters, bool) {
 		return gre.Counters{}, false
 	}
 	return (*s.app).Counters()
+}
+
+// Crypto implements control.CryptoSource: the IPsec metrics (nil while
+// starting and when IPsec is off).
+func (s metricsSource) Crypto() control.Crypto {
+	if *s.app == nil {
+		return nil
+	}
+	return (*s.app).Crypto()
 }
 
 // serveMetrics serves /metrics on addr; the returned function stops it.
