@@ -80,6 +80,21 @@ func testOurHubFRRSpokes(t *testing.T) {
 		})
 	}
 
+	// Phase 2 toward FRR: our spoke reaches f1's tunnel address, on its
+	// tunnel subnet: a neighbour miss, a Resolution Request for f1's own
+	// address through the hub, FRR's answer, then straight (TTL 64).
+	s3 := x.nodes["s3"].(*daemonNode)
+	f1 := x.member("f1")
+	var ttl int
+	waitFor(t, 15*time.Second, "s3 to reach f1's tunnel address", func() bool {
+		var err error
+		ttl, err = pingTTL(t, x.tb.Node("s3"), f1.tunnel)
+		return err == nil
+	})
+	if e, ok := s3.entry(netip.PrefixFrom(f1.tunnel, 32)); ttl != 64 || !ok || e.Type != nhrp.TypeCached || e.NBMA != f1.nbma.Addr() {
+		t.Errorf("s3 → f1's tunnel address: TTL %d (want 64, direct), binding %s", ttl, jsonString(e))
+	}
+
 	x.shortcutBetween("f1", "f2", true) // FRR ↔ FRR, resolved through our hub
 	x.shortcutBetween("f1", "s3", true) // FRR ↔ ours
 	if n := hub.traffic().NHRP.Sent["Traffic Indication"]; n < 3 {
@@ -97,6 +112,7 @@ func testOurHubFRRSpokes(t *testing.T) {
 	if _, ok := hub.registration(x.member("f2").tunnel); ok {
 		t.Error("f2 (FRR) registered again at once after the hub's purge: update the README's interoperation table")
 	}
+	t.Logf("f2 (FRR) on the purge: %q", x.nodes["f2"].(*frrNode).logged("Purge"))
 	x.finish("interop-ourhub", []string{"1", "2", "3", "4", "5", "8"},
 		wire.TypeRegistrationRequest, wire.TypeResolutionRequest, wire.TypeResolutionReply)
 }

@@ -227,6 +227,18 @@ func (f *frrNode) logState() {
 	}
 }
 
+// logged returns the lines of nhrpd's log that contain s.
+func (f *frrNode) logged(s string) []string {
+	b, _ := os.ReadFile(filepath.Join(f.dir, "nhrpd.log"))
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
 // ipJSON runs `ip -j ARGS` in a node and decodes the output into v.
 func ipJSON(n *testbed.Node, v any, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
