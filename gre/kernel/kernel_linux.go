@@ -38,6 +38,8 @@ type env struct {
 	listenNHRP func(ifindex int) (PacketConn, error)
 	// listenMulticast opens the multicast capture socket on the device.
 	listenMulticast func(ifindex int, tunnel netip.Prefix) (mcastConn, error)
+	// now is the clock neighbour ages are read against (nil: time.Now).
+	now func() time.Time
 }
 
 // Device is the kernel GRE data plane. It implements gre.Device.
@@ -330,7 +332,15 @@ func (d *Device) DeleteNeighbor(ctx context.Context, proto netip.Addr) error {
 	return nil
 }
 
-// Neighbors lists the resolved neighbour entries of the device.
+// userHZ is the unit of the kernel's neighbour ages (ndm_used, …): clock
+// ticks of USER_HZ, 100 per second on every Linux ABI.
+const userHZ = 100
+
+// Neighbors lists the resolved neighbour entries of the device. LastUsed
+// is when the kernel last marked the entry used: not every packet (an
+// entry in the reachable state is not marked), but each time traffic finds
+// it stale and makes the kernel re-confirm it (every base_reachable_time,
+// 15–45 s by default, while in use).
 func (d *Device) Neighbors(ctx context.Context) ([]gre.Neighbor, error) {
 	if err := d.check(ctx); err != nil {
 		return nil, err
@@ -339,9 +349,15 @@ func (d *Device) Neighbors(ctx context.Context) ([]gre.Neighbor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kernel: list neighbours: %w", err)
 	}
+	now := time.Now
+	if d.env.now != nil {
+		now = d.env.now
+	}
+	t := now()
 	out := make([]gre.Neighbor, 0, len(ns))
 	for _, n := range ns {
 		if g, ok := nlops.NeighFromNetlink(n); ok {
+			g.LastUsed = t.Add(-time.Duration(n.Used) * time.Second / userHZ)
 			out = append(out, g)
 		}
 	}

@@ -188,19 +188,23 @@ func TestNeighborsRoutes(t *testing.T) {
 	if diff := cmp.Diff(want, f.Calls()); diff != "" {
 		t.Fatalf("requests (-want +got):\n%s", diff)
 	}
+	// The kernel's ages are clock ticks (1/100 s) before the dump: when the
+	// entry was last used.
 	f.neigh = []netlink.Neigh{
-		{LinkIndex: 7, IP: net.ParseIP("10.0.0.5"), LLIPAddr: net.ParseIP("192.0.2.5").To4(), State: netlink.NUD_REACHABLE},
-		{LinkIndex: 7, IP: net.ParseIP("10.0.0.4"), LLIPAddr: net.ParseIP("192.0.2.4").To4(), State: netlink.NUD_PERMANENT},
+		{LinkIndex: 7, IP: net.ParseIP("10.0.0.5"), LLIPAddr: net.ParseIP("192.0.2.5").To4(), State: netlink.NUD_DELAY, Used: 250},
+		{LinkIndex: 7, IP: net.ParseIP("10.0.0.4"), LLIPAddr: net.ParseIP("192.0.2.4").To4(), State: netlink.NUD_PERMANENT, Used: 0},
 		{LinkIndex: 7, IP: net.ParseIP("10.0.0.6"), State: netlink.NUD_INCOMPLETE},
 		{LinkIndex: 7, IP: net.ParseIP("10.0.0.7"), State: netlink.NUD_FAILED, LLIPAddr: net.ParseIP("192.0.2.7").To4()},
 	}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	d.env.now = func() time.Time { return t0 }
 	got, err := d.Neighbors(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantN := []gre.Neighbor{
-		{Proto: netip.MustParseAddr("10.0.0.4"), NBMA: netip.MustParseAddr("192.0.2.4"), Static: true},
-		{Proto: netip.MustParseAddr("10.0.0.5"), NBMA: netip.MustParseAddr("192.0.2.5")},
+		{Proto: netip.MustParseAddr("10.0.0.4"), NBMA: netip.MustParseAddr("192.0.2.4"), Static: true, LastUsed: t0},
+		{Proto: netip.MustParseAddr("10.0.0.5"), NBMA: netip.MustParseAddr("192.0.2.5"), LastUsed: t0.Add(-2500 * time.Millisecond)},
 	}
 	if diff := cmp.Diff(wantN, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Fatalf("Neighbors (-want +got):\n%s", diff)

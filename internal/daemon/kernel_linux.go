@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
@@ -192,6 +193,46 @@ func (d *Daemon) sysctls(cfg Config, info gre.Info) error {
 		if !raised {
 			d.log.Info("the neighbour table limits (gc_thresh1-3) exist in the initial network namespace only: set them there for a hub of more than about 1000 spokes",
 				zap.String("family", fam))
+		}
+	}
+	// On ip_gre the kernel marks a neighbour used only when traffic finds
+	// it stale and it is confirmed again, every base_reachable_time (15–45
+	// s by default): with shortcut_idle, confirm sooner, so that a busy
+	// shortcut is never taken for an idle one.
+	if info.Backend == "kernel" && cfg.NHRP.ShortcutIdle > 0 {
+		fam := "ipv4"
+		if !info.Prefix.Addr().Is4() {
+			fam = "ipv6"
+		}
+		errs = append(errs, confirmNeighbors("/proc/sys", fam, info.Name, cfg.NHRP.ShortcutIdle))
+	}
+	return errors.Join(errs...)
+}
+
+// confirmNeighbors sets the tunnel device's neighbour timers under the
+// sysctl root so that an entry in use is confirmed again (and marked used)
+// within a quarter of idle or so: base_reachable_time_ms = idle/4 (at
+// least 1 s; only ever lowered from the kernel's 30 s) and
+// delay_first_probe_time = 1 s. Each confirmation of an entry in use is
+// one app probe (RTM_GETNEIGH) the engine answers by programming the entry
+// again.
+func confirmNeighbors(root, fam, dev string, idle time.Duration) error {
+	base := idle / 4
+	if base < time.Second {
+		base = time.Second
+	}
+	if base >= 30*time.Second {
+		return nil
+	}
+	dir := filepath.Join(root, "net", fam, "neigh", dev)
+	var errs []error
+	for name, v := range map[string]int64{
+		"base_reachable_time_ms": base.Milliseconds(),
+		"delay_first_probe_time": 1,
+	} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(fmt.Sprint(v)), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("sysctl %s: %w", path, err))
 		}
 	}
 	return errors.Join(errs...)
