@@ -1,8 +1,9 @@
 // Command dmvpn-lab builds a whole DMVPN in network namespaces on this
 // machine and runs it: `dmvpn-lab up` (two hubs, three spokes with a LAN
-// host each, one behind NAT, dmvpnd in every node), `status`,
-// `exec NODE -- CMD…`, `shell NODE` (dmvpnctl on that node) and `down`.
-// It needs root.
+// host each, one behind NAT, dmvpnd in every node, IPsec with
+// certificates from a CA made for the lab unless --no-ipsec; --rogue adds
+// a spoke the hubs must refuse), `status`, `exec NODE -- CMD…`,
+// `shell NODE` (dmvpnctl on that node) and `down`. It needs root.
 package main
 
 import (

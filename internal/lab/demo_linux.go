@@ -19,14 +19,17 @@ import (
 )
 
 // converge waits until every spoke is registered with every hub and every
-// hub has every spoke registered.
-func (l *Lab) converge(ctx context.Context, t Topology, st *State, timeout time.Duration) error {
-	start := time.Now()
+// hub has every spoke registered (the rogue is not waited for), and says
+// how long it took since the daemons were started.
+func (l *Lab) converge(ctx context.Context, t Topology, st *State, started time.Time, timeout time.Duration) error {
 	for _, n := range t.Nodes {
+		if n.Rogue() {
+			continue
+		}
 		ns, _ := st.node(n.Site.Name)
 		c := control.NewClient(ns.Daemon.Socket)
 		var last string
-		err := waitUntil(ctx, timeout-time.Since(start), func() (bool, error) {
+		err := waitUntil(ctx, timeout-time.Since(started), func() (bool, error) {
 			if n.Site.Kind == testbed.Spoke {
 				var r control.NHSResponse
 				if err := c.Get(ctx, control.PathNHS, &r); err != nil {
@@ -60,7 +63,12 @@ func (l *Lab) converge(ctx context.Context, t Topology, st *State, timeout time.
 			return fmt.Errorf("%s did not converge (%s): %w\n%s", n.Site.Name, last, err, tail(ns.Daemon.Log))
 		}
 	}
-	fmt.Fprintf(l.Out, "Converged in %.1f s: every spoke is registered with every hub.\n", time.Since(start).Seconds())
+	how := ""
+	if st.IPsec {
+		how = " over IPsec, authorised by its certificate"
+	}
+	fmt.Fprintf(l.Out, "Converged in %.1f s after dmvpnd started: every spoke is registered with every hub%s.\n",
+		time.Since(started).Seconds(), how)
 	return nil
 }
 
@@ -156,7 +164,22 @@ func (l *Lab) demo(ctx context.Context, t Topology, st *State) error {
 		return fmt.Errorf("no shortcut between %s and %s: %w\n%s: %s\n%s: %s", a.Site.Name, b.Site.Name, err,
 			a.Site.Name, tail(aNS.Daemon.Log), hub.Site.Name, tail(hubNS.Daemon.Log))
 	}
-	fmt.Fprintf(l.Out, "shortcuts installed in %.1f s.\n\n%s# show ip nhrp shortcut\n", time.Since(start).Seconds(), a.Site.Name)
+	fmt.Fprintf(l.Out, "shortcuts installed in %.1f s.\n", time.Since(start).Seconds())
+	if st.IPsec {
+		// The resolution brought up an SA between the spokes.
+		peer := b.Site.NBMA.Addr()
+		if err := waitUntil(ctx, 10*time.Second, func() (bool, error) {
+			r, err := crypto(ctx, aNS.Daemon.Socket)
+			return err == nil && saUpWith(r, peer), nil
+		}); err != nil {
+			return fmt.Errorf("no IPsec SA between %s and %s after the shortcut: %w\n%s", a.Site.Name, b.Site.Name, err, tail(aNS.Daemon.Log))
+		}
+		fmt.Fprintf(l.Out, "The resolution brought up an IPsec SA between %s and %s (%.1f s after the first reply):\n\n", a.Site.Name, b.Site.Name, time.Since(start).Seconds())
+		if err := l.showSAs(ctx, a.Site.Name, aNS.Daemon.Socket); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(l.Out, "\n%s# show ip nhrp shortcut\n", a.Site.Name)
 	l.ctl(ctx, aNS.Daemon.Socket, "show", "ip", "nhrp", "shortcut")
 	if out, err := exec.CommandContext(ctx, "ip", "-n", aNS.NS, "route", "get", dst.String(), "from", src.String(), "iif", "lan0").CombinedOutput(); err == nil {
 		fmt.Fprintf(l.Out, "\n%s# ip route get %s from %s iif lan0\n%s", a.Site.Name, dst, src, out)

@@ -2,7 +2,11 @@
 // machine, built with integration/testbed, with dmvpnd (userspace data
 // plane) in every hub and spoke and generated configurations. `up` waits
 // for convergence, prints show dmvpn of every node and demonstrates a
-// spoke-to-spoke shortcut; `down` removes everything. The lab outlives the
+// spoke-to-spoke shortcut; `down` removes everything. Every hub and spoke
+// runs IPsec by default: a CA made at up, a certificate per node with the
+// Alpine guide's OU fields, a charon per namespace started by dmvpnd.
+// `up --rogue` adds a spoke whose valid certificate names another spoke's
+// tunnel address and shows the hubs refusing it. The lab outlives the
 // command: its state (namespaces, daemon pids, sockets) is kept in a
 // directory, /run/dmvpn-lab by default.
 package lab
@@ -13,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/opendmvpn/dmvpn/internal/ctl"
@@ -41,9 +46,14 @@ func (l *Lab) ctl(ctx context.Context, socket string, args ...string) int {
 
 const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
 
-  up [TOPOLOGY]        build the lab (default topology: alpine), wait until it
-                       has converged, show every node and a spoke-to-spoke
-                       shortcut
+  up [--no-ipsec] [--rogue] [TOPOLOGY]
+                       build the lab (default topology: alpine), wait until it
+                       has converged, show every node, the IPsec SAs and a
+                       spoke-to-spoke shortcut. Every hub and spoke runs IPsec
+                       (strongSwan's charon, certificates from a CA made for
+                       the lab) unless --no-ipsec; --rogue adds a spoke whose
+                       valid certificate names another spoke's tunnel address
+                       and shows the hubs refusing it
   down                 stop every daemon and remove every namespace
   status               nodes, namespaces and daemons
   exec NODE -- CMD…    run a command in a node (hub1, spoke1, spoke1-h1, inet…)
@@ -66,6 +76,9 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if abs, err := filepath.Abs(l.Dir); err == nil {
+		l.Dir = abs // the generated configurations need absolute paths
+	}
 	args = fs.Args()
 	if len(args) == 0 {
 		fs.Usage()
@@ -74,15 +87,12 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	var err error
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "up":
-		if len(rest) > 1 {
+		topo, opts, ok := parseUp(rest, stderr)
+		if !ok {
 			fs.Usage()
 			return 2
 		}
-		topo := ""
-		if len(rest) == 1 {
-			topo = rest[0]
-		}
-		err = l.Up(ctx, topo)
+		err = l.Up(ctx, topo, opts)
 	case "down":
 		err = l.Down(ctx)
 	case "status":
@@ -121,6 +131,40 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		return 1
 	}
 	return 0
+}
+
+// UpOptions are the flags of up.
+type UpOptions struct {
+	// NoIPsec builds the lab with NHRP and GRE in clear.
+	NoIPsec bool
+	// Rogue adds the rogue spoke.
+	Rogue bool
+}
+
+// parseUp reads up's arguments: flags before or after the topology.
+func parseUp(args []string, stderr io.Writer) (topo string, opts UpOptions, ok bool) {
+	fs := flag.NewFlagSet("dmvpn-lab up", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.BoolVar(&opts.NoIPsec, "no-ipsec", false, "NHRP and GRE in clear: no certificates, no charon")
+	fs.BoolVar(&opts.Rogue, "rogue", false, "add a spoke whose certificate names another spoke's tunnel address")
+	for {
+		if err := fs.Parse(args); err != nil {
+			return "", opts, false
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		if topo != "" {
+			fmt.Fprintf(stderr, "dmvpn-lab up: one topology, not %q and %q\n", topo, fs.Arg(0))
+			return "", opts, false
+		}
+		topo, args = fs.Arg(0), fs.Args()[1:]
+	}
+	if opts.Rogue && opts.NoIPsec {
+		fmt.Fprintln(stderr, "dmvpn-lab up: --rogue shows certificate authorisation; it needs IPsec (drop --no-ipsec)")
+		return "", opts, false
+	}
+	return topo, opts, true
 }
 
 func envOr(k, def string) string {

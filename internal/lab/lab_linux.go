@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,14 +39,28 @@ type DaemonState struct {
 	Socket string `json:"socket"`
 	Log    string `json:"log"`
 	Tunnel string `json:"tunnel"`
+	// NBMA is the node's address on the internet (its NAT router's when
+	// behind one): where the hubs see it.
+	NBMA string `json:"nbma,omitempty"`
+	// IPsecDir is the state directory of the node's charon, AuditLog its
+	// registration audit stream, Subject its certificate's subject; all
+	// empty without IPsec.
+	IPsecDir string `json:"ipsec_dir,omitempty"`
+	AuditLog string `json:"audit_log,omitempty"`
+	Subject  string `json:"subject,omitempty"`
 }
 
 // State is what a running lab records in its directory.
 type State struct {
-	Topology string      `json:"topology"`
-	Prefix   string      `json:"prefix"`
-	Started  time.Time   `json:"started"`
-	Nodes    []NodeState `json:"nodes"`
+	Topology string    `json:"topology"`
+	Prefix   string    `json:"prefix"`
+	Started  time.Time `json:"started"`
+	// IPsec is whether the nodes run IPsec (PKI holds the certificates);
+	// Rogue whether the rogue spoke is there.
+	IPsec bool        `json:"ipsec"`
+	PKI   string      `json:"pki,omitempty"`
+	Rogue bool        `json:"rogue,omitempty"`
+	Nodes []NodeState `json:"nodes"`
 }
 
 func (l *Lab) statePath() string { return filepath.Join(l.Dir, "state.json") }
@@ -112,14 +127,16 @@ func binary(name string) (string, error) {
 	return p, nil
 }
 
-// Up builds the topology, starts dmvpnd in every hub and spoke, waits for
-// convergence, prints show dmvpn of every node and demonstrates a
-// spoke-to-spoke shortcut. A lab already up is reported, not rebuilt.
-func (l *Lab) Up(ctx context.Context, topo string) error {
+// Up builds the topology, makes the PKI (unless opts.NoIPsec), starts
+// dmvpnd in every hub and spoke, waits for convergence, prints show dmvpn
+// of every node and the IPsec SAs, demonstrates a spoke-to-spoke shortcut
+// and, with opts.Rogue, a refused rogue spoke. A lab already up is
+// reported, not rebuilt.
+func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 	if s, err := l.load(); err != nil {
 		return err
 	} else if s != nil && s.running() {
-		fmt.Fprintf(l.Out, "The lab is already up (topology %s, %d namespaces, started %s).\n", s.Topology, len(s.Nodes), s.Started.Local().Format(time.DateTime))
+		fmt.Fprintf(l.Out, "The lab is already up (topology %s, %d namespaces, %s, started %s).\n", s.Topology, len(s.Nodes), s.ipsecWord(), s.Started.Local().Format(time.DateTime))
 		fmt.Fprintf(l.Out, "Explore it with `%s shell spoke1`, or take it down with `%s down`.\n", l.Self, l.Self)
 		return nil
 	} else if s != nil {
@@ -129,12 +146,20 @@ func (l *Lab) Up(ctx context.Context, topo string) error {
 	if err != nil {
 		return err
 	}
+	if opts.Rogue {
+		t = t.withRogue()
+	}
 	dmvpnd, err := binary("dmvpnd")
 	if err != nil {
 		return err
 	}
 	if err := testbed.Available(); err != nil {
 		return err
+	}
+	if !opts.NoIPsec {
+		if err := charonAvailable(); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
 		return fmt.Errorf("lab directory: %w", err)
@@ -144,7 +169,7 @@ func (l *Lab) Up(ctx context.Context, topo string) error {
 	if err != nil {
 		return err
 	}
-	st := &State{Topology: t.Name, Prefix: l.Prefix, Started: time.Now()}
+	st := &State{Topology: t.Name, Prefix: l.Prefix, Started: time.Now(), IPsec: !opts.NoIPsec, Rogue: opts.Rogue}
 	for _, n := range tb.Nodes() {
 		ns := NodeState{Name: n.Name, NS: n.NS, Kind: kindOf(t, n.Name)}
 		if n.Addr.IsValid() {
@@ -161,40 +186,85 @@ func (l *Lab) Up(ctx context.Context, topo string) error {
 		_ = l.Down(context.WithoutCancel(ctx))
 		return err
 	}
-	for _, n := range t.Nodes {
-		ns, _ := st.node(n.Site.Name)
-		d, err := l.startDaemon(t, n, ns.NS, dmvpnd)
-		if err != nil {
+	var creds map[string]credentials
+	if st.IPsec {
+		st.PKI = filepath.Join(l.Dir, "pki")
+		if creds, err = writePKI(st.PKI, t); err != nil {
 			return fail(err)
 		}
-		ns.Daemon = d
-		if err := l.save(st); err != nil {
-			return fail(err)
+		l.printPKI(t, st)
+	}
+	// The hubs first, and ready (their charon has its connection loaded)
+	// before the spokes start: an IKE_SA_INIT that reaches a hub's charon
+	// before that is refused, and the spoke tries again only when its
+	// wait for the SA runs out.
+	started := time.Now()
+	for _, group := range [][]Node{t.hubs(), slices.DeleteFunc(slices.Clone(t.Nodes), func(n Node) bool { return n.Site.Kind == testbed.Hub })} {
+		for _, n := range group {
+			ns, _ := st.node(n.Site.Name)
+			d, err := l.startDaemon(t, n, ns.NS, dmvpnd, creds)
+			if err != nil {
+				return fail(err)
+			}
+			ns.Daemon = d
+			if err := l.save(st); err != nil {
+				return fail(err)
+			}
+		}
+		for _, n := range group {
+			ns, _ := st.node(n.Site.Name)
+			if err := l.ready(ctx, ns); err != nil {
+				return fail(err)
+			}
 		}
 	}
-	fmt.Fprintf(l.Out, "dmvpnd runs in %d nodes (userspace data plane); waiting for the tunnels and registrations…\n", len(t.Nodes))
+	charons := ""
+	if st.IPsec {
+		charons = ", each with its own charon"
+	}
+	fmt.Fprintf(l.Out, "dmvpnd runs in %d nodes (userspace data plane%s); waiting for the tunnels and registrations…\n", len(t.Nodes), charons)
 	if err := l.routes(ctx, t, st); err != nil {
 		return fail(err)
 	}
-	if err := l.converge(ctx, t, st, 30*time.Second); err != nil {
+	if err := l.converge(ctx, t, st, started, 30*time.Second); err != nil {
 		return fail(err)
 	}
 	for _, n := range t.Nodes {
+		if n.Rogue() {
+			continue
+		}
 		ns, _ := st.node(n.Site.Name)
 		fmt.Fprintf(l.Out, "\n======== %s: show dmvpn ========\n", n.Site.Name)
 		l.ctl(ctx, ns.Daemon.Socket, "show", "dmvpn")
 	}
-	if err := l.demo(ctx, t, st); err != nil {
-		fmt.Fprintf(l.Out, "\nThe shortcut demonstration failed: %v\nThe lab stays up for you to look: dmvpn-lab status; dmvpn-lab down.\n", err)
+	stay := func(what string, err error) error {
+		fmt.Fprintf(l.Out, "\n%s failed: %v\nThe lab stays up for you to look: %s status; %s down.\n", what, err, l.Self, l.Self)
 		return err
 	}
+	if st.IPsec {
+		if err := l.showIPsec(ctx, t, st); err != nil {
+			return stay("The IPsec check", err)
+		}
+	}
+	if err := l.demo(ctx, t, st); err != nil {
+		return stay("The shortcut demonstration", err)
+	}
+	if st.Rogue {
+		if err := l.rogueDemo(ctx, t, st); err != nil {
+			return stay("The rogue spoke's demonstration", err)
+		}
+	}
 	fmt.Fprintf(l.Out, "\nThe lab is up. Explore it:\n")
-	for _, h := range [][2]string{
-		{"shell spoke1", "the shell of spoke1 (try: show dmvpn, show ip nhrp shortcut, ?)"},
+	hints := [][2]string{{"shell spoke1", "the shell of spoke1 (try: show dmvpn, show ip nhrp shortcut, ?)"}}
+	if st.IPsec {
+		hints = append(hints, [2]string{"shell hub1", "the shell of hub1 (show ip nhrp detail: the certificate of each registration)"})
+	}
+	hints = append(hints, [][2]string{
 		{"exec spoke1-h1 -- ping 10.2.0.2", "a command in a node"},
 		{"status", "nodes and daemons"},
 		{"down", "remove everything"},
-	} {
+	}...)
+	for _, h := range hints {
 		fmt.Fprintf(l.Out, "  %-45s %s\n", l.Self+" "+h[0], h[1])
 	}
 	return nil
@@ -211,6 +281,9 @@ func kindOf(t Topology, name string) string {
 	}
 	for _, n := range t.Nodes {
 		if n.Site.Name == name {
+			if n.Rogue() {
+				return "rogue"
+			}
 			return string(n.Site.Kind)
 		}
 	}
@@ -218,17 +291,24 @@ func kindOf(t Topology, name string) string {
 }
 
 // startDaemon writes a node's configuration and starts dmvpnd in its
-// namespace, detached from this process so it outlives it.
-func (l *Lab) startDaemon(t Topology, n Node, ns, dmvpnd string) (*DaemonState, error) {
+// namespace, detached from this process so it outlives it. With creds
+// (IPsec) the node gets its ipsec section: dmvpnd starts the node's
+// charon as its child.
+func (l *Lab) startDaemon(t Topology, n Node, ns, dmvpnd string, creds map[string]credentials) (*DaemonState, error) {
 	dir := filepath.Join(l.Dir, n.Site.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	d := &DaemonState{
 		Config: filepath.Join(dir, "dmvpnd.yaml"), Socket: filepath.Join(dir, "dmvpnd.sock"),
-		Log: filepath.Join(dir, "dmvpnd.log"), Tunnel: n.Tunnel.String(),
+		Log: filepath.Join(dir, "dmvpnd.log"), Tunnel: n.Tunnel.String(), NBMA: n.Site.NBMA.Addr().String(),
 	}
-	if err := os.WriteFile(d.Config, []byte(t.config(n, d.Socket)), 0o644); err != nil {
+	section := ""
+	if c, ok := creds[n.Site.Name]; ok {
+		d.IPsecDir, d.AuditLog, d.Subject = filepath.Join(dir, "ipsec"), filepath.Join(dir, "audit.jsonl"), c.Subject
+		section = ipsecSection(c, d.IPsecDir, d.AuditLog)
+	}
+	if err := os.WriteFile(d.Config, []byte(t.config(n, d.Socket, section)), 0o644); err != nil {
 		return nil, err
 	}
 	logf, err := os.OpenFile(d.Log, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
@@ -243,23 +323,38 @@ func (l *Lab) startDaemon(t Topology, n Node, ns, dmvpnd string) (*DaemonState, 
 		return nil, fmt.Errorf("starting dmvpnd in %s: %w", n.Site.Name, err)
 	}
 	d.Pid = cmd.Process.Pid
-	go func() { _ = cmd.Wait() }() // reap it if it dies while we run
+	go func() { // reap it if it dies while we run, and say how in its log
+		_ = cmd.Wait()
+		if f, err := os.OpenFile(d.Log, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+			fmt.Fprintf(f, "dmvpn-lab: dmvpnd (pid %d) exited: %v\n", d.Pid, cmd.ProcessState)
+			f.Close()
+		}
+	}()
 	return d, nil
 }
 
-// routes waits for every tunnel interface, then adds the static routes.
+// ready waits until a node's dmvpnd answers on its control socket: its
+// tunnel (and IPsec) are up.
+func (l *Lab) ready(ctx context.Context, ns *NodeState) error {
+	c := control.NewClient(ns.Daemon.Socket)
+	if err := waitUntil(ctx, 15*time.Second, func() (bool, error) {
+		var s control.Status
+		if err := c.Get(ctx, control.PathStatus, &s); err != nil {
+			return false, daemonDied(ns, err)
+		}
+		return true, nil
+	}); err != nil {
+		return fmt.Errorf("%s: dmvpnd did not come up: %w\n%s", ns.Name, err, tail(ns.Daemon.Log))
+	}
+	return nil
+}
+
+// routes adds the static routes of every node, once it is ready.
 func (l *Lab) routes(ctx context.Context, t Topology, st *State) error {
 	for _, n := range t.Nodes {
 		ns, _ := st.node(n.Site.Name)
-		c := control.NewClient(ns.Daemon.Socket)
-		if err := waitUntil(ctx, 15*time.Second, func() (bool, error) {
-			var s control.Status
-			if err := c.Get(ctx, control.PathStatus, &s); err != nil {
-				return false, daemonDied(ns, err)
-			}
-			return true, nil
-		}); err != nil {
-			return fmt.Errorf("%s: dmvpnd did not come up: %w\n%s", n.Site.Name, err, tail(ns.Daemon.Log))
+		if err := l.ready(ctx, ns); err != nil {
+			return err
 		}
 		if rs := t.routes(n); len(rs) > 0 {
 			if err := ipBatch(ns.NS, rs); err != nil {
@@ -308,7 +403,10 @@ func alive(pid int) bool {
 			return false
 		}
 	}
-	return strings.Contains(string(b), "dmvpnd")
+	// The command line reads empty for a moment while ip netns exec
+	// executes dmvpnd (the new image has no arguments yet): a daemon
+	// just started is not taken for dead.
+	return len(b) == 0 || strings.Contains(string(b), "dmvpnd")
 }
 
 // waitUntil polls cond every 100 ms until it holds, fails or time runs out.
@@ -331,9 +429,11 @@ func waitUntil(ctx context.Context, timeout time.Duration, cond func() (bool, er
 	}
 }
 
-// Down stops every dmvpnd of the lab (SIGTERM, then SIGKILL), deletes its
-// namespaces and its directory. It also removes namespaces of the lab's
-// prefix that a crashed run left without state.
+// Down stops every dmvpnd of the lab (SIGTERM, then SIGKILL; each stops
+// its charon), deletes its namespaces, kills any charon of the lab that
+// is still there and removes its directory (configurations, PKI, logs).
+// It also removes namespaces of the lab's prefix that a crashed run left
+// without state.
 func (l *Lab) Down(ctx context.Context) error {
 	s, err := l.load()
 	if err != nil {
@@ -341,6 +441,7 @@ func (l *Lab) Down(ctx context.Context) error {
 	}
 	var errs []error
 	stopped, removed := 0, 0
+	charons := len(labCharons(l.Dir))
 	if s != nil {
 		for _, n := range s.Nodes {
 			if n.Daemon != nil && alive(n.Daemon.Pid) {
@@ -373,13 +474,20 @@ func (l *Lab) Down(ctx context.Context) error {
 			removed++
 		}
 	}
+	if err := killCharons(l.Dir); err != nil {
+		errs = append(errs, err)
+	}
 	if err := os.RemoveAll(l.Dir); err != nil {
 		errs = append(errs, err)
+	}
+	with := ""
+	if charons > 0 {
+		with = fmt.Sprintf(" (and %d charon)", charons)
 	}
 	if s == nil && removed == 0 {
 		fmt.Fprintln(l.Out, "No lab is up.")
 	} else {
-		fmt.Fprintf(l.Out, "Lab down: %d dmvpnd stopped, %d namespaces removed, %s removed.\n", stopped, removed, l.Dir)
+		fmt.Fprintf(l.Out, "Lab down: %d dmvpnd stopped%s, %d namespaces removed, %s removed.\n", stopped, with, removed, l.Dir)
 	}
 	return errors.Join(errs...)
 }
@@ -409,7 +517,16 @@ func (l *Lab) Status(ctx context.Context) error {
 		fmt.Fprintf(l.Out, "No lab is up. Start one with `%s up`.\n", l.Self)
 		return nil
 	}
-	fmt.Fprintf(l.Out, "Lab %q up since %s, state in %s\n\n", s.Topology, s.Started.Local().Format(time.DateTime), l.Dir)
+	fmt.Fprintf(l.Out, "Lab %q up since %s, state in %s\n", s.Topology, s.Started.Local().Format(time.DateTime), l.Dir)
+	if s.IPsec {
+		fmt.Fprintf(l.Out, "IPsec: on — certificates from the lab's CA in %s, a charon per hub and spoke", s.PKI)
+		if s.Rogue {
+			fmt.Fprintf(l.Out, ", with the rogue spoke")
+		}
+		fmt.Fprintf(l.Out, "\n\n")
+	} else {
+		fmt.Fprintf(l.Out, "IPsec: off (up --no-ipsec): NHRP and GRE in clear\n\n")
+	}
 	fmt.Fprintf(l.Out, "%-10s %-8s %-16s %-22s %s\n", "NODE", "KIND", "ADDRESS", "NAMESPACE", "DMVPND")
 	for _, n := range s.Nodes {
 		d := "-"
@@ -436,7 +553,18 @@ func (l *Lab) daemonSummary(ctx context.Context, n NodeState) string {
 		return fmt.Sprintf("pid %d, %v", n.Daemon.Pid, err)
 	}
 	s := fmt.Sprintf("pid %d, tunnel %s, %d cache entries", n.Daemon.Pid, st.NHRP.Address, st.NHRP.Entries)
-	if n.Kind == "spoke" {
+	if n.Daemon.IPsecDir != "" {
+		if r, err := crypto(cctx, n.Daemon.Socket); err == nil {
+			up := 0
+			for _, sa := range r.SAs {
+				if sa.Up() {
+					up++
+				}
+			}
+			s += fmt.Sprintf(", %d IPsec SAs up", up)
+		}
+	}
+	if n.Kind == "spoke" || n.Kind == "rogue" {
 		var nhs control.NHSResponse
 		if c.Get(cctx, control.PathNHS, &nhs) == nil {
 			up := 0

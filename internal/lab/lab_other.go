@@ -11,7 +11,7 @@ import (
 var errLinux = errors.New("dmvpn-lab needs Linux network namespaces")
 
 // Up fails outside Linux.
-func (l *Lab) Up(ctx context.Context, topo string) error { return errLinux }
+func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error { return errLinux }
 
 // Down fails outside Linux.
 func (l *Lab) Down(ctx context.Context) error { return errLinux }

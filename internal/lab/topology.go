@@ -14,6 +14,24 @@ type Node struct {
 	Site testbed.Site
 	// Tunnel is the node's tunnel address with the tunnel network's length.
 	Tunnel netip.Prefix
+	// AS is the node's autonomous system, written in its certificate
+	// (OU=AS=) as the Alpine guide's certificates carry it.
+	AS uint32
+	// Claims, when valid, is the tunnel address the node's certificate
+	// names (OU=GRE=) instead of its own: the rogue spoke.
+	Claims netip.Addr
+}
+
+// Rogue reports whether the node's certificate names another tunnel
+// address than its own.
+func (n Node) Rogue() bool { return n.Claims.IsValid() }
+
+// certGRE is the tunnel address the node's certificate names.
+func (n Node) certGRE() netip.Addr {
+	if n.Rogue() {
+		return n.Claims
+	}
+	return n.Tunnel.Addr()
 }
 
 // Topology is a lab network: hubs and spokes on the internet.
@@ -28,30 +46,48 @@ type Topology struct {
 // tunnelNet is the tunnel network of every topology (the Alpine guide's).
 var tunnelNet = netip.MustParsePrefix("172.16.0.0/16")
 
-func hub(name, nbma, tunnel string) Node {
-	return Node{Site: testbed.Site{Name: name, Kind: testbed.Hub, NBMA: netip.MustParsePrefix(nbma)}, Tunnel: netip.MustParsePrefix(tunnel)}
+func hub(name, nbma, tunnel string, as uint32) Node {
+	return Node{Site: testbed.Site{Name: name, Kind: testbed.Hub, NBMA: netip.MustParsePrefix(nbma)}, Tunnel: netip.MustParsePrefix(tunnel), AS: as}
 }
 
-func spoke(name, nbma, tunnel, lan string, nat bool) Node {
+func spoke(name, nbma, tunnel, lan string, nat bool, as uint32) Node {
 	return Node{
 		Site:   testbed.Site{Name: name, Kind: testbed.Spoke, NBMA: netip.MustParsePrefix(nbma), LAN: netip.MustParsePrefix(lan), Hosts: 1, NAT: nat},
-		Tunnel: netip.MustParsePrefix(tunnel),
+		Tunnel: netip.MustParsePrefix(tunnel), AS: as,
 	}
 }
 
+// rogue is the spoke dmvpn-lab up --rogue adds: a certificate from the
+// lab's CA that names the first spoke's tunnel address, while it
+// registers its own.
+func (t Topology) rogue() Node {
+	n := spoke("rogue", "198.51.100.33/28", "172.16.4.1/16", "10.4.0.1/24", false, 65099)
+	n.Site.Hosts = 0
+	n.Claims = t.spokes()[0].Tunnel.Addr()
+	return n
+}
+
+// withRogue returns the topology with the rogue spoke added.
+func (t Topology) withRogue() Topology {
+	t.Nodes = append(slices.Clone(t.Nodes), t.rogue())
+	return t
+}
+
 // Topologies are the labs dmvpn-lab up can build; the first is the
-// default.
+// default. The hubs share a private AS, each spoke has its own, as in the
+// Alpine guide (the lab routes statically; the AS only appears in the
+// certificates).
 var Topologies = []Topology{
 	{
 		Name:  "alpine",
 		About: "the Alpine DMVPN guide: hub1, hub2, three spokes each with a LAN host, spoke3 behind NAT",
 		Key:   0x12345678,
 		Nodes: []Node{
-			hub("hub1", "192.0.2.1/28", "172.16.0.1/16"),
-			hub("hub2", "192.0.2.17/28", "172.16.0.2/16"),
-			spoke("spoke1", "198.51.100.1/28", "172.16.1.1/16", "10.1.0.1/24", false),
-			spoke("spoke2", "198.51.100.17/28", "172.16.2.1/16", "10.2.0.1/24", false),
-			spoke("spoke3", "203.0.113.1/28", "172.16.3.1/16", "10.3.0.1/24", true),
+			hub("hub1", "192.0.2.1/28", "172.16.0.1/16", 65000),
+			hub("hub2", "192.0.2.17/28", "172.16.0.2/16", 65000),
+			spoke("spoke1", "198.51.100.1/28", "172.16.1.1/16", "10.1.0.1/24", false, 65001),
+			spoke("spoke2", "198.51.100.17/28", "172.16.2.1/16", "10.2.0.1/24", false, 65002),
+			spoke("spoke3", "203.0.113.1/28", "172.16.3.1/16", "10.3.0.1/24", true, 65003),
 		},
 	},
 	{
@@ -59,9 +95,9 @@ var Topologies = []Topology{
 		About: "one hub and two spokes with a LAN host each",
 		Key:   0x12345678,
 		Nodes: []Node{
-			hub("hub1", "192.0.2.1/28", "172.16.0.1/16"),
-			spoke("spoke1", "198.51.100.1/28", "172.16.1.1/16", "10.1.0.1/24", false),
-			spoke("spoke2", "198.51.100.17/28", "172.16.2.1/16", "10.2.0.1/24", false),
+			hub("hub1", "192.0.2.1/28", "172.16.0.1/16", 65000),
+			spoke("spoke1", "198.51.100.1/28", "172.16.1.1/16", "10.1.0.1/24", false, 65001),
+			spoke("spoke2", "198.51.100.17/28", "172.16.2.1/16", "10.2.0.1/24", false, 65002),
 		},
 	},
 }
@@ -95,12 +131,19 @@ func (t Topology) hubs() []Node {
 	return slices.DeleteFunc(slices.Clone(t.Nodes), func(n Node) bool { return n.Site.Kind != testbed.Hub })
 }
 
+// spokes are the legitimate spokes: the rogue is not one.
 func (t Topology) spokes() []Node {
-	return slices.DeleteFunc(slices.Clone(t.Nodes), func(n Node) bool { return n.Site.Kind != testbed.Spoke })
+	return slices.DeleteFunc(slices.Clone(t.Nodes), func(n Node) bool { return n.Site.Kind != testbed.Spoke || n.Rogue() })
 }
 
-// config is the dmvpnd configuration file of a node.
-func (t Topology) config(n Node, socket string) string {
+// rogues are the spokes whose certificate names another address.
+func (t Topology) rogues() []Node {
+	return slices.DeleteFunc(slices.Clone(t.Nodes), func(n Node) bool { return !n.Rogue() })
+}
+
+// config is the dmvpnd configuration file of a node; ipsec is its ipsec
+// section, empty without IPsec.
+func (t Topology) config(n Node, socket, ipsec string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Generated by dmvpn-lab for the %q topology.\nnode: %s\nrole: %s\n", t.Name, n.Site.Name, n.Site.Kind)
 	fmt.Fprintf(&b, "tunnel:\n  interface: gre1\n  address: %s\n  key: %#x\n  dataplane: userspace\n  holding_time: 300\n  authentication: dmvpnlab\n", n.Tunnel, t.Key)
@@ -114,6 +157,7 @@ func (t Topology) config(n Node, socket string) string {
 		fmt.Fprintf(&b, "  shortcut: true\nnetworks:\n  - %s\n", n.Site.LAN.Masked())
 	}
 	fmt.Fprintf(&b, "logging:\n  level: info\n  format: console\nmetrics:\n  listen: 127.0.0.1:9474\ncontrol:\n  socket: %s\n", socket)
+	b.WriteString(ipsec)
 	return b.String()
 }
 
