@@ -275,6 +275,21 @@ func (e *Engine) serverDown(n *nhsClient, reason string) {
 		e.log.Warn("next hop server unreachable", zap.Stringer("nbma", n.nbma), zap.String("reason", reason))
 		e.selectNHS()
 	}
+	if n.failures > 0 && n.failures%unreachableAfter == 0 && !n.refused {
+		e.resetPeer(n.nbma, "next hop server silent over its protection")
+	}
+}
+
+// resetPeer gives up a peer that is up but does not answer (an IPsec SA
+// that is established yet carries nothing): the PeerHandler tears it down
+// and the next packet to the peer brings it up afresh.
+func (e *Engine) resetPeer(nbma netip.Addr, reason string) {
+	p := e.peers[nbma]
+	if p == nil || p.state != peerUp || e.deps.Peers == nil {
+		return
+	}
+	e.log.Info("resetting a silent peer", zap.Stringer("nbma", nbma), zap.String("reason", reason))
+	e.releasePeer(p, reason)
 }
 
 // handleRegistrationReply matches a reply to its request.
