@@ -6,10 +6,11 @@
 set -eu
 
 PKGS="strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins strongswan-pki tshark tcpdump iproute2 iputils-ping nftables iperf3 procps netbase qemu-system-x86 linux-image-amd64 busybox-static kmod cpio xz-utils binutils frr ethtool"
-# --lab: only what `make lab` needs (namespaces, ping, the NAT router's nft).
+# --lab: only what `make lab` needs (namespaces, ping, the NAT router's nft,
+# strongSwan's charon with kernel-libipsec for IPsec on every node).
 if [ "${1:-}" = "--lab" ]; then
 	shift
-	PKGS="iproute2 iputils-ping nftables procps"
+	PKGS="iproute2 iputils-ping nftables procps strongswan-charon libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins"
 fi
 PKGS="$PKGS $*"
 
