@@ -53,13 +53,19 @@ func (e *Engine) applyStatic(old, new []StaticMap) {
 	}
 }
 
+// purgeGrace is how long the purges sent at shutdown get before the
+// peers they travel over are released.
+const purgeGrace = 300 * time.Millisecond
+
 // shutdown runs on the loop when the engine stops: purges where the
 // protocol calls for them, then the kernel state comes out (unless it is
 // kept for a quick restart).
 func (e *Engine) shutdown() {
 	e.now = time.Now()
 	e.stopping = true
+	purged := false
 	if e.cfg.PurgeOnShutdown {
+		purged = len(e.peers) > 0
 		// A hub tells its clients their registrations are gone, so they
 		// register again at once with the restarted hub.
 		for _, en := range e.cache.all() {
@@ -84,6 +90,12 @@ func (e *Engine) shutdown() {
 			continue
 		}
 		e.removeEntry(en, "shutting down")
+	}
+	if purged && e.deps.Peers != nil && len(e.peers) > 0 {
+		// The purges are on their way through the peers' protection
+		// (IPsec encrypts them after our send returns): releasing the
+		// peers at once would tear the SAs down under them.
+		time.Sleep(purgeGrace)
 	}
 	for _, p := range e.peers {
 		e.releasePeer(p, "shutting down")

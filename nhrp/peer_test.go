@@ -12,9 +12,10 @@ import (
 // fakePeers is a PeerHandler that brings every peer up at once and
 // records the calls.
 type fakePeers struct {
-	mu    sync.Mutex
-	ups   []Peer
-	downs []string // "nbma reason"
+	mu     sync.Mutex
+	ups    []Peer
+	downs  []string // "nbma reason"
+	downAt []time.Time
 }
 
 func (f *fakePeers) PeerUp(ctx context.Context, p Peer) error {
@@ -28,6 +29,7 @@ func (f *fakePeers) PeerDown(p Peer, reason string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.downs = append(f.downs, p.NBMA.String()+" "+reason)
+	f.downAt = append(f.downAt, time.Now())
 }
 
 func (f *fakePeers) counts() (int, []string) {
@@ -73,6 +75,44 @@ func TestSilentServerReset(t *testing.T) {
 		settle(20 * time.Second)
 		if st := s.nhsState(t, hubNBMA(1)); st.State != NHSUp {
 			t.Errorf("server %s after it came back", st.State)
+		}
+	})
+}
+
+// TestShutdownPurgeBeforeRelease: a spoke stopping purges its
+// registration and only then, after purgeGrace, releases its peers (with
+// IPsec the release tears the SA down, and the purge must get out first).
+func TestShutdownPurgeBeforeRelease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t)
+		hub := l.addHub(1, hubConfig(), 1)
+		l.start(hub)
+		cfg := spokeConfig(1)
+		cfg.PurgeOnShutdown = true
+		s := l.addSpoke(1, 1, cfg)
+		fp := &fakePeers{}
+		s.deps.Peers = fp
+		l.start(s)
+		settle(100 * time.Millisecond)
+		stopped := time.Now()
+		s.stop()
+		settle(time.Second)
+		var purgedAt time.Time
+		for _, e := range hub.eventsOf(EventExpired) {
+			if e.Proto == hostPrefix(spokeAddr(1)) {
+				purgedAt = e.Time
+			}
+		}
+		if purgedAt.IsZero() {
+			t.Fatal("the hub saw no purge")
+		}
+		fp.mu.Lock()
+		defer fp.mu.Unlock()
+		if len(fp.downAt) == 0 {
+			t.Fatal("the spoke released no peer")
+		}
+		if d := fp.downAt[0].Sub(purgedAt); d < purgeGrace {
+			t.Errorf("peer released %v after the purge arrived (stop at %v), want ≥ %v", d, purgedAt.Sub(stopped), purgeGrace)
 		}
 	})
 }
