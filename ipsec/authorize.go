@@ -1,7 +1,9 @@
 package ipsec
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -140,17 +142,38 @@ func (m *Manager) upSAsFrom(nbma netip.Addr) []SA {
 // certificate comes back.
 var errNoCert = errors.New("certificate not available, re-authenticating")
 
+// captureWait bounds how long a registration waits for its peer's
+// certificate to be captured.
+const captureWait = time.Second
+
 // identityOf reads the identity of an SA's peer from its certificate's
 // DER: the one captured when the SA came up, else charon's cache.
 func (m *Manager) identityOf(ctx context.Context, remoteID string) (*Identity, error) {
-	m.mu.Lock()
-	der := m.certs[remoteID]
-	m.mu.Unlock()
+	captured := func() []byte {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.certs[remoteID]
+	}
+	der := captured()
 	if der == nil {
 		der = m.fetchCert(ctx, remoteID)
 	}
+	// A registration can overtake the capture when many peers come up
+	// at once (the capture follows charon's events): wait a little for
+	// it before sending the peer round again.
+	for deadline := time.Now().Add(captureWait); der == nil && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return nil, errNoCert
+		case <-time.After(20 * time.Millisecond):
+		}
+		der = captured()
+	}
 	if der == nil {
 		return nil, errNoCert
+	}
+	if bytes.Equal(der, ambiguousCert) {
+		return nil, fmt.Errorf("ipsec: two certificate subjects render as %q: the peer cannot be told apart", remoteID)
 	}
 	id, err := ParseIdentity(der)
 	if err != nil {
@@ -167,51 +190,91 @@ func (m *Manager) fetchCert(ctx context.Context, remoteID string) []byte {
 	m.mu.Lock()
 	c := m.cmd
 	m.mu.Unlock()
+	return m.fetchCertOn(ctx, c, remoteID)
+}
+
+// fetchCertOn is fetchCert on a given session. It lists every
+// certificate charon holds and keeps them all (by the subject as charon
+// renders it, when only one renders so): charon caches the last 32 peer
+// certificates only, and one listing captures a whole burst of peers.
+func (m *Manager) fetchCertOn(ctx context.Context, c *viciConn, remoteID string) []byte {
 	if c == nil || remoteID == "" {
 		return nil
 	}
-	try := func(in ...any) []byte {
-		msgs, err := c.stream(ctx, 5*time.Second, "list-certs", "list-cert", msg(in...))
-		if err != nil {
-			return nil
-		}
-		var found [][]byte
-		for _, mm := range msgs {
-			data := mm.Get("data")
-			var der []byte
-			switch d := data.(type) {
-			case string:
-				der = []byte(d)
-			case []byte:
-				der = d
-			}
-			if len(der) == 0 {
-				continue
-			}
-			if s, err := renderLikeCharon(der); err == nil && s == remoteID {
-				found = append(found, der)
-			}
-		}
-		if len(found) != 1 {
-			return nil // none, or several that render alike: not sure which
-		}
-		return found[0]
+	msgs, err := c.stream(ctx, 5*time.Second, "list-certs", "list-cert", msg("type", "X509"))
+	if err != nil {
+		return nil
 	}
-	der := try("type", "X509", "subject", remoteID)
-	if der == nil {
-		der = try("type", "X509")
+	bySubject := map[string][][]byte{}
+	for _, mm := range msgs {
+		var der []byte
+		switch d := mm.Get("data").(type) {
+		case string:
+			der = []byte(d)
+		case []byte:
+			der = d
+		}
+		if len(der) == 0 {
+			continue
+		}
+		if s, err := renderLikeCharon(der); err == nil {
+			bySubject[s] = append(bySubject[s], der)
+		}
 	}
-	if der != nil {
-		m.mu.Lock()
-		m.certs[remoteID] = der
-		m.mu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for s, ders := range bySubject {
+		for _, der := range ders {
+			m.certs[s] = mergeCert(m.certs[s], der)
+		}
 	}
-	return der
+	if der := m.certs[remoteID]; der != nil && !bytes.Equal(der, ambiguousCert) {
+		return der
+	}
+	return nil
 }
 
+// ambiguousCert marks a subject rendering that two different subjects
+// share.
+var ambiguousCert = []byte("ambiguous")
+
+// mergeCert returns what to keep for a subject rendering that has have
+// and now also der: the newer certificate when both carry the same
+// subject (a renewed certificate), ambiguousCert when the subjects differ
+// yet render alike (no SA naming that text can be tied to either).
+func mergeCert(have, der []byte) []byte {
+	if have == nil || bytes.Equal(have, der) {
+		return der
+	}
+	if bytes.Equal(have, ambiguousCert) {
+		return have
+	}
+	a, err1 := x509.ParseCertificate(have)
+	b, err2 := x509.ParseCertificate(der)
+	if err1 != nil || err2 != nil || !bytes.Equal(a.RawSubject, b.RawSubject) {
+		return ambiguousCert
+	}
+	if b.NotBefore.After(a.NotBefore) {
+		return der
+	}
+	return have
+}
+
+// certWorkers is how many sessions capture certificates in parallel.
+const certWorkers = 4
+
 // certWorker fetches the certificate of every peer as its SA comes up,
-// while charon still has it cached.
+// while charon still has it cached: charon keeps the last 32 peer
+// certificates only, so when many peers come up at once the capture must
+// keep pace. Each worker has a VICI session of its own (the command
+// session may be busy).
 func (m *Manager) certWorker(ctx context.Context) {
+	var c *viciConn
+	defer func() {
+		if c != nil {
+			c.close()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -220,8 +283,20 @@ func (m *Manager) certWorker(ctx context.Context) {
 			m.mu.Lock()
 			have := m.certs[id] != nil
 			m.mu.Unlock()
-			if !have {
-				m.fetchCert(ctx, id)
+			if have {
+				continue
+			}
+			if c == nil {
+				var err error
+				if c, err = dialVICI(ctx, m.cfg.Socket); err != nil {
+					c = nil
+					m.fetchCert(ctx, id) // the command session, then
+					continue
+				}
+			}
+			if m.fetchCertOn(ctx, c, id) == nil {
+				c.close() // charon may have gone away: dial again next time
+				c = nil
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package ipsec
 
 import (
+	"bytes"
 	"crypto/x509/pkix"
 	"errors"
 	"net/netip"
@@ -95,5 +96,48 @@ func TestParseIdentityWithoutGRE(t *testing.T) {
 	id, err := ParseIdentity(issue(t, newCA(t), dn(t, "C=FI, O=Example, OU=Routers, CN=x")))
 	if err != nil || len(id.GRE) != 0 {
 		t.Fatalf("%+v %v", id, err)
+	}
+}
+
+// TestMergeCert: a renewed certificate (same subject) replaces the old
+// one; two different subjects that charon renders alike make the
+// rendering ambiguous for good.
+func TestMergeCert(t *testing.T) {
+	ca, err := pki.NewCA("C=FI, O=Example, CN=CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(subj pkix.RDNSequence, notBefore time.Time) []byte {
+		is, err := ca.Issue(subj, notBefore, notBefore.AddDate(1, 0, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return is.Cert.Raw
+	}
+	dn, _ := pki.ParseDN("C=FI, O=Example, OU=GRE=10.0.0.11, CN=s1")
+	t0 := time.Now().Add(-time.Hour)
+	old, renewed := issue(dn, t0.Add(-24*time.Hour)), issue(dn, t0)
+	if got := mergeCert(old, renewed); !bytes.Equal(got, renewed) {
+		t.Error("the renewed certificate did not replace the old one")
+	}
+	if got := mergeCert(renewed, old); !bytes.Equal(got, renewed) {
+		t.Error("an older certificate replaced the renewed one")
+	}
+	// One O value that renders as two attributes.
+	o := pki.ParseDNOID("O")
+	tricky := pkix.RDNSequence{pki.RDN(pki.ParseDNOID("C"), "FI"), pki.RDN(o, "Example, OU=GRE=10.0.0.11"), pki.RDN(pki.ParseDNOID("CN"), "s1")}
+	plain, _ := pki.ParseDN("C=FI, O=Example, OU=GRE=10.0.0.11, CN=s1")
+	a, b := issue(plain, t0), issue(tricky, t0)
+	ra, _ := renderLikeCharon(a)
+	rb, _ := renderLikeCharon(b)
+	if ra != rb {
+		t.Fatalf("the two subjects render differently (%q, %q): the test needs them alike", ra, rb)
+	}
+	got := mergeCert(a, b)
+	if !bytes.Equal(got, ambiguousCert) {
+		t.Fatal("two subjects rendering alike were not marked ambiguous")
+	}
+	if !bytes.Equal(mergeCert(got, a), ambiguousCert) {
+		t.Error("ambiguity forgotten")
 	}
 }

@@ -116,7 +116,9 @@ func (m *Manager) Start(ctx context.Context) error {
 		return err
 	}
 	go m.run(ctx, events)
-	go m.certWorker(ctx)
+	for range certWorkers {
+		go m.certWorker(ctx)
+	}
 	return nil
 }
 
