@@ -75,3 +75,14 @@ bench-dataplane:
 bench-nhrp: deps
 	$(GO) build -o $(BIN)/benchnhrp ./integration/cmd/benchnhrp
 	$(BIN)/benchnhrp -n $(or $(N),10000) -rounds $(or $(ROUNDS),3)
+
+# NHRP over IPsec (root, strongSwan): one spoke's initiate → registration,
+# 50 spokes (real IKE peers from one namespace) at once, the hub's charon
+# memory; then, with real spokes, the recovery after the hub's charon is
+# killed (asserted ≤ 5 s) and one TCP stream with and without IPsec.
+.PHONY: bench-ipsec
+bench-ipsec: deps
+	$(GO) build -o $(BIN)/benchnhrp ./integration/cmd/benchnhrp
+	$(BIN)/benchnhrp -ipsec -n $(or $(N),50) -rounds $(or $(ROUNDS),3)
+	$(GO) test -run '^$$' -bench 'IPsecHubRecovery' -benchtime 5x ./integration/
+	$(GO) test -run '^$$' -bench 'IPsecThroughput' -benchtime 1x ./integration/

@@ -22,7 +22,7 @@ import (
 
 // daemonNode is dmvpnd running in a testbed node.
 type daemonNode struct {
-	t      *testing.T
+	t      testing.TB
 	name   string
 	node   *testbed.Node
 	bin    string
@@ -37,7 +37,7 @@ type daemonNode struct {
 
 // startDaemon writes a node's YAML configuration and starts dmvpnd with
 // it; it returns once the control socket answers.
-func startDaemon(t *testing.T, bin string, n *testbed.Node, yaml string) *daemonNode {
+func startDaemon(t testing.TB, bin string, n *testbed.Node, yaml string) *daemonNode {
 	t.Helper()
 	dir := t.TempDir()
 	d := &daemonNode{t: t, name: n.Name, node: n, bin: bin,
@@ -162,7 +162,7 @@ func (d *daemonNode) peerTx(nbma netip.Addr) uint64 {
 
 // waitFor polls cond every 50 ms until it holds or timeout passes, and
 // returns how long it took.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for !cond() {
@@ -175,7 +175,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 }
 
 // requireTestbed skips when namespaces cannot be built here.
-func requireTestbed(t *testing.T) {
+func requireTestbed(t testing.TB) {
 	t.Helper()
 	if err := testbed.Available(); err != nil {
 		t.Skipf("needs root and network namespaces: %v", err)
@@ -184,7 +184,7 @@ func requireTestbed(t *testing.T) {
 
 // buildDmvpnd builds the daemon for the test; in a VM, the guest half runs
 // the one the host half built.
-func buildDmvpnd(t *testing.T) string {
+func buildDmvpnd(t testing.TB) string {
 	t.Helper()
 	if bin, ok := guestDmvpnd(t); ok {
 		return bin
@@ -202,7 +202,7 @@ type capture struct {
 	path string
 }
 
-func startCapture(t *testing.T, n *testbed.Node, iface string) *capture {
+func startCapture(t testing.TB, n *testbed.Node, iface string) *capture {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "nhrp.pcap")
 	p, err := n.Start(testbed.ProcSpec{Name: "tcpdump", Args: []string{"tcpdump", "-i", iface, "--immediate-mode", "-U", "-n", "-Z", "root", "-w", path,
@@ -230,7 +230,7 @@ func (c *capture) stop() string {
 }
 
 // pingTTL pings once from a node and returns the reply's TTL.
-func pingTTL(t *testing.T, n *testbed.Node, dst netip.Addr) (int, error) {
+func pingTTL(t testing.TB, n *testbed.Node, dst netip.Addr) (int, error) {
 	t.Helper()
 	out, err := n.Run(context.Background(), "ping", "-n", "-c", "1", "-W", "2", dst.String())
 	if err != nil {

@@ -28,7 +28,7 @@ import (
 // charonPath is strongSwan's IKE daemon (Debian's strongswan-charon).
 const charonPath = "/usr/lib/ipsec/charon"
 
-func requireCharon(t *testing.T) {
+func requireCharon(t testing.TB) {
 	t.Helper()
 	if _, err := os.Stat(charonPath); err != nil {
 		t.Skipf("strongSwan's charon is missing (%v): make test installs strongswan-charon", err)
@@ -37,13 +37,13 @@ func requireCharon(t *testing.T) {
 
 // testPKI is a CA and a directory of node certificates.
 type testPKI struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 	ca  *pki.CA
 	caF string
 }
 
-func newTestPKI(t *testing.T) *testPKI {
+func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
 	ca, err := pki.NewCA("C=FI, O=Example, CN=Example DMVPN CA")
 	if err != nil {
@@ -146,7 +146,7 @@ func (d *daemonNode) saUpWith(nbma netip.Addr) bool {
 }
 
 // charonPID finds the managed charon of a node by its configuration file.
-func charonPID(t *testing.T, stateDir string) int {
+func charonPID(t testing.TB, stateDir string) int {
 	t.Helper()
 	want := "STRONGSWAN_CONF=" + filepath.Join(stateDir, "strongswan.conf")
 	ents, _ := os.ReadDir("/proc")
@@ -175,7 +175,7 @@ type wireCount struct {
 	gre, injected, ike, other int
 }
 
-func countWire(t *testing.T, path string, marker []byte) wireCount {
+func countWire(t testing.TB, path string, marker []byte) wireCount {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -326,7 +326,7 @@ func (d *daemonNode) nhs() []nhrp.NHSStatus {
 }
 
 // startFullCapture captures everything on the internet router.
-func startFullCapture(t *testing.T, n *testbed.Node) *capture {
+func startFullCapture(t testing.TB, n *testbed.Node) *capture {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "all.pcap")
 	p, err := n.Start(testbed.ProcSpec{Name: "tcpdump-all", Args: []string{"tcpdump", "-i", "any", "--immediate-mode", "-U", "-n", "-Z", "root", "-w", path, "ip"}})

@@ -76,7 +76,7 @@ control:
 }
 
 type e2e struct {
-	t      *testing.T
+	t      testing.TB
 	tb     *testbed.Testbed
 	hub    *daemonNode
 	spokes []*daemonNode
@@ -90,14 +90,14 @@ var (
 )
 
 // newE2E builds the topology and starts every daemon.
-func newE2E(t *testing.T, dataplane string) *e2e {
+func newE2E(t testing.TB, dataplane string) *e2e {
 	return newE2EWith(t, dataplane, nil)
 }
 
 // newE2EWith builds the topology and starts every daemon; extra, when set,
 // returns more YAML for a node's configuration (an ipsec section); before
 // runs once the topology is up and no daemon has started (a capture).
-func newE2EWith(t *testing.T, dataplane string, extra func(node string) string, before ...func(*testbed.Testbed)) *e2e {
+func newE2EWith(t testing.TB, dataplane string, extra func(node string) string, before ...func(*testbed.Testbed)) *e2e {
 	t.Helper()
 	requireTestbed(t)
 	bin := buildDmvpnd(t)

@@ -120,7 +120,7 @@ func runInVM(t *testing.T, cfg vm.Config) bool {
 }
 
 // guestDmvpnd returns dmvpnd as the host half built it, in the guest.
-func guestDmvpnd(t *testing.T) (string, bool) {
+func guestDmvpnd(t testing.TB) (string, bool) {
 	t.Helper()
 	if !vm.InGuest() {
 		return "", false

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -18,6 +20,7 @@ import (
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
 	"github.com/opendmvpn/dmvpn/internal/daemon"
+	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -32,6 +35,10 @@ func runHub() int {
 		NHRP:       nhrp.Config{Role: nhrp.RoleHub, HoldingTime: 7200 * time.Second},
 		Policy:     daemon.Policy{AllowAll: true},
 		Forwarding: true,
+	}
+	if dir := os.Getenv("BENCHNHRP_IPSEC"); dir != "" {
+		cfg.IPsec = &ipsec.Config{Mode: ipsec.ModeUserspace, Managed: true, Dir: filepath.Join(dir, "state-hub"),
+			CACerts: []string{filepath.Join(dir, "ca.crt")}, Cert: filepath.Join(dir, "hub.crt"), Key: filepath.Join(dir, "hub.key")}
 	}
 	log, _ := zap.NewProduction()
 	d, err := daemon.New(cfg, log.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
@@ -58,6 +65,35 @@ func runHub() int {
 	fmt.Println("READY")
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
+		if sc.Text() == "KILLCHARON" {
+			// The hub's charon dies; the manager restarts it.
+			if m := d.IPsec(); m != nil && m.Stats().CharonPID != 0 {
+				syscall.Kill(m.Stats().CharonPID, syscall.SIGKILL)
+				fmt.Printf("KILLED %d\n", time.Now().UnixNano())
+			} else {
+				fmt.Println("KILLED 0")
+			}
+			continue
+		}
+		if sc.Text() == "DUMP" {
+			// For a failed run: the engine's peers and the SAs.
+			ps, _ := d.Engine().Peers(ctx)
+			b, _ := json.Marshal(ps)
+			fmt.Println("DUMP peers " + string(b))
+			tr, _ := d.Engine().Traffic(ctx)
+			b, _ = json.Marshal(tr)
+			fmt.Println("DUMP traffic " + string(b))
+			if dev := d.Device(); dev != nil {
+				b, _ = json.Marshal(dev.Counters().Drops)
+				fmt.Println("DUMP drops " + string(b))
+			}
+			if m := d.IPsec(); m != nil {
+				sas, err := m.SAs(ctx)
+				b, _ = json.Marshal(sas)
+				fmt.Println("DUMP sas", err, string(b))
+			}
+			continue
+		}
 		if sc.Text() != "MEM" {
 			continue
 		}
@@ -76,7 +112,11 @@ func runHub() int {
 		if dev := d.Device(); dev != nil {
 			dp = dev.Counters()
 		}
-		b, _ := json.Marshal(memory{RSS: rss(), Heap: ms.HeapInuse, Entries: n,
+		var charonRSS int64
+		if m := d.IPsec(); m != nil {
+			charonRSS = rssOf(m.Stats().CharonPID)
+		}
+		b, _ := json.Marshal(memory{RSS: rss(), CharonRSS: charonRSS, Heap: ms.HeapInuse, Entries: n,
 			RegRecv: tr.Received["Registration Request"], RegSent: tr.Sent["Registration Reply"], Drops: dp.Drops, NHRPRx: dp.NHRPRx})
 		fmt.Println("MEM " + string(b))
 	}
@@ -86,8 +126,14 @@ func runHub() int {
 }
 
 // rss returns the process's resident set size in bytes.
-func rss() int64 {
-	b, err := os.ReadFile("/proc/self/status")
+func rss() int64 { return rssOf(os.Getpid()) }
+
+// rssOf returns a process's resident set size in bytes (0 if unknown).
+func rssOf(pid int) int64 {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}

@@ -47,7 +47,15 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds (a fresh hub each round); medians are reported")
 	samples := flag.Int("rtt", 1000, "resolution round trips measured per round")
 	flag.StringVar(&profile, "profile", "", "write a CPU profile of the hub to this file")
+	withIPsec := flag.Bool("ipsec", false, "IPsec: real IKE peers (one charon, a certificate per spoke) against a hub with its own charon; measures initiate → registration, all spokes at once, the hub's charon memory and recovery after the hub's charon is killed (-n 50 is the reference)")
 	flag.Parse()
+	if *withIPsec {
+		if err := runIPsec(*n, *rounds); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*n, *rounds, *samples); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
 		os.Exit(1)
@@ -198,13 +206,14 @@ func round(ctx context.Context, n, samples int) (result, error) {
 
 // memory is the hub's answer to a MEM request on its standard input.
 type memory struct {
-	RSS     int64             `json:"rss"`
-	Heap    uint64            `json:"heap"`
-	Entries int               `json:"entries"`
-	RegRecv uint64            `json:"reg_recv"`
-	RegSent uint64            `json:"reg_sent"`
-	NHRPRx  uint64            `json:"nhrp_rx"`
-	Drops   map[string]uint64 `json:"drops"`
+	RSS       int64             `json:"rss"`
+	CharonRSS int64             `json:"charon_rss,omitempty"`
+	Heap      uint64            `json:"heap"`
+	Entries   int               `json:"entries"`
+	RegRecv   uint64            `json:"reg_recv"`
+	RegSent   uint64            `json:"reg_sent"`
+	NHRPRx    uint64            `json:"nhrp_rx"`
+	Drops     map[string]uint64 `json:"drops"`
 }
 
 func hubMemory(ctx context.Context, hub *testbed.Proc) (memory, error) {
@@ -234,6 +243,9 @@ func lastLine(out, prefix string) string {
 // runLoad is the load generator child.
 func runLoad() int {
 	n, _ := strconv.Atoi(os.Getenv("BENCHNHRP_N"))
+	if dir := os.Getenv("BENCHNHRP_IPSEC"); dir != "" {
+		return runIPsecLoad(dir, n)
+	}
 	samples, _ := strconv.Atoi(os.Getenv("BENCHNHRP_RTT"))
 	g, err := newLoadgen(hubNBMA, hubProto, greKey)
 	if err != nil {
