@@ -2,6 +2,10 @@ package integration
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"strings"
 	"net/netip"
 	"path/filepath"
 	"syscall"
@@ -112,4 +116,45 @@ func TestIPsecRecovery(t *testing.T) {
 	if st := x.spokes[0].crypto().Stats; st == nil || st.Restarts == 0 {
 		t.Errorf("spoke 1 did not count a charon restart: %+v", st)
 	}
+
+	// Spoke 2's certificate rotated in place (same file names, new key
+	// and serial) and SIGHUP: its next SA carries the new one.
+	p.node("s2", "C=FI, O=Example, OU=GRE=10.0.0.12, OU=AS=65012, OU=NET=10.2.0.0/24, CN=s2", "")
+	if err := x.spokes[1].proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "spoke 2 to reload its credentials", func() bool {
+		return strings.Contains(x.spokes[1].proc.Output(), "credentials reloaded")
+	})
+	cleared = time.Now()
+	if err := x.hub.client.Post(context.Background(), control.PathCryptoClear, control.CryptoClearRequest{Peer: s2}, &cc); err != nil {
+		t.Fatalf("clear crypto sa %s: %v", s2, err)
+	}
+	waitFor(t, 15*time.Second, "spoke 2 registered with its new certificate", func() bool {
+		if !x.registeredSince(1, cleared) {
+			return false
+		}
+		audit := readAudit(t, filepath.Join(p.dir, "audit-hub.jsonl"))
+		l := audit[len(audit)-1]
+		return l.NBMA == s2.String() && l.Event == "registration accepted" && l.Serial == serialOf(t, filepath.Join(p.dir, "s2.crt"))
+	})
+}
+
+// serialOf returns a certificate file's serial number in hex, as the
+// audit log writes it.
+func serialOf(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s: no PEM", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.SerialNumber.Text(16)
 }

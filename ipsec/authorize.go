@@ -108,7 +108,7 @@ func (m *Manager) decide(ctx context.Context, r nhrp.Registration) (nhrp.Verdict
 			return refuse("several IPsec SAs with different identities from " + r.NBMA.String()), RefusedIdentities, nil, nil
 		}
 	}
-	id, err := m.identityOf(ctx, sa.RemoteID)
+	id, err := m.identityOf(ctx, sa.RemoteID, sa.upSeen)
 	if errors.Is(err, errNoCert) {
 		return refuse(err.Error()), RefusedNoCert, nil, sa
 	}
@@ -148,15 +148,19 @@ const captureWait = time.Second
 
 // identityOf reads the identity of an SA's peer from its certificate's
 // DER: the one captured when the SA came up, else charon's cache.
-func (m *Manager) identityOf(ctx context.Context, remoteID string) (*Identity, error) {
-	captured := func() []byte {
+func (m *Manager) identityOf(ctx context.Context, remoteID string, since time.Time) (*Identity, error) {
+	// fresh: captured after the SA came up (a peer may have renewed its
+	// certificate: same subject, new serial and dates).
+	captured := func() (der []byte, fresh bool) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		return m.certs[remoteID]
+		return m.certs[remoteID], !m.certSeen[remoteID].Before(since)
 	}
-	der := captured()
-	if der == nil {
-		der = m.fetchCert(ctx, remoteID)
+	der, fresh := captured()
+	if der == nil || !fresh {
+		if d := m.fetchCert(ctx, remoteID); d != nil {
+			der, fresh = d, true
+		}
 	}
 	// A registration can overtake the capture when many peers come up
 	// at once (the capture follows charon's events): wait a little for
@@ -167,7 +171,7 @@ func (m *Manager) identityOf(ctx context.Context, remoteID string) (*Identity, e
 			return nil, errNoCert
 		case <-time.After(20 * time.Millisecond):
 		}
-		der = captured()
+		der, _ = captured()
 	}
 	if der == nil {
 		return nil, errNoCert
@@ -223,10 +227,12 @@ func (m *Manager) fetchCertOn(ctx context.Context, c *viciConn, remoteID string)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	now := time.Now()
 	for s, ders := range bySubject {
 		for _, der := range ders {
 			m.certs[s] = mergeCert(m.certs[s], der)
 		}
+		m.certSeen[s] = now
 	}
 	if der := m.certs[remoteID]; der != nil && !bytes.Equal(der, ambiguousCert) {
 		return der
@@ -254,10 +260,10 @@ func mergeCert(have, der []byte) []byte {
 	if err1 != nil || err2 != nil || !bytes.Equal(a.RawSubject, b.RawSubject) {
 		return ambiguousCert
 	}
-	if b.NotBefore.After(a.NotBefore) {
-		return der
+	if b.NotBefore.Before(a.NotBefore) {
+		return have
 	}
-	return have
+	return der // the newer, or the one charon holds now when alike
 }
 
 // certWorkers is how many sessions capture certificates in parallel.
@@ -280,12 +286,8 @@ func (m *Manager) certWorker(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case id := <-m.certQ:
-			m.mu.Lock()
-			have := m.certs[id] != nil
-			m.mu.Unlock()
-			if have {
-				continue
-			}
+			// Captured again on every SA: the peer may have renewed its
+			// certificate.
 			if c == nil {
 				var err error
 				if c, err = dialVICI(ctx, m.cfg.Socket); err != nil {

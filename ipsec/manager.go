@@ -43,6 +43,7 @@ type Manager struct {
 	creds     *credSet
 	sas       map[string]SA       // by IKE unique id
 	certs     map[string][]byte   // remote-id → DER, captured when SAs came up
+	certSeen  map[string]time.Time // when each was last captured
 	loaded    map[string]connSpec // connections loaded into charon
 	waiters   map[netip.Addr][]chan struct{}
 	verified  map[string]bool // IKE ids of servers whose certificate was checked
@@ -75,7 +76,7 @@ func New(cfg Config, mode Mode, hub bool, log *zap.Logger, hooks Hooks) (*Manage
 	}
 	m := &Manager{
 		cfg: cfg, mode: mode, hub: hub, log: log, hooks: hooks,
-		sas: map[string]SA{}, certs: map[string][]byte{}, loaded: map[string]connSpec{},
+		sas: map[string]SA{}, certs: map[string][]byte{}, certSeen: map[string]time.Time{}, loaded: map[string]connSpec{},
 		waiters: map[netip.Addr][]chan struct{}{}, verified: map[string]bool{}, logged: map[string]time.Time{},
 		wake: make(chan struct{}, 1), done: make(chan struct{}), certQ: make(chan string, 1024),
 	}

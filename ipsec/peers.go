@@ -90,7 +90,7 @@ func (m *Manager) checkServer(ctx context.Context, p nhrp.Peer) error {
 				reason = fmt.Sprintf("server identity %q is not %q", sa.RemoteID, m.cfg.HubIdentity)
 			}
 		default:
-			id, err := m.identityOf(ctx, sa.RemoteID)
+			id, err := m.identityOf(ctx, sa.RemoteID, sa.upSeen)
 			switch {
 			case err != nil:
 				reason = err.Error()

@@ -297,6 +297,13 @@ func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 	if len(restart) > 0 {
 		return nil, fmt.Errorf("%w: %v", ErrNeedsRestart, restart)
 	}
+	// The certificate files are read again on every reload (a rotated
+	// certificate under the same name), whatever else changed.
+	if m := d.IPsec(); m != nil {
+		if err := m.ReloadCredentials(ctx); err != nil {
+			return nil, fmt.Errorf("ipsec credentials: %w", err)
+		}
+	}
 	if len(changes) == 0 {
 		return nil, nil
 	}
