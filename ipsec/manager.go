@@ -41,10 +41,10 @@ type Manager struct {
 
 	mu        sync.Mutex
 	creds     *credSet
-	sas       map[string]SA       // by IKE unique id
-	certs     map[string][]byte   // remote-id → DER, captured when SAs came up
+	sas       map[string]SA        // by IKE unique id
+	certs     map[string][]byte    // remote-id → DER, captured when SAs came up
 	certSeen  map[string]time.Time // when each was last captured
-	loaded    map[string]connSpec // connections loaded into charon
+	loaded    map[string]connSpec  // connections loaded into charon
 	waiters   map[netip.Addr][]chan struct{}
 	verified  map[string]bool // IKE ids of servers whose certificate was checked
 	connected bool
