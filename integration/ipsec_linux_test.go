@@ -173,6 +173,7 @@ func charonPID(t testing.TB, stateDir string) int {
 // and IKE/ESP packets (UDP 500/4500).
 type wireCount struct {
 	gre, injected, ike, other int
+	spokeToSpoke              int // IKE/ESP between spoke 1 and spoke 2
 }
 
 func countWire(t testing.TB, path string, marker []byte) wireCount {
@@ -202,6 +203,10 @@ func countWire(t testing.TB, path string, marker []byte) wireCount {
 		case ip.Protocol == layers.IPProtocolUDP:
 			if u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && (u.SrcPort == 500 || u.SrcPort == 4500 || u.DstPort == 500 || u.DstPort == 4500) {
 				c.ike++
+				a, b := ip.SrcIP.String(), ip.DstIP.String()
+				if (a == "198.51.100.1" && b == "198.51.100.65") || (a == "198.51.100.65" && b == "198.51.100.1") {
+					c.spokeToSpoke++
+				}
 			} else {
 				c.other++
 			}
@@ -227,7 +232,7 @@ func TestIPsecEndToEnd(t *testing.T) {
 	x := newE2EWith(t, "userspace", p.ipsecExtra(), func(tb *testbed.Testbed) { all = startFullCapture(t, tb.Node("inet")) })
 
 	d := waitFor(t, 30*time.Second, "all spokes registered over IPsec", x.allRegistered)
-	t.Logf("all three spokes registered %v after the last daemon started", d.Round(time.Millisecond))
+	t.Logf("all three spokes registered over IPsec (%v more after the last daemon answered)", d.Round(time.Millisecond))
 	for i, s := range x.spokes {
 		if !x.hub.saUpWith(nbmaOf(x, i)) {
 			t.Errorf("hub has no SA with spoke %d", i+1)
@@ -250,10 +255,6 @@ func TestIPsecEndToEnd(t *testing.T) {
 		return ok1 && ok2
 	})
 	t.Logf("shortcut with IPsec installed %v after the first packet", took.Round(time.Millisecond))
-	if os.Getenv("DMVPN_DEBUG_PAUSE") != "" {
-		t.Logf("pausing: namespaces %s*", x.tb.Node("hub").NS)
-		time.Sleep(120 * time.Second)
-	}
 	if !x.spokes[0].saUpWith(netip.MustParseAddr("198.51.100.65")) {
 		t.Error("no SA between spoke 1 and spoke 2 after the shortcut")
 	}
@@ -262,6 +263,11 @@ func TestIPsecEndToEnd(t *testing.T) {
 			t.Fatalf("ping %d over the shortcut: TTL %d, %v", i, ttl, err)
 		}
 	}
+	// Both spokes may have initiated: one SA is left between them.
+	s1, s2 := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.65")
+	waitFor(t, 5*time.Second, "one SA between spoke 1 and spoke 2", func() bool {
+		return len(x.spokes[0].sasWith(s2)) == 1 && len(x.spokes[1].sasWith(s1)) == 1
+	})
 
 	// Plaintext GRE from spoke 1's address straight to the hub (around
 	// every SA): dropped and counted, no binding.
@@ -310,6 +316,26 @@ func TestIPsecEndToEnd(t *testing.T) {
 	if wc.ike == 0 {
 		t.Error("no IKE/ESP on the wire")
 	}
+	if wc.spokeToSpoke == 0 {
+		t.Error("no IKE/ESP between spoke 1 and spoke 2 on the wire")
+	}
+
+	// The shortcut goes idle and expires: its SA is ended as well.
+	waitFor(t, 30*time.Second, "the idle shortcut to expire", func() bool { _, ok := x.shortcut(0, 1); return !ok })
+	waitFor(t, 15*time.Second, "the SA between spoke 1 and spoke 2 to end", func() bool {
+		return len(x.spokes[0].sasWith(s2)) == 0
+	})
+}
+
+// sasWith returns a node's IKE SAs with a peer, whatever their state.
+func (d *daemonNode) sasWith(nbma netip.Addr) []string {
+	var out []string
+	for _, sa := range d.crypto().SAs {
+		if sa.RemoteHost == nbma {
+			out = append(out, sa.IKEID+" "+sa.State)
+		}
+	}
+	return out
 }
 
 // nbmaOf is spoke i's NBMA address as the hub sees it.
