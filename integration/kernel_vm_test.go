@@ -12,12 +12,13 @@ import (
 // VM booted from Debian's kernel, which has ip_gre, so the backend is
 // exercised here too and not only on kernels that have it natively.
 func TestKernelBackendInVM(t *testing.T) {
+	t.Parallel() // overlaps the other VM tests (two VMs at once)
 	if !vm.InGuest() {
 		needRoot(t, "ping")
 		if greAvailable(t) {
 			t.Skip("skipping: this kernel has ip_gre; the kernel subtests of the other tests already run natively")
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute) // with the wait for a VM slot
 		defer cancel()
 		vm.RunTest(ctx, t, vm.Require(t), vm.Config{Timeout: 10 * time.Minute, Memory: 768, CPUs: 2})
 		return
@@ -39,6 +40,9 @@ func TestKernelBackendInVM(t *testing.T) {
 		{"ChecksumAndSequence", testChecksumAndSequence},
 		{"WireFormat", testWireFormat},
 	} {
-		t.Run(tc.name, func(t *testing.T) { tc.body(t, "kernel") })
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // two at a time (two vCPUs), each in its own namespaces
+			tc.body(t, "kernel")
+		})
 	}
 }

@@ -78,7 +78,8 @@ func startGuest(t *testing.T, cfg vm.Config) *guestRun {
 	cfg.Env = append(cfg.Env, envBins+"="+filepath.Dir(bin), envOut+"="+g.out)
 	cfg.Shares = append(cfg.Shares, g.out)
 	argv := vm.TestCommand(t)
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout+30*time.Second)
+	// The VM may wait for a slot while other tests' VMs run.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout+20*time.Minute)
 	go func() {
 		defer close(g.done)
 		defer cancel()
@@ -95,8 +96,8 @@ func (g *guestRun) wait() *vm.Result {
 	t.Helper()
 	<-g.done
 	if g.res != nil {
-		t.Logf("guest (boot %v, total %v, exit %d):\n%s", g.res.Boot.Round(time.Millisecond),
-			g.res.Elapsed.Round(time.Millisecond), g.res.ExitCode, g.res.Output)
+		t.Logf("guest (waited %v for a VM slot, boot %v, total %v, exit %d):\n%s", g.res.Queued.Round(time.Millisecond),
+			g.res.Boot.Round(time.Millisecond), g.res.Elapsed.Round(time.Millisecond), g.res.ExitCode, g.res.Output)
 	}
 	if g.err != nil {
 		t.Fatalf("VM run of %s: %v", g.name, g.err)

@@ -26,8 +26,10 @@
 // read-write at the same path, for files the host must see (captures).
 // Config.NetNS and Config.NICs connect the VM to a host network namespace
 // through TAP devices (AddTAP), each NIC with its own MAC (NewMAC). Two VMs
-// may run at once on the 2-core machines; -m 256 is enough for FRR with a
-// hub and two spokes. Measured here: QEMU start → command ≈ 3–3.5 s
+// run at once on the 2-core machines, across test processes: Run waits for
+// one of DefaultSlots machine-wide slots ($DMVPN_VM_SLOTS), and VMs that
+// must run together take theirs at once with Reserve. -m 256 is enough for
+// FRR with a hub and two spokes. Measured here: QEMU start → command ≈ 3–3.5 s
 // (kernel ≈ 2 s, initramfs modules ≈ 0.5 s), command exit → QEMU gone
 // ≈ 0.1–0.7 s.
 //

@@ -83,6 +83,10 @@ type Config struct {
 	// sees at once, e.g. captures or files a test checks. Everything else
 	// the guest writes goes to a tmpfs overlay and is lost at power-off.
 	Shares []string
+	// Reserved says the caller holds a VM slot for this run (Reserve);
+	// otherwise Run waits for one (DefaultSlots VMs run at once on the
+	// machine).
+	Reserved bool
 }
 
 // Result is what came back from a VM run.
@@ -100,10 +104,14 @@ type Result struct {
 	Elapsed time.Duration
 	// MACs are the guest NICs' addresses, in Config.NICs order.
 	MACs []net.HardwareAddr
+	// Queued is how long Run waited for a VM slot before starting QEMU.
+	Queued time.Duration
 }
 
-// Run boots the image, runs argv in the guest as root with cfg's working
-// directory and environment, waits for it to exit and powers the VM off.
+// Run waits for a VM slot (unless cfg.Reserved), boots the image, runs argv
+// in the guest as root with cfg's working directory and environment, waits
+// for it to exit and powers the VM off. Config.Timeout counts from QEMU's
+// start; the wait for a slot is bounded by ctx only.
 // The guest's root is the host's, read-only over 9p with a tmpfs overlay
 // (so writable, and discarded); /run is an empty tmpfs, /tmp the host's
 // seen through the overlay; the kernel's modules are the host's
@@ -147,6 +155,15 @@ func (img *Image) Run(ctx context.Context, cfg Config, argv ...string) (*Result,
 		cfg.Env = os.Environ()
 	}
 	res := &Result{}
+	if !cfg.Reserved {
+		queued := time.Now()
+		release, err := Reserve(ctx, 1)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		res.Queued = time.Since(queued)
+	}
 	for _, n := range cfg.NICs {
 		mac := n.MAC
 		if mac == nil {

@@ -102,8 +102,8 @@ func RunTest(ctx context.Context, t testing.TB, img *Image, cfg Config, extra ..
 	t.Helper()
 	res, err := img.Run(ctx, cfg, TestCommand(t, extra...)...)
 	if res != nil {
-		t.Logf("guest (boot %v, total %v, exit %d):\n%s", res.Boot.Round(time.Millisecond),
-			res.Elapsed.Round(time.Millisecond), res.ExitCode, res.Output)
+		t.Logf("guest (waited %v for a VM slot, boot %v, total %v, exit %d):\n%s", res.Queued.Round(time.Millisecond),
+			res.Boot.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), res.ExitCode, res.Output)
 	}
 	if err != nil {
 		t.Fatalf("VM run of %s: %v", t.Name(), err)

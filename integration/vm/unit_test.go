@@ -3,6 +3,8 @@ package vm
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -355,4 +358,41 @@ func fileID(t *testing.T, path string) string {
 	}
 	st := fi.Sys().(*syscall.Stat_t)
 	return fmt.Sprintf("ino %d mtime %d", st.Ino, fi.ModTime().UnixNano())
+}
+
+// TestReserve: VM slots are taken one or several at once and given back;
+// no more than the machine's number run at once.
+func TestReserve(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir()) // slots of our own
+	t.Setenv(SlotsEnv, "2")
+	ctx := context.Background()
+	r1, err := Reserve(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := func() context.Context {
+		c, cancel := context.WithTimeout(ctx, 400*time.Millisecond)
+		t.Cleanup(cancel)
+		return c
+	}
+	if _, err := Reserve(short(), 2); err == nil {
+		t.Fatal("two slots reserved while one of two is taken")
+	}
+	r2, err := Reserve(short(), 1)
+	if err != nil {
+		t.Fatalf("the second slot: %v", err)
+	}
+	if _, err := Reserve(short(), 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a third slot of two: %v, want a deadline error", err)
+	}
+	r1()
+	r2()
+	r, err := Reserve(short(), 2)
+	if err != nil {
+		t.Fatalf("both slots once free: %v", err)
+	}
+	r()
+	if _, err := Reserve(ctx, 3); err == nil {
+		t.Fatal("three of two slots reserved")
+	}
 }
