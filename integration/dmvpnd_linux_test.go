@@ -32,7 +32,8 @@ type daemonNode struct {
 	client *control.Client
 
 	evMu   sync.Mutex
-	events []string // the debug nhrp stream, for failure reports
+	events []string     // the debug nhrp stream, for failure reports
+	evs    []nhrp.Event // the same, for eventTime
 }
 
 // startDaemon writes a node's YAML configuration and starts dmvpnd with
@@ -83,9 +84,23 @@ func (d *daemonNode) start() {
 		}
 		d.evMu.Lock()
 		d.events = append(d.events, line)
+		d.evs = append(d.evs, ev)
 		d.evMu.Unlock()
 		return nil
 	})
+}
+
+// eventTime returns when (the daemon's clock) the first event matching f
+// happened, as far as the event stream has delivered.
+func (d *daemonNode) eventTime(f func(nhrp.Event) bool) (time.Time, bool) {
+	d.evMu.Lock()
+	defer d.evMu.Unlock()
+	for _, ev := range d.evs {
+		if f(ev) {
+			return ev.Time, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // stop stops dmvpnd with SIGTERM and waits for it.

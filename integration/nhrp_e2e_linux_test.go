@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/integration/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -227,7 +228,8 @@ func testNHRPEndToEnd(t *testing.T, dataplane string) {
 	}
 
 	// Phase 3: the first packet from LAN 1 to LAN 2 crosses the hub; the
-	// hub redirects; a shortcut is installed within a second.
+	// hub redirects both spokes (the request and the reply were relayed);
+	// each has a shortcut within a second of the redirect.
 	h1, h2 := x.hosts[0], x.hosts[1]
 	relayed0 := hub.value("relayed")
 	start := time.Now()
@@ -238,11 +240,31 @@ func testNHRPEndToEnd(t *testing.T, dataplane string) {
 	if ttl != 61 {
 		t.Errorf("first ping: TTL %d, want 61 (through the hub)", ttl)
 	}
-	took := waitFor(t, 5*time.Second, "the shortcut to LAN 2", func() bool { _, ok := x.shortcut(0, 1); return ok })
-	if took > time.Second {
-		t.Errorf("shortcut installed %v after the first packet, want within 1 s", took)
+	waitFor(t, 5*time.Second, "the shortcuts between LAN 1 and LAN 2", func() bool {
+		_, ok1 := x.shortcut(0, 1)
+		_, ok2 := x.shortcut(1, 0)
+		return ok1 && ok2
+	})
+	t.Logf("shortcuts 10.2.0.0/24 and 10.1.0.0/24 installed %v after the first packet", time.Since(start).Round(time.Millisecond))
+	for _, c := range []struct{ from, to int }{{0, 1}, {1, 0}} {
+		var redirect, up time.Time
+		nbma := []netip.Addr{s1NBMA, s2NBMA}[c.from]
+		waitFor(t, 5*time.Second, "the events of the redirect and the shortcut", func() bool {
+			var ok1, ok2 bool
+			redirect, ok1 = x.hub.eventTime(func(ev nhrp.Event) bool {
+				return ev.Packet != nil && ev.Packet.Dir == "out" && ev.Packet.Peer == nbma && strings.HasPrefix(ev.Packet.Summary, "Traffic Indication")
+			})
+			up, ok2 = x.spokes[c.from].eventTime(func(ev nhrp.Event) bool {
+				return ev.Kind == nhrp.EventShortcutUp && ev.Proto == e2eLAN[c.to]
+			})
+			return ok1 && ok2
+		})
+		if d := up.Sub(redirect); d > time.Second || d < 0 {
+			t.Errorf("spoke %d: shortcut to %s %v after the hub's redirect, want within 1 s", c.from+1, e2eLAN[c.to], d)
+		} else {
+			t.Logf("spoke %d: shortcut to %s %v after the hub's redirect", c.from+1, e2eLAN[c.to], d.Round(time.Millisecond))
+		}
 	}
-	t.Logf("shortcut 10.2.0.0/24 installed %v after the first packet", time.Since(start).Round(time.Millisecond))
 	sc, _ := x.shortcut(0, 1)
 	if sc.NextHop != e2eTunnel[1] || sc.NBMA != s2NBMA {
 		t.Errorf("shortcut %s", jsonString(sc))
@@ -322,7 +344,7 @@ func testNHRPEndToEnd(t *testing.T, dataplane string) {
 
 // checkKernelState proves what the kernel backend put in the kernel: the
 // hub's multipoint GRE device as dmvpnd created it through netlink (key,
-// no remote, path-MTU discovery), a neighbour entry per registered spoke
+// TTL, path-MTU discovery, no remote), a neighbour entry per registered spoke
 // (tunnel address → NBMA address as a 4-byte lladdr), and spoke 1's
 // shortcut route in the shortcut table.
 func (x *e2e) checkKernelState() {
@@ -341,6 +363,7 @@ func (x *e2e) checkKernelState() {
 				Remote   string `json:"remote"`
 				IKey     string `json:"ikey"`
 				OKey     string `json:"okey"`
+				TTL      int    `json:"ttl"`
 				PMTUDisc bool   `json:"pmtudisc"`
 			} `json:"info_data"`
 		} `json:"linkinfo"`
@@ -348,8 +371,9 @@ func (x *e2e) checkKernelState() {
 	ip(x.tb.Node("hub"), &links, "-d", "link", "show", "gre1")
 	key := "0.0.0.42"
 	if len(links) != 1 || links[0].LinkInfo.Kind != "gre" || links[0].LinkInfo.Data.IKey != key || links[0].LinkInfo.Data.OKey != key ||
-		!links[0].LinkInfo.Data.PMTUDisc || (links[0].LinkInfo.Data.Remote != "" && links[0].LinkInfo.Data.Remote != "any") {
-		t.Errorf("the hub's gre1 is not a multipoint GRE device with key 42 and pmtudisc: %s", jsonString(links))
+		links[0].LinkInfo.Data.TTL != gre.DefaultTTL || !links[0].LinkInfo.Data.PMTUDisc ||
+		(links[0].LinkInfo.Data.Remote != "" && links[0].LinkInfo.Data.Remote != "any") {
+		t.Errorf("the hub's gre1 is not a multipoint GRE device with key 42, TTL %d and pmtudisc: %s", gre.DefaultTTL, jsonString(links))
 	}
 	var neigh []struct {
 		Dst    string `json:"dst"`

@@ -85,7 +85,14 @@ func startGuest(t *testing.T, cfg vm.Config) *guestRun {
 		defer cancel()
 		g.res, g.err = img.Run(ctx, cfg, argv...)
 	}()
-	t.Cleanup(func() { <-g.done }) // the VM never outlives the test
+	// The VM never outlives the test: a test that failed before waiting
+	// for it (its host half) stops it.
+	t.Cleanup(func() {
+		if t.Failed() {
+			cancel()
+		}
+		<-g.done
+	})
 	return g
 }
 
