@@ -265,13 +265,19 @@ func (x *interop) shortcutBetween(a, b string, both bool) {
 			pingTTL(t, src, dst) // relayed traffic triggers the hub's redirect
 			return false
 		}
-		if nb := x.nodes[b]; both && nb != nil {
+		if !both {
+			return true
+		}
+		if nb := x.nodes[b]; nb != nil {
 			if via, nbma, ok := nb.shortcut(ma.lan); !ok || via != ma.tunnel || nbma != ma.nbma.Addr() {
 				pingTTL(t, src, dst)
 				return false
 			}
+			return true
 		}
-		return true
+		// b runs on the host: its shortcut shows in the replies' TTL.
+		ttl, err := pingTTL(t, src, dst)
+		return err == nil && ttl == 62
 	})
 	took := time.Since(start).Round(time.Millisecond)
 	relayed0 := x.relay.value("relayed")
