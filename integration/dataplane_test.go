@@ -12,6 +12,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/integration/dphelper"
 	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/integration/vm"
 )
 
 const greKey = 1001
@@ -47,7 +48,13 @@ type pair struct {
 
 func twoSpokes(t *testing.T, be string, mutate func(a, b *dphelper.Config, spec *testbed.Spec)) *pair {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// In a VM guest the first start reads the test binary over the 9p
+	// share, slow on a busy host.
+	limit := 30 * time.Second
+	if vm.InGuest() {
+		limit = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	spec := testbed.Spec{Sites: []testbed.Site{
 		{Name: "spa", Kind: testbed.Spoke, NBMA: netip.PrefixFrom(nbmaA, 24), LAN: netip.MustParsePrefix("10.1.0.1/24"), Hosts: 1},
