@@ -72,6 +72,9 @@ type Counters struct {
 	FragNeeded uint64
 	// RxSuper counts coalesced (GRO) datagrams handed to the tunnel whole.
 	RxSuper uint64
+	// FastTxPackets and FastRxPackets count the packets the ebpf
+	// backend's BPF programs forwarded (included in TxPackets/RxPackets).
+	FastTxPackets, FastRxPackets uint64 `json:",omitempty"`
 	// Drops by reason; absent reasons are zero.
 	Drops map[string]uint64
 	// Peers holds per-NBMA counts where the backend keeps them (nil

@@ -3,8 +3,9 @@
 // neighbour-miss events. It knows nothing of NHRP semantics.
 //
 // Three backends implement Device: kernel (ip_gre, AF_PACKET for NHRP),
-// userspace (a TUN device and a raw GRE socket) and, later, ebpf; package
-// backend chooses one (auto, kernel, userspace) and says why. An in-memory
+// userspace (a TUN device and a raw GRE socket) and ebpf (the userspace
+// backend with TC BPF programs forwarding); package backend chooses one
+// (auto, kernel, ebpf, userspace) and says why. An in-memory
 // implementation for tests lives in package gretest.
 //
 // The control plane programs neighbours through SetNeighbor, not netlink
@@ -131,4 +132,13 @@ type PeerAliaser interface {
 	// SetPeerAliases replaces every alias: packets to NBMA address k go
 	// out addressed to m[k], and packets from m[k] count as from k.
 	SetPeerAliases(m map[netip.Addr]netip.Addr) error
+}
+
+// IPsecEnforcer is implemented by data planes that forward GRE where
+// Config.AcceptIngress and the kernel's routing rules do not see it (the
+// ebpf fast path). Once told, GRE leaves only through the interfaces
+// isIPsec accepts (charon's ipsec TUN), never out of an NBMA interface in
+// clear, and AcceptIngress is asked again for every interface.
+type IPsecEnforcer interface {
+	RequireIPsec(isIPsec func(ifindex int) bool) error
 }

@@ -8,13 +8,16 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/opendmvpn/dmvpn/gre/ebpf"
 )
 
 // backends are the data planes the end-to-end tests run against.
-var backends = []string{"userspace", "kernel"}
+var backends = []string{"userspace", "kernel", "ebpf"}
 
 // forEachBackend runs body as a parallel subtest per backend; the kernel
-// subtest skips, saying why, where the kernel cannot create GRE devices.
+// subtest skips, saying why, where the kernel cannot create GRE devices,
+// and the ebpf subtest where BPF programs cannot be loaded.
 func forEachBackend(t *testing.T, body func(t *testing.T, be string), only ...string) {
 	t.Helper()
 	for _, be := range backends {
@@ -22,8 +25,11 @@ func forEachBackend(t *testing.T, body func(t *testing.T, be string), only ...st
 			continue
 		}
 		t.Run(be, func(t *testing.T) {
-			if be == "kernel" {
+			switch be {
+			case "kernel":
 				needKernelGRE(t)
+			case "ebpf":
+				needBPF(t)
 			}
 			t.Parallel()
 			body(t, be)
@@ -78,4 +84,14 @@ func probeGRE() {
 			greProbeErr = fmt.Errorf("ip link add … type gre refused: %s", strings.TrimSpace(string(out)))
 		}
 	})
+}
+
+// needBPF skips unless this kernel and these privileges load the ebpf
+// backend's programs.
+func needBPF(t *testing.T) {
+	t.Helper()
+	needRoot(t)
+	if err := ebpf.Available(); err != nil {
+		t.Skipf("skipping the ebpf backend: %v", err)
+	}
 }

@@ -80,7 +80,7 @@ func tunnelFields(d *decoder, t *Tunnel) fields {
 		"ttl":    intf(&t.TTL, 1, 255),
 		"dataplane": func(n *yaml.Node, p string) {
 			var s string
-			if d.oneOf(n, p, &s, string(backend.Auto), string(backend.Kernel), string(backend.Userspace)) {
+			if d.oneOf(n, p, &s, string(backend.Auto), string(backend.Kernel), string(backend.Ebpf), string(backend.Userspace)) {
 				t.Dataplane = backend.Kind(s)
 			}
 		},

@@ -35,7 +35,7 @@ type Config struct {
 	Node string
 	// Tunnel is the tunnel interface.
 	Tunnel gre.Config
-	// Dataplane selects the backend: auto, kernel or userspace.
+	// Dataplane selects the backend: auto, kernel, ebpf or userspace.
 	Dataplane backend.Kind
 	// NHRP configures the engine.
 	NHRP nhrp.Config

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -69,7 +70,7 @@ func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gat
 			}
 		}
 	}
-	if mode == ipsec.ModeUserspace && info.Backend == "userspace" && !userspace.ProtoRouted() {
+	if mode == ipsec.ModeUserspace && info.Backend != "kernel" && !userspace.ProtoRouted() {
 		// Without it GRE sent with IP_HDRINCL is routed as protocol 255
 		// and the rules that hold GRE back when no SA covers it do not
 		// apply: refuse rather than risk GRE in clear.
@@ -82,6 +83,14 @@ func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gat
 	d.stopFn = append(d.stopFn, undo)
 	if mode == ipsec.ModeUserspace {
 		gate.armed.Store(true)
+		// The ebpf fast path forwards GRE outside the gate and the
+		// rules: it must send only into charon's TUN and drop GRE in
+		// clear itself.
+		if e, ok := dev.(gre.IPsecEnforcer); ok {
+			if err := e.RequireIPsec(ipsec.IngressFilter()); err != nil {
+				return nil, fmt.Errorf("ipsec: the data plane's fast path: %w", err)
+			}
+		}
 	}
 	hooks := ipsec.Hooks{
 		PeerLost: func(nbma netip.Addr, reason string) {
