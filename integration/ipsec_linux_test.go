@@ -80,6 +80,19 @@ func (p *testPKI) sectionCA(name string, is *pki.Issued, caFile, extra string) s
 		p.t.Fatal(err)
 	}
 	state := filepath.Join(p.dir, "state-"+name)
+	if name == "hub" {
+		// The hub's charon keeps its files under /run, as the default
+		// state directory does (a managed charon gets a /run of its own,
+		// which must not hide them), reached through a symbolic link.
+		run, err := os.MkdirTemp("/run", "dmvpn-test-")
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		p.t.Cleanup(func() { os.RemoveAll(run) })
+		if err := os.Symlink(run, state); err != nil {
+			p.t.Fatal(err)
+		}
+	}
 	return fmt.Sprintf(`ipsec:
   mode: userspace
   ca: %s

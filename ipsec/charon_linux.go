@@ -52,6 +52,39 @@ func strongswanConf(cfg Config, mode Mode) string {
 	return b.String()
 }
 
+// privateRun gives charon a /run of its own (its pid file is compiled in
+// there, so two charons on one machine would collide) and keeps the state
+// directory ($1) visible when it lies under /run: it is bound aside,
+// the tmpfs mounted, and bound back.
+const privateRun = `set -e
+case "$1" in
+/run|/run/*)
+	t=$(mktemp -d /tmp/dmvpn-charon.XXXXXX)
+	mount --bind "$1" "$t"
+	mount -t tmpfs none /run
+	mkdir -p "$1"
+	mount --bind "$t" "$1"
+	umount "$t"
+	rmdir "$t"
+	;;
+*)
+	mount -t tmpfs none /run
+	;;
+esac
+exec "$0"`
+
+// stateDirOf resolves symbolic links in the state directory (/var/run is
+// one to /run on Debian), so privateRun sees where it really is.
+func stateDirOf(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		return r
+	}
+	return dir
+}
+
 // charon runs and supervises a managed charon: in a mount namespace of
 // its own with /run on a tmpfs (so several can run on one machine, one
 // per network namespace), restarted when it dies.
@@ -85,8 +118,7 @@ func (c *charon) start(ctx context.Context) error {
 		waitIPsecTUNsGone(3 * time.Second)
 	}
 	os.Remove(c.cfg.Socket)
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
-		`mount -t tmpfs none /run && exec "$0"`, c.cfg.Charon)
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", privateRun, c.cfg.Charon, stateDirOf(c.cfg.Dir))
 	cmd.Env = append(os.Environ(), "STRONGSWAN_CONF="+conf)
 	out, err := os.OpenFile(filepath.Join(c.cfg.Dir, "charon.stdout"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
