@@ -164,16 +164,20 @@ func (x *e2e) shortcut(i, j int) (nhrp.CacheEntry, bool) {
 	return e, ok && e.Type == nhrp.TypeShortcut
 }
 
-// TestNHRPEndToEnd runs the scenario on each data plane: userspace here,
+// TestNHRPEndToEnd runs the scenario on each data plane: userspace and
+// ebpf (its BPF fast path must carry the spoke-to-spoke traffic) here,
 // kernel (ip_gre, created by dmvpnd through netlink, NHRP on AF_PACKET,
 // neighbours and misses through rtnetlink) in a VM with Debian's kernel
 // when this one has no ip_gre.
 func TestNHRPEndToEnd(t *testing.T) {
 	t.Parallel() // the kernel half boots a VM: let it overlap the other VM tests
-	for _, dp := range []string{"userspace", "kernel"} {
+	for _, dp := range []string{"userspace", "kernel", "ebpf"} {
 		t.Run(dp, func(t *testing.T) {
 			if dp == "kernel" && runInVM(t, vmConfig()) {
 				return
+			}
+			if dp == "ebpf" {
+				needBPF(t)
 			}
 			testNHRPEndToEnd(t, dp)
 		})
@@ -280,9 +284,10 @@ func testNHRPEndToEnd(t *testing.T, dataplane string) {
 	// nothing more, spoke 1 sends to spoke 2's NBMA, TTL shows one hop less.
 	relayed1 := hub.value("relayed")
 	s12 := wire.value("s1_s2")
-	var tx0 uint64
-	if dataplane == "userspace" { // the kernel keeps no per-peer counters
+	var tx0, fast0 uint64
+	if dataplane != "kernel" { // the kernel keeps no per-peer counters
 		tx0 = x.spokes[0].peerTx(s2NBMA)
+		fast0 = x.spokes[0].traffic().Dataplane.FastTxPackets
 	}
 	for i := 0; i < 20; i++ {
 		if ttl, err := pingTTL(t, h1, h2.Addr); err != nil || ttl != 62 {
@@ -295,9 +300,14 @@ func testNHRPEndToEnd(t *testing.T, dataplane string) {
 	if n := wire.value("s1_s2") - s12; n < 20 {
 		t.Errorf("the underlay carried %d GRE data packets from spoke 1 straight to spoke 2, want ≥ 20", n)
 	}
-	if dataplane == "userspace" {
+	if dataplane != "kernel" {
 		if n := x.spokes[0].peerTx(s2NBMA) - tx0; n < 20 {
 			t.Errorf("spoke 1's data plane counted %d packets sent straight to spoke 2, want ≥ 20", n)
+		}
+	}
+	if dataplane == "ebpf" {
+		if n := x.spokes[0].traffic().Dataplane.FastTxPackets - fast0; n < 20 {
+			t.Errorf("spoke 1's BPF fast path sent %d packets over the shortcut, want ≥ 20", n)
 		}
 	}
 	t.Logf("hub relayed %d packets before the shortcut, %d after", relayed1-relayed0, hub.value("relayed")-relayed1)

@@ -41,6 +41,12 @@
 #ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4
 #define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 #endif
+#ifndef BPF_F_ADJ_ROOM_DECAP_L4_GRE
+#define BPF_F_ADJ_ROOM_DECAP_L4_GRE (1ULL << 9)
+#endif
+#ifndef EALREADY
+#define EALREADY 114
+#endif
 #ifndef BPF_FIB_LOOKUP_SRC
 #define BPF_FIB_LOOKUP_SRC (1U << 4)
 #endif
@@ -281,9 +287,23 @@ int dmvpn_egress(struct __sk_buff *skb)
 	if (segs > 1)
 		count(ST_TX_GSO, 1);
 
-	if (bpf_skb_adjust_room(skb, OVERHEAD, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
-				BPF_F_ADJ_ROOM_ENCAP_L4_GRE)) {
+	long err = bpf_skb_adjust_room(skb, OVERHEAD, BPF_ADJ_ROOM_MAC,
+				       BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+				       BPF_F_ADJ_ROOM_ENCAP_L4_GRE);
+	if (err == -EALREADY) {
+		// A packet that arrived encapsulated (decapsulated here, or GRO
+		// of GRE) and is forwarded into the tunnel again (a hub relaying
+		// spoke to spoke): the kernel keeps it marked as encapsulated
+		// (before BPF_F_ADJ_ROOM_DECAP_L4_GRE). One packet is encapsulated
+		// without GSO metadata; a super-packet takes the slow path, which
+		// segments it.
+		if (skb->gso_size) {
+			count(ST_SLOW_OTHER, 1);
+			return NEXT;
+		}
+		err = bpf_skb_adjust_room(skb, OVERHEAD, BPF_ADJ_ROOM_MAC, 0);
+	}
+	if (err) {
 		count(ST_TX_ERROR, 1);
 		return TC_ACT_SHOT;
 	}
@@ -370,7 +390,12 @@ int dmvpn_ingress(struct __sk_buff *skb)
 	__u32 inner_len = skb->len - off - OVERHEAD;
 	if (segs > 1)
 		count(ST_RX_GSO, 1);
+	// DECAP_L4_GRE (newer kernels) also clears the skb's encapsulation
+	// marks, so a relayed packet can be encapsulated again as it is.
 	if (bpf_skb_adjust_room(skb, -OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 |
+				BPF_F_ADJ_ROOM_DECAP_L4_GRE) &&
+	    bpf_skb_adjust_room(skb, -OVERHEAD, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4)) {
 		count(ST_RX_ERROR, 1);
 		return TC_ACT_SHOT;
