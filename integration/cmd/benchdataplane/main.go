@@ -1,9 +1,10 @@
 // Command benchdataplane measures, in one run, TCP throughput (iperf3, one
-// stream) and ping latency between two LAN hosts through the userspace GRE
-// tunnel and through the plain routed path without a tunnel, on a testbed
-// of network namespaces, and prints medians and their ratio. Rounds
-// alternate between the two paths so machine noise hits both alike. Root
-// only; run it with `make bench-dataplane`.
+// and two streams), ping latency and CPU between two LAN hosts over four
+// paths: the plain routed path without a tunnel, the kernel's VXLAN (the
+// reference kernel tunnel), the userspace GRE backend and the ebpf GRE
+// backend, on a testbed of network namespaces, and prints medians and the
+// ratios to plain. Rounds alternate between the paths so machine noise
+// hits all alike. Root only; run it with `make bench-dataplane`.
 package main
 
 import (
@@ -18,12 +19,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/integration/dphelper"
 	"github.com/opendmvpn/dmvpn/integration/testbed"
 )
@@ -43,9 +46,10 @@ func main() {
 }
 
 type sample struct {
-	gbps  float64
-	rtts  []float64 // ms
-	retrs int
+	gbps, gbps2 float64   // one stream, two streams
+	rtts        []float64 // ms
+	retrs       int
+	cpu, dpCPU  float64 // % of one core during the one-stream run: the machine, the data-plane processes
 }
 
 func run(rounds, secs, pings int, wire bool, profile string) error {
@@ -58,7 +62,7 @@ func run(rounds, secs, pings int, wire bool, profile string) error {
 	// namespaces and processes.
 	sctx, cancelSig := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancelSig()
-	ctx, stop := context.WithTimeout(sctx, time.Duration(rounds*2*(secs+6)+60)*time.Second)
+	ctx, stop := context.WithTimeout(sctx, time.Duration(rounds*4*(2*secs+12)+60)*time.Second)
 	defer stop()
 	spec := testbed.Spec{Sites: []testbed.Site{
 		{Name: "spa", Kind: testbed.Spoke, NBMA: netip.MustParsePrefix("198.51.100.1/24"), LAN: netip.MustParsePrefix("10.1.0.1/24"), Hosts: 1},
@@ -87,26 +91,20 @@ func run(rounds, secs, pings int, wire bool, profile string) error {
 	if err := inet.IP("route add 10.1.0.0/24 via 198.51.100.1", "route add 10.2.0.0/24 via 203.0.113.1"); err != nil {
 		return err
 	}
-	cfg := func(addr, peerTun, peerNBMA, peerLAN, prof string) dphelper.Config {
-		c := dphelper.Config{Name: "dmvpn0", Key: 1001, Prefix: addr,
-			Neighbors: map[string]string{peerTun: peerNBMA}}
-		if profile != "" {
-			c.CPUProfile = filepath.Join(profile, prof)
-		}
-		return c
+	// The kernel's VXLAN between the two spokes: the reference kernel
+	// tunnel (this kernel has no ip_gre).
+	if err := spa.IP("link add vx0 type vxlan id 42 local 198.51.100.1 remote 203.0.113.1 dstport 4789",
+		"addr add 10.9.0.1/24 dev vx0", "link set vx0 up"); err != nil {
+		return err
+	}
+	if err := spb.IP("link add vx0 type vxlan id 42 local 203.0.113.1 remote 198.51.100.1 dstport 4789",
+		"addr add 10.9.0.2/24 dev vx0", "link set vx0 up"); err != nil {
+		return err
 	}
 	if profile != "" {
 		if err := os.MkdirAll(profile, 0o755); err != nil {
 			return err
 		}
-	}
-	a, err := dphelper.Start(ctx, spa, cfg("10.0.0.1/24", "10.0.0.2", "203.0.113.1", "10.2.0.0/24", "spa.pprof"))
-	if err != nil {
-		return err
-	}
-	b, err := dphelper.Start(ctx, spb, cfg("10.0.0.2/24", "10.0.0.1", "198.51.100.1", "10.1.0.0/24", "spb.pprof"))
-	if err != nil {
-		return err
 	}
 	server, err := hb.Start(testbed.ProcSpec{Name: "iperf3-server", Args: []string{"iperf3", "-s", "--forceflush"}})
 	if err != nil {
@@ -117,52 +115,94 @@ func run(rounds, secs, pings int, wire bool, profile string) error {
 	if _, _, err := server.WaitFor(wctx, regexp.MustCompile("Server listening"), 0); err != nil {
 		return err
 	}
-	paths := map[string][2]string{ // routes on spa and spb for each path
-		"plain":  {"route replace 10.2.0.0/24 via 198.51.100.254", "route replace 10.1.0.0/24 via 203.0.113.254"},
-		"tunnel": {"route replace 10.2.0.0/24 via 10.0.0.2 dev dmvpn0 onlink", "route replace 10.1.0.0/24 via 10.0.0.1 dev dmvpn0 onlink"},
+	routes := map[string][2]string{ // routes on spa and spb for each path
+		"plain":     {"route replace 10.2.0.0/24 via 198.51.100.254", "route replace 10.1.0.0/24 via 203.0.113.254"},
+		"vxlan":     {"route replace 10.2.0.0/24 via 10.9.0.2 dev vx0", "route replace 10.1.0.0/24 via 10.9.0.1 dev vx0"},
+		"userspace": {"route replace 10.2.0.0/24 via 10.0.0.2 dev dmvpn0 onlink", "route replace 10.1.0.0/24 via 10.0.0.1 dev dmvpn0 onlink"},
 	}
-	use := func(path string) error {
-		if err := spa.IP(paths[path][0]); err != nil {
-			return err
+	routes["ebpf"] = routes["userspace"]
+	// One data plane at a time owns dmvpn0: each tunnel measurement
+	// starts its pair of helpers and stops them after.
+	startTunnel := func(backend string, prof bool) (*dphelper.Instance, *dphelper.Instance, error) {
+		cfg := func(addr, peerTun, peerNBMA, name string) dphelper.Config {
+			c := dphelper.Config{Backend: backend, Name: "dmvpn0", Key: 1001, Prefix: addr,
+				Neighbors: map[string]string{peerTun: peerNBMA}}
+			if prof {
+				c.CPUProfile = filepath.Join(profile, backend+"-"+name+".pprof")
+			}
+			return c
 		}
-		return spb.IP(paths[path][1])
+		a, err := dphelper.Start(ctx, spa, cfg("10.0.0.1/24", "10.0.0.2", "203.0.113.1", "spa"))
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err := dphelper.Start(ctx, spb, cfg("10.0.0.2/24", "10.0.0.1", "198.51.100.1", "spb"))
+		if err != nil {
+			a.Stop(ctx)
+			return nil, nil, err
+		}
+		return a, b, nil
 	}
-	fmt.Printf("bench-dataplane: %d rounds × iperf3 -t %d (1 stream) + %d pings per path; underlay %s; %s\n",
-		rounds, secs, pings, map[bool]string{false: "veth defaults (TSO/GSO on, GRO off)", true: "wire mode (TSO/GSO off, GRO on)"}[wire], a.Reason)
+	paths := []string{"plain", "vxlan", "userspace", "ebpf"}
+	fmt.Printf("bench-dataplane: %d rounds × iperf3 -t %d (1 and 2 streams) + %d pings per path; underlay %s\n",
+		rounds, secs, pings, map[bool]string{false: "veth defaults (TSO/GSO on, GRO off)", true: "wire mode (TSO/GSO off, GRO on)"}[wire])
 	results := map[string][]sample{}
+	counters := map[string][2]gre.Counters{}
 	for r := 1; r <= rounds; r++ {
-		for _, path := range []string{"plain", "tunnel"} {
-			if err := use(path); err != nil {
+		for _, path := range paths {
+			var a, b *dphelper.Instance
+			if path == "userspace" || path == "ebpf" {
+				prof := profile != "" && r == rounds
+				if a, b, err = startTunnel(path, prof); err != nil {
+					return fmt.Errorf("%s: %w", path, err)
+				}
+				if r == 1 {
+					fmt.Printf("  %s: %s\n", path, a.Reason)
+				}
+			}
+			if err := spa.IP(routes[path][0]); err != nil {
 				return err
 			}
-			ha.Run(ctx, "iperf3", "-c", hb.Addr.String(), "-t", "1") // warm-up, PMTU
-			perf := profile != "" && path == "tunnel" && r == rounds
-			s, err := measure(ctx, ha, hb.Addr, secs, pings, perf, profile)
+			if err := spb.IP(routes[path][1]); err != nil {
+				return err
+			}
+			ha.Run(ctx, "iperf3", "-c", hb.Addr.String(), "-t", "1") // warm-up, PMTU, neighbours
+			perf := profile != "" && path == "ebpf" && r == rounds
+			var pids []int
+			if a != nil {
+				pids = []int{a.Proc.Pid(), b.Proc.Pid()}
+			}
+			s, err := measure(ctx, ha, hb.Addr, secs, pings, perf, profile, pids)
+			if a != nil {
+				ca, _ := a.Counters(ctx)
+				cb, _ := b.Counters(ctx)
+				counters[path] = [2]gre.Counters{ca, cb}
+				errs := errors.Join(a.Stop(ctx), b.Stop(ctx))
+				if err == nil {
+					err = errs
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("%s round %d: %w", path, r, err)
 			}
 			results[path] = append(results[path], s)
-			fmt.Printf("  round %d %-6s %6.2f Gbit/s  retransmits %5d  ping median %.3f ms\n", r, path, s.gbps, s.retrs, median(s.rtts))
+			fmt.Printf("  round %d %-9s %6.2f Gbit/s (2 streams %6.2f)  retransmits %5d  ping median %.3f ms  CPU %3.0f%% (data plane %3.0f%%)\n",
+				r, path, s.gbps, s.gbps2, s.retrs, median(s.rtts), s.cpu, s.dpCPU)
 		}
 	}
-	ca, _ := a.Counters(ctx)
-	cb, _ := b.Counters(ctx)
-	if err := a.Stop(ctx); err != nil {
-		return err
+	report(paths, results)
+	for _, path := range []string{"userspace", "ebpf"} {
+		c := counters[path]
+		fmt.Printf("%s counters (last round): spa tx %d pkts (BPF fast path %d), drops %v; spb rx %d pkts (BPF fast path %d, %d GRO super-packets), drops %v\n",
+			path, c[0].TxPackets, c[0].FastTxPackets, c[0].Drops, c[1].RxPackets, c[1].FastRxPackets, c[1].RxSuper, c[1].Drops)
 	}
-	if err := b.Stop(ctx); err != nil {
-		return err
-	}
-	report(results)
-	fmt.Printf("\ndata plane counters: spa tx %d pkts, drops %v; spb rx %d pkts (%d GRO super-packets), drops %v\n",
-		ca.TxPackets, ca.Drops, cb.RxPackets, cb.RxSuper, cb.Drops)
 	if profile != "" {
-		fmt.Printf("profiles: %s (go tool pprof -top %s)\n", profile, filepath.Join(profile, "spa.pprof"))
+		fmt.Printf("profiles: %s (go tool pprof -top %s)\n", profile, filepath.Join(profile, "userspace-spa.pprof"))
 	}
 	return nil
 }
 
-func measure(ctx context.Context, from *testbed.Node, to netip.Addr, secs, pings int, perf bool, profile string) (sample, error) {
+func measure(ctx context.Context, from *testbed.Node, to netip.Addr, secs, pings int, perf bool, profile string, pids []int) (sample, error) {
 	var s sample
 	out, err := from.Run(ctx, "ping", "-c", strconv.Itoa(pings), "-i", "0.005", "-W", "1", to.String())
 	if err != nil {
@@ -185,7 +225,17 @@ func measure(ctx context.Context, from *testbed.Node, to netip.Addr, secs, pings
 			}
 		}
 	}
+	busy0, total0 := cpuTimes()
+	proc0 := procTicks(pids)
+	t0 := time.Now()
 	out, err = from.Run(ctx, "iperf3", "-c", to.String(), "-t", strconv.Itoa(secs), "-J")
+	busy1, total1 := cpuTimes()
+	proc1 := procTicks(pids)
+	wall := time.Since(t0).Seconds()
+	if total1 > total0 {
+		s.cpu = 100 * float64(runtime.NumCPU()) * float64(busy1-busy0) / float64(total1-total0)
+	}
+	s.dpCPU = 100 * float64(proc1-proc0) / clockTicks / wall
 	if perfCmd != nil {
 		perfCmd.Wait()
 		data := filepath.Join(profile, "perf.data")
@@ -196,6 +246,19 @@ func measure(ctx context.Context, from *testbed.Node, to netip.Addr, secs, pings
 	if err != nil {
 		return s, err
 	}
+	if s.gbps, s.retrs, err = iperfResult(out); err != nil {
+		return s, err
+	}
+	out, err = from.Run(ctx, "iperf3", "-c", to.String(), "-t", strconv.Itoa(secs), "-P", "2", "-J")
+	if err != nil {
+		return s, err
+	}
+	s.gbps2, _, err = iperfResult(out)
+	return s, err
+}
+
+// iperfResult reads the receiver's rate and the sender's retransmits.
+func iperfResult(out string) (float64, int, error) {
 	var res struct {
 		End struct {
 			SumSent     struct{ Retransmits int } `json:"sum_sent"`
@@ -206,14 +269,58 @@ func measure(ctx context.Context, from *testbed.Node, to netip.Addr, secs, pings
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		return s, fmt.Errorf("iperf3 output: %w", err)
+		return 0, 0, fmt.Errorf("iperf3 output: %w", err)
 	}
 	if res.Error != "" {
-		return s, errors.New("iperf3: " + res.Error)
+		return 0, 0, errors.New("iperf3: " + res.Error)
 	}
-	s.gbps = res.End.SumReceived.BitsPerSecond / 1e9
-	s.retrs = res.End.SumSent.Retransmits
-	return s, nil
+	return res.End.SumReceived.BitsPerSecond / 1e9, res.End.SumSent.Retransmits, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times.
+const clockTicks = 100
+
+// cpuTimes returns the machine's busy and total CPU time from /proc/stat.
+func cpuTimes() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		if i >= 8 { // guest times are inside user already
+			break
+		}
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total
+}
+
+// procTicks adds up the user and system time of processes.
+func procTicks(pids []int) uint64 {
+	var t uint64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		_, rest, ok := strings.Cut(string(b), ") ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) > 12 {
+			u, _ := strconv.ParseUint(f[11], 10, 64)
+			s, _ := strconv.ParseUint(f[12], 10, 64)
+			t += u + s
+		}
+	}
+	return t
 }
 
 func median(v []float64) float64 {
@@ -228,28 +335,46 @@ func median(v []float64) float64 {
 	return (c[len(c)/2-1] + c[len(c)/2]) / 2
 }
 
-func report(results map[string][]sample) {
-	stat := func(path string) (gbps, rtt float64) {
-		var g, r []float64
+func report(paths []string, results map[string][]sample) {
+	type stat struct{ gbps, gbps2, rtt, cpu, dpCPU float64 }
+	stats := map[string]stat{}
+	for _, path := range paths {
+		var g, g2, r, c, dc []float64
 		for _, s := range results[path] {
-			g = append(g, s.gbps)
+			g, g2, c, dc = append(g, s.gbps), append(g2, s.gbps2), append(c, s.cpu), append(dc, s.dpCPU)
 			r = append(r, s.rtts...)
 		}
-		return median(g), median(r)
+		stats[path] = stat{median(g), median(g2), median(r), median(c), median(dc)}
 	}
-	pg, pr := stat("plain")
-	tg, tr := stat("tunnel")
+	plain := stats["plain"]
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%-8s %14s %16s\n", "path", "median Gbit/s", "median RTT (ms)")
-	fmt.Fprintf(&b, "%-8s %14.2f %16.3f\n", "plain", pg, pr)
-	fmt.Fprintf(&b, "%-8s %14.2f %16.3f\n", "tunnel", tg, tr)
-	ratio := 0.0
-	if pg > 0 {
-		ratio = tg / pg
+	fmt.Fprintf(&b, "\nmedians of %d rounds\n%-10s %9s %9s %9s %10s %8s %11s %9s\n", len(results["plain"]),
+		"path", "1 stream", "2 streams", "of plain", "RTT (ms)", "added", "CPU busy", "data plane")
+	for _, path := range paths {
+		st := stats[path]
+		ratio := 0.0
+		if plain.gbps > 0 {
+			ratio = st.gbps / plain.gbps
+		}
+		dp := "-"
+		if path == "userspace" || path == "ebpf" {
+			dp = fmt.Sprintf("%.0f%%", st.dpCPU)
+		}
+		fmt.Fprintf(&b, "%-10s %9.2f %9.2f %8.0f%% %10.3f %5.0f µs %10.0f%% %9s\n", path, st.gbps, st.gbps2, 100*ratio,
+			st.rtt, (st.rtt-plain.rtt)*1000, st.cpu, dp)
 	}
-	added := (tr - pr) * 1000
-	fmt.Fprintf(&b, "\nthroughput ratio tunnel/plain: %.1f%% (goal ≥ 60%%: %s)\n", 100*ratio, verdict(ratio >= 0.6))
-	fmt.Fprintf(&b, "added median latency: %.0f µs (goal ≤ 100 µs: %s)\n", added, verdict(added <= 100))
+	fmt.Fprintf(&b, "(Gbit/s: iperf3 receiver; CPU busy: the whole machine during the one-stream run, %d%% = every core; data plane: the two tunnel processes — BPF runs in softirq and counts as machine time)\n", 100*runtime.NumCPU())
+	e := stats["ebpf"]
+	ratio := 0.0
+	if plain.gbps > 0 {
+		ratio = e.gbps / plain.gbps
+	}
+	added := (e.rtt - plain.rtt) * 1000
+	fmt.Fprintf(&b, "\nthroughput ratio ebpf/plain: %.1f%% (goal ≥ 80%%: %s)\n", 100*ratio, verdict(ratio >= 0.8))
+	fmt.Fprintf(&b, "added median latency, ebpf: %.0f µs (goal ≤ 50 µs: %s)\n", added, verdict(added <= 50))
+	if plain.gbps > 0 {
+		fmt.Fprintf(&b, "throughput ratio userspace/plain: %.1f%%, vxlan/plain: %.1f%%\n", 100*stats["userspace"].gbps/plain.gbps, 100*stats["vxlan"].gbps/plain.gbps)
+	}
 	fmt.Print(b.String())
 }
 
