@@ -115,7 +115,8 @@ func TestIPsecRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spoke("otherca", "10.0.0.25", "10.5.0.0/24", p.sectionCA("otherca", oc, otherCA, ""))
+	otherStart := time.Now()
+	othercaNode := spoke("otherca", "10.0.0.25", "10.5.0.0/24", p.sectionCA("otherca", oc, otherCA, ""))
 
 	audit := filepath.Join(p.dir, "audit-hub.jsonl")
 	refusals := func(nbma string) []auditLine {
@@ -148,6 +149,14 @@ func TestIPsecRefusals(t *testing.T) {
 		}
 	}
 
+	// The spoke with the foreign certificate learns from charon that the
+	// negotiation failed (AUTHENTICATION_FAILED), without waiting out the
+	// SA timeout (10 s), and keeps trying.
+	waitFor(t, 8*time.Second, "the foreign spoke's failed negotiation", func() bool {
+		st := othercaNode.crypto().Stats
+		return st != nil && st.IKEFailures["negotiation"] > 0
+	})
+	t.Logf("foreign certificate: negotiation failure known %v after the spoke started", time.Since(otherStart).Round(time.Millisecond))
 	// Long enough for the expired and foreign certificates to have tried
 	// (the spokes retry forever).
 	time.Sleep(3 * time.Second)

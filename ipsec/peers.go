@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -49,18 +50,34 @@ func (m *Manager) PeerUp(ctx context.Context, p nhrp.Peer) error {
 				return m.checkServer(ctx, p)
 			}
 		}
+		up, cancel := context.WithTimeout(ctx, m.cfg.UpTimeout)
+		defer cancel()
+		// initiate reports a failed negotiation (the peer refused our
+		// proposal or our certificate, its charon not ready yet) as soon
+		// as charon knows, rather than at the end of UpTimeout.
+		failed := make(chan error, 1)
 		if !m.connecting(p.NBMA) {
-			if err := m.initiate(ctx, spec.name); err != nil {
-				m.stats.failure("initiate")
+			go func() { failed <- m.initiateWait(up, spec.name) }()
+		}
+		waited := make(chan error, 1)
+		go func() { waited <- m.waitUp(up, p.NBMA) }()
+		select {
+		case err := <-waited:
+			if err != nil {
+				m.stats.failure("timeout")
 				return err
 			}
-		}
-		up, cancel := context.WithTimeout(ctx, m.cfg.UpTimeout)
-		err := m.waitUp(up, p.NBMA)
-		cancel()
-		if err != nil {
-			m.stats.failure("timeout")
-			return err
+		case err := <-failed:
+			if err != nil {
+				cancel()
+				<-waited
+				m.stats.failure("negotiation")
+				return err
+			}
+			if err := <-waited; err != nil {
+				m.stats.failure("timeout")
+				return err
+			}
 		}
 	}
 	return m.checkServer(ctx, p)
@@ -176,14 +193,31 @@ func (m *Manager) ensureConn(ctx context.Context, spec connSpec) error {
 	return m.loadConn(ctx, spec)
 }
 
-// initiate starts a connection's CHILD_SA without waiting (timeout -1):
-// the result comes as an event.
-func (m *Manager) initiate(ctx context.Context, conn string) error {
-	m.mu.Lock()
-	c := m.cmd
-	m.mu.Unlock()
-	_, err := c.call(ctx, 2*time.Second, "initiate", msg("child", childName, "ike", conn, "timeout", "-1", "init-limits", "no"))
-	return err
+// initiateWait starts a connection's CHILD_SA and waits for charon's
+// verdict, on a VICI session of its own (the command session must not be
+// held for a whole negotiation). nil: established; an error: failed, or
+// ctx ended.
+func (m *Manager) initiateWait(ctx context.Context, conn string) error {
+	c, err := dialVICI(ctx, m.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	d := time.Until(deadlineOf(ctx, m.cfg.UpTimeout))
+	_, err = c.call(ctx, d, "initiate", msg("child", childName, "ike", conn,
+		"timeout", strconv.Itoa(int(d/time.Millisecond)), "init-limits", "no", "loglevel", "-1"))
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("ipsec: bringing up %s: %w", conn, err)
+	}
+	return nil
+}
+
+// deadlineOf is ctx's deadline, or d from now.
+func deadlineOf(ctx context.Context, d time.Duration) time.Time {
+	if t, ok := ctx.Deadline(); ok {
+		return t
+	}
+	return time.Now().Add(d)
 }
 
 // connecting reports whether an IKE SA with nbma is being set up.
