@@ -260,6 +260,27 @@ func pingTTL(t testing.TB, n *testbed.Node, dst netip.Addr) (int, error) {
 	return ttl, nil
 }
 
+// pingTTLs sends count pings 0.2 s apart from a node, in one ping process
+// (process starts are dear under TCG), and returns the replies' TTLs in
+// order; a lost reply is an error.
+func pingTTLs(t *testing.T, n *testbed.Node, dst netip.Addr, count int) ([]int, error) {
+	t.Helper()
+	out, err := n.Run(context.Background(), "ping", "-n", "-c", fmt.Sprint(count), "-i", "0.2", "-W", "2", dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("ping %s from %s: %v: %s", dst, n.Name, err, out)
+	}
+	var ttls []int
+	for _, m := range regexp.MustCompile(`ttl=(\d+)`).FindAllStringSubmatch(out, -1) {
+		var ttl int
+		fmt.Sscan(m[1], &ttl)
+		ttls = append(ttls, ttl)
+	}
+	if len(ttls) != count {
+		return ttls, fmt.Errorf("ping %s from %s: %d replies of %d: %s", dst, n.Name, len(ttls), count, out)
+	}
+	return ttls, nil
+}
+
 // jsonString renders v for failure messages.
 func jsonString(v any) string {
 	b, _ := json.Marshal(v)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -283,14 +284,12 @@ func (x *interop) shortcutBetween(a, b string, both bool) {
 	relayed0 := x.relay.value("relayed")
 	w0 := x.wire.get()
 	const n = 10
-	for i := 0; i < n; i++ {
-		ttl, err := pingTTL(t, src, dst)
-		if err != nil {
-			t.Fatalf("%s → %s: ping %d over the shortcut: %v", a, b, i, err)
-		}
-		if both && ttl != 62 {
-			t.Fatalf("%s → %s: ping %d over the shortcut: TTL %d, want 62 (direct both ways)", a, b, i, ttl)
-		}
+	ttls, err := pingTTLs(t, src, dst, n)
+	if err != nil {
+		t.Fatalf("%s → %s: pings over the shortcut: %v", a, b, err)
+	}
+	if both && slices.ContainsFunc(ttls, func(ttl int) bool { return ttl != 62 }) {
+		t.Fatalf("%s → %s: pings over the shortcut: TTLs %v, want 62 (direct both ways)", a, b, ttls)
 	}
 	w1 := x.wire.get()
 	if d := w1[a+"_"+b] - w0[a+"_"+b]; d < n {
