@@ -27,10 +27,10 @@ lab:
 lab-down:
 	./$(BIN)/dmvpn-lab down
 
-# The one test command: installs what the tests need, vets, runs every test
-# (integration tests need root; they skip with a reason otherwise), then the
-# bounded fuzz runs.
-test: deps vet unit fuzz
+# The one test command: installs what the tests need, checks the committed
+# BPF object against its source, vets, runs every test (integration tests
+# need root; they skip with a reason otherwise), then the bounded fuzz runs.
+test: deps bpf-check vet unit fuzz
 
 deps:
 	@./scripts/install-deps.sh
@@ -49,6 +49,26 @@ fuzz:
 	$(GO) test ./gre -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./gre/userspace -run '^$$' -fuzz '^FuzzReceive$$' -fuzztime $(FUZZTIME)
 
+# The BPF programs of the ebpf data plane (gre/ebpf/dataplane.c): `make bpf`
+# regenerates the object and its Go bindings with bpf2go (clang-14,
+# llvm-strip-14, libbpf-dev); building needs neither, they are committed.
+# `make bpf-check` regenerates them aside and fails if the committed ones
+# differ; without clang it skips, saying so.
+BPF_DIR   := gre/ebpf
+BPF_FILES := dataplane_bpfel.go dataplane_bpfel.o dataplane_bpfeb.go dataplane_bpfeb.o
+.PHONY: bpf bpf-check
+bpf:
+	cd $(BPF_DIR) && $(GO) generate ./
+
+bpf-check:
+	@if ! command -v clang-14 >/dev/null || ! command -v llvm-strip-14 >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ]; then \
+		echo "bpf-check: skipped: clang-14, llvm-strip-14 or libbpf-dev missing (scripts/install-deps.sh installs them)"; exit 0; fi; \
+	tmp=build/bpf-check; rm -rf $$tmp; mkdir -p $$tmp; \
+	cp $(BPF_DIR)/dataplane.c $(BPF_DIR)/gen.go $$tmp/ && (cd $$tmp && $(GO) generate ./) || { rm -rf $$tmp; exit 1; }; \
+	for f in $(BPF_FILES); do \
+		cmp -s $$tmp/$$f $(BPF_DIR)/$$f || { echo "bpf-check: $(BPF_DIR)/$$f differs from what dataplane.c compiles to: run make bpf and commit it"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "bpf-check: the committed BPF object and bindings match dataplane.c"
+
 # Codec benchmarks.
 bench:
 	$(GO) test ./nhrp/wire -run '^$$' -bench . -benchmem -count 5
@@ -62,10 +82,11 @@ clean:
 vm-clean:
 	rm -rf build/vm
 
-# Data-plane benchmark (root): iperf3 and ping between two LAN hosts through
-# the userspace GRE tunnel and through the plain routed path, in namespaces,
-# one run; prints medians and the ratio. BENCHFLAGS, e.g. "-rounds 5 -t 10",
-# "-wire" (underlay GRO like a NIC), "-profile DIR" (pprof + perf).
+# Data-plane benchmark (root): iperf3 (one and two streams) and ping between
+# two LAN hosts over the plain routed path, the kernel's VXLAN, the userspace
+# and the ebpf GRE backends, in namespaces, one run; prints medians, CPU and
+# the ratios to plain. BENCHFLAGS, e.g. "-rounds 5 -t 10", "-wire" (underlay
+# GRO like a NIC), "-profile DIR" (pprof + perf).
 .PHONY: bench-dataplane
 bench-dataplane:
 	$(GO) run ./integration/cmd/benchdataplane $(BENCHFLAGS)

@@ -3,6 +3,7 @@ module github.com/opendmvpn/dmvpn
 go 1.26.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/florianl/go-nflog/v2 v2.2.0
 	github.com/google/go-cmp v0.7.0
 	github.com/google/nftables v0.3.0
@@ -28,7 +29,6 @@ require (
 	github.com/carapace-sh/carapace v1.11.6 // indirect
 	github.com/carapace-sh/carapace-shlex v1.1.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
-	github.com/cilium/ebpf v0.22.0 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/kballard/go-shellquote v0.0.0-20180428030007-95032a82bc51 // indirect
 	github.com/mdlayher/netlink v1.7.3-0.20250113171957-fbb4dce95f42 // indirect

@@ -5,7 +5,7 @@
 # with a message saying so).
 set -eu
 
-PKGS="strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins strongswan-pki tshark tcpdump iproute2 iputils-ping nftables iperf3 procps netbase qemu-system-x86 linux-image-amd64 busybox-static kmod cpio xz-utils binutils frr ethtool"
+PKGS="strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins strongswan-pki tshark tcpdump iproute2 iputils-ping nftables iperf3 procps netbase qemu-system-x86 linux-image-amd64 busybox-static kmod cpio xz-utils binutils frr ethtool clang-14 llvm-14 libbpf-dev"
 # --lab: only what `make lab` needs (namespaces, ping, the NAT router's nft,
 # strongSwan's charon with kernel-libipsec for IPsec on every node).
 if [ "${1:-}" = "--lab" ]; then
