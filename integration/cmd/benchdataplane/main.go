@@ -93,11 +93,11 @@ func run(rounds, secs, pings int, wire bool, profile string) error {
 	}
 	// The kernel's VXLAN between the two spokes: the reference kernel
 	// tunnel (this kernel has no ip_gre).
-	if err := spa.IP("link add vx0 type vxlan id 42 local 198.51.100.1 remote 203.0.113.1 dstport 4789",
+	if err := spa.IP("link add vx0 type vxlan id 42 local 198.51.100.1 remote 203.0.113.1 dstport 4789 dev wan0",
 		"addr add 10.9.0.1/24 dev vx0", "link set vx0 up"); err != nil {
 		return err
 	}
-	if err := spb.IP("link add vx0 type vxlan id 42 local 203.0.113.1 remote 198.51.100.1 dstport 4789",
+	if err := spb.IP("link add vx0 type vxlan id 42 local 203.0.113.1 remote 198.51.100.1 dstport 4789 dev wan0",
 		"addr add 10.9.0.2/24 dev vx0", "link set vx0 up"); err != nil {
 		return err
 	}
