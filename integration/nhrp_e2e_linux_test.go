@@ -333,6 +333,11 @@ func testNHRPEndToEnd(t *testing.T, dataplane string) {
 
 	// Restarting the hub makes the spokes register again within seconds.
 	x.hub.stop()
+	if dataplane == "ebpf" {
+		if left := bpfLeftovers(t, x.tb.Node("hub").NS); len(left) > 0 {
+			t.Errorf("BPF left behind after the hub's dmvpnd stopped: %v", left)
+		}
+	}
 	stopped := time.Now()
 	x.hub.start()
 	waitFor(t, 15*time.Second, "re-registration after the hub restart", x.allRegistered)
