@@ -3,44 +3,20 @@
 package ipsec
 
 import (
-	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/opendmvpn/dmvpn/internal/netnstest"
 )
 
-const childEnv = "IPSEC_TEST_IN_NETNS"
-
 // inNetns runs the calling test again in a fresh network namespace and
-// reports its result; it returns true in the child, where the body runs.
+// returns true in the child, where the test body runs.
 func inNetns(t *testing.T) bool {
 	t.Helper()
-	if os.Getenv(childEnv) == t.Name() {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (a network namespace)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("skipping: needs the ip command (iproute2)")
-	}
-	ns := fmt.Sprintf("dmvi%dx%d", os.Getpid(), time.Now().UnixNano()%1e6)
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	exe, _ := os.Executable()
-	cmd := exec.Command("ip", "netns", "exec", ns, exe, "-test.run", "^"+t.Name()+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), childEnv+"="+t.Name())
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
-		t.Fatalf("in namespace %s: %v\n%s", ns, err, out)
-	}
-	return false
+	return netnstest.Run(t, "dmvi")
 }
 
 func sh(t *testing.T, cmd string) string {
