@@ -75,6 +75,12 @@ type Counters struct {
 	// FastTxPackets and FastRxPackets count the packets the ebpf
 	// backend's BPF programs forwarded (included in TxPackets/RxPackets).
 	FastTxPackets, FastRxPackets uint64 `json:",omitempty"`
+	// FastPath holds the ebpf backend's own counters by name: the
+	// packets it left to the slow path by reason ("slow_no_neighbor",
+	// "slow_too_big", "slow_ipsec", "slow_other"), the super-packets it
+	// carried whole, the GRE it passed to the stack (nil on other
+	// backends).
+	FastPath map[string]uint64 `json:",omitempty"`
 	// Drops by reason; absent reasons are zero.
 	Drops map[string]uint64
 	// Peers holds per-NBMA counts where the backend keeps them (nil

@@ -41,6 +41,8 @@ type testPKI struct {
 	dir string
 	ca  *pki.CA
 	caF string
+	// mode is the nodes' ipsec mode; empty means userspace.
+	mode string
 }
 
 func newTestPKI(t testing.TB) *testPKI {
@@ -93,8 +95,12 @@ func (p *testPKI) sectionCA(name string, is *pki.Issued, caFile, extra string) s
 			p.t.Fatal(err)
 		}
 	}
+	mode := p.mode
+	if mode == "" {
+		mode = "userspace"
+	}
 	return fmt.Sprintf(`ipsec:
-  mode: userspace
+  mode: %s
   ca: %s
   cert: %s
   key: %s
@@ -104,7 +110,7 @@ func (p *testPKI) sectionCA(name string, is *pki.Issued, caFile, extra string) s
   retransmit_timeout: 500ms
   retransmit_tries: 3
   audit_log: %s
-%s`, caFile, cert, key, state, filepath.Join(p.dir, "audit-"+name+".jsonl"), extra)
+%s`, mode, caFile, cert, key, state, filepath.Join(p.dir, "audit-"+name+".jsonl"), extra)
 }
 
 // dumpLogs prints the end of every charon log when the test failed.

@@ -303,6 +303,10 @@ func (d *Device) Counters() gre.Counters {
 	c.RxPackets += st[stRxPackets]
 	c.RxBytes += st[stRxBytes]
 	c.FastTxPackets, c.FastRxPackets = st[stTxPackets], st[stRxPackets]
+	c.FastPath = make(map[string]uint64, 8)
+	for _, i := range []int{stTxGSO, stRxGSO, stSlowNeigh, stSlowFrag, stSlowIPsec, stSlowOther, stRxPassed} {
+		c.FastPath[StatNames[i]] = st[i]
+	}
 	addDrop(&c, gre.DropSendError, st[stTxError])
 	addDrop(&c, gre.DropIngress, st[stRxRefused])
 	addDrop(&c, gre.DropMalformed, st[stRxError])

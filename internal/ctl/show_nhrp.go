@@ -170,6 +170,9 @@ func printTraffic(w io.Writer, r control.TrafficResponse) {
 		fmt.Fprintf(w, "   Data plane: sent %d packets (%d bytes), received %d packets (%d bytes), NHRP %d out %d in\n",
 			d.TxPackets, d.TxBytes, d.RxPackets, d.RxBytes, d.NHRPTx, d.NHRPRx)
 		fmt.Fprintf(w, "   Neighbour misses: %d (%d suppressed); data-plane drops: %s\n", d.Misses, d.MissesSuppressed, counts(d.Drops))
+		if d.FastPath != nil {
+			fmt.Fprintf(w, "   Fast path (eBPF): sent %d, received %d; %s\n", d.FastTxPackets, d.FastRxPackets, counts(d.FastPath))
+		}
 	}
 }
 

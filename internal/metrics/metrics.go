@@ -125,6 +125,8 @@ var (
 		"Packets that needed a tunnel next hop without a neighbour entry: delivered to NHRP, or suppressed by the rate limit.", []string{"result"}, nil)
 	descNHRPFrames = prometheus.NewDesc("dmvpn_dataplane_nhrp_packets_total",
 		"NHRP packets the data plane carried by direction.", []string{"direction"}, nil)
+	descFastPath = prometheus.NewDesc("dmvpn_dataplane_fast_path_total",
+		"The ebpf data plane's own counters: packets its BPF programs carried (tx_packets, rx_packets), super-packets carried whole (tx_gso, rx_gso), packets left to the slow path by reason (slow_no_neighbor, slow_too_big, slow_ipsec, slow_other), GRE passed to the stack (rx_passed). Absent on other data planes.", []string{"counter"}, nil)
 	descUp = prometheus.NewDesc("dmvpn_up",
 		"1 when the node's tunnel and NHRP engine run.", nil, nil)
 )
@@ -137,7 +139,7 @@ type scrape struct{ src Source }
 // Describe implements prometheus.Collector.
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descErrInd, descDropped, descSuppressed, descPeers, descNHS,
-		descCache, descDPPackets, descDPBytes, descDPDropped, descMisses, descNHRPFrames, descUp} {
+		descCache, descDPPackets, descDPBytes, descDPDropped, descMisses, descNHRPFrames, descFastPath, descUp} {
 		ch <- d
 	}
 	for _, d := range ipsecDescs {
@@ -174,6 +176,13 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		counter(descMisses, c.MissesSuppressed, "suppressed")
 		for _, r := range gre.DropReasons() {
 			counter(descDPDropped, c.Drops[r.String()], r.String())
+		}
+		if c.FastPath != nil {
+			counter(descFastPath, c.FastTxPackets, "tx_packets")
+			counter(descFastPath, c.FastRxPackets, "rx_packets")
+			for name, n := range c.FastPath {
+				counter(descFastPath, n, name)
+			}
 		}
 	}
 	if st, ok := ipsecStats(s.src); ok {

@@ -45,14 +45,20 @@ func (fakeEngine) Cache(context.Context) ([]nhrp.CacheEntry, error) {
 }
 
 type fakeSource struct {
-	eng Engine
-	dp  bool
+	eng  Engine
+	dp   bool
+	fast bool // an ebpf data plane
 }
 
 func (s fakeSource) MetricsEngine() Engine { return s.eng }
 func (s fakeSource) Counters() (gre.Counters, bool) {
-	return gre.Counters{TxPackets: 10, TxBytes: 1000, RxPackets: 8, RxBytes: 800, Misses: 4, MissesSuppressed: 1,
-		Drops: map[string]uint64{"malformed": 5}}, s.dp
+	c := gre.Counters{TxPackets: 10, TxBytes: 1000, RxPackets: 8, RxBytes: 800, Misses: 4, MissesSuppressed: 1,
+		Drops: map[string]uint64{"malformed": 5}}
+	if s.fast {
+		c.FastTxPackets, c.FastRxPackets = 9, 7
+		c.FastPath = map[string]uint64{"slow_no_neighbor": 1, "slow_ipsec": 0}
+	}
+	return c, s.dp
 }
 
 // value returns the value of a metric with the given labels, or an error.
@@ -134,6 +140,25 @@ func TestMetrics(t *testing.T) {
 	}
 	if _, err := value(fams, "dmvpn_nhrp_events_total", "kind", "packet"); err == nil {
 		t.Errorf("packet events are counted twice (dmvpn_nhrp_events_total{kind=packet})")
+	}
+}
+
+func TestMetricsFastPath(t *testing.T) {
+	fams, err := New(fakeSource{eng: fakeEngine{}, dp: true}).Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := value(fams, "dmvpn_dataplane_fast_path_total", "counter", "tx_packets"); err == nil {
+		t.Error("fast-path counters on a data plane without one")
+	}
+	fams, err = New(fakeSource{eng: fakeEngine{}, dp: true, fast: true}).Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for counter, want := range map[string]float64{"tx_packets": 9, "rx_packets": 7, "slow_no_neighbor": 1, "slow_ipsec": 0} {
+		if got, err := value(fams, "dmvpn_dataplane_fast_path_total", "counter", counter); err != nil || got != want {
+			t.Errorf("dmvpn_dataplane_fast_path_total{counter=%q} = %v (%v), want %v", counter, got, err, want)
+		}
 	}
 }
 
