@@ -17,42 +17,18 @@ import (
 
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/internal/leakcheck"
+	"github.com/opendmvpn/dmvpn/internal/netnstest"
 )
 
-const childEnv = "EBPF_TEST_IN_NETNS"
-
-// inNetns runs the calling test again in a fresh network namespace (a
-// child process under `ip netns exec`, with env added) and reports its
-// result. It returns true in the child, where the test body runs.
+// inNetns runs the calling test again in a fresh network namespace (with
+// env added) and reports its result. It returns true in the child, where
+// the test body runs.
 func inNetns(t *testing.T, env ...string) bool {
 	t.Helper()
-	if os.Getenv(childEnv) == t.Name() {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (a network namespace, a TUN device, BPF)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("skipping: needs the ip command (iproute2)")
-	}
 	if err := Available(); err != nil {
 		t.Skipf("skipping: %v", err)
 	}
-	ns := fmt.Sprintf("dmve%dx%d", os.Getpid(), time.Now().UnixNano()%1e6)
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
-	exe, _ := os.Executable()
-	cmd := exec.Command("ip", "netns", "exec", ns, exe, "-test.run", "^"+t.Name()+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(append(os.Environ(), childEnv+"="+t.Name()), env...)
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
-		t.Fatalf("in namespace %s: %v\n%s", ns, err, out)
-	}
-	t.Logf("in namespace %s:\n%s", ns, out)
-	return false
+	return netnstest.Run(t, "dmve", env...)
 }
 
 func sh(t *testing.T, args ...string) {
