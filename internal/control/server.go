@@ -183,7 +183,10 @@ func engineError(w http.ResponseWriter, err error) {
 	writeError(w, code, err)
 }
 
-func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+// answer serves a read of the engine: it asks the engine for its status
+// (the interface's name) and get's value, and writes what respond makes
+// of both.
+func answer[T any](s *Server, w http.ResponseWriter, r *http.Request, get func(Engine, context.Context) (T, error), respond func(nhrp.Status, T) any) {
 	e, ctx, cancel, ok := s.engine(w, r)
 	if !ok {
 		return
@@ -194,32 +197,29 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		engineError(w, err)
 		return
 	}
-	writeJSON(w, Status{Info: s.d.Info(), NHRP: st})
+	v, err := get(e, ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	writeJSON(w, respond(st, v))
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	answer(s, w, r, func(Engine, context.Context) (struct{}, error) { return struct{}{}, nil },
+		func(st nhrp.Status, _ struct{}) any { return Status{Info: s.d.Info(), NHRP: st} })
 }
 
 func (s *Server) cacheEntries(w http.ResponseWriter, r *http.Request, keep func(nhrp.CacheEntry) bool) {
-	e, ctx, cancel, ok := s.engine(w, r)
-	if !ok {
-		return
-	}
-	defer cancel()
-	st, err := e.Status(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	all, err := e.Cache(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	out := CacheResponse{Interface: st.Interface, Entries: []nhrp.CacheEntry{}}
-	for _, en := range all {
-		if keep(en) {
-			out.Entries = append(out.Entries, en)
+	answer(s, w, r, Engine.Cache, func(st nhrp.Status, all []nhrp.CacheEntry) any {
+		out := CacheResponse{Interface: st.Interface, Entries: []nhrp.CacheEntry{}}
+		for _, en := range all {
+			if keep(en) {
+				out.Entries = append(out.Entries, en)
+			}
 		}
-	}
-	writeJSON(w, out)
+		return out
+	})
 }
 
 func (s *Server) cache(w http.ResponseWriter, r *http.Request) {
@@ -231,70 +231,31 @@ func (s *Server) shortcuts(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) nhs(w http.ResponseWriter, r *http.Request) {
-	e, ctx, cancel, ok := s.engine(w, r)
-	if !ok {
-		return
-	}
-	defer cancel()
-	st, err := e.Status(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	servers, err := e.NHS(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	if servers == nil {
-		servers = []nhrp.NHSStatus{}
-	}
-	writeJSON(w, NHSResponse{Interface: st.Interface, Servers: servers})
+	answer(s, w, r, Engine.NHS, func(st nhrp.Status, servers []nhrp.NHSStatus) any {
+		if servers == nil {
+			servers = []nhrp.NHSStatus{}
+		}
+		return NHSResponse{Interface: st.Interface, Servers: servers}
+	})
 }
 
 func (s *Server) peers(w http.ResponseWriter, r *http.Request) {
-	e, ctx, cancel, ok := s.engine(w, r)
-	if !ok {
-		return
-	}
-	defer cancel()
-	st, err := e.Status(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	ps, err := e.Peers(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	if ps == nil {
-		ps = []nhrp.PeerStatus{}
-	}
-	writeJSON(w, PeersResponse{Interface: st.Interface, Peers: ps})
+	answer(s, w, r, Engine.Peers, func(st nhrp.Status, ps []nhrp.PeerStatus) any {
+		if ps == nil {
+			ps = []nhrp.PeerStatus{}
+		}
+		return PeersResponse{Interface: st.Interface, Peers: ps}
+	})
 }
 
 func (s *Server) traffic(w http.ResponseWriter, r *http.Request) {
-	e, ctx, cancel, ok := s.engine(w, r)
-	if !ok {
-		return
-	}
-	defer cancel()
-	st, err := e.Status(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	t, err := e.Traffic(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	out := TrafficResponse{Interface: st.Interface, NHRP: t}
-	if c, ok := s.d.Counters(); ok {
-		out.Dataplane = &c
-	}
-	writeJSON(w, out)
+	answer(s, w, r, Engine.Traffic, func(st nhrp.Status, t nhrp.Traffic) any {
+		out := TrafficResponse{Interface: st.Interface, NHRP: t}
+		if c, ok := s.d.Counters(); ok {
+			out.Dataplane = &c
+		}
+		return out
+	})
 }
 
 func (s *Server) clear(w http.ResponseWriter, r *http.Request) {
