@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -103,16 +104,39 @@ func testGROSuperPackets(t *testing.T, be string) {
 			t.Fatal(err)
 		}
 	}
-	srv, err := p.hb.Start(testbed.ProcSpec{Name: "iperf3", Args: []string{"iperf3", "-s", "-1"}})
+	bps := iperf(ctx, t, p.ha, p.hb, 2)
+	c, err := p.b.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%.0f Mbit/s, %d GRO super-packets of %d received (%d by the BPF fast path), drops %v", bps/1e6, c.RxSuper, c.RxPackets, c.FastRxPackets, c.Drops)
+	// ebpf decapsulates the coalesced GRE in BPF (the kernel segments it
+	// again where needed); userspace writes it whole to the TUN.
+	if be == "userspace" && c.RxSuper == 0 {
+		t.Fatalf("the underlay coalesced nothing (RxSuper 0): the test did not exercise super-packets")
+	}
+	if be == "ebpf" && c.FastRxPackets == 0 {
+		t.Fatalf("the fast path decapsulated nothing")
+	}
+	if bps < 50e6 {
+		t.Fatalf("TCP through coalesced GRE at %.1f Mbit/s: stalled", bps/1e6)
+	}
+}
+
+// iperf runs one TCP stream of iperf3 for seconds from client to server
+// and returns the bits per second received.
+func iperf(ctx context.Context, t testing.TB, client, server *testbed.Node, seconds int) float64 {
+	t.Helper()
+	srv, err := server.Start(testbed.ProcSpec{Name: "iperf3", Args: []string{"iperf3", "-s", "-1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Stop()
 	var out string
-	for i := 0; i < 20; i++ { // the server needs a moment to listen
+	for i := 0; i < 30; i++ { // the server needs a moment to listen
 		// iperf3 -J may exit 0 on "connection refused", saying so only
 		// in its JSON.
-		if out, err = p.ha.Run(ctx, "iperf3", "-c", p.hb.Addr.String(), "-t", "2", "-J"); err == nil && !strings.Contains(out, `"error"`) {
+		if out, err = client.Run(ctx, "iperf3", "-c", server.Addr.String(), "-t", strconv.Itoa(seconds), "-J"); err == nil && !strings.Contains(out, `"error"`) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -128,22 +152,7 @@ func testGROSuperPackets(t *testing.T, be string) {
 		} `json:"end"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		t.Fatal(err)
+		t.Fatalf("iperf3 output: %v\n%s", err, out)
 	}
-	c, err := p.b.Counters(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%.0f Mbit/s, %d GRO super-packets of %d received (%d by the BPF fast path), drops %v", res.End.SumReceived.BitsPerSecond/1e6, c.RxSuper, c.RxPackets, c.FastRxPackets, c.Drops)
-	// ebpf decapsulates the coalesced GRE in BPF (the kernel segments it
-	// again where needed); userspace writes it whole to the TUN.
-	if be == "userspace" && c.RxSuper == 0 {
-		t.Fatalf("the underlay coalesced nothing (RxSuper 0): the test did not exercise super-packets")
-	}
-	if be == "ebpf" && c.FastRxPackets == 0 {
-		t.Fatalf("the fast path decapsulated nothing")
-	}
-	if res.End.SumReceived.BitsPerSecond < 50e6 {
-		t.Fatalf("TCP through coalesced GRE at %.1f Mbit/s: stalled", res.End.SumReceived.BitsPerSecond/1e6)
-	}
+	return res.End.SumReceived.BitsPerSecond
 }

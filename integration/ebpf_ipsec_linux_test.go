@@ -5,8 +5,6 @@ import (
 	"encoding/hex"
 	"net"
 	"net/netip"
-	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -91,20 +89,7 @@ func TestIPsecEbpf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	killed := time.Now()
-	syscall.Kill(charonPID(t, filepath.Join(p.dir, "state-hub")), syscall.SIGKILL)
-	back := waitFor(t, 30*time.Second, "all spokes registered again after the hub's charon was killed", func() bool {
-		for i := range x.spokes {
-			if !x.hub.saUpWith(nbmaOf(x, i)) {
-				return false
-			}
-			st := x.spokes[i].nhs()
-			if len(st) == 0 || st[0].LastReply.Before(killed) {
-				return false
-			}
-		}
-		return true
-	})
+	back := x.killHubCharon(t, p)
 	t.Logf("hub charon SIGKILL: all spokes registered again %v later", back.Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -113,7 +98,7 @@ func TestIPsecEbpf(t *testing.T) {
 		t.Errorf("spoke 1 cannot reach the hub after the recovery: %v", err)
 	}
 
-	wc := countWire(t, all.stop(), marker)
+	wc := countWire(t, all.stop(), marker, nbmaOf(x, 0), nbmaOf(x, 1))
 	t.Logf("internet router saw %d IKE/ESP packets, %d GRE (%d of them injected), %d other", wc.ike, wc.gre, wc.injected, wc.other)
 	if wc.gre != wc.injected {
 		t.Errorf("%d GRE packets in clear on the wire that were not injected", wc.gre-wc.injected)

@@ -2,16 +2,12 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/opendmvpn/dmvpn/integration/testbed"
 )
 
 // recoveryGoal bounds the time until every spoke is registered again after
@@ -96,33 +92,7 @@ func BenchmarkIPsecThroughput(b *testing.B) {
 // iperfMbps runs iperf3 for 3 s from spoke 1's LAN host to spoke 2's.
 func iperfMbps(b *testing.B, x *e2e) float64 {
 	b.Helper()
-	h1, h2 := x.hosts[0], x.hosts[1]
-	srv, err := h2.Start(testbed.ProcSpec{Name: "iperf3", Args: []string{"iperf3", "-s", "-1"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var out string
-	for i := 0; i < 30; i++ { // the server needs a moment to listen
-		if out, err = h1.Run(ctx, "iperf3", "-c", h2.Addr.String(), "-t", "3", "-J"); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		b.Fatalf("iperf3: %v\n%s", err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		b.Fatal(fmt.Errorf("iperf3 output: %w", err))
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e6
+	return iperf(ctx, b, x.hosts[0], x.hosts[1], 3) / 1e6
 }

@@ -14,10 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
-
 	"github.com/opendmvpn/dmvpn/integration/testbed"
 	"github.com/opendmvpn/dmvpn/integration/vm"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
@@ -305,13 +301,13 @@ func TestKernelIPsecInVM(t *testing.T) {
 	if fc["esp_s1_s2"] < 10 {
 		t.Errorf("%d ESP packets from spoke 1 to spoke 2, want ≥ 10 (the pings over the shortcut)", fc["esp_s1_s2"])
 	}
-	wc := countKernelWire(t, all.stop(), marker, s1NBMA, s2NBMA)
-	t.Logf("capture on the internet router: %d ESP, %d IKE (UDP 500/4500), %d GRE (%d injected), %d other; %d ESP between spoke 1 and spoke 2; tcpdump: %s",
-		wc.esp, wc.ike, wc.gre, wc.injected, wc.other, wc.espSpokes, tcpdumpDrops(all))
+	wc := countWire(t, all.stop(), marker, s1NBMA, s2NBMA)
+	t.Logf("capture on the internet router: %d ESP, %d IKE (UDP 500/4500), %d GRE (%d injected), %d other; %d ESP/IKE between spoke 1 and spoke 2; tcpdump: %s",
+		wc.esp, wc.ike, wc.gre, wc.injected, wc.other, wc.spokeToSpoke, tcpdumpDrops(all))
 	if wc.gre != wc.injected {
 		t.Errorf("%d GRE packets in clear on the wire that were not injected", wc.gre-wc.injected)
 	}
-	if wc.injected == 0 || wc.esp == 0 || wc.ike == 0 || wc.espSpokes == 0 {
+	if wc.injected == 0 || wc.esp == 0 || wc.ike == 0 || wc.spokeToSpoke == 0 {
 		t.Error("the capture lacks the injected GRE, ESP, IKE or ESP between the spokes")
 	}
 	t.Logf("whole guest half: %v", time.Since(begin).Round(time.Millisecond))
@@ -430,57 +426,6 @@ func statDiff[V int | uint64](before, after map[string]V) map[string]V {
 		}
 	}
 	return d
-}
-
-// kernelWire counts what crossed the internet router with kernel ESP:
-// ESP (IP protocol 50), IKE (UDP 500/4500: NAT-T's ESP in UDP too), GRE
-// (47; those carrying the injector's marker apart), the rest.
-type kernelWire struct {
-	esp, ike, gre, injected, other int
-	espSpokes                      int // ESP between the two spokes given
-}
-
-func countKernelWire(t testing.TB, path string, marker []byte, a, b netip.Addr) kernelWire {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c kernelWire
-	for p := range gopacket.NewPacketSource(r, r.LinkType()).Packets() {
-		ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-		if ip == nil {
-			continue
-		}
-		src, _ := netip.AddrFromSlice(ip.SrcIP)
-		dst, _ := netip.AddrFromSlice(ip.DstIP)
-		switch ip.Protocol {
-		case layers.IPProtocolESP:
-			c.esp++
-			if (src == a && dst == b) || (src == b && dst == a) {
-				c.espSpokes++
-			}
-		case layers.IPProtocolGRE:
-			c.gre++
-			if strings.Contains(string(ip.Payload), string(marker)) {
-				c.injected++
-			}
-		case layers.IPProtocolUDP:
-			if u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && (u.SrcPort == 500 || u.SrcPort == 4500 || u.DstPort == 500 || u.DstPort == 4500) {
-				c.ike++
-			} else {
-				c.other++
-			}
-		default:
-			c.other++
-		}
-	}
-	return c
 }
 
 var reTcpdumpStats = regexp.MustCompile(`\d+ packets? dropped by kernel`)
