@@ -145,8 +145,19 @@ func TestKernelIPsecInVM(t *testing.T) {
 				t.Errorf("the hub's CHILD_SA with spoke %d: mode %s, want TRANSPORT (%s)", i+1, c.Mode, jsonString(c))
 			}
 		}
-		if st := xfrmStates(t, tb.Node("hub"), "192.0.2.1", nbma.String()); len(st) != 1 || st[0].mode != "transport" {
+		// A spoke that gave up on a slow answer (TCG under load) and
+		// tried again leaves the hub IKE SAs it no longer knows: charon
+		// ends them (unique replace, DPD) within seconds.
+		var st []xfrmState
+		start := time.Now()
+		for st = xfrmStates(t, tb.Node("hub"), "192.0.2.1", nbma.String()); len(st) > 1 && time.Since(start) < 20*time.Second; {
+			time.Sleep(200 * time.Millisecond)
+			st = xfrmStates(t, tb.Node("hub"), "192.0.2.1", nbma.String())
+		}
+		if len(st) != 1 || st[0].mode != "transport" {
 			t.Errorf("the hub's kernel ESP states toward spoke %d: %+v, want one in transport mode", i+1, st)
+		} else if d := time.Since(start); d > time.Second {
+			t.Logf("the hub's duplicate ESP states toward spoke %d gone after %v", i+1, d.Round(time.Millisecond))
 		}
 		if !xfrmGREPolicy(t, tb.Node("hub"), "192.0.2.1", nbma.String()) {
 			t.Errorf("the hub has no transport-mode ESP policy for GRE toward spoke %d", i+1)

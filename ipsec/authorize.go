@@ -228,9 +228,29 @@ func (m *Manager) fetchCertOn(ctx context.Context, c *viciConn, remoteID string)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
+	// When each certificate first appeared in charon's cache: of two with
+	// the same subject and dates (renewed within a second), the one that
+	// appeared last is the one a peer just authenticated with.
+	first := make(map[string]time.Time, len(msgs))
+	for _, ders := range bySubject {
+		for _, der := range ders {
+			k := string(der)
+			if t, ok := m.certFirst[k]; ok {
+				first[k] = t
+			} else {
+				first[k] = now
+			}
+		}
+	}
+	for _, der := range m.certs {
+		if t, ok := m.certFirst[string(der)]; ok {
+			first[string(der)] = t
+		}
+	}
+	m.certFirst = first
 	for s, ders := range bySubject {
 		for _, der := range ders {
-			m.certs[s] = mergeCert(m.certs[s], der)
+			m.certs[s] = mergeCert(m.certs[s], der, first)
 		}
 		m.certSeen[s] = now
 	}
@@ -246,9 +266,11 @@ var ambiguousCert = []byte("ambiguous")
 
 // mergeCert returns what to keep for a subject rendering that has have
 // and now also der: the newer certificate when both carry the same
-// subject (a renewed certificate), ambiguousCert when the subjects differ
-// yet render alike (no SA naming that text can be tied to either).
-func mergeCert(have, der []byte) []byte {
+// subject (a renewed certificate: the later notBefore, else the one that
+// first appeared later in charon's cache), ambiguousCert when the
+// subjects differ yet render alike (no SA naming that text can be tied to
+// either).
+func mergeCert(have, der []byte, firstSeen map[string]time.Time) []byte {
 	if have == nil || bytes.Equal(have, der) {
 		return der
 	}
@@ -260,10 +282,15 @@ func mergeCert(have, der []byte) []byte {
 	if err1 != nil || err2 != nil || !bytes.Equal(a.RawSubject, b.RawSubject) {
 		return ambiguousCert
 	}
-	if b.NotBefore.Before(a.NotBefore) {
+	switch {
+	case b.NotBefore.Before(a.NotBefore):
+		return have
+	case a.NotBefore.Before(b.NotBefore):
+		return der
+	case firstSeen[string(have)].After(firstSeen[string(der)]):
 		return have
 	}
-	return der // the newer, or the one charon holds now when alike
+	return der // appeared later, or the one charon lists last
 }
 
 // certWorkers is how many sessions capture certificates in parallel.

@@ -117,11 +117,21 @@ func TestMergeCert(t *testing.T) {
 	dn, _ := pki.ParseDN("C=FI, O=Example, OU=GRE=10.0.0.11, CN=s1")
 	t0 := time.Now().Add(-time.Hour)
 	old, renewed := issue(dn, t0.Add(-24*time.Hour)), issue(dn, t0)
-	if got := mergeCert(old, renewed); !bytes.Equal(got, renewed) {
+	if got := mergeCert(old, renewed, nil); !bytes.Equal(got, renewed) {
 		t.Error("the renewed certificate did not replace the old one")
 	}
-	if got := mergeCert(renewed, old); !bytes.Equal(got, renewed) {
+	if got := mergeCert(renewed, old, nil); !bytes.Equal(got, renewed) {
 		t.Error("an older certificate replaced the renewed one")
+	}
+	// Renewed within the same second (same dates): the one that appeared
+	// in charon's cache last, whatever the listing order.
+	same1, same2 := issue(dn, t0), issue(dn, t0)
+	seen := map[string]time.Time{string(same1): t0, string(same2): t0.Add(time.Second)}
+	if got := mergeCert(same2, same1, seen); !bytes.Equal(got, same2) {
+		t.Error("of two certificates with the same dates, the one seen first won")
+	}
+	if got := mergeCert(same1, same2, seen); !bytes.Equal(got, same2) {
+		t.Error("of two certificates with the same dates, the one seen last lost")
 	}
 	// One O value that renders as two attributes.
 	o := pki.ParseDNOID("O")
@@ -133,11 +143,11 @@ func TestMergeCert(t *testing.T) {
 	if ra != rb {
 		t.Fatalf("the two subjects render differently (%q, %q): the test needs them alike", ra, rb)
 	}
-	got := mergeCert(a, b)
+	got := mergeCert(a, b, nil)
 	if !bytes.Equal(got, ambiguousCert) {
 		t.Fatal("two subjects rendering alike were not marked ambiguous")
 	}
-	if !bytes.Equal(mergeCert(got, a), ambiguousCert) {
+	if !bytes.Equal(mergeCert(got, a, nil), ambiguousCert) {
 		t.Error("ambiguity forgotten")
 	}
 }

@@ -44,6 +44,7 @@ type Manager struct {
 	sas       map[string]SA        // by IKE unique id
 	certs     map[string][]byte    // remote-id → DER, captured when SAs came up
 	certSeen  map[string]time.Time // when each was last captured
+	certFirst map[string]time.Time // DER → when it first appeared in charon's cache
 	loaded    map[string]connSpec  // connections loaded into charon
 	waiters   map[netip.Addr][]chan struct{}
 	verified  map[string]bool // IKE ids of servers whose certificate was checked
