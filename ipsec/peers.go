@@ -69,8 +69,21 @@ func (m *Manager) PeerUp(ctx context.Context, p nhrp.Peer) error {
 			}
 		case err := <-failed:
 			if err != nil {
-				cancel()
-				<-waited
+				// charon does not set up a CHILD_SA that would duplicate
+				// the one the peer has just set up from its side (both
+				// ends of a shortcut initiating at once) and fails the
+				// initiate: that SA serves.
+				grace := time.NewTimer(duplicateGrace)
+				defer grace.Stop()
+				select {
+				case werr := <-waited:
+					if werr == nil {
+						return m.checkServer(ctx, p)
+					}
+				case <-grace.C:
+					cancel()
+					<-waited
+				}
 				m.stats.failure("negotiation")
 				return err
 			}
@@ -82,6 +95,10 @@ func (m *Manager) PeerUp(ctx context.Context, p nhrp.Peer) error {
 	}
 	return m.checkServer(ctx, p)
 }
+
+// duplicateGrace is how long a failed initiate waits for an SA the peer
+// set up from its side to be reported up.
+const duplicateGrace = 250 * time.Millisecond
 
 // checkServer verifies a next hop server's certificate once per IKE SA:
 // the configured identity, or OU=GRE= equal to the server's tunnel
