@@ -354,6 +354,7 @@ func (m *Manager) ReloadCredentials(ctx context.Context) error {
 		return err
 	}
 	m.mu.Lock()
+	renewed := m.creds != nil && m.creds.cert != cs.cert
 	m.creds = cs
 	specs := make([]connSpec, 0, len(m.loaded))
 	for _, s := range m.loaded {
@@ -373,6 +374,13 @@ func (m *Manager) ReloadCredentials(ctx context.Context) error {
 		}
 	}
 	m.log.Info("credentials reloaded")
+	if renewed && !m.hub {
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			m.reauthenticate(specs)
+		}()
+	}
 	return nil
 }
 

@@ -62,16 +62,15 @@ func loadConnMessage(spec connSpec, cfg Config, mode Mode, cr creds) *vici.Messa
 	} else {
 		child.Set("mode", "transport")
 	}
-	switch spec.kind {
-	case kindNHS:
-		child.Set("dpd_action", "restart")
-		child.Set("close_action", "start")
-		child.Set("start_action", "none")
-	default:
-		child.Set("dpd_action", "clear")
-		child.Set("close_action", "none")
-		child.Set("start_action", "none")
-	}
+	// charon neither restarts an SA whose peer went silent nor one the
+	// peer closed: dmvpnd brings it up again (the engine registers again
+	// at once, through PeerUp) with the connection as loaded now. charon's
+	// own restart would reuse the configuration the SA was set up with (a
+	// rotated certificate would come back old), and would come straight
+	// back after a refusal the engine backs off from.
+	child.Set("dpd_action", "clear")
+	child.Set("close_action", "none")
+	child.Set("start_action", "none")
 	local := msg("auth", "pubkey", "certs", []string{cr.cert})
 	remote := msg("auth", "pubkey", "cacerts", cr.cas)
 	if spec.remoteID != "" {

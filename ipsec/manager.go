@@ -301,7 +301,9 @@ func (m *Manager) handleEvent(ctx context.Context, e vici.Event) {
 		for _, sa := range parseSAs(e.Message, now) {
 			m.mu.Lock()
 			prev, had := m.sas[sa.IKEID]
-			if up || (e.Name == "child-updown" && sa.State == "ESTABLISHED") {
+			// A CHILD_SA's down event may come after its IKE SA's (a dead
+			// peer): it must not bring the IKE SA back into the table.
+			if up || (e.Name == "child-updown" && sa.State == "ESTABLISHED" && had) {
 				if e.Name == "child-updown" && !up {
 					// One CHILD_SA went down: the others stay.
 					sa.Children = dropChildren(prev.Children, sa.Children)
