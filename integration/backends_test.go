@@ -65,7 +65,7 @@ func needKernelGRE(t *testing.T) {
 	needRoot(t)
 	probeGRE()
 	if greProbeErr != nil {
-		t.Skipf("skipping the kernel backend: this kernel cannot create GRE devices (%v); these tests run unchanged on a kernel with ip_gre", greProbeErr)
+		t.Skipf("skipping the kernel backend: needs ip_gre, and this kernel cannot create GRE devices (%v); these tests run unchanged on a kernel with ip_gre (and in the VM: TestKernelBackendInVM)", greProbeErr)
 	}
 }
 
@@ -92,6 +92,6 @@ func needBPF(t *testing.T) {
 	t.Helper()
 	needRoot(t)
 	if err := ebpf.Available(); err != nil {
-		t.Skipf("skipping the ebpf backend: %v", err)
+		t.Skipf("skipping the ebpf backend: needs a kernel that loads its BPF programs (BTF, TC BPF): %v", err)
 	}
 }

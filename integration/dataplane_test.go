@@ -29,7 +29,7 @@ var (
 func needRoot(t *testing.T, tools ...string) {
 	t.Helper()
 	if err := testbed.Available(); err != nil {
-		t.Skipf("skipping: %v", err)
+		t.Skipf("skipping: needs root and iproute2 to build network namespaces: %v", err)
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {

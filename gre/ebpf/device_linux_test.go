@@ -25,8 +25,11 @@ import (
 // the test body runs.
 func inNetns(t *testing.T, env ...string) bool {
 	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root (a network namespace, a TUN device, BPF programs)")
+	}
 	if err := Available(); err != nil {
-		t.Skipf("skipping: %v", err)
+		t.Skipf("skipping: needs a kernel that loads the ebpf data plane's BPF programs (BTF, TC BPF): %v", err)
 	}
 	return netnstest.Run(t, "dmve", env...)
 }

@@ -35,7 +35,7 @@ func TestRawSenderRoutedAsGRE(t *testing.T) {
 		return
 	}
 	if !ProtoRouted() {
-		t.Skip("skipping: this kernel does not take IP_PROTOCOL on raw sends (Linux 6.x); GRE sent with IP_HDRINCL is routed as protocol 255")
+		t.Skip("skipping: needs a kernel that applies IP_PROTOCOL to raw sends (Linux 6.x); this one routes GRE sent with IP_HDRINCL as protocol 255")
 	}
 	ipCmd(t, "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p")
 	ipCmd(t, "link", "set", "wan0", "up")
