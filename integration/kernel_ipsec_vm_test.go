@@ -49,9 +49,6 @@ func TestKernelIPsecInVM(t *testing.T) {
 		requireCharon(t)
 		cfg := vmConfig()
 		cfg.Env = append(os.Environ(), envGREInject+"="+vm.GoBuild(t, "./integration/cmd/greinject"))
-		if d := os.Getenv("KIPSEC_DEBUG"); d != "" {
-			cfg.Shares = append(cfg.Shares, d)
-		}
 		startGuest(t, cfg).wait()
 		return
 	}
@@ -96,11 +93,6 @@ func TestKernelIPsecInVM(t *testing.T) {
 	t.Logf("hub up in %v", time.Since(started).Round(time.Millisecond))
 	// Before the hub's state directory (under /run) is removed.
 	t.Cleanup(func() { charonTrouble(t, p) })
-	if d := os.Getenv("KIPSEC_DEBUG"); d != "" {
-		t.Cleanup(func() {
-			exec.Command("sh", "-c", "for f in "+p.dir+"/state-*/charon.log; do cp $f "+d+"/$(basename $(dirname $f)).log; done; cp "+all.path+" "+d+"/").Run()
-		})
-	}
 	var routes []string
 	for i := range 2 {
 		routes = append(routes, fmt.Sprintf("route add %s via %s dev gre1 onlink", e2eLAN[i], e2eTunnel[i]))

@@ -17,8 +17,9 @@ type Hooks struct {
 	// PeerLost: a peer's SA went away (its peer should be brought up
 	// again on next use; a server is registered with again at once).
 	PeerLost func(nbma netip.Addr, reason string)
-	// Restarted: charon came back after being away; everything must be
-	// brought up again.
+	// Restarted: everything must be brought up and registered again
+	// (charon came back after being away, or this node's certificate was
+	// renewed and its SAs set up again with it).
 	Restarted func(reason string)
 	// Aliases (userspace mode): the inner addresses of peers behind NAT,
 	// by NBMA address, for the data plane (gre.PeerAliaser).
