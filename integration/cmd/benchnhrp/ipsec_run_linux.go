@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,14 +54,7 @@ func runIPsec(n, rounds int) error {
 			float64(res.CharonBefore)/(1<<20), float64(res.CharonAt)/(1<<20), res.Rereg.Round(time.Millisecond), res.Resets, res.ResetsAfter-res.Resets)
 		rs = append(rs, res)
 	}
-	med := func(f func(ipsecRound) float64) float64 {
-		v := make([]float64, len(rs))
-		for i, r := range rs {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
+	med := func(f func(ipsecRound) float64) float64 { return median(rs, f) }
 	rereg := med(func(r ipsecRound) float64 { return r.Rereg.Seconds() })
 	fmt.Printf("\nNHRP over IPsec (userspace ESP, one charon per side), %d spokes, medians of %d rounds:\n", n, rounds)
 	fmt.Printf("  one spoke, initiate → registered        %.0f ms\n", med(func(r ipsecRound) float64 { return ms(r.Single) }))

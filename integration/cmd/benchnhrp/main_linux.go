@@ -94,14 +94,7 @@ func run(n, rounds, samples int) error {
 			pct(res.RTTs, 50), pct(res.RTTs, 99))
 		results = append(results, res)
 	}
-	med := func(f func(result) float64) float64 {
-		v := make([]float64, len(results))
-		for i, r := range results {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
+	med := func(f func(result) float64) float64 { return median(results, f) }
 	el := med(func(r result) float64 { return r.Elapsed.Seconds() })
 	fmt.Printf("\nNHRP hub, %d simulated spokes, medians of %d rounds:\n", n, rounds)
 	fmt.Printf("  time until all registered   %.3f s   (goal ≤ 2 s)\n", el)
@@ -266,4 +259,14 @@ func runLoad() int {
 	b, _ := json.Marshal(result{Elapsed: elapsed, Sends: sends, RTTs: rtts})
 	fmt.Println("RESULT " + string(b))
 	return 0
+}
+
+// median returns the median of f over the rounds.
+func median[R any](rounds []R, f func(R) float64) float64 {
+	v := make([]float64, len(rounds))
+	for i, r := range rounds {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
 }
