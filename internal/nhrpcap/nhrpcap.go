@@ -200,6 +200,9 @@ func parseIP(b []byte, f *Frame) bool {
 		}
 		next, off := b[6], 40
 		for {
+			if off > len(b) {
+				return false // an extension header runs past the packet
+			}
 			switch next {
 			case 47:
 				return parseGRE(b[off:], f)

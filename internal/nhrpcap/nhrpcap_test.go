@@ -203,6 +203,21 @@ func TestScanNotACapture(t *testing.T) {
 	}
 }
 
+// TestScanIPv6ExtensionPastEnd: an IPv6 extension header whose length runs
+// past the packet ends the frame (found by FuzzScan: it panicked).
+func TestScanIPv6ExtensionPastEnd(t *testing.T) {
+	ip := make([]byte, 48)
+	ip[0] = 0x60
+	ip[5] = 8   // payload length: the extension header alone
+	ip[6] = 0   // next header: hop-by-hop options
+	ip[40] = 47 // then GRE …
+	ip[41] = 50 // … after 408 bytes of options the packet does not have
+	got, st := scanAll(t, pcapFile(t, layers.LinkTypeEthernet, ether(0x86dd, 0, ip)))
+	if len(got) != 0 || st.NHRP != 0 {
+		t.Fatalf("got %+v, %+v", got, st)
+	}
+}
+
 // FuzzScan: arbitrary capture bytes never panic the scanner.
 func FuzzScan(f *testing.F) {
 	for _, name := range []string{"tcpdump__nhrp-trace.pcap", "tcpdump__NHRP_registration.pcap", "tcpdump__pb_nhrp_1.pcap"} {
