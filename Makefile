@@ -48,6 +48,8 @@ fuzz:
 	$(GO) test ./internal/nhrpcap -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./gre -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./gre/userspace -run '^$$' -fuzz '^FuzzReceive$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ipsec -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $(FUZZTIME)
 
 # The BPF programs of the ebpf data plane (gre/ebpf/dataplane.c): `make bpf`
 # regenerates the object and its Go bindings with bpf2go (clang-14,

@@ -13,7 +13,7 @@ import (
 	"github.com/opendmvpn/dmvpn/internal/pki"
 )
 
-func newCA(t *testing.T) *pki.CA {
+func newCA(t testing.TB) *pki.CA {
 	t.Helper()
 	ca, err := pki.NewCA("C=FI, O=Example, CN=Example DMVPN CA")
 	if err != nil {
@@ -22,7 +22,7 @@ func newCA(t *testing.T) *pki.CA {
 	return ca
 }
 
-func issue(t *testing.T, ca *pki.CA, subj pkix.RDNSequence) []byte {
+func issue(t testing.TB, ca *pki.CA, subj pkix.RDNSequence) []byte {
 	t.Helper()
 	is, err := ca.Issue(subj, time.Time{}, time.Time{})
 	if err != nil {
@@ -31,7 +31,7 @@ func issue(t *testing.T, ca *pki.CA, subj pkix.RDNSequence) []byte {
 	return is.Cert.Raw
 }
 
-func dn(t *testing.T, s string) pkix.RDNSequence {
+func dn(t testing.TB, s string) pkix.RDNSequence {
 	t.Helper()
 	d, err := pki.ParseDN(s)
 	if err != nil {
