@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -28,14 +27,7 @@ var (
 // build one, saying what is missing.
 func needRoot(t *testing.T, tools ...string) {
 	t.Helper()
-	if err := testbed.Available(); err != nil {
-		t.Skipf("skipping: needs root and iproute2 to build network namespaces: %v", err)
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s is not installed (scripts/install-deps.sh installs it)", tool)
-		}
-	}
+	testbed.SkipUnavailable(t, tools...)
 }
 
 // pair is two spokes with one LAN host each and the userspace data plane

@@ -16,7 +16,7 @@ func TestKernelBackendInVM(t *testing.T) {
 	if !vm.InGuest() {
 		needRoot(t, "ping")
 		if greAvailable(t) {
-			t.Skip("skipping: this kernel has ip_gre; the kernel subtests of the other tests already run natively")
+			t.Skip("skipping: nothing is missing, the VM is not needed: this kernel has ip_gre, so the kernel-backend subtests of the other integration tests run natively")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute) // with the wait for a VM slot
 		defer cancel()

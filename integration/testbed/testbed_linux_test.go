@@ -15,14 +15,7 @@ import (
 
 func need(t *testing.T) {
 	t.Helper()
-	if err := Available(); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
-	for _, tool := range []string{"ping", "nft", "tcpdump"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s is not installed (scripts/install-deps.sh installs it)", tool)
-		}
-	}
+	SkipUnavailable(t, "ping", "nft", "tcpdump")
 }
 
 func namespaces(t *testing.T) string {

@@ -33,13 +33,13 @@ func Require(t testing.TB) *Image {
 	}
 	shared.once.Do(func() {
 		if os.Geteuid() != 0 {
-			shared.skip = "VM tests need root (9p of the host root, TAP devices)"
+			shared.skip = "skipping: VM tests need root (9p of the host root, TAP devices), and this process is not root"
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := Probe(ctx); err != nil {
-			shared.skip = err.Error()
+			shared.skip = "skipping: VM tests need QEMU (qemu-system-x86, installed by make test), and it cannot start here: " + err.Error()
 			return
 		}
 		k, err := FindKernel()
