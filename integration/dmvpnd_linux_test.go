@@ -210,18 +210,25 @@ func buildDmvpnd(t testing.TB) string {
 // regexpListening matches tcpdump's ready line.
 var regexpListening = regexp.MustCompile(`listening on`)
 
-// capture runs tcpdump in a node for NHRP in GRE (GRE protocol 0x2001
-// behind a 20-byte IPv4 header) until stopped.
+// capture is a tcpdump running in a node, and the file it writes.
 type capture struct {
 	proc *testbed.Proc
 	path string
 }
 
+// startCapture captures NHRP in GRE (GRE protocol 0x2001 behind a 20-byte
+// IPv4 header) on iface of n.
 func startCapture(t testing.TB, n *testbed.Node, iface string) *capture {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "nhrp.pcap")
-	p, err := n.Start(testbed.ProcSpec{Name: "tcpdump", Args: []string{"tcpdump", "-i", iface, "--immediate-mode", "-U", "-n", "-Z", "root", "-w", path,
-		"ip proto 47 and ip[22:2] = 0x2001"}})
+	return startTcpdump(t, n, "tcpdump", "nhrp.pcap", iface, "ip proto 47 and ip[22:2] = 0x2001")
+}
+
+// startTcpdump runs tcpdump in n on iface with filter, writing file in a
+// temporary directory, and returns once it listens; it stops at cleanup.
+func startTcpdump(t testing.TB, n *testbed.Node, name, file, iface, filter string) *capture {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), file)
+	p, err := n.Start(testbed.ProcSpec{Name: name, Args: []string{"tcpdump", "-i", iface, "--immediate-mode", "-U", "-n", "-Z", "root", "-w", path, filter}})
 	if err != nil {
 		t.Fatal(err)
 	}

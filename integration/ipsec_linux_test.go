@@ -395,16 +395,5 @@ func (d *daemonNode) nhs() []nhrp.NHSStatus {
 // startFullCapture captures everything on the internet router.
 func startFullCapture(t testing.TB, n *testbed.Node) *capture {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "all.pcap")
-	p, err := n.Start(testbed.ProcSpec{Name: "tcpdump-all", Args: []string{"tcpdump", "-i", "any", "--immediate-mode", "-U", "-n", "-Z", "root", "-w", path, "ip"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, _, err := p.WaitFor(ctx, regexpListening, 0); err != nil {
-		t.Fatalf("tcpdump: %v\n%s", err, p.Output())
-	}
-	t.Cleanup(p.Stop)
-	return &capture{proc: p, path: path}
+	return startTcpdump(t, n, "tcpdump-all", "all.pcap", "any", "ip")
 }
