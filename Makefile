@@ -45,10 +45,10 @@ unit:
 fuzz:
 	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./nhrp/wire -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/nhrpcap -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ctl/nhrpcap -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./gre -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./gre/userspace -run '^$$' -fuzz '^FuzzReceive$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./daemon/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ipsec -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $(FUZZTIME)
 
 # The BPF programs of the ebpf data plane (gre/ebpf/dataplane.c): `make bpf`

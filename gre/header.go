@@ -88,7 +88,9 @@ func (h *Header) Marshal(pkt []byte) int {
 
 // ParseHeader decodes the GRE header at the start of pkt (header and
 // payload) and returns it with its length. A present checksum is verified
-// over the whole of pkt. Version 1 (PPTP), the routing bit and the
+// over the whole of pkt; when it does not match, the header and its length
+// are still returned, with ErrChecksum (a capture reader that may hold a
+// truncated packet can go on). Version 1 (PPTP), the routing bit and the
 // deprecated strict-source-route/recursion bits are refused.
 func ParseHeader(pkt []byte) (Header, int, error) {
 	var h Header
@@ -109,9 +111,6 @@ func ParseHeader(pkt []byte) (Header, int, error) {
 	}
 	off := 4
 	if h.HasChecksum {
-		if inet.Fold(inet.Sum(pkt, 0)) != 0xffff {
-			return h, 0, ErrChecksum
-		}
 		off += 4
 	}
 	if h.HasKey {
@@ -120,6 +119,9 @@ func ParseHeader(pkt []byte) (Header, int, error) {
 	}
 	if h.HasSeq {
 		h.Seq = binary.BigEndian.Uint32(pkt[off:])
+	}
+	if h.HasChecksum && inet.Fold(inet.Sum(pkt, 0)) != 0xffff {
+		return h, n, ErrChecksum
 	}
 	return h, n, nil
 }

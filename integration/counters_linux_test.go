@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // nftCounters are named nftables counters in a node, in a table of their

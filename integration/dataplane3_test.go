@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/opendmvpn/dmvpn/integration/dphelper"
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // TestChecksumAndSequence sends with the optional GRE checksum and

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/opendmvpn/dmvpn/integration/dphelper"
-	"github.com/opendmvpn/dmvpn/integration/testbed"
 	"github.com/opendmvpn/dmvpn/integration/vm"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 const greKey = 1001

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/daemon/control"
 	"github.com/opendmvpn/dmvpn/integration/vm"
-	"github.com/opendmvpn/dmvpn/internal/control"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 

@@ -11,8 +11,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
 	"github.com/opendmvpn/dmvpn/integration/vm"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // TestIPsecEbpf runs the NHRP scenario with IPsec (userspace ESP) on the

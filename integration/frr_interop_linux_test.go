@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
 	"github.com/opendmvpn/dmvpn/integration/vm"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )

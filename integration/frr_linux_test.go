@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // FRR's nhrpd (Debian's FRR 8.4), the NHRP implementation this project

@@ -17,10 +17,10 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/daemon/control"
 	"github.com/opendmvpn/dmvpn/integration/vm"
-	"github.com/opendmvpn/dmvpn/internal/control"
 	"github.com/opendmvpn/dmvpn/internal/pki"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )

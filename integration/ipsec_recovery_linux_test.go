@@ -14,7 +14,7 @@ import (
 
 	"github.com/strongswan/govici/vici"
 
-	"github.com/opendmvpn/dmvpn/internal/control"
+	"github.com/opendmvpn/dmvpn/daemon/control"
 	"github.com/opendmvpn/dmvpn/ipsec"
 )
 

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
 	"github.com/opendmvpn/dmvpn/internal/pki"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // auditLine is one line of the audit log.

@@ -24,8 +24,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/opendmvpn/dmvpn/internal/control"
-	"github.com/opendmvpn/dmvpn/internal/lab"
+	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/lab"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 

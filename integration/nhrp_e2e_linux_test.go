@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/opendmvpn/dmvpn/gre"
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 

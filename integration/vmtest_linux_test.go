@@ -16,9 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opendmvpn/dmvpn/ctl/nhrpcap"
 	"github.com/opendmvpn/dmvpn/integration/vm"
-	"github.com/opendmvpn/dmvpn/internal/nhrpcap"
-	"github.com/opendmvpn/dmvpn/internal/nhrpview"
 	"github.com/opendmvpn/dmvpn/internal/tsharktest"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
@@ -309,7 +308,7 @@ func saveFRRPackets(t *testing.T, path, dir string, c captureCheck) {
 	if _, err := nhrpcap.Scan(f, func(fr *nhrpcap.Frame) error {
 		summary := "undecodable"
 		if p, err := wire.Decode(fr.NHRP); err == nil {
-			summary = nhrpview.Summary(p)
+			summary = p.Summary()
 		}
 		fmt.Fprintf(&list, "# %s -> %s: %s\nframe %d: %x\n", fr.OuterSrc, fr.OuterDst, summary, fr.Number, fr.NHRP)
 		return nil

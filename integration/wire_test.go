@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // nhrpResolutionRequest builds a minimal, well-formed RFC 2332 Resolution

@@ -1,7 +1,7 @@
-// Package ipsec will drive stock strongSwan over VICI: it loads credentials
-// and connections, brings up and tears down an SA per NBMA peer, follows
-// SA events, and reads a peer's certificate identity so the hub can
-// authorise registrations by the OU=GRE=, OU=AS= and OU=NET= fields.
-//
-// The package is empty until the IPsec capability is built.
+// Package ipsec drives stock strongSwan over VICI: it runs a managed charon
+// per node (or uses the system's), loads credentials and connections, brings
+// up and tears down an SA per NBMA peer, follows SA events, reads each
+// peer's certificate identity (OU=GRE=, OU=AS=, OU=NET=) so registrations
+// are authorised by it, and keeps GRE from leaving in clear in userspace
+// mode (policy rules) and kernel mode (catch-all xfrm policies).
 package ipsec

@@ -7,7 +7,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/opendmvpn/dmvpn/internal/nhrpview"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
 
@@ -24,7 +23,7 @@ func (e *Engine) handlePacket(b []byte, from netip.Addr) {
 	}
 	e.stats.countReceived(p.Type)
 	if e.wantPackets.Load() {
-		e.emit(Event{Kind: EventPacket, NBMA: from, Packet: &PacketEvent{Dir: "in", Peer: from, Summary: nhrpview.Summary(p)}})
+		e.emit(Event{Kind: EventPacket, NBMA: from, Packet: &PacketEvent{Dir: "in", Peer: from, Summary: p.Summary()}})
 	}
 	// Error Indications carry no extensions (an answer to a packet with a
 	// bad password cannot carry the right one); one that does must carry

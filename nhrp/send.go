@@ -6,7 +6,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/opendmvpn/dmvpn/internal/nhrpview"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
 
@@ -126,7 +125,7 @@ func (e *Engine) send(p *wire.Packet, to netip.Addr, role string, proto netip.Ad
 	}
 	var summary string
 	if e.wantPackets.Load() {
-		summary = nhrpview.Summary(p)
+		summary = p.Summary()
 	}
 	typ, code := p.Type, p.ErrorCode
 	e.whenUp(to, role, proto, func() { e.writeBytes(b, to, typ, code, summary) })
@@ -142,7 +141,7 @@ func (e *Engine) write(p *wire.Packet, to netip.Addr) {
 	e.txBuf = b
 	var summary string
 	if e.wantPackets.Load() {
-		summary = nhrpview.Summary(p)
+		summary = p.Summary()
 	}
 	e.writeBytes(b, to, p.Type, p.ErrorCode, summary)
 }

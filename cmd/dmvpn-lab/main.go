@@ -12,7 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/opendmvpn/dmvpn/internal/lab"
+	"github.com/opendmvpn/dmvpn/lab"
 )
 
 func main() {

@@ -10,7 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/opendmvpn/dmvpn/internal/ctl"
+	"github.com/opendmvpn/dmvpn/ctl"
 )
 
 func main() {

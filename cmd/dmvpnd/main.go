@@ -3,14 +3,14 @@
 // that dmvpnctl talks to and the Prometheus metrics, reloads the file on
 // SIGHUP and stops cleanly on SIGTERM or SIGINT. --check validates the
 // file; --keep-routes leaves routes and neighbours in place on stop.
+//
+// The node itself is the daemon package (daemon, daemon/config,
+// daemon/control, daemon/metrics); this command reads the file, wires them
+// together and handles signals.
 package main
 
-import (
-	"os"
-
-	"github.com/opendmvpn/dmvpn/internal/dmvpnd"
-)
+import "os"
 
 func main() {
-	os.Exit(dmvpnd.Main(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
 }

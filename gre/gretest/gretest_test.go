@@ -11,7 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/opendmvpn/dmvpn/gre"
-	"github.com/opendmvpn/dmvpn/gre/internal/leakcheck"
+	"github.com/opendmvpn/dmvpn/internal/leakcheck"
 )
 
 var (

@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/opendmvpn/dmvpn/gre"
-	"github.com/opendmvpn/dmvpn/gre/internal/leakcheck"
+	"github.com/opendmvpn/dmvpn/internal/leakcheck"
 )
 
 var testCfg = gre.Config{Name: "gre1", Key: 1001, Prefix: netip.MustParsePrefix("10.0.0.1/24"), MTU: 1472}

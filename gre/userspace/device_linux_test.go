@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/opendmvpn/dmvpn/gre"
-	"github.com/opendmvpn/dmvpn/gre/internal/leakcheck"
+	"github.com/opendmvpn/dmvpn/internal/leakcheck"
 	"github.com/opendmvpn/dmvpn/internal/netnstest"
 )
 

@@ -11,7 +11,7 @@ import (
 	"sync"
 
 	"github.com/opendmvpn/dmvpn/gre"
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // Instance is a helper process running a backend in a node.

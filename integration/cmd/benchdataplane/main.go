@@ -28,7 +28,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/integration/dphelper"
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 func main() {

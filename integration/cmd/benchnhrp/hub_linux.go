@@ -17,9 +17,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/opendmvpn/dmvpn/daemon"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
-	"github.com/opendmvpn/dmvpn/internal/daemon"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )

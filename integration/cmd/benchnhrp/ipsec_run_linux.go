@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // ipsecRound is what one IPsec round measured.

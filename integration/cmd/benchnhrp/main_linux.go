@@ -21,7 +21,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/opendmvpn/dmvpn/integration/testbed"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // profile is where the hub writes a CPU profile, if set.

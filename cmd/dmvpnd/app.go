@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/daemon"
+	"github.com/opendmvpn/dmvpn/daemon/config"
+	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/daemon/metrics"
+	"github.com/opendmvpn/dmvpn/gre"
+)
+
+// node is what App needs of the daemon; *daemon.Daemon implements it.
+// Tests drive App with a fake.
+type node interface {
+	Engine() control.Engine
+	Counters() (gre.Counters, bool)
+	Dataplane() (string, string)
+	Reload(ctx context.Context, cfg daemon.Config) ([]string, error)
+}
+
+// daemonNode adapts *daemon.Daemon (whose Engine is typed) to node.
+type daemonNode struct{ d *daemon.Daemon }
+
+// Engine returns the engine, or a nil interface before it runs.
+func (n daemonNode) Engine() control.Engine {
+	if e := n.d.Engine(); e != nil {
+		return e
+	}
+	return nil
+}
+
+// Counters reads the data plane's counters.
+func (n daemonNode) Counters() (gre.Counters, bool) {
+	dev := n.d.Device()
+	if dev == nil {
+		return gre.Counters{}, false
+	}
+	return dev.Counters(), true
+}
+
+// Dataplane names the backend and why it was chosen.
+func (n daemonNode) Dataplane() (string, string) { return n.d.Dataplane() }
+
+// Crypto returns the IPsec manager, or a nil interface when IPsec is off.
+func (n daemonNode) Crypto() control.Crypto {
+	if m := n.d.IPsec(); m != nil {
+		return m
+	}
+	return nil
+}
+
+// Reload applies a configuration through the daemon.
+func (n daemonNode) Reload(ctx context.Context, cfg daemon.Config) ([]string, error) {
+	return n.d.Reload(ctx, cfg)
+}
+
+// App is a running dmvpnd: the configuration in force and the daemon. It
+// implements control.Daemon and metrics.Source.
+type App struct {
+	path    string
+	rt      config.Runtime
+	log     *zap.Logger
+	level   zap.AtomicLevel
+	started time.Time
+	node    node
+	load    func(path string) (*config.Config, error)
+
+	mu  sync.Mutex // serialises reloads
+	cfg atomic.Pointer[config.Config]
+}
+
+// newApp returns the App of a node started from cfg (read from path).
+func newApp(path string, cfg *config.Config, rt config.Runtime, n node, log *zap.Logger, level zap.AtomicLevel) *App {
+	a := &App{path: path, rt: rt, log: log, level: level, started: time.Now(), node: n, load: config.Load}
+	a.cfg.Store(cfg)
+	return a
+}
+
+// Engine implements control.Daemon.
+func (a *App) Engine() control.Engine { return a.node.Engine() }
+
+// Crypto implements control.CryptoSource.
+func (a *App) Crypto() control.Crypto {
+	if cs, ok := a.node.(interface{ Crypto() control.Crypto }); ok {
+		return cs.Crypto()
+	}
+	return nil
+}
+
+// MetricsEngine implements metrics.Source.
+func (a *App) MetricsEngine() metrics.Engine {
+	e := a.node.Engine()
+	if e == nil {
+		return nil
+	}
+	me, ok := e.(metrics.Engine)
+	if !ok {
+		return nil
+	}
+	return me
+}
+
+// Counters implements control.Daemon and metrics.Source.
+func (a *App) Counters() (gre.Counters, bool) { return a.node.Counters() }
+
+// Info implements control.Daemon.
+func (a *App) Info() control.Info {
+	c := a.cfg.Load()
+	dp, reason := a.node.Dataplane()
+	return control.Info{Node: c.Node, Role: c.Role, Dataplane: dp, DataplaneReason: reason, Started: a.started, ConfigFile: a.path}
+}
+
+// Config returns the configuration in force.
+func (a *App) Config() *config.Config { return a.cfg.Load() }
+
+// RunningConfig implements control.Daemon.
+func (a *App) RunningConfig() []byte { return a.cfg.Load().YAML() }
+
+// ErrRefused wraps every reload that changed nothing.
+var ErrRefused = errors.New("reload refused, nothing changed")
+
+// Reload reads the configuration file, checks it whole and applies it
+// through the daemon: parse → validate → diff → apply. An invalid file, or
+// one with changes that need a restart, changes nothing.
+func (a *App) Reload(ctx context.Context) ([]string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	nc, err := a.load(a.path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	old := a.cfg.Load()
+	var restart []string
+	if nc.Logging.Format != old.Logging.Format {
+		restart = append(restart, "logging.format")
+	}
+	if nc.Control != old.Control {
+		restart = append(restart, "control")
+	}
+	if nc.Metrics != old.Metrics {
+		restart = append(restart, "metrics")
+	}
+	if len(restart) > 0 {
+		return nil, fmt.Errorf("%w: %w: %v", ErrRefused, daemon.ErrNeedsRestart, restart)
+	}
+	changes, err := a.node.Reload(ctx, nc.Daemon(a.rt))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if nc.Logging.Level != old.Logging.Level {
+		lvl, err := zap.ParseAtomicLevel(nc.Logging.Level)
+		if err == nil {
+			a.level.SetLevel(lvl.Level())
+		}
+		changes = append(changes, fmt.Sprintf("logging level %s → %s", old.Logging.Level, nc.Logging.Level))
+	}
+	a.cfg.Store(nc)
+	return changes, nil
+}
+
+// reloadAndLog is the SIGHUP path: reload and say in the log what changed
+// or why nothing did.
+func (a *App) reloadAndLog(ctx context.Context) {
+	a.log.Info("SIGHUP: reloading the configuration", zap.String("file", a.path))
+	changes, err := a.Reload(ctx)
+	switch {
+	case err != nil:
+		a.log.Error("configuration reload refused; the running configuration is unchanged", zap.Error(err))
+	case len(changes) == 0:
+		a.log.Info("configuration reloaded: nothing changed")
+	default:
+		a.log.Info("configuration reloaded", zap.Strings("changes", changes))
+	}
+}

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/opendmvpn/dmvpn/daemon"
+	"github.com/opendmvpn/dmvpn/daemon/config"
+	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/daemon/metrics"
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/internal/version"
+)
+
+// DefaultConfig is the configuration file read without -c.
+const DefaultConfig = "/etc/dmvpn/dmvpnd.yaml"
+
+// Main runs dmvpnd with the command line args (without the program name)
+// and returns the exit status: 0 after a clean stop or a valid --check, 1
+// on an error, 2 on a bad command line.
+func Main(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dmvpnd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", DefaultConfig, "configuration file")
+	check := fs.Bool("check", false, "check the configuration file and exit")
+	keep := fs.Bool("keep-routes", false, "on stop, leave routes and neighbour entries in the kernel (quick restart)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: dmvpnd [-c FILE] [--check] [--keep-routes] [--version]\n\n"+
+			"dmvpnd runs a DMVPN hub or spoke from one YAML file. SIGHUP reloads the file;\n"+
+			"SIGTERM or SIGINT stop it cleanly.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "dmvpnd: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *showVersion {
+		v := version.Get()
+		fmt.Fprintf(stdout, "dmvpnd %s (%s %s/%s)\n", v.Version, v.Go, v.OS, v.Arch)
+		return 0
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmvpnd: %v\n", err)
+		return 1
+	}
+	rt := config.Runtime{KeepRoutes: *keep}
+	dcfg := cfg.Daemon(rt)
+	if *check {
+		if _, err := daemon.New(dcfg, nil); err != nil {
+			fmt.Fprintf(stderr, "dmvpnd: %s: %v\n", *path, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: configuration OK (node %s, %s)\n", *path, cfg.Node, cfg.Role)
+		return 0
+	}
+	log, level, err := newLogger(cfg.Logging, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmvpnd: %v\n", err)
+		return 1
+	}
+	defer func() { _ = log.Sync() }()
+	log = log.With(zap.String("node", cfg.Node))
+	if err := run(*path, cfg, rt, log, level); err != nil {
+		log.Error("dmvpnd stopped with an error", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+// run runs the node until SIGTERM or SIGINT.
+func run(path string, cfg *config.Config, rt config.Runtime, log *zap.Logger, level zap.AtomicLevel) error {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	var app *App
+	m := metrics.New(metricsSource{&app})
+	d, err := daemon.New(cfg.Daemon(rt), log.Named("daemon"), daemon.WithObserver(m))
+	if err != nil {
+		return err
+	}
+	app = newApp(path, cfg, rt, daemonNode{d}, log, level)
+
+	ctl := control.NewServer(app, log.Named("control"))
+	defer ctl.Close()
+	if err := ctl.ListenUnix(cfg.Control.Socket); err != nil {
+		return err
+	}
+	if cfg.Control.Listen != "" {
+		if err := ctl.ListenTCP(cfg.Control.Listen); err != nil {
+			return err
+		}
+		log.Warn("control API also listening on TCP, without authentication", zap.String("listen", cfg.Control.Listen))
+	}
+	if cfg.Metrics.Enabled {
+		stop, err := serveMetrics(cfg.Metrics.Listen, m, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- d.Run(ctx) }()
+	log.Info("dmvpnd starting", zap.String("version", version.Version), zap.String("config", path),
+		zap.String("role", cfg.Role), zap.String("socket", cfg.Control.Socket))
+	ready := d.Ready()
+	for {
+		select {
+		case <-ready:
+			ready = nil
+			dp, _ := d.Dataplane()
+			log.Info("dmvpnd running", zap.String("interface", cfg.Tunnel.Interface), zap.String("dataplane", dp))
+		case err := <-runErr:
+			return err
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+				app.reloadAndLog(rctx)
+				rcancel()
+				continue
+			}
+			log.Info("stopping", zap.Stringer("signal", s), zap.Bool("keep_routes", rt.KeepRoutes))
+			cancel()
+			select {
+			case err := <-runErr:
+				if err == nil {
+					log.Info("dmvpnd stopped")
+				}
+				return err
+			case s := <-sigs:
+				return fmt.Errorf("second signal %v while stopping: quitting at once", s)
+			}
+		}
+	}
+}
+
+// metricsSource reads the App once it exists (the daemon is built with the
+// metrics observer before the App).
+type metricsSource struct{ app **App }
+
+// The metrics package finds the IPsec state through this interface.
+var _ control.CryptoSource = metricsSource{}
+
+// MetricsEngine implements metrics.Source.
+func (s metricsSource) MetricsEngine() metrics.Engine {
+	if *s.app == nil {
+		return nil
+	}
+	return (*s.app).MetricsEngine()
+}
+
+// Counters implements metrics.Source.
+func (s metricsSource) Counters() (gre.Counters, bool) {
+	if *s.app == nil {
+		return gre.Counters{}, false
+	}
+	return (*s.app).Counters()
+}
+
+// Crypto implements control.CryptoSource: the IPsec metrics (nil while
+// starting and when IPsec is off).
+func (s metricsSource) Crypto() control.Crypto {
+	if *s.app == nil {
+		return nil
+	}
+	return (*s.app).Crypto()
+}
+
+// serveMetrics serves /metrics on addr; the returned function stops it.
+func serveMetrics(addr string, m *metrics.Metrics, log *zap.Logger) (func(), error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("metrics server stopped", zap.Error(err))
+		}
+	}()
+	log.Info("metrics listening", zap.String("listen", l.Addr().String()))
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}, nil
+}
+
+// newLogger builds the logger the configuration asks for, writing to w.
+func newLogger(c config.Logging, w io.Writer) (*zap.Logger, zap.AtomicLevel, error) {
+	level, err := zap.ParseAtomicLevel(c.Level)
+	if err != nil {
+		return nil, level, fmt.Errorf("logging level: %w", err)
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if c.Format == "json" {
+		enc = zapcore.NewJSONEncoder(ec)
+	} else {
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	}
+	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)
+	return zap.New(core), level, nil
+}

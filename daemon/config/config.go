@@ -1,0 +1,261 @@
+// Package config reads a node's YAML configuration file (one file per
+// node) into a Config: the daemon's configuration (daemon.Config) plus the
+// settings of the program around it (logging, metrics, control socket).
+//
+// The file is decoded through yaml.Node so that every error names its field
+// path and line; the whole file is checked before anything is returned and
+// every error is reported at once. Unknown keys, wrong types, bad addresses
+// and contradictory settings are all errors: an invalid file yields no
+// Config, so it changes nothing.
+//
+// Top-level sections are decoded by the functions in sections(); a later
+// section (ipsec, bgp, uplinks, firewall) is one more entry there, a field
+// in Config, and its checks. Until then those names are unknown keys like
+// any other.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/gre/backend"
+)
+
+// Defaults of the daemon-level settings.
+const (
+	DefaultSocket        = control.DefaultSocketPath
+	DefaultMetricsListen = "127.0.0.1:9474"
+	DefaultLogLevel      = "info"
+	DefaultLogFormat     = "console"
+)
+
+// Config is a node's configuration file, with defaults filled in.
+type Config struct {
+	// Node names the node: the shell's prompt, the logs.
+	Node string
+	// Role is "hub" or "spoke".
+	Role string
+	// Tunnel is the tunnel interface and its NHRP settings.
+	Tunnel Tunnel
+	// Policy is a hub's registration policy.
+	Policy Policy
+	// Networks are the networks behind this node it answers resolutions
+	// for; empty means the kernel's routes decide.
+	Networks []netip.Prefix
+	// Forwarding turns IP forwarding on.
+	Forwarding bool
+	// IPsec protects the tunnel; nil runs NHRP and GRE in clear.
+	IPsec *IPsec
+	// Logging, Metrics and Control configure the program around the
+	// daemon.
+	Logging Logging
+	Metrics Metrics
+	Control Control
+}
+
+// Tunnel is the tunnel section.
+type Tunnel struct {
+	Interface string
+	// Address is the tunnel address with the tunnel network's prefix
+	// length (172.16.1.1/16).
+	Address netip.Prefix
+	Key     uint32
+	// MTU of the tunnel interface; 0 derives it from the underlay.
+	MTU int
+	// Source is the NBMA source address; invalid lets the kernel choose
+	// per peer (follows uplink failover).
+	Source netip.Addr
+	// TTL of the outer header; 0 is the data plane's default.
+	TTL       int
+	Dataplane backend.Kind
+	// HoldingTime advertised; RegistrationInterval is how often a spoke
+	// refreshes (0: a third of the holding time).
+	HoldingTime          time.Duration
+	RegistrationInterval time.Duration
+	// Authentication is Cisco's cleartext NHRP authentication string.
+	Authentication string
+	// NoUnique clears the unique flag of registrations.
+	NoUnique bool
+	NHS      []NHS
+	// MaxNHS limits how many servers are used at once (0: all).
+	MaxNHS int
+	// Redirect (hubs) and Shortcut (DMVPN phase 3).
+	Redirect bool
+	Shortcut bool
+	// ShortcutTable, ShortcutProtocol and ShortcutRulePriority place the
+	// shortcut routes in the kernel; ShortcutIdle removes idle ones.
+	ShortcutTable        int
+	ShortcutProtocol     int
+	ShortcutRulePriority int
+	ShortcutIdle         time.Duration
+	StaticMaps           []StaticMap
+	// Multicast is off, dynamic, nhs or static (with MulticastNBMA).
+	Multicast     string
+	MulticastNBMA []netip.Addr
+	// PurgeOnShutdown sends Purge Requests when the daemon stops.
+	PurgeOnShutdown bool
+	// RedirectGroup is the NFLOG group of the hub's redirect rule.
+	RedirectGroup int
+	// MaxSend limits NHRP packets sent per second (0: the engine's
+	// default).
+	MaxSend int
+}
+
+// NHS is a next hop server.
+type NHS struct {
+	// Address is the server's tunnel address; invalid when learned from
+	// its replies.
+	Address netip.Addr
+	// NBMA is the server's NBMA address, or Host a DNS name whose
+	// addresses each become a server.
+	NBMA     netip.Addr
+	Host     string
+	Priority int
+}
+
+// StaticMap binds a tunnel address or prefix to an NBMA address.
+type StaticMap struct {
+	Address netip.Prefix
+	NBMA    netip.Addr
+}
+
+// Policy is a hub's registration policy: every client, or only tunnel
+// addresses in Allow.
+type Policy struct {
+	AllowAll bool
+	Allow    []netip.Prefix
+}
+
+// Logging configures the log.
+type Logging struct {
+	// Level is debug, info, warn or error; Format json or console.
+	Level  string
+	Format string
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	Enabled bool
+	// Listen is the host:port served (localhost by default).
+	Listen string
+}
+
+// Control configures the control API.
+type Control struct {
+	// Socket is the unix socket path (mode 0600).
+	Socket string
+	// Listen, when set, also serves the API on this TCP host:port.
+	Listen string
+}
+
+// Error is one problem in a configuration file.
+type Error struct {
+	// Path is the field path ("tunnel.nhs[1].nbma"); Line and Column
+	// locate it (0 when unknown).
+	Path         string
+	Line, Column int
+	Msg          string
+}
+
+// Error formats the problem as "line N: path: message".
+func (e Error) Error() string {
+	loc := ""
+	if e.Line > 0 {
+		loc = fmt.Sprintf("line %d: ", e.Line)
+	}
+	if e.Path == "" {
+		return loc + e.Msg
+	}
+	return loc + e.Path + ": " + e.Msg
+}
+
+// ErrInvalid is wrapped by every error of an invalid file.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Errors are all the problems of a file.
+type Errors struct {
+	File string
+	List []Error
+}
+
+// Error lists every problem, one per line, after a summary line.
+func (e *Errors) Error() string {
+	var b strings.Builder
+	n := len(e.List)
+	fmt.Fprintf(&b, "%s: %s, %d error", e.File, ErrInvalid, n)
+	if n != 1 {
+		b.WriteString("s")
+	}
+	for _, x := range e.List {
+		b.WriteString("\n  ")
+		b.WriteString(x.Error())
+	}
+	return b.String()
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *Errors) Unwrap() error { return ErrInvalid }
+
+// Load reads and checks a configuration file.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the configuration: %w", err)
+	}
+	return Parse(b, path)
+}
+
+// Parse decodes and checks a configuration; name labels errors.
+func Parse(data []byte, name string) (*Config, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, &Errors{File: name, List: []Error{syntaxError(err)}}
+	}
+	d := newDecoder()
+	c := &Config{}
+	switch {
+	case doc.Kind == 0 || len(doc.Content) == 0:
+		d.errorf(nil, "", "the file is empty")
+	case resolve(doc.Content[0]).Kind != yaml.MappingNode:
+		d.errorf(doc.Content[0], "", "want a mapping of sections (node, role, tunnel, …), got %s", kindName(resolve(doc.Content[0])))
+	default:
+		d.mapping(doc.Content[0], "", sections(d, c))
+		c.defaults(d)
+		c.ipsecDefaults(d)
+		c.check(d)
+		c.ipsecChecks(d)
+	}
+	if len(d.errs) > 0 {
+		sortErrors(d.errs)
+		return nil, &Errors{File: name, List: d.errs}
+	}
+	return c, nil
+}
+
+// syntaxError turns a YAML syntax error ("yaml: line 3: …") into an Error.
+func syntaxError(err error) Error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	var line int
+	if _, scanErr := fmt.Sscanf(msg, "line %d:", &line); scanErr == nil {
+		if i := strings.Index(msg, ":"); i >= 0 {
+			msg = strings.TrimSpace(msg[i+1:])
+		}
+	}
+	return Error{Line: line, Msg: "YAML syntax: " + msg}
+}
+
+// sortErrors orders errors by line, keeping the order of equal lines.
+func sortErrors(errs []Error) {
+	for i := 1; i < len(errs); i++ {
+		for j := i; j > 0 && errs[j].Line < errs[j-1].Line; j-- {
+			errs[j], errs[j-1] = errs[j-1], errs[j]
+		}
+	}
+}
