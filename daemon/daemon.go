@@ -56,8 +56,10 @@ type Config struct {
 	IPsec *ipsec.Config
 }
 
-// Policy is the registration policy of a hub: every client, or only the
-// tunnel addresses in Allow.
+// Policy is the registration policy of a hub: every client in the tunnel
+// network (AllowAll), or only the tunnel addresses in Allow; an empty
+// Allow is the tunnel network. A CIE outside the tunnel network is
+// refused either way.
 type Policy struct {
 	AllowAll bool
 	Allow    []netip.Prefix
@@ -227,7 +229,11 @@ func (d *Daemon) up(ctx context.Context) error {
 	if cfg.NHRP.Role == nhrp.RoleHub {
 		p := cfg.Policy
 		d.policy.Store(&p)
-		deps.Authorizer = policyAuthorizer(cfg.Policy, &d.policy)
+		var audit func(nhrp.Registration, string)
+		if mgr != nil {
+			audit = func(r nhrp.Registration, reason string) { mgr.AuditRefusal(r, "policy", reason) }
+		}
+		deps.Authorizer = policyAuthorizer(cfg.Tunnel.Prefix, &d.policy, audit)
 		if mgr != nil {
 			deps.Authorizer = bothAuthorizers(deps.Authorizer, mgr)
 		}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"sync/atomic"
 
@@ -10,23 +11,49 @@ import (
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
 
-// policyAuthorizer is the registration policy until IPsec certificates
-// decide: allow every client, or only the listed tunnel addresses. A
-// refusal is administratively prohibited (CIE code 4).
+// policyAuthorizer is the hub's registration policy, before (and beside)
+// the IPsec certificate check. It refuses, with administratively
+// prohibited (CIE code 4):
+//   - a CIE whose address or prefix lies outside the tunnel network
+//     (tunnel is the tunnel address with its prefix length), whatever the
+//     allow list says: a binding there would route a LAN or the underlay
+//     into the tunnel;
+//   - a tunnel address outside the allow list, unless it allows all. An
+//     empty list (the default) is the tunnel network.
 //
 // The allow list is read through cur, so a reload changes it live.
-func policyAuthorizer(p Policy, cur *atomic.Pointer[Policy]) nhrp.Authorizer {
-	if p.AllowAll || len(p.Allow) == 0 {
-		return nil // the engine accepts everything without a hook
-	}
+func policyAuthorizer(tunnel netip.Prefix, cur *atomic.Pointer[Policy], audit func(nhrp.Registration, string)) nhrp.Authorizer {
+	network := tunnel.Masked()
 	return nhrp.AuthorizerFunc(func(ctx context.Context, r nhrp.Registration) nhrp.Verdict {
-		for _, a := range cur.Load().Allow {
-			if a.Contains(r.Proto.Addr()) && a.Bits() <= r.Proto.Bits() {
+		refuse := func(reason string) nhrp.Verdict {
+			if audit != nil {
+				audit(r, reason)
+			}
+			return nhrp.Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: reason}
+		}
+		if !inside(network, r.Proto) {
+			return refuse(fmt.Sprintf("%s is outside the tunnel network %s", r.Proto, network))
+		}
+		p := cur.Load()
+		if p.AllowAll {
+			return nhrp.Verdict{}
+		}
+		allow := p.Allow
+		if len(allow) == 0 {
+			allow = []netip.Prefix{network}
+		}
+		for _, a := range allow {
+			if inside(a, r.Proto) {
 				return nhrp.Verdict{}
 			}
 		}
-		return nhrp.Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: fmt.Sprintf("%s is not in the allow list", r.Proto)}
+		return refuse(fmt.Sprintf("%s is not in the allow list", r.Proto))
 	})
+}
+
+// inside reports whether prefix p lies within network n.
+func inside(n, p netip.Prefix) bool {
+	return p.IsValid() && n.Contains(p.Addr()) && n.Bits() <= p.Bits()
 }
 
 // diff lists what changed between two configurations: changes applied
@@ -82,13 +109,7 @@ func diff(old, cfg Config) (changes, restart []string) {
 		changes = append(changes, "networks")
 	}
 	if !reflect.DeepEqual(old.Policy, cfg.Policy) {
-		oldAll := old.Policy.AllowAll || len(old.Policy.Allow) == 0
-		newAll := cfg.Policy.AllowAll || len(cfg.Policy.Allow) == 0
-		if oldAll != newAll {
-			restart = append(restart, "registration policy (allow all ↔ allow list)")
-		} else {
-			changes = append(changes, "registration policy")
-		}
+		changes = append(changes, "registration policy")
 	}
 	return changes, restart
 }

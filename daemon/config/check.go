@@ -47,8 +47,9 @@ func (c *Config) defaults(d *decoder) {
 	if !d.has("tunnel.redirect_group") {
 		t.RedirectGroup = 1
 	}
-	if hub && !d.has("policy.allow") {
-		c.Policy.AllowAll = true
+	if hub && !d.has("policy.allow") && t.Address.IsValid() {
+		// Secure by default: the tunnel network, not everything.
+		c.Policy.Allow = []netip.Prefix{t.Address.Masked()}
 	}
 	if !d.has("forwarding") {
 		c.Forwarding = true
@@ -126,6 +127,11 @@ func (c *Config) check(d *decoder) {
 	}
 	if c.Metrics.Enabled && c.Control.Listen != "" && c.Metrics.Listen == c.Control.Listen {
 		d.errorAt("control.listen", "%s is also metrics.listen", c.Control.Listen)
+	}
+	for i, a := range c.Policy.Allow {
+		if t.Address.IsValid() && !(t.Address.Masked().Contains(a.Addr()) && t.Address.Bits() <= a.Bits()) {
+			d.errorAt(index("policy.allow", i), "%s is outside the tunnel network %s (registrations there are refused whatever the list says)", a, t.Address.Masked())
+		}
 	}
 	for i, n := range c.Networks {
 		for _, m := range c.Networks[:i] {

@@ -126,8 +126,10 @@ type StaticMap struct {
 	NBMA    netip.Addr
 }
 
-// Policy is a hub's registration policy: every client, or only tunnel
-// addresses in Allow.
+// Policy is a hub's registration policy: every client in the tunnel
+// network (AllowAll, "allow: all"), or only tunnel addresses in Allow (by
+// default the tunnel network). A registration outside the tunnel network
+// is refused either way.
 type Policy struct {
 	AllowAll bool
 	Allow    []netip.Prefix

@@ -188,8 +188,12 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !hub.Tunnel.Redirect || hub.Tunnel.Shortcut || hub.Tunnel.Multicast != "dynamic" || !hub.Policy.AllowAll {
-		t.Errorf("hub defaults: redirect %v shortcut %v multicast %s allow all %v", hub.Tunnel.Redirect, hub.Tunnel.Shortcut, hub.Tunnel.Multicast, hub.Policy.AllowAll)
+	if !hub.Tunnel.Redirect || hub.Tunnel.Shortcut || hub.Tunnel.Multicast != "dynamic" {
+		t.Errorf("hub defaults: redirect %v shortcut %v multicast %s", hub.Tunnel.Redirect, hub.Tunnel.Shortcut, hub.Tunnel.Multicast)
+	}
+	// Secure by default: the tunnel network, not everything.
+	if diff := cmp.Diff(Policy{Allow: []netip.Prefix{netip.MustParsePrefix("172.16.0.0/16")}}, hub.Policy, cmpNet...); diff != "" {
+		t.Errorf("hub policy default (-want +got):\n%s", diff)
 	}
 }
 
