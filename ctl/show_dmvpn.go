@@ -41,6 +41,9 @@ type DmvpnView struct {
 	NHS       []nhrp.NHSStatus `json:"nhs,omitempty"`
 	// IPsec is set by detail when the node runs IPsec.
 	IPsec *CryptoStatus `json:"ipsec,omitempty"`
+	// Warnings are the daemon's warnings about the node (IPsec off, a
+	// certificate about to expire).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // DmvpnPeer is one NBMA peer of show dmvpn and its entries.
@@ -108,7 +111,7 @@ func dmvpnView(ctx context.Context, c *control.Client, withIPsec bool) (DmvpnVie
 		}
 	}
 	v := DmvpnView{Node: st.Node, Interface: st.NHRP.Interface, Type: title(st.NHRP.Role), Address: st.NHRP.Address,
-		NBMA: st.NHRP.NBMA, Dataplane: st.Dataplane, NHS: nhs.Servers, Peers: []DmvpnPeer{}}
+		NBMA: st.NHRP.NBMA, Dataplane: st.Dataplane, NHS: nhs.Servers, Peers: []DmvpnPeer{}, Warnings: st.Warnings}
 	peerOf := map[netip.Addr]nhrp.PeerStatus{}
 	for _, p := range peers.Peers {
 		peerOf[p.NBMA] = p
@@ -231,6 +234,9 @@ func nhsFlags(n nhrp.NHSStatus) string {
 }
 
 func printDmvpn(w io.Writer, v DmvpnView, detail bool, now time.Time) {
+	for _, warn := range v.Warnings {
+		fmt.Fprintf(w, "%% Warning: %s\n", warn)
+	}
 	fmt.Fprint(w, dmvpnLegend)
 	if detail {
 		fmt.Fprintf(w, "Interface %s is up/up, Addr. is %s, VRF \"\"\n", v.Interface, v.Address.Addr())

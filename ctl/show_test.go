@@ -59,6 +59,18 @@ Type:Spoke, NHRP Peers:2,
 	}
 }
 
+// TestPrintDmvpnWarnings: the daemon's warnings (IPsec off) come first,
+// one line each, before Cisco's legend.
+func TestPrintDmvpnWarnings(t *testing.T) {
+	v := DmvpnView{Node: "spoke1", Interface: "gre1", Type: "Spoke", Warnings: []string{"IPsec is off (ipsec: off): NHRP and GRE travel in clear"}}
+	var b bytes.Buffer
+	printDmvpn(&b, v, false, t0)
+	want := "% Warning: IPsec is off (ipsec: off): NHRP and GRE travel in clear\n" + dmvpnLegend
+	if !strings.HasPrefix(b.String(), want) {
+		t.Errorf("show dmvpn does not start with the warning:\n%s", b.String())
+	}
+}
+
 func TestUpDown(t *testing.T) {
 	for _, tt := range []struct {
 		d    time.Duration

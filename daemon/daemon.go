@@ -52,8 +52,12 @@ type Config struct {
 	ShortcutRulePriority int
 	// Forwarding turns on IP forwarding (a DMVPN node routes).
 	Forwarding bool
-	// IPsec protects the tunnel with strongSwan; nil runs it in clear.
-	IPsec *ipsec.Config
+	// IPsec protects the tunnel with strongSwan. Without it IPsecOff must
+	// be set (the file's `ipsec: off`): NHRP and GRE then run in clear.
+	// New refuses a Config with neither, so that no node runs in clear by
+	// omission.
+	IPsec    *ipsec.Config
+	IPsecOff bool
 }
 
 // Policy is the registration policy of a hub: every client in the tunnel
@@ -77,6 +81,21 @@ func (c Config) withDefaults() Config {
 		c.Dataplane = backend.Auto
 	}
 	return c
+}
+
+// ErrNoIPsec is returned for a Config without IPsec that does not say it
+// runs in clear on purpose.
+var ErrNoIPsec = errors.New("no IPsec configured: configure it, or say ipsec: off to run NHRP and GRE in clear")
+
+// checkIPsec refuses a node in clear by omission, and one that says both.
+func (c Config) checkIPsec() error {
+	switch {
+	case c.IPsec == nil && !c.IPsecOff:
+		return ErrNoIPsec
+	case c.IPsec != nil && c.IPsecOff:
+		return errors.New("IPsec configured and off at once")
+	}
+	return nil
 }
 
 // Daemon runs a node.
@@ -115,6 +134,9 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Daemon, error) {
 		return nil, err
 	}
 	if err := cfg.NHRP.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.checkIPsec(); err != nil {
 		return nil, err
 	}
 	d := &Daemon{log: log, cfg: cfg, ready: make(chan struct{})}
@@ -222,7 +244,7 @@ func (d *Daemon) up(ctx context.Context) error {
 		d.ipsecMgr = mgr
 		d.mu.Unlock()
 	} else {
-		d.log.Warn("no ipsec section: NHRP and GRE run in clear")
+		d.log.Warn("ipsec: off: NHRP and GRE run in clear")
 	}
 
 	deps := nhrp.Deps{Tunnel: dev, Router: router, Logger: d.log.Named("nhrp"), Observers: d.obs}
@@ -291,6 +313,9 @@ func (d *Daemon) down() error {
 func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.NHRP.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.checkIPsec(); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()

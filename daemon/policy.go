@@ -102,7 +102,7 @@ func diff(old, cfg Config) (changes, restart []string) {
 	if !reflect.DeepEqual(o, n) {
 		changes = append(changes, "NHRP settings")
 	}
-	if !reflect.DeepEqual(old.IPsec, cfg.IPsec) {
+	if !reflect.DeepEqual(old.IPsec, cfg.IPsec) || old.IPsecOff != cfg.IPsecOff {
 		restart = append(restart, "ipsec (credential files are reloaded when they change)")
 	}
 	if !reflect.DeepEqual(old.Networks, cfg.Networks) {

@@ -73,7 +73,7 @@ func (d *daemonNode) shortcut(lan netip.Prefix) (netip.Addr, netip.Addr, bool) {
 var hubTunnel = netip.MustParseAddr("10.0.0.1")
 
 // memberYAML is dmvpnd's configuration for a member: NHRP without
-// authentication (FRR 8.4 has none), the kernel data plane unless said
+// authentication (FRR 8.4 has none) and without IPsec, the kernel data plane unless said
 // otherwise, the hub known by its NBMA address only (its tunnel address is
 // learned from its replies, as with FRR's "nhs dynamic").
 func memberYAML(m member, hubNBMA netip.Addr) string {
@@ -95,6 +95,9 @@ func memberYAML(m member, hubNBMA netip.Addr) string {
 		fmt.Fprintf(&b, "  nhs:\n    - nbma: %s\n  shortcut: true\nnetworks:\n  - %s\n", hubNBMA, m.lan)
 	}
 	b.WriteString("forwarding: true\nlogging:\n  level: debug\nmetrics:\n  enabled: false\ncontrol:\n  socket: \"@SOCKET@\"\n")
+	// FRR's IPsec needs a patched strongSwan: these runs are in clear, on
+	// purpose.
+	b.WriteString("ipsec: off\n")
 	return b.String()
 }
 

@@ -115,7 +115,20 @@ func (a *App) Counters() (gre.Counters, bool) { return a.node.Counters() }
 func (a *App) Info() control.Info {
 	c := a.cfg.Load()
 	dp, reason := a.node.Dataplane()
-	return control.Info{Node: c.Node, Role: c.Role, Dataplane: dp, DataplaneReason: reason, Started: a.started, ConfigFile: a.path}
+	return control.Info{Node: c.Node, Role: c.Role, Dataplane: dp, DataplaneReason: reason, Started: a.started, ConfigFile: a.path,
+		Warnings: warnings(c)}
+}
+
+// WarnIPsecOff is the warning of a node that runs without IPsec.
+const WarnIPsecOff = "IPsec is off (ipsec: off): NHRP and GRE travel in clear, and registrations are not bound to certificates"
+
+// warnings are the configuration's warnings shown by show dmvpn.
+func warnings(c *config.Config) []string {
+	var out []string
+	if c.IPsecOff {
+		out = append(out, WarnIPsecOff)
+	}
+	return out
 }
 
 // Config returns the configuration in force.

@@ -30,6 +30,7 @@ tunnel:
     - {address: 172.16.0.1, nbma: 192.0.2.1}
 logging: {level: info}
 control: {socket: /run/test/dmvpnd.sock}
+ipsec: off
 `
 
 // fakeNode records what the App applies.
@@ -163,6 +164,20 @@ func TestReloadApplies(t *testing.T) {
 	a.reloadAndLog(context.Background())
 	if !strings.Contains(logs.String(), "configuration reloaded: nothing changed") {
 		t.Errorf("log:\n%s", logs)
+	}
+}
+
+// TestInfoWarnsIPsecOff: a node that runs without IPsec says so in its
+// status (show dmvpn prints it); one with IPsec has no such warning.
+func TestInfoWarnsIPsecOff(t *testing.T) {
+	a, _, _, _ := newTestApp(t)
+	if diff := cmp.Diff([]string{WarnIPsecOff}, a.Info().Warnings); diff != "" {
+		t.Errorf("warnings (-want +got):\n%s", diff)
+	}
+	c := *a.Config()
+	c.IPsecOff, c.IPsec = false, &config.IPsec{}
+	if w := warnings(&c); len(w) != 0 {
+		t.Errorf("a node with IPsec warns %q", w)
 	}
 }
 

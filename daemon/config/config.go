@@ -51,8 +51,10 @@ type Config struct {
 	Networks []netip.Prefix
 	// Forwarding turns IP forwarding on.
 	Forwarding bool
-	// IPsec protects the tunnel; nil runs NHRP and GRE in clear.
-	IPsec *IPsec
+	// IPsec protects the tunnel. Without it the file must say so
+	// (`ipsec: off`, IPsecOff): NHRP and GRE then run in clear.
+	IPsec    *IPsec
+	IPsecOff bool
 	// Logging, Metrics and Control configure the program around the
 	// daemon.
 	Logging Logging

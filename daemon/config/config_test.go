@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/opendmvpn/dmvpn/daemon"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
+	"github.com/opendmvpn/dmvpn/internal/pki"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -53,6 +55,10 @@ func errorLines(t *testing.T, file string) []string {
 	return out
 }
 
+// inClear adds `ipsec: off` at the end of a file (after every line the
+// tests count): a node without IPsec must say so.
+func inClear(file string) string { return file + "ipsec: off\n" }
+
 func TestBadFiles(t *testing.T) {
 	tests := []struct {
 		name string
@@ -62,6 +68,8 @@ func TestBadFiles(t *testing.T) {
 		{"empty", ``, []string{"the file is empty"}},
 		{"syntax", "node: a\n  role: [\n", []string{"line 2: YAML syntax: mapping values are not allowed in this context"}},
 		{"not a mapping", "- a\n- b\n", []string{"line 1: want a mapping of sections (node, role, tunnel, …), got a list"}},
+		{"no ipsec section", minimal, []string{"ipsec: missing: configure IPsec (ca, cert and key), or write `ipsec: off` to run NHRP and GRE in clear"}},
+		{"ipsec neither a section nor off", minimal + "ipsec: on\n", []string{`line 9: ipsec: want a mapping (mode, ca, cert, key, …) or off, got the string "on"`}},
 		{"unknown top-level section", minimal + "bgp:\n  asn: 65000\n", []string{
 			`line 9: bgp: unknown key "bgp" (known keys: control, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel)`}},
 		{"unknown nested key", strings.Replace(minimal, "  interface: gre1\n", "  interface: gre1\n  mode: gre\n", 1), []string{
@@ -141,9 +149,16 @@ func TestBadFiles(t *testing.T) {
 			`line 8: tunnel.nhs[0].nbma: "hubs..example" is neither an IP address nor a DNS name`,
 			`line 9: x: unknown key "x" (known keys: control, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel)`}},
 	}
+	// These are parsed as they are; the others run without IPsec on
+	// purpose (inClear).
+	raw := map[string]bool{"empty": true, "not a mapping": true, "no ipsec section": true, "ipsec neither a section nor off": true}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := errorLines(t, tt.file)
+			file := tt.file
+			if !raw[tt.name] {
+				file = inClear(file)
+			}
+			got := errorLines(t, file)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("errors (-want +got):\n%s", diff)
 			}
@@ -152,7 +167,7 @@ func TestBadFiles(t *testing.T) {
 }
 
 func TestErrorsMessage(t *testing.T) {
-	_, err := Parse([]byte(minimal+"x: 1\ny: 2\n"), "/etc/dmvpn/dmvpnd.yaml")
+	_, err := Parse([]byte(inClear(minimal+"x: 1\ny: 2\n")), "/etc/dmvpn/dmvpnd.yaml")
 	want := `/etc/dmvpn/dmvpnd.yaml: invalid configuration, 2 errors
   line 9: x: unknown key "x" (known keys: control, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel)
   line 10: y: unknown key "y" (known keys: control, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel)`
@@ -162,7 +177,7 @@ func TestErrorsMessage(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	c, err := Parse([]byte(minimal), "m.yaml")
+	c, err := Parse([]byte(inClear(minimal)), "m.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,12 +194,13 @@ func TestDefaults(t *testing.T) {
 		Logging:    Logging{Level: "info", Format: "console"},
 		Metrics:    Metrics{Enabled: true, Listen: "127.0.0.1:9474"},
 		Control:    Control{Socket: "/run/dmvpnd/dmvpnd.sock"},
+		IPsecOff:   true,
 	}
 	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
 		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
 	}
-	hub, err := Parse([]byte("node: h\nrole: hub\ntunnel: {interface: gre1, address: 172.16.0.1/16}\n"), "h.yaml")
+	hub, err := Parse([]byte(inClear("node: h\nrole: hub\ntunnel: {interface: gre1, address: 172.16.0.1/16}\n")), "h.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,18 +218,43 @@ var cmpNet = []cmp.Option{
 	cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
 }
 
-// TestExamples checks that the shipped examples are valid and that the
-// rendered running configuration reads back to the same Config.
+// examplePKI writes the certificates the examples name (the layout of
+// /etc/dmvpn/pki/) into a temporary directory and returns a function
+// that points a file's paths there.
+func examplePKI(t *testing.T) func([]byte) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := pki.WriteSet(dir, map[string]string{
+		"hub1":   "C=FI, O=Example, OU=GRE=172.16.0.1, OU=AS=65000, CN=hub1",
+		"hub2":   "C=FI, O=Example, OU=GRE=172.16.0.2, OU=AS=65000, CN=hub2",
+		"spoke1": "C=FI, O=Example, OU=GRE=172.16.1.1, OU=AS=65001, OU=NET=10.1.0.0/24, CN=spoke1",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return func(b []byte) []byte { return bytes.ReplaceAll(b, []byte("/etc/dmvpn/pki/"), []byte(dir+"/")) }
+}
+
+// TestExamples checks that the shipped examples (complete IPsec
+// configurations, read with certificates made for them) are valid and
+// that the rendered running configuration reads back to the same Config.
 func TestExamples(t *testing.T) {
 	files, err := filepath.Glob("../../examples/*.yaml")
 	if err != nil || len(files) < 3 {
 		t.Fatalf("examples: %v %v", files, err)
 	}
+	rewrite := examplePKI(t)
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			c, err := Load(f)
+			b, err := os.ReadFile(f)
 			if err != nil {
 				t.Fatal(err)
+			}
+			c, err := Parse(rewrite(b), f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.IPsec == nil {
+				t.Errorf("%s runs without IPsec", f)
 			}
 			back, err := Parse(c.YAML(), "rendered")
 			if err != nil {
@@ -235,7 +276,7 @@ func TestDaemonConfig(t *testing.T) {
     - {address: 172.16.0.9, nbma: 192.0.2.9}
 networks: [10.1.0.0/24]
 `
-	c, err := Parse([]byte(file), "f.yaml")
+	c, err := Parse([]byte(inClear(file)), "f.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,6 +297,7 @@ networks: [10.1.0.0/24]
 		RedirectGroup:        1,
 		ShortcutRulePriority: 1000,
 		Forwarding:           true,
+		IPsecOff:             true,
 	}
 	if diff := cmp.Diff(want, got, append(cmpNet, cmp.Comparer(func(a, b func(int) bool) bool { return a == nil && b == nil }))...); diff != "" {
 		t.Errorf("daemon config (-want +got):\n%s", diff)

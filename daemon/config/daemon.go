@@ -71,5 +71,6 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		ShortcutRulePriority: t.ShortcutRulePriority,
 		Forwarding:           c.Forwarding,
 		IPsec:                c.IPsec.ipsecConfig(),
+		IPsecOff:             c.IPsecOff,
 	}
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"os"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -41,8 +42,17 @@ type IPsec struct {
 // DefaultIPsecStateDir is where a managed charon keeps its files.
 const DefaultIPsecStateDir = "/run/dmvpnd/ipsec"
 
-// ipsecSection decodes the ipsec section.
+// ipsecSection decodes the ipsec section: a mapping, or `off` (also
+// `false`) to run without IPsec on purpose.
 func (d *decoder) ipsecSection(n *yaml.Node, p string, c *Config) {
+	if rn := resolve(n); rn.Kind == yaml.ScalarNode && rn.ShortTag() != "!!null" {
+		if (rn.ShortTag() == "!!str" && rn.Value == "off") || (rn.ShortTag() == "!!bool" && strings.EqualFold(rn.Value, "false")) {
+			c.IPsecOff = true
+			return
+		}
+		d.errorf(rn, p, "want a mapping (mode, ca, cert, key, …) or off, got %s", kindName(rn))
+		return
+	}
 	s := &IPsec{}
 	c.IPsec = s
 	strs := func(out *[]string) func(*yaml.Node, string) {
@@ -145,6 +155,9 @@ func (c *Config) ipsecDefaults(d *decoder) {
 func (c *Config) ipsecChecks(d *decoder) {
 	s := c.IPsec
 	if s == nil {
+		if !c.IPsecOff && !d.has("ipsec") {
+			d.errorAt("ipsec", "missing: configure IPsec (ca, cert and key), or write `ipsec: off` to run NHRP and GRE in clear")
+		}
 		return
 	}
 	if len(s.CA) == 0 && !d.has("ipsec.ca") {

@@ -95,6 +95,8 @@ func (c *Config) YAML() []byte {
 	root.add("forwarding", boolean(c.Forwarding))
 	if c.IPsec != nil {
 		root.add("ipsec", renderIPsec(c.IPsec))
+	} else if c.IPsecOff {
+		root.add("ipsec", str("off"))
 	}
 	root.add("logging", mapNode("level", str(c.Logging.Level), "format", str(c.Logging.Format)).Node)
 	root.add("metrics", mapNode("enabled", boolean(c.Metrics.Enabled), "listen", str(c.Metrics.Listen)).Node)

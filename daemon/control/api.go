@@ -70,6 +70,10 @@ type Info struct {
 	DataplaneReason string    `json:"dataplane_reason"`
 	Started         time.Time `json:"started"`
 	ConfigFile      string    `json:"config_file"`
+	// Warnings are what an operator must know about the node's
+	// configuration (it runs without IPsec, a certificate expires soon);
+	// show dmvpn prints them first.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Status is the answer of GET /v1/status.

@@ -169,3 +169,27 @@ func serial() *big.Int {
 
 // ParseDNOID returns the OID of a DN attribute name (C, ST, L, O, OU, CN).
 func ParseDNOID(name string) asn1.ObjectIdentifier { return oids[name] }
+
+// WriteSet makes a CA and writes it as dir/ca.crt, and for each node
+// name a certificate with the given DN, valid from an hour ago for a
+// year, as dir/NAME.crt and dir/NAME.key: the layout of the examples
+// (/etc/dmvpn/pki/) and the lab.
+func WriteSet(dir string, dns map[string]string) (*CA, error) {
+	ca, err := NewCA("C=FI, O=Example, CN=Example DMVPN CA")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := ca.WriteCA(dir, "ca"); err != nil {
+		return nil, err
+	}
+	for name, dn := range dns {
+		is, err := ca.IssueDN(dn)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if _, _, err := is.Write(dir, name); err != nil {
+			return nil, err
+		}
+	}
+	return ca, nil
+}

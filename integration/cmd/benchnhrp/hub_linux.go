@@ -35,8 +35,10 @@ func runHub() int {
 		NHRP:       nhrp.Config{Role: nhrp.RoleHub, HoldingTime: 7200 * time.Second},
 		Policy:     daemon.Policy{AllowAll: true},
 		Forwarding: true,
+		IPsecOff:   true, // unless BENCHNHRP_IPSEC, below
 	}
 	if dir := os.Getenv("BENCHNHRP_IPSEC"); dir != "" {
+		cfg.IPsecOff = false
 		cfg.IPsec = &ipsec.Config{Mode: ipsec.ModeUserspace, Managed: true, Dir: filepath.Join(dir, "state-hub"),
 			CACerts: []string{filepath.Join(dir, "ca.crt")}, Cert: filepath.Join(dir, "hub.crt"), Key: filepath.Join(dir, "hub.key")}
 	}
