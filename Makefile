@@ -18,14 +18,23 @@ build:
 # The README's main command: a whole DMVPN in network namespaces (root).
 # Installs what the lab needs, builds, and runs `dmvpn-lab up`; TOPOLOGY
 # picks another topology (dmvpn-lab topologies). `make lab-down` removes it.
-.PHONY: lab lab-down
-lab:
+.PHONY: lab lab-down prereq
+lab: prereq
 	@./scripts/install-deps.sh --lab
 	@$(MAKE) --no-print-directory build
 	./$(BIN)/dmvpn-lab up $(TOPOLOGY)
 
 lab-down:
 	./$(BIN)/dmvpn-lab down
+
+# What the lab needs before anything else, said plainly: Go 1.26 or later
+# (go.mod asks for it; an older go would try to download a toolchain) and
+# root (namespaces, packages).
+prereq:
+	@v=$$($(GO) env GOVERSION 2>/dev/null) || { echo "make lab: Go 1.26 or later is needed ($(GO) is not in PATH): install it, then run make lab again" >&2; exit 1; }; \
+	case "$$v" in go1.2[6-9]*|go1.[3-9][0-9]*|go[2-9]*) ;; \
+	*) echo "make lab: Go 1.26 or later is needed, $(GO) is $$v" >&2; exit 1 ;; esac
+	@[ "$$(id -u)" = 0 ] || { echo "make lab: run it as root (it installs packages and builds network namespaces)" >&2; exit 1; }
 
 # The one test command: installs what the tests need, checks the committed
 # BPF object against its source, vets, runs every test (integration tests

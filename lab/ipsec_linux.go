@@ -24,18 +24,13 @@ import (
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
-// libipsecPlugin is strongSwan's userspace ESP, which the lab's nodes use
-// (Debian's libcharon-extra-plugins).
-const libipsecPlugin = "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so"
-
-// charonAvailable says what to install when the lab cannot run IPsec.
+// charonAvailable says what to install when the lab cannot run IPsec:
+// charon and every plugin its managed charon loads (userspace mode), each
+// named with its package (ipsec.CheckInstalled).
 func charonAvailable() error {
-	for _, f := range []string{ipsec.DefaultCharon, libipsecPlugin} {
-		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("IPsec needs strongSwan (%s is missing): install strongswan-charon strongswan-swanctl "+
-				"libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins "+
-				"(scripts/install-deps.sh does), or build the lab without IPsec: dmvpn-lab up --no-ipsec", f)
-		}
+	if err := ipsec.CheckInstalled(ipsec.DefaultCharon, ipsec.ModeUserspace); err != nil {
+		return fmt.Errorf("%w (scripts/install-deps.sh --lab installs what the lab needs), "+
+			"or build the lab without IPsec: dmvpn-lab up --no-ipsec", err)
 	}
 	return nil
 }

@@ -1,18 +1,30 @@
 #!/bin/sh
-# Installs the Debian packages the tests and the lab need, when missing.
-# Quiet when everything is already present. Needs root to install; without
-# root it only reports what is missing (the tests that need it then skip
-# with a message saying so).
+# Installs the Debian packages of scripts/packages.list (the one list) when
+# missing: all of them, or with --lab only those tagged lab (what `make lab`
+# needs). Extra arguments name more packages; --print only prints the
+# selection. Quiet when everything is already present. Needs root to install; without root it only reports what
+# is missing (the tests that need it then skip with a message saying so).
 set -eu
 
-PKGS="strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins strongswan-pki tshark tcpdump iproute2 iputils-ping nftables iperf3 procps netbase qemu-system-x86 linux-image-amd64 busybox-static kmod cpio xz-utils binutils frr ethtool clang-14 llvm-14 libbpf-dev"
-# --lab: only what `make lab` needs (namespaces, ping, the NAT router's nft,
-# strongSwan's charon with kernel-libipsec for IPsec on every node).
-if [ "${1:-}" = "--lab" ]; then
+list="$(dirname "$0")/packages.list"
+tag=""
+print=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--lab) tag=lab ;;
+	--print) print=yes ;;
+	*) break ;;
+	esac
 	shift
-	PKGS="iproute2 iputils-ping nftables procps strongswan-charon libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins"
-fi
+done
+# Package names (first field), without comments; with a tag, only the
+# lines carrying it.
+PKGS=$(sed 's/#.*//' "$list" | awk -v tag="$tag" 'NF { if (tag == "") { print $1; next } for (i = 2; i <= NF; i++) if ($i == tag) { print $1; break } }')
 PKGS="$PKGS $*"
+if [ -n "$print" ]; then
+	echo $PKGS
+	exit 0
+fi
 
 missing=""
 for p in $PKGS; do
