@@ -1,0 +1,66 @@
+//go:build linux
+
+package firewall
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/google/nftables"
+)
+
+// policyOf returns the hub policy grown by user rules to n rules.
+func policyOf(tb testing.TB, n int) Policy {
+	p := hubPolicy()
+	rs, err := Build(p)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i := 0; rs.Len() < n; i++ {
+		p.Rules = append(p.Rules, UserRule{From: ZoneLAN, To: ZoneInternet, Protocol: ProtoTCP, Ports: []uint16{uint16(1000 + i)}, Action: VerdictAccept})
+		if rs, err = Build(p); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return p
+}
+
+// netns makes a network namespace for tb and returns its fd.
+func netns(tb testing.TB) int {
+	if os.Geteuid() != 0 {
+		tb.Skip("skipping: needs root (a network namespace)")
+	}
+	name := fmt.Sprintf("fwbench%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		tb.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	tb.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	f, err := os.Open("/run/netns/" + name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { f.Close() })
+	return int(f.Fd())
+}
+
+// BenchmarkReplace200 measures one atomic replace of a 200-rule table
+// (build, batch, kernel commit): the goal is at most 50 ms.
+func BenchmarkReplace200(b *testing.B) {
+	k := NewKernelTable(nftables.WithNetNSFd(netns(b)))
+	p := policyOf(b, 200)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rs, err := Build(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := k.Replace(ctx, rs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(200), "rules")
+}

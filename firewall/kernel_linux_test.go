@@ -1,0 +1,161 @@
+//go:build linux
+
+package firewall
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/opendmvpn/dmvpn/internal/netnstest"
+)
+
+// nftList lists a table or the ruleset with the nft command, the
+// independent judge of what the kernel holds.
+func nftList(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("nft", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+var setRE = regexp.MustCompile(`\{ ([^{}]*) \}`)
+
+// normalize sorts the elements of every set (the kernel lists a hashed
+// set in its own order) and zeroes the counters.
+func normalize(s string) string {
+	s = regexp.MustCompile(`packets \d+ bytes \d+`).ReplaceAllString(s, "packets 0 bytes 0")
+	return setRE.ReplaceAllStringFunc(s, func(m string) string {
+		items := strings.Split(setRE.FindStringSubmatch(m)[1], ",")
+		for i := range items {
+			items[i] = strings.TrimSpace(items[i])
+		}
+		sort.Strings(items)
+		return "{ " + strings.Join(items, ", ") + " }"
+	})
+}
+
+func needNft(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipping: needs the nft command (nftables) as the judge")
+	}
+}
+
+// The kernel holds, rule for rule, what Text says: nft lists the applied
+// table as the translation.
+func TestKernelTableListsAsTranslated(t *testing.T) {
+	needNft(t)
+	if !netnstest.Run(t, "fwlist") {
+		return
+	}
+	k := NewKernelTable()
+	ctx := context.Background()
+	for _, p := range []Policy{hubPolicy(), spokePolicy(), clearPolicy()} {
+		rs, err := Build(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Replace(ctx, rs); err != nil {
+			t.Fatal(err)
+		}
+		got := normalize(nftList(t, "list", "table", "inet", TableName))
+		if d := cmp.Diff(normalize(rs.Text()), got); d != "" {
+			t.Errorf("nft lists the table otherwise than translated (-translated +nft):\n%s", d)
+		}
+	}
+	if err := k.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out := nftList(t, "list", "ruleset"); strings.Contains(out, "table inet "+TableName) {
+		t.Errorf("table left after Remove:\n%s", out)
+	}
+	if err := k.Remove(ctx); err != nil {
+		t.Errorf("removing a missing table: %v", err)
+	}
+}
+
+// A ruleset the kernel refuses changes nothing (nft -j list ruleset is the
+// same before and after), and the error names the rule.
+func TestKernelTableRefusedLeavesRuleset(t *testing.T) {
+	needNft(t)
+	if !netnstest.Run(t, "fwbad") {
+		return
+	}
+	k := NewKernelTable()
+	ctx := context.Background()
+	good, err := Build(hubPolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Replace(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	before := nftList(t, "-j", "list", "ruleset")
+	bad, _ := Build(hubPolicy())
+	// rt mtu is valid on forward, output and postrouting only: the kernel
+	// refuses it in input.
+	in := &bad.Chains[0]
+	in.Rules = append(in.Rules[:5], append([]Rule{{Name: "bad_clamp", Comment: "invalid here", Match: []Match{{Kind: MatchTCPSyn}},
+		Action: Action{Kind: ClampMSSToRoute}}}, in.Rules[5:]...)...)
+	err = k.Replace(ctx, bad)
+	var re *RefusedError
+	if !errors.As(err, &re) || re.Rule != "bad_clamp" || re.Chain != "input" {
+		t.Fatalf("error %v, want the kernel's refusal of rule bad_clamp in input", err)
+	}
+	t.Logf("refusal: %v", err)
+	if !strings.Contains(err.Error(), "tcp option maxseg size set rt mtu") {
+		t.Errorf("error does not show the rule: %v", err)
+	}
+	if after := nftList(t, "-j", "list", "ruleset"); after != before {
+		t.Errorf("the refused ruleset changed the kernel's:\nbefore %s\nafter  %s", before, after)
+	}
+	if out := nftList(t, "list", "tables"); strings.Contains(out, checkTable) {
+		t.Errorf("the check table is left: %s", out)
+	}
+}
+
+// Counters count per rule.
+func TestKernelTableCounters(t *testing.T) {
+	needNft(t)
+	if !netnstest.Run(t, "fwcnt") {
+		return
+	}
+	k := NewKernelTable()
+	ctx := context.Background()
+	rs, err := Build(clearPolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Replace(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("ping", "-c", "3", "-i", "0.01", "-W", "1", "127.0.0.1").CombinedOutput(); err != nil {
+		t.Fatalf("ping: %v: %s", err, out)
+	}
+	cs, err := k.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != rs.Len() {
+		t.Errorf("%d counters for %d rules", len(cs), rs.Len())
+	}
+	// The first echo request is new on lo; its reply and the rest are
+	// established.
+	if c := cs["in_loopback"]; c.Packets == 0 || c.Bytes == 0 {
+		t.Errorf("in_loopback counted %+v", c)
+	}
+	if c := cs["in_established"]; c.Packets == 0 {
+		t.Errorf("in_established counted %+v", c)
+	}
+	if c := cs["in_gre_clear"]; c.Packets != 0 {
+		t.Errorf("in_gre_clear counted %+v", c)
+	}
+}
