@@ -70,6 +70,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "dmvpnd: %s: %v\n", *path, err)
 			return 1
 		}
+		for _, w := range cfg.Warnings {
+			fmt.Fprintf(stderr, "dmvpnd: %s: warning: %v\n", *path, w)
+		}
+		if cfg.IPsecOff {
+			fmt.Fprintf(stderr, "dmvpnd: %s: warning: %s\n", *path, WarnIPsecOff)
+		}
 		fmt.Fprintf(stdout, "%s: configuration OK (node %s, %s)\n", *path, cfg.Node, cfg.Role)
 		return 0
 	}
@@ -80,6 +86,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	defer func() { _ = log.Sync() }()
 	log = log.With(zap.String("node", cfg.Node))
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration: "+w.Msg, zap.String("field", w.Path), zap.Int("line", w.Line))
+	}
 	if err := run(*path, cfg, rt, log, level); err != nil {
 		log.Error("dmvpnd stopped with an error", zap.Error(err))
 		return 1

@@ -149,6 +149,7 @@ func (c *Config) check(d *decoder) {
 func (c *Config) checkNHS(d *decoder) {
 	t := &c.Tunnel
 	seen := map[string]int{}
+	byAddr := map[netip.Addr]int{}
 	for i, n := range t.NHS {
 		p := index("tunnel.nhs", i)
 		switch {
@@ -158,6 +159,10 @@ func (c *Config) checkNHS(d *decoder) {
 			d.errorAt(p+".nbma", "%s: the NBMA network is IPv4", n.NBMA)
 		}
 		if n.Address.IsValid() {
+			if j, dup := byAddr[n.Address]; dup && (t.NHS[j].NBMA != n.NBMA || t.NHS[j].Host != n.Host) {
+				d.errorAt(p+".address", "%s is also tunnel.nhs[%d]'s, at another NBMA address: one server, one NBMA address", n.Address, j)
+			}
+			byAddr[n.Address] = i
 			switch {
 			case t.Address.IsValid() && t.Address.Bits() < t.Address.Addr().BitLen() && !t.Address.Masked().Contains(n.Address):
 				d.errorAt(p+".address", "%s is outside the tunnel network %s", n.Address, t.Address.Masked())

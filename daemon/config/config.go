@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	yamlv4 "go.yaml.in/yaml/v4"
 
 	"github.com/opendmvpn/dmvpn/daemon/control"
 	"github.com/opendmvpn/dmvpn/gre/backend"
@@ -60,6 +61,9 @@ type Config struct {
 	Logging Logging
 	Metrics Metrics
 	Control Control
+	// Warnings are what is valid but must be said (a certificate that
+	// expires within 30 days), with line and field like errors.
+	Warnings []Error
 }
 
 // Tunnel is the tunnel section.
@@ -166,12 +170,18 @@ type Error struct {
 	Path         string
 	Line, Column int
 	Msg          string
+	// Syntax marks a YAML syntax error: its message names the column too.
+	Syntax bool
 }
 
-// Error formats the problem as "line N: path: message".
+// Error formats the problem as "line N: path: message"; a problem of the
+// file as a whole (YAML syntax) as "line N, column C: message".
 func (e Error) Error() string {
 	loc := ""
-	if e.Line > 0 {
+	switch {
+	case e.Line > 0 && e.Syntax && e.Column > 0:
+		loc = fmt.Sprintf("line %d, column %d: ", e.Line, e.Column)
+	case e.Line > 0:
 		loc = fmt.Sprintf("line %d: ", e.Line)
 	}
 	if e.Path == "" {
@@ -220,7 +230,7 @@ func Load(path string) (*Config, error) {
 func Parse(data []byte, name string) (*Config, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &Errors{File: name, List: []Error{syntaxError(err)}}
+		return nil, &Errors{File: name, List: []Error{syntaxError(data, err)}}
 	}
 	d := newDecoder()
 	c := &Config{}
@@ -240,19 +250,28 @@ func Parse(data []byte, name string) (*Config, error) {
 		sortErrors(d.errs)
 		return nil, &Errors{File: name, List: d.errs}
 	}
+	sortErrors(d.warns)
+	c.Warnings = d.warns
 	return c, nil
 }
 
-// syntaxError turns a YAML syntax error ("yaml: line 3: …") into an Error.
-func syntaxError(err error) Error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	var line int
-	if _, scanErr := fmt.Sscanf(msg, "line %d:", &line); scanErr == nil {
-		if i := strings.Index(msg, ":"); i >= 0 {
-			msg = strings.TrimSpace(msg[i+1:])
+// syntaxError turns a YAML syntax error into an Error at the line and
+// column where the problem is. yaml.v3's message carries only a line,
+// and for a parser error the line where the construct it was parsing
+// began (0-based: one line early), so the position comes from the same
+// library's v4, whose LoadError has the problem's mark and its context.
+// Should v4 accept what v3 refused, v3's message is kept as it is.
+func syntaxError(data []byte, err error) Error {
+	var n yamlv4.Node
+	var le *yamlv4.LoadError
+	if err4 := yamlv4.Unmarshal(data, &n); errors.As(err4, &le) && le.Mark.Line > 0 {
+		msg := "YAML syntax: " + le.Message
+		if le.ContextMsg != "" && le.ContextMark.Line > 0 && le.ContextMark != le.Mark {
+			msg += fmt.Sprintf(" (%s at line %d, column %d)", le.ContextMsg, le.ContextMark.Line, le.ContextMark.Column)
 		}
+		return Error{Line: le.Mark.Line, Column: le.Mark.Column, Msg: msg, Syntax: true}
 	}
-	return Error{Line: line, Msg: "YAML syntax: " + msg}
+	return Error{Msg: "YAML syntax: " + strings.TrimPrefix(err.Error(), "yaml: "), Syntax: true}
 }
 
 // sortErrors orders errors by line, keeping the order of equal lines.

@@ -66,7 +66,18 @@ func TestBadFiles(t *testing.T) {
 		want []string
 	}{
 		{"empty", ``, []string{"the file is empty"}},
-		{"syntax", "node: a\n  role: [\n", []string{"line 2: YAML syntax: mapping values are not allowed in this context"}},
+		{"syntax", "node: a\n  role: [\n", []string{"line 2, column 7: YAML syntax: mapping values are not allowed in this context"}},
+		// yaml.v3 alone said "line 5: did not find expected key": the
+		// line where the mapping began, counted from 0.
+		{"syntax: a key indented wrong", "node: a\nrole: hub\ntunnel:\n  interface: gre1\n  address: 172.16.0.1/16\n key: 5\n", []string{
+			"line 6, column 2: YAML syntax: did not find expected key (while parsing a block mapping at line 1, column 1)"}},
+		{"syntax: an unclosed list", "node: a\nrole: hub\nnetworks: [10.1.0.0/24\ntunnel: {}\n", []string{
+			"line 4, column 7: YAML syntax: did not find expected ',' or ']' (while parsing a flow sequence at line 3, column 11)"}},
+		{"syntax: a tab", "node: a\n\trole: hub\n", []string{
+			"line 2, column 1: YAML syntax: found a tab character that violates indentation (while scanning a plain scalar at line 1, column 7)"}},
+		{"syntax: an unknown alias", "node: *n\n", []string{"line 1, column 7: YAML syntax: unknown anchor 'n' referenced"}},
+		{"two servers with one tunnel address", minimal + "    - address: 172.16.0.1\n      nbma: 192.0.2.17\n", []string{
+			"line 9: tunnel.nhs[1].address: 172.16.0.1 is also tunnel.nhs[0]'s, at another NBMA address: one server, one NBMA address"}},
 		{"not a mapping", "- a\n- b\n", []string{"line 1: want a mapping of sections (node, role, tunnel, …), got a list"}},
 		{"no ipsec section", minimal, []string{"ipsec: missing: configure IPsec (ca, cert and key), or write `ipsec: off` to run NHRP and GRE in clear"}},
 		{"ipsec neither a section nor off", minimal + "ipsec: on\n", []string{`line 9: ipsec: want a mapping (mode, ca, cert, key, …) or off, got the string "on"`}},

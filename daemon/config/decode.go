@@ -17,6 +17,7 @@ import (
 // line of every field it saw so later checks can point at them.
 type decoder struct {
 	errs  []Error
+	warns []Error
 	lines map[string]int // field path → line
 	// netPaths are the field paths of the decoded Config.Networks.
 	netPaths []string
@@ -37,6 +38,22 @@ func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
 // that involve several fields.
 func (d *decoder) errorAt(path, format string, args ...any) {
 	d.errs = append(d.errs, Error{Path: path, Line: d.line(path), Msg: fmt.Sprintf(format, args...)})
+}
+
+// warnAt records a warning at a field seen earlier: the file is valid,
+// but the operator must know (a certificate about to expire).
+func (d *decoder) warnAt(path, format string, args ...any) {
+	d.warns = append(d.warns, Error{Path: path, Line: d.line(path), Msg: fmt.Sprintf(format, args...)})
+}
+
+// failed reports whether an error was recorded at path or below it.
+func (d *decoder) failed(path string) bool {
+	for _, e := range d.errs {
+		if e.Path == path || strings.HasPrefix(e.Path, path+"[") || strings.HasPrefix(e.Path, path+".") {
+			return true
+		}
+	}
+	return false
 }
 
 // line returns the line of a field path, or of its nearest parent seen.

@@ -178,6 +178,32 @@ func (c *Config) ipsecChecks(d *decoder) {
 	if s.Charon == "system" && d.has("ipsec.state_dir") {
 		d.errorAt("ipsec.state_dir", "state_dir is for charon: managed")
 	}
+	c.checkCredentials(d)
+}
+
+// checkCredentials reads the certificate files once every one of them
+// was found: the key must be the certificate's, the certificate signed
+// by ca and for this node's tunnel address, none expired (a certificate
+// expiring within 30 days is a warning).
+func (c *Config) checkCredentials(d *decoder) {
+	s := c.IPsec
+	if s.Cert == "" || s.Key == "" || len(s.CA) == 0 || d.failed("ipsec.ca") || d.failed("ipsec.cert") || d.failed("ipsec.key") {
+		return
+	}
+	ps := ipsec.CheckCredentials(ipsec.CredentialCheck{
+		CACerts: s.CA, Cert: s.Cert, Key: s.Key, Tunnel: c.Tunnel.Address.Addr(), Hub: c.Role == "hub",
+	})
+	for _, p := range ps {
+		path := "ipsec." + p.Field
+		if p.Field == "ca" && d.has(index(path, p.Index)) {
+			path = index(path, p.Index)
+		}
+		if p.Warning {
+			d.warnAt(path, "%s", p.Msg)
+		} else {
+			d.errorAt(path, "%s", p.Msg)
+		}
+	}
 }
 
 // ipsecConfig returns the ipsec package's configuration.
