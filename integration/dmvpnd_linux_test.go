@@ -26,7 +26,8 @@ type daemonNode struct {
 	name   string
 	node   *testbed.Node
 	bin    string
-	config string // the YAML file
+	args   []string // more command-line arguments
+	config string   // the YAML file
 	socket string
 	proc   *testbed.Proc
 	client *control.Client
@@ -37,11 +38,11 @@ type daemonNode struct {
 }
 
 // startDaemon writes a node's YAML configuration and starts dmvpnd with
-// it; it returns once the control socket answers.
-func startDaemon(t testing.TB, bin string, n *testbed.Node, yaml string) *daemonNode {
+// it (and args); it returns once the control socket answers.
+func startDaemon(t testing.TB, bin string, n *testbed.Node, yaml string, args ...string) *daemonNode {
 	t.Helper()
 	dir := t.TempDir()
-	d := &daemonNode{t: t, name: n.Name, node: n, bin: bin,
+	d := &daemonNode{t: t, name: n.Name, node: n, bin: bin, args: args,
 		config: filepath.Join(dir, n.Name+".yaml"), socket: filepath.Join(dir, n.Name+".sock")}
 	yaml = strings.ReplaceAll(yaml, "@SOCKET@", d.socket)
 	if err := os.WriteFile(d.config, []byte(yaml), 0o600); err != nil {
@@ -65,7 +66,7 @@ func startDaemon(t testing.TB, bin string, n *testbed.Node, yaml string) *daemon
 
 func (d *daemonNode) start() {
 	d.t.Helper()
-	p, err := d.node.Start(testbed.ProcSpec{Name: "dmvpnd-" + d.name, Args: []string{d.bin, "-c", d.config}})
+	p, err := d.node.Start(testbed.ProcSpec{Name: "dmvpnd-" + d.name, Args: append([]string{d.bin, "-c", d.config}, d.args...)})
 	if err != nil {
 		d.t.Fatal(err)
 	}

@@ -316,7 +316,14 @@ func (l *Lab) startDaemon(t Topology, n Node, ns, dmvpnd string, creds map[strin
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", "netns", "exec", ns, dmvpnd, "-c", d.Config)
+	args := []string{"netns", "exec", ns, dmvpnd, "-c", d.Config}
+	if n.Rogue() {
+		// Its certificate names another node's address: dmvpnd would
+		// refuse it, as it should; the rogue plays an attacker whose
+		// node does not check.
+		args = append(args, "--unchecked-credentials")
+	}
+	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

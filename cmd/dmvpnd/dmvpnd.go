@@ -37,6 +37,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	check := fs.Bool("check", false, "check the configuration file and exit")
 	keep := fs.Bool("keep-routes", false, "on stop, leave routes and neighbour entries in the kernel (quick restart)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	unchecked := fs.Bool("unchecked-credentials", false, "start even when the certificate checks fail (they are logged as warnings): for testing how peers refuse such a node")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: dmvpnd [-c FILE] [--check] [--keep-routes] [--version]\n\n"+
 			"dmvpnd runs a DMVPN hub or spoke from one YAML file. SIGHUP reloads the file;\n"+
@@ -58,7 +59,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "dmvpnd %s (%s %s/%s)\n", v.Version, v.Go, v.OS, v.Arch)
 		return 0
 	}
-	cfg, err := config.Load(*path)
+	opts := config.Options{UncheckedCredentials: *unchecked}
+	cfg, err := config.LoadWith(*path, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmvpnd: %v\n", err)
 		return 1
@@ -89,7 +91,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration: "+w.Msg, zap.String("field", w.Path), zap.Int("line", w.Line))
 	}
-	if err := run(*path, cfg, rt, log, level); err != nil {
+	if err := run(*path, cfg, rt, opts, log, level); err != nil {
 		log.Error("dmvpnd stopped with an error", zap.Error(err))
 		return 1
 	}
@@ -97,7 +99,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 // run runs the node until SIGTERM or SIGINT.
-func run(path string, cfg *config.Config, rt config.Runtime, log *zap.Logger, level zap.AtomicLevel) error {
+func run(path string, cfg *config.Config, rt config.Runtime, opts config.Options, log *zap.Logger, level zap.AtomicLevel) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
@@ -109,6 +111,7 @@ func run(path string, cfg *config.Config, rt config.Runtime, log *zap.Logger, le
 		return err
 	}
 	app = newApp(path, cfg, rt, daemonNode{d}, log, level)
+	app.load = func(p string) (*config.Config, error) { return config.LoadWith(p, opts) }
 
 	ctl := control.NewServer(app, log.Named("control"))
 	defer ctl.Close()

@@ -217,22 +217,38 @@ func (e *Errors) Error() string {
 // Unwrap makes errors.Is(err, ErrInvalid) true.
 func (e *Errors) Unwrap() error { return ErrInvalid }
 
+// Options change how a file is checked.
+type Options struct {
+	// UncheckedCredentials turns the certificate checks' errors into
+	// warnings: for tests of how peers refuse a node whose certificate
+	// names another address, is expired or reads ambiguously (an
+	// attacker's node). dmvpnd --unchecked-credentials.
+	UncheckedCredentials bool
+}
+
 // Load reads and checks a configuration file.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return LoadWith(path, Options{}) }
+
+// LoadWith is Load with options.
+func LoadWith(path string, o Options) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading the configuration: %w", err)
 	}
-	return Parse(b, path)
+	return ParseWith(b, path, o)
 }
 
 // Parse decodes and checks a configuration; name labels errors.
-func Parse(data []byte, name string) (*Config, error) {
+func Parse(data []byte, name string) (*Config, error) { return ParseWith(data, name, Options{}) }
+
+// ParseWith is Parse with options.
+func ParseWith(data []byte, name string, o Options) (*Config, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, &Errors{File: name, List: []Error{syntaxError(data, err)}}
 	}
 	d := newDecoder()
+	d.opts = o
 	c := &Config{}
 	switch {
 	case doc.Kind == 0 || len(doc.Content) == 0:

@@ -16,6 +16,7 @@ import (
 // path and line instead of stopping at the first one, and remembering the
 // line of every field it saw so later checks can point at them.
 type decoder struct {
+	opts  Options
 	errs  []Error
 	warns []Error
 	lines map[string]int // field path → line
