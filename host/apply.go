@@ -1,0 +1,330 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// change is one kernel request of a plan.
+type change struct {
+	note string
+	do   func(ctx context.Context) error
+}
+
+// present is what the kernel has under a client's identifiers.
+type present struct {
+	rules  []Rule
+	routes []Route
+	xfrm   []XfrmPolicy
+	tables map[TableID]bool
+}
+
+// read lists what the kernel has under the client's identifiers.
+func (c *Client) read(ctx context.Context) (present, error) {
+	k, o := c.m.k, c.owner
+	var p present
+	var errs []error
+	if len(o.RulePriorities) > 0 {
+		for _, f := range []Family{IPv4, IPv6} {
+			rs, err := k.Rules(ctx, f)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("listing %v rules: %w", f, err))
+			}
+			for _, r := range rs {
+				if slices.Contains(o.RulePriorities, r.Priority) {
+					p.rules = append(p.rules, r)
+				}
+			}
+		}
+	}
+	if o.RouteProtocol != 0 {
+		for _, f := range []Family{IPv4, IPv6} {
+			rs, err := k.Routes(ctx, f, o.RouteProtocol)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("listing %v routes: %w", f, err))
+			}
+			p.routes = append(p.routes, rs...)
+		}
+	}
+	if len(o.XfrmPriorities) > 0 {
+		ps, err := k.XfrmPolicies(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listing xfrm policies: %w", err))
+		}
+		for _, x := range ps {
+			if slices.Contains(o.XfrmPriorities, x.Priority) {
+				p.xfrm = append(p.xfrm, x)
+			}
+		}
+	}
+	if len(o.Tables) > 0 {
+		ts, err := k.NFTables(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listing nftables tables: %w", err))
+		}
+		p.tables = map[TableID]bool{}
+		for _, t := range ts {
+			p.tables[t] = true
+		}
+	}
+	return p, errors.Join(errs...)
+}
+
+// apply brings the kernel to cfg: it plans the additions and in-place
+// replacements, then the deletions, and runs them in that order. With
+// closing, the sysctls set with Restore are restored.
+func (c *Client) apply(ctx context.Context, cfg *Config, closing bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	have, err := c.read(ctx)
+	if err != nil {
+		return err
+	}
+	k := c.m.k
+	var adds, dels []change
+	var errs []error
+
+	// xfrm policies: replaced in place (their key has no priority).
+	xwant := map[xfrmKey]XfrmPolicy{}
+	for _, p := range cfg.Xfrm {
+		xwant[p.key()] = p.normal()
+	}
+	xhave := map[xfrmKey]XfrmPolicy{}
+	for _, p := range have.xfrm {
+		xhave[p.key()] = p.normal()
+	}
+	for _, p := range cfg.Xfrm {
+		if h, ok := xhave[p.key()]; !ok || h != p.normal() {
+			adds = append(adds, change{"update " + p.String(), func(ctx context.Context) error { return k.UpdateXfrmPolicy(ctx, p) }})
+		}
+	}
+	for _, p := range have.xfrm {
+		if _, ok := xwant[p.key()]; !ok {
+			dels = append(dels, change{"delete " + p.String(), func(ctx context.Context) error { return k.DelXfrmPolicy(ctx, p) }})
+		}
+	}
+
+	// Rules: added beside the old ones (the kernel cannot replace a rule).
+	matched := make([]bool, len(have.rules))
+	for _, r := range cfg.Rules {
+		found := false
+		for i, h := range have.rules {
+			if !matched[i] && h.normal() == r.normal() {
+				matched[i], found = true, true
+				break
+			}
+		}
+		if !found {
+			r := r.normal()
+			adds = append(adds, change{"add " + r.String(), func(ctx context.Context) error { return k.AddRule(ctx, r) }})
+		}
+	}
+	for i, h := range have.rules {
+		if !matched[i] {
+			dels = append(dels, change{"delete " + h.String(), func(ctx context.Context) error { return k.DelRule(ctx, h) }})
+		}
+	}
+
+	// Routes: replaced in place by key.
+	rwant := map[routeKey]bool{}
+	for _, r := range cfg.Routes {
+		r.Protocol = c.owner.RouteProtocol
+		rwant[r.key()] = true
+		r, err := c.resolve(r)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		same, ours := false, false
+		for _, h := range have.routes {
+			if h.key() == r.key() {
+				ours = true
+				same = same || h.same(r)
+			}
+		}
+		if same {
+			continue
+		}
+		var foreign []Route
+		if !ours {
+			// Another program's route at this key is kept, to be put
+			// back when ours goes.
+			rs, err := k.RoutesAt(ctx, r.Table, r.Dst)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("route %v: listing the routes there: %w", r, err))
+				continue
+			}
+			for _, x := range rs {
+				if x.key() == r.key() && x.Protocol != r.Protocol {
+					foreign = append(foreign, x)
+				}
+			}
+		}
+		adds = append(adds, change{"replace " + r.String(), func(ctx context.Context) error {
+			for _, x := range foreign {
+				if err := c.m.origs.displace(c.owner.Name, x); err != nil {
+					return err
+				}
+			}
+			return k.ReplaceRoute(ctx, r)
+		}})
+	}
+	for _, h := range have.routes {
+		if rwant[h.key()] {
+			continue
+		}
+		if x, ok := c.m.origs.displaced(c.owner.Name, h.key()); ok {
+			// Put back, in place, what ours replaced.
+			dels = append(dels, change{"restore " + x.String(), func(ctx context.Context) error {
+				if err := k.ReplaceRoute(ctx, x); err != nil {
+					return err
+				}
+				return c.m.origs.restored(c.owner.Name, h.key())
+			}})
+			continue
+		}
+		dels = append(dels, change{"delete " + h.String(), func(ctx context.Context) error { return k.DelRoute(ctx, h) }})
+	}
+
+	// nftables tables: replaced whole, in one transaction.
+	twant := map[TableID]bool{}
+	for _, t := range cfg.Tables {
+		twant[t.TableID] = true
+		if t.Rev != "" && have.tables[t.TableID] && c.revs[t.TableID] == t.Rev {
+			continue
+		}
+		adds = append(adds, change{"replace " + t.TableID.String() + " rev " + t.Rev, func(ctx context.Context) error {
+			if err := k.ReplaceNFTable(ctx, t); err != nil {
+				delete(c.revs, t.TableID)
+				return err
+			}
+			c.revs[t.TableID] = t.Rev
+			return nil
+		}})
+	}
+	for _, id := range c.owner.Tables {
+		if have.tables[id] && !twant[id] {
+			dels = append(dels, change{"delete " + id.String(), func(ctx context.Context) error {
+				delete(c.revs, id)
+				return k.DelNFTable(ctx, id)
+			}})
+		}
+	}
+
+	sadds, sdels, serrs := c.planSysctls(cfg, closing)
+	adds, dels, errs = append(adds, sadds...), append(dels, sdels...), append(errs, serrs...)
+
+	failed := len(errs) > 0
+	for i, ch := range adds {
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, fmt.Errorf("stopped after %d of %d changes, nothing deleted: %w", i, len(adds)+len(dels), err))...)
+		}
+		if err := ch.do(ctx); err != nil {
+			errs, failed = append(errs, fmt.Errorf("%s: %w", ch.note, err)), true
+			continue
+		}
+		c.m.note(c.owner.Name, ch.note)
+	}
+	if failed && len(dels) > 0 {
+		return errors.Join(append(errs, fmt.Errorf("%d old entries kept in force: an addition failed", len(dels)))...)
+	}
+	for i, ch := range dels {
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, fmt.Errorf("stopped after %d of %d changes: %w", len(adds)+i, len(adds)+len(dels), err))...)
+		}
+		if err := ch.do(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ch.note, err))
+			continue
+		}
+		c.m.note(c.owner.Name, ch.note)
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) note(owner, change string) {
+	if m.changed != nil {
+		m.changed(owner, change)
+	}
+}
+
+// resolve returns r with every next hop's device as an index.
+func (c *Client) resolve(r Route) (Route, error) {
+	r = r.normal()
+	for i := range r.NextHops {
+		h := &r.NextHops[i]
+		if h.Dev == "" {
+			continue
+		}
+		idx, err := c.m.k.LinkIndex(h.Dev)
+		if err != nil {
+			return r, fmt.Errorf("route %v: %w", r, err)
+		}
+		h.Index = idx
+	}
+	return r.normal(), nil
+}
+
+// planSysctls plans the writes of the desired sysctls and the restores of
+// those no longer desired (or all of them, closing).
+func (c *Client) planSysctls(cfg *Config, closing bool) (adds, dels []change, errs []error) {
+	k, origs := c.m.k, c.m.origs
+	want := map[string]Sysctl{}
+	for _, s := range cfg.Sysctls {
+		want[s.Key] = s
+		cur, err := k.ReadSysctl(s.Key)
+		if errors.Is(err, fs.ErrNotExist) && s.Optional {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("sysctl %s: %w", s.Key, err))
+			continue
+		}
+		cur = strings.TrimSpace(cur)
+		if cur == s.Value || (s.AtLeast && atLeast(cur, s.Value)) {
+			continue
+		}
+		adds = append(adds, change{fmt.Sprintf("set sysctl %s = %s (was %s)", s.Key, s.Value, cur), func(context.Context) error {
+			if s.Restore {
+				if err := origs.record(s.Key, cur); err != nil {
+					return err
+				}
+			}
+			return k.WriteSysctl(s.Key, s.Value)
+		}})
+	}
+	c.m.mu.Lock()
+	old := c.sysctls
+	c.sysctls = want
+	c.m.mu.Unlock()
+	for _, key := range slices.Sorted(maps.Keys(old)) {
+		s := old[key]
+		if _, ok := want[key]; ok && !closing {
+			continue
+		}
+		orig, ok := origs.get(key)
+		if !s.Restore || !ok {
+			continue
+		}
+		dels = append(dels, change{fmt.Sprintf("restore sysctl %s = %s", key, orig), func(context.Context) error {
+			if err := k.WriteSysctl(key, orig); err != nil {
+				return err
+			}
+			return origs.forget(key)
+		}})
+	}
+	return adds, dels, errs
+}
+
+// atLeast reports whether the numeric value cur is at least want.
+func atLeast(cur, want string) bool {
+	a, err1 := strconv.ParseInt(cur, 10, 64)
+	b, err2 := strconv.ParseInt(want, 10, 64)
+	return err1 == nil && err2 == nil && a >= b
+}
