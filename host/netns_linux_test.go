@@ -10,10 +10,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/opendmvpn/dmvpn/host"
+	"github.com/opendmvpn/dmvpn/internal/leakcheck"
 	"github.com/opendmvpn/dmvpn/internal/netnstest"
 )
 
@@ -206,4 +208,48 @@ func TestNetnsNoInstantWithoutProtection(t *testing.T) {
 	if err := send(); err != nil {
 		t.Errorf("after Close GRE is still refused: %v", err)
 	}
+}
+
+// TestNetnsRouteCache: routes added and deleted by another program reach
+// the cache through route events, in any table; Close stops its
+// goroutines.
+func TestNetnsRouteCache(t *testing.T) {
+	if !netnstest.Run(t, "dmvc") {
+		return
+	}
+	leakcheck.Check(t)
+	netnsTopology(t)
+	ctx := context.Background()
+	c, err := host.NewRouteCache(ctx)
+	must(t, err)
+	defer c.Close()
+	// What was there before it started: the dump.
+	if r, ok, _ := c.Lookup(ctx, addr("192.0.2.9"), host.Main); !ok || r.NextHops[0].Gw != addr("198.51.100.254") {
+		t.Fatalf("the default route from the dump: %v %v", r, ok)
+	}
+	wait := func(what string, f func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !f() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not seen in 5 s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	sh(t, "ip route add 10.5.0.0/16 via 10.0.0.7 dev gre1 onlink table 42 proto 42")
+	wait("a route added in table 42", func() bool {
+		r, ok, _ := c.Lookup(ctx, addr("10.5.1.1"), 42, host.Main)
+		return ok && r.Table == 42 && r.Protocol == 42 && r.NextHops[0].Onlink
+	})
+	sh(t, "ip route replace 10.5.0.0/16 via 10.0.0.8 dev gre1 onlink table 42 proto 42")
+	wait("the route replaced", func() bool {
+		r, ok, _ := c.Lookup(ctx, addr("10.5.1.1"), 42)
+		return ok && r.NextHops[0].Gw == addr("10.0.0.8")
+	})
+	sh(t, "ip route del 10.5.0.0/16 table 42")
+	wait("the route deleted", func() bool {
+		r, ok, _ := c.Lookup(ctx, addr("10.5.1.1"), 42, host.Main)
+		return ok && r.Dst.Bits() == 0 // the default route of main again
+	})
 }
