@@ -59,6 +59,7 @@ fuzz:
 	$(GO) test ./gre/userspace -run '^$$' -fuzz '^FuzzReceive$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./daemon/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ipsec -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./failover -run '^$$' -fuzz '^FuzzParseEchoReply$$' -fuzztime $(FUZZTIME)
 
 # The BPF programs of the ebpf data plane (gre/ebpf/dataplane.c): `make bpf`
 # regenerates the object and its Go bindings with bpf2go (clang-14,

@@ -1,0 +1,201 @@
+package failover
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func twoUplinks(prefs ...int) Config {
+	c := Config{Uplinks: []Uplink{
+		{Name: "isp1", Interface: "wan0", Probes: []netip.Addr{netip.MustParseAddr("192.0.2.253")}, Weight: 3},
+		{Name: "isp2", Interface: "wan1", Probes: []netip.Addr{netip.MustParseAddr("203.0.113.253")}},
+	}}
+	for i, p := range prefs {
+		c.Uplinks[i].Preference = p
+	}
+	return c.WithDefaults()
+}
+
+func views(c Config, states ...State) []view {
+	addrs := []string{"198.51.100.1/28", "203.0.113.65/28"}
+	gws := []string{"198.51.100.14", "203.0.113.78"}
+	var vs []view
+	for i, u := range c.Uplinks {
+		vs = append(vs, view{cfg: u, index: 10 + i, addr: netip.MustParsePrefix(addrs[i]), gateway: netip.MustParseAddr(gws[i]), state: states[i]})
+	}
+	return vs
+}
+
+type rendered struct {
+	Routes, Rules []string
+	Main          []string
+	Active        string
+	NBMA          []string
+	FailOpen      bool
+}
+
+func render(d Desired) rendered {
+	var r rendered
+	for _, x := range d.Routes {
+		r.Routes = append(r.Routes, x.String())
+	}
+	for _, x := range d.Rules {
+		r.Rules = append(r.Rules, x.String())
+	}
+	for _, a := range d.NBMA {
+		r.NBMA = append(r.NBMA, a.String())
+	}
+	r.Main, r.Active, r.FailOpen = d.Main, d.Active, d.FailOpen
+	return r
+}
+
+// The tables and rules of both uplinks stay whatever their state; only
+// the main table's default and the GRE rule follow the states.
+func TestDesired(t *testing.T) {
+	tables := []string{
+		"198.51.100.0/28 dev wan0 scope link src 198.51.100.1 table 101 proto 44",
+		"default via 198.51.100.14 dev wan0 table 101 proto 44",
+		"203.0.113.64/28 dev wan1 scope link src 203.0.113.65 table 102 proto 44",
+		"default via 203.0.113.78 dev wan1 table 102 proto 44",
+	}
+	rules := func(greTable string) []string {
+		return []string{
+			"1100: from all lookup 254 suppress_prefixlength 0",
+			"1101: from all ipproto 47 lookup " + greTable,
+			"1102: from 198.51.100.1/32 lookup 101",
+			"1103: from all fwmark 0x10000/0xff0000 lookup 101",
+			"1104: from 203.0.113.65/32 lookup 102",
+			"1105: from all fwmark 0x20000/0xff0000 lookup 102",
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		states []State
+		want   rendered
+	}{
+		{
+			name: "preferred up", cfg: twoUplinks(0, 1), states: []State{StateUp, StateUp},
+			want: rendered{
+				Routes: append(tables, "default via 198.51.100.14 dev wan0 table 254 proto 44"),
+				Rules:  rules("101"), Main: []string{"isp1"}, Active: "isp1", NBMA: []string{"198.51.100.1", "203.0.113.65"},
+			},
+		},
+		{
+			name: "preferred down", cfg: twoUplinks(0, 1), states: []State{StateDown, StateUp},
+			want: rendered{
+				Routes: append(tables, "default via 203.0.113.78 dev wan1 table 254 proto 44"),
+				Rules:  rules("102"), Main: []string{"isp2"}, Active: "isp2", NBMA: []string{"203.0.113.65", "198.51.100.1"},
+			},
+		},
+		{
+			name: "balanced", cfg: twoUplinks(0, 0), states: []State{StateUp, StateUp},
+			want: rendered{
+				Routes: append(tables, "default nexthop via 198.51.100.14 dev wan0 weight 3 nexthop via 203.0.113.78 dev wan1 weight 1 table 254 proto 44"),
+				Rules:  rules("101"), Main: []string{"isp1", "isp2"}, Active: "isp1", NBMA: []string{"198.51.100.1", "203.0.113.65"},
+			},
+		},
+		{
+			name: "balanced, one down", cfg: twoUplinks(0, 0), states: []State{StateUp, StateDown},
+			want: rendered{
+				Routes: append(tables, "default via 198.51.100.14 dev wan0 table 254 proto 44"),
+				Rules:  rules("101"), Main: []string{"isp1"}, Active: "isp1", NBMA: []string{"198.51.100.1", "203.0.113.65"},
+			},
+		},
+		{
+			name: "all down: fail open over the preferred", cfg: twoUplinks(0, 1), states: []State{StateDown, StateDown},
+			want: rendered{
+				Routes: append(tables, "default via 198.51.100.14 dev wan0 table 254 proto 44"),
+				Rules:  rules("101"), Main: []string{"isp1"}, Active: "isp1", NBMA: []string{"198.51.100.1", "203.0.113.65"}, FailOpen: true,
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := render(desired(tc.cfg, views(tc.cfg, tc.states...)))
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("desired state (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// An uplink without an address or a gateway gets nothing: no table, no
+// rule, no default; the node's NBMA addresses are the others'.
+func TestDesiredUnusable(t *testing.T) {
+	c := twoUplinks(0, 1)
+	vs := views(c, StateUp, StateUp)
+	vs[0].gateway = netip.Addr{}
+	got := render(desired(c, vs))
+	want := rendered{
+		Routes: []string{
+			"203.0.113.64/28 dev wan1 scope link src 203.0.113.65 table 102 proto 44",
+			"default via 203.0.113.78 dev wan1 table 102 proto 44",
+			"default via 203.0.113.78 dev wan1 table 254 proto 44",
+		},
+		Rules: []string{
+			"1100: from all lookup 254 suppress_prefixlength 0",
+			"1101: from all ipproto 47 lookup 102",
+			"1104: from 203.0.113.65/32 lookup 102",
+			"1105: from all fwmark 0x20000/0xff0000 lookup 102",
+		},
+		Main: []string{"isp2"}, Active: "isp2", NBMA: []string{"203.0.113.65"},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("desired state (-want +got):\n%s", d)
+	}
+	vs[1].index = 0
+	if got := desired(c, vs); len(got.Routes) != 0 || len(got.NBMA) != 0 || got.Active != "" {
+		t.Errorf("no usable uplink: got routes %v, NBMA %v, active %q", got.Routes, got.NBMA, got.Active)
+	}
+}
+
+func TestDesiredSysctls(t *testing.T) {
+	c := twoUplinks(0, 1)
+	got := desired(c, views(c, StateUp, StateUp)).Sysctls
+	want := []Sysctl{
+		{"net/ipv4/fib_multipath_hash_policy", "1"},
+		{"net/ipv4/fib_multipath_use_neigh", "1"},
+		{"net/ipv4/conf/wan0/rp_filter", "2"},
+		{"net/ipv4/conf/wan1/rp_filter", "2"},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("sysctls (-want +got):\n%s", d)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := twoUplinks(0, 1)
+	if err := good.Validate(); err != nil {
+		t.Fatalf("valid configuration refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(c *Config)
+		want string
+	}{
+		{"mask over charon's mark", func(c *Config) { c.MarkMask = 0xff }, "overlaps charon's mark"},
+		{"same interface", func(c *Config) { c.Uplinks[1].Interface = "wan0" }, "interface wan0 is used by another uplink"},
+		{"same table", func(c *Config) { c.Uplinks[1].Table = 101 }, "table 101 is used"},
+		{"charon's table", func(c *Config) { c.Uplinks[0].Table = 220 }, "table 220 is reserved"},
+		{"mark outside mask", func(c *Config) { c.Uplinks[0].Mark = 0x1 }, "within the mask"},
+		{"no probes", func(c *Config) { c.Uplinks[0].Probes = nil }, "no probe hosts"},
+		{"IPv6 probe", func(c *Config) { c.Uplinks[0].Probes = []netip.Addr{netip.MustParseAddr("2001:db8::1")} }, "unicast IPv4"},
+		{"timeout over interval", func(c *Config) { c.Uplinks[0].Timeout = c.Uplinks[0].Interval * 2 }, "timeout"},
+		{"too many hosts required", func(c *Config) { c.Uplinks[0].HostsRequired = 2 }, "hosts_required 2"},
+		{"weight", func(c *Config) { c.Uplinks[0].Weight = 300 }, "weight 300"},
+		{"rule priority", func(c *Config) { c.RulePriority = 100 }, "rule priority 100"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			c.Uplinks = append([]Uplink(nil), good.Uplinks...)
+			tc.edit(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+}
