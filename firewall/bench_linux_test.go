@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 )
@@ -63,4 +65,32 @@ func BenchmarkReplace200(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(200), "rules")
+}
+
+// BenchmarkRollback measures an unconfirmed 200-rule apply rolling back:
+// how late after its deadline the previous policy is in force again (the
+// goal: within 100 ms).
+func BenchmarkRollback(b *testing.B) {
+	k := NewKernelTable(nftables.WithNetNSFd(netns(b)))
+	done := make(chan struct{}, 1)
+	m := NewManager(k, hubFacts(), nil, WithRollback(func(any) { done <- struct{}{} }))
+	ctx := context.Background()
+	defer m.Close(ctx)
+	if _, err := m.Apply(ctx, cfgWith(1), "A", 0); err != nil {
+		b.Fatal(err)
+	}
+	big := policyOf(b, 200).Config
+	var lates []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		res, err := m.Apply(ctx, big, "B", 20*time.Millisecond)
+		if err != nil {
+			b.Fatal(err)
+		}
+		<-done
+		lates = append(lates, m.Stats().LastRollback.Sub(res.ConfirmBy))
+	}
+	slices.Sort(lates)
+	b.ReportMetric(float64(lates[len(lates)/2].Microseconds())/1000, "ms-late-median")
+	b.ReportMetric(float64(lates[len(lates)-1].Microseconds())/1000, "ms-late-max")
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -26,6 +27,12 @@ func nftList(t *testing.T, args ...string) string {
 	}
 	return string(out)
 }
+
+var handleRE = regexp.MustCompile(`, "handle": \d+`)
+
+// withoutHandles drops the handles of a JSON listing: a table put back is
+// a new table with new handles.
+func withoutHandles(s string) string { return handleRE.ReplaceAllString(s, "") }
 
 var setRE = regexp.MustCompile(`\{ ([^{}]*) \}`)
 
@@ -157,5 +164,46 @@ func TestKernelTableCounters(t *testing.T) {
 	}
 	if c := cs["in_gre_clear"]; c.Packets != 0 {
 		t.Errorf("in_gre_clear counted %+v", c)
+	}
+}
+
+// An unconfirmed apply rolls back by itself within its timeout + 100 ms,
+// and the kernel then holds exactly what it held before (nft is the
+// judge).
+func TestKernelRollbackWithinTimeout(t *testing.T) {
+	needNft(t)
+	if !netnstest.Run(t, "fwroll") {
+		return
+	}
+	ctx := context.Background()
+	done := make(chan any, 1)
+	m := NewManager(NewKernelTable(), hubFacts(), nil, WithRollback(func(src any) { done <- src }))
+	defer m.Close(ctx)
+	if _, err := m.Apply(ctx, cfgWith(1), "A", 0); err != nil {
+		t.Fatal(err)
+	}
+	before := nftList(t, "-j", "list", "ruleset")
+	const timeout = 500 * time.Millisecond
+	res, err := m.Apply(ctx, cfgWith(150), "B", timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if during := nftList(t, "-j", "list", "ruleset"); during == before {
+		t.Fatal("the pending apply changed nothing")
+	}
+	select {
+	case src := <-done:
+		if src != "A" {
+			t.Errorf("rollback handed back %v", src)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no rollback 10 s after a 500 ms confirmation time")
+	}
+	st := m.Stats()
+	if late := st.LastRollback.Sub(res.ConfirmBy); late > 100*time.Millisecond || late < 0 {
+		t.Errorf("rolled back %v after the deadline, want within 100 ms", late)
+	}
+	if after := nftList(t, "-j", "list", "ruleset"); withoutHandles(after) != withoutHandles(before) {
+		t.Errorf("after the rollback the kernel holds another ruleset:\nbefore %s\nafter  %s", before, after)
 	}
 }
