@@ -75,10 +75,14 @@ func newCharon(cfg Config, mode Mode, log *zap.Logger) *charon {
 
 // start writes the configuration and starts charon; it returns once the
 // VICI socket accepts connections. What charon would lack (a plugin, with
-// the package that ships it) is an error before it starts; when it does
-// not serve, its log says why.
+// the package that ships it) and another IKE daemon on UDP 500/4500 (a
+// charon started by strongswan-starter) are errors before it starts; when
+// it does not serve, its log says why.
 func (c *charon) start(ctx context.Context) error {
 	if err := CheckInstalled(c.cfg.Charon, c.mode); err != nil {
+		return fmt.Errorf("ipsec: %w", err)
+	}
+	if err := checkIKEPorts(); err != nil {
 		return fmt.Errorf("ipsec: %w", err)
 	}
 	if err := os.MkdirAll(c.cfg.Dir, 0o700); err != nil {

@@ -209,3 +209,17 @@ func TestMainCheck(t *testing.T) {
 		t.Errorf("version: %d %q", code, out.String())
 	}
 }
+
+// TestMainHelp: --help prints the usage on standard output and exits 0; a
+// bad flag prints the synopsis on standard error and exits 2.
+func TestMainHelp(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := Main([]string{"--help"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "usage: dmvpnd [-c FILE] [--check] [--keep-routes] [--unchecked-credentials] [--version]\n") {
+		t.Errorf("--help: code %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := Main([]string{"--nope"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "usage: dmvpnd [-c FILE]") || out.Len() != 0 {
+		t.Errorf("--nope: code %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+}

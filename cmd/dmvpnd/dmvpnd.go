@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/opendmvpn/dmvpn/cmd/dmvpnd/cli"
 	"github.com/opendmvpn/dmvpn/daemon"
 	"github.com/opendmvpn/dmvpn/daemon/config"
 	"github.com/opendmvpn/dmvpn/daemon/control"
@@ -25,36 +26,28 @@ import (
 )
 
 // DefaultConfig is the configuration file read without -c.
-const DefaultConfig = "/etc/dmvpn/dmvpnd.yaml"
+const DefaultConfig = cli.DefaultConfig
 
 // Main runs dmvpnd with the command line args (without the program name)
 // and returns the exit status: 0 after a clean stop or a valid --check, 1
 // on an error, 2 on a bad command line.
 func Main(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("dmvpnd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("c", DefaultConfig, "configuration file")
-	check := fs.Bool("check", false, "check the configuration file and exit")
-	keep := fs.Bool("keep-routes", false, "on stop, leave routes and neighbour entries in the kernel (quick restart)")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	unchecked := fs.Bool("unchecked-credentials", false, "start even when the certificate checks fail (they are logged as warnings): for testing how peers refuse such a node")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: dmvpnd [-c FILE] [--check] [--keep-routes] [--version]\n\n"+
-			"dmvpnd runs a DMVPN hub or spoke from one YAML file. SIGHUP reloads the file;\n"+
-			"SIGTERM or SIGINT stop it cleanly.\n\n")
-		fs.PrintDefaults()
-	}
+	fs, cl := cli.NewFlagSet(stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			cli.PrintUsage(stdout, fs)
 			return 0
 		}
+		cli.ShortUsage(stderr, fs)
 		return 2
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "dmvpnd: unexpected argument %q\n", fs.Arg(0))
+		cli.ShortUsage(stderr, fs)
 		return 2
 	}
-	if *showVersion {
+	path, check, keep, unchecked := &cl.Config, &cl.Check, &cl.KeepRoutes, &cl.UncheckedCredentials
+	if cl.Version {
 		v := version.Get()
 		fmt.Fprintf(stdout, "dmvpnd %s (%s %s/%s)\n", v.Version, v.Go, v.OS, v.Arch)
 		return 0
@@ -103,6 +96,12 @@ func run(path string, cfg *config.Config, rt config.Runtime, opts config.Options
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	sd := newNotifier()
+	notify := func(err error) {
+		if err != nil {
+			log.Warn("telling the service manager", zap.Error(err))
+		}
+	}
 
 	var app *App
 	m := metrics.New(metricsSource{&app})
@@ -145,16 +144,25 @@ func run(path string, cfg *config.Config, rt config.Runtime, opts config.Options
 			ready = nil
 			dp, _ := d.Dataplane()
 			log.Info("dmvpnd running", zap.String("interface", cfg.Tunnel.Interface), zap.String("dataplane", dp))
+			notify(sd.Ready(running(cfg, dp)))
 		case err := <-runErr:
 			return err
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
+				if ready == nil {
+					notify(sd.Reloading())
+				}
 				rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
 				app.reloadAndLog(rctx)
 				rcancel()
+				if ready == nil {
+					dp, _ := d.Dataplane()
+					notify(sd.Ready(running(app.Config(), dp)))
+				}
 				continue
 			}
 			log.Info("stopping", zap.Stringer("signal", s), zap.Bool("keep_routes", rt.KeepRoutes))
+			notify(sd.Stopping())
 			cancel()
 			select {
 			case err := <-runErr:
@@ -240,6 +248,9 @@ func newLogger(c config.Logging, w io.Writer) (*zap.Logger, zap.AtomicLevel, err
 	} else {
 		ec.EncodeLevel = zapcore.CapitalLevelEncoder
 		enc = zapcore.NewConsoleEncoder(ec)
+	}
+	if f, ok := w.(*os.File); ok && toJournal(f) {
+		enc = priorityEncoder{enc} // journald: <N> priorities
 	}
 	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)
 	return zap.New(core), level, nil
