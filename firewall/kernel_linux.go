@@ -13,12 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// checkTable is the scratch table a refused ruleset is tried in, prefix
-// by prefix, to name the rule the kernel refuses. Its base chains accept
-// and jump to the rules behind a test that never holds, so it changes no
-// packet's fate while it exists; it is removed at once.
-const checkTable = "dmvpn_check"
-
 // kernelTable is the Table of the kernel's nftables through netlink.
 type kernelTable struct {
 	opts []nftables.ConnOption

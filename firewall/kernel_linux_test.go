@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/internal/netnstest"
 )
 
@@ -205,5 +206,54 @@ func TestKernelRollbackWithinTimeout(t *testing.T) {
 	}
 	if after := nftList(t, "-j", "list", "ruleset"); withoutHandles(after) != withoutHandles(before) {
 		t.Errorf("after the rollback the kernel holds another ruleset:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// Through host, the one owner of host state: the table lists as
+// translated, a refused ruleset changes nothing and names its rule, the
+// check table is gone, and Remove leaves no table.
+func TestHostTable(t *testing.T) {
+	needNft(t)
+	if !netnstest.Run(t, "fwhost") {
+		return
+	}
+	ctx := context.Background()
+	hm, err := host.New(host.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, err := hm.Client(Owner())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := NewHostTable(hc)
+	good, _ := Build(policyOf(t, 200))
+	if err := k.Replace(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(normalize(good.Text()), normalize(nftList(t, "list", "table", "inet", TableName))); d != "" {
+		t.Errorf("nft lists the table otherwise than translated (-translated +nft):\n%s", d)
+	}
+	before := nftList(t, "-j", "list", "ruleset")
+	bad, _ := Build(hubPolicy())
+	fwd := &bad.Chains[1]
+	fwd.Rules = append(fwd.Rules, Rule{Name: "bad_masq", Action: Action{Kind: Masquerade}})
+	err = k.Replace(ctx, bad)
+	var re *RefusedError
+	if !errors.As(err, &re) || re.Rule != "bad_masq" {
+		t.Fatalf("error %v, want rule bad_masq refused", err)
+	}
+	if after := nftList(t, "-j", "list", "ruleset"); withoutHandles(after) != withoutHandles(before) {
+		t.Errorf("the refused ruleset changed the kernel's:\nbefore %s\nafter  %s", before, after)
+	}
+	cs, err := k.Counters(ctx)
+	if err != nil || len(cs) != good.Len() {
+		t.Errorf("%d counters (%v) for %d rules", len(cs), err, good.Len())
+	}
+	if err := hc.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out := nftList(t, "list", "tables"); strings.Contains(out, TableName) {
+		t.Errorf("tables left after the host client closed: %s", out)
 	}
 }

@@ -47,6 +47,12 @@ func (e *RefusedError) Error() string {
 // Unwrap returns the kernel's error.
 func (e *RefusedError) Unwrap() error { return e.Err }
 
+// checkTable is the scratch table a refused ruleset is tried in, prefix
+// by prefix, to name the rule the kernel refuses. Its base chains accept
+// and jump to the rules behind a test that never holds, so it changes no
+// packet's fate while it exists; it is removed at once.
+const checkTable = "dmvpn_check"
+
 // prefix returns the ruleset cut after its first n rules (all chains
 // kept), for finding the first rule the kernel refuses.
 func (rs *Ruleset) prefix(n int) *Ruleset {

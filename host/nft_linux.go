@@ -7,7 +7,30 @@ import (
 	"fmt"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 )
+
+// nftRcvbuf is the receive buffer of the netlink socket of a replace: the
+// kernel acks every message of the batch, and the acks of a table of a
+// few hundred rules overflow the default buffer (ENOBUFS, the outcome of
+// the transaction unknown).
+const nftRcvbuf = 16 << 20
+
+// nftConn returns a connection whose socket has room for every ack of a
+// large batch (forced past rmem_max when allowed; best effort).
+func nftConn() (*nftables.Conn, error) {
+	return nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if raw, err := c.SyscallConn(); err == nil {
+			raw.Control(func(fd uintptr) {
+				if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, nftRcvbuf) != nil {
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, nftRcvbuf)
+				}
+			})
+		}
+		return nil
+	}))
+}
 
 func (k *linuxKernel) NFTables(ctx context.Context) ([]TableID, error) {
 	if err := ctx.Err(); err != nil {
@@ -35,7 +58,7 @@ func (k *linuxKernel) ReplaceNFTable(ctx context.Context, t NFTable) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	c, err := nftables.New()
+	c, err := nftConn()
 	if err != nil {
 		return err
 	}
