@@ -29,8 +29,9 @@ const (
 	// uplinks put in the kernel.
 	DefaultProtocol = 44
 	// DefaultMarkMask is the part of the packet and connection mark the
-	// uplinks use: it leaves charon's 0x42 alone.
-	DefaultMarkMask = 0x00ff0000
+	// uplinks use: it leaves charon's 0x42 alone (the firewall's
+	// DefaultMarkMask).
+	DefaultMarkMask = 0x0000ff00
 	// MaxWeight is the largest multipath weight the kernel takes.
 	MaxWeight = 256
 )
@@ -92,9 +93,10 @@ type Uplink struct {
 	// carry the default route (several: weighted multipath); the others
 	// stand by.
 	Preference int
-	// Masquerade lists the LAN sources masqueraded on the uplink (never
-	// the router's own traffic: IKE and ESP leave from its address).
-	Masquerade []netip.Prefix
+	// Masquerade has the firewall masquerade the LAN zone's traffic that
+	// leaves through the uplink (never the router's own: IKE, ESP and the
+	// probes leave from its address).
+	Masquerade bool
 }
 
 // WithDefaults returns the configuration with zero fields set to their
@@ -237,11 +239,6 @@ func (c Config) Validate() error {
 		}
 		if u.Weight < 1 || u.Weight > MaxWeight {
 			bad("%s: weight %d must be 1-%d", at, u.Weight, MaxWeight)
-		}
-		for _, p := range u.Masquerade {
-			if !p.Addr().Is4() {
-				bad("%s: masquerade source %s is not IPv4", at, p)
-			}
 		}
 	}
 	return errors.Join(errs...)

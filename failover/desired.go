@@ -2,9 +2,11 @@ package failover
 
 import (
 	"cmp"
+	"context"
 	"net/netip"
 	"slices"
-	"strconv"
+
+	"github.com/opendmvpn/dmvpn/host"
 )
 
 // Rule priorities, from Config.RulePriority (P):
@@ -25,54 +27,12 @@ const (
 	rulesPerUplink = 2
 )
 
-// Route is a route the uplinks want in the kernel.
-type Route struct {
-	Table int
-	Dst   netip.Prefix
-	// Src is the preferred source address (connected routes).
-	Src netip.Addr
-	// Link marks a directly connected route (scope link, no gateway).
-	Link     bool
-	Nexthops []Nexthop
-	Protocol int
-}
-
-// Nexthop is one path of a route.
-type Nexthop struct {
-	Gateway   netip.Addr // invalid for a connected route
-	Interface string
-	Index     int
-	// Weight is the path's share in a multipath route (1–256).
-	Weight int
-}
-
-// Rule is a policy rule the uplinks want.
-type Rule struct {
-	Priority int
-	Table    int
-	// Src matches the source address; invalid: any.
-	Src netip.Prefix
-	// Mark and Mask match the packet mark; Mask 0: any.
-	Mark, Mask uint32
-	// IPProto matches the IP protocol; 0: any.
-	IPProto int
-	// SuppressPrefixLen ignores routes of that length or shorter found
-	// through the rule; -1: none.
-	SuppressPrefixLen int
-}
-
-// Sysctl is a kernel setting the uplinks want: Key as under
-// /proc/sys ("net/ipv4/fib_multipath_hash_policy").
-type Sysctl struct {
-	Key, Value string
-}
-
 // Desired is the kernel state that follows from the uplinks' states: what
 // the host-state owner must make true.
 type Desired struct {
-	Routes  []Route
-	Rules   []Rule
-	Sysctls []Sysctl
+	Routes  []host.Route
+	Rules   []host.Rule
+	Sysctls []host.Sysctl
 	// Main lists the uplinks carrying the main table's default route,
 	// the active one first.
 	Main []string
@@ -98,32 +58,32 @@ type view struct {
 // usable reports whether the uplink can carry a default route.
 func (v view) usable() bool { return v.index > 0 && v.addr.IsValid() && v.gateway.IsValid() }
 
-// desired computes the kernel state of the uplinks.
+// desired computes the kernel state of the uplinks. Next hops are onlink:
+// the gateway is on the uplink's link by definition, whatever the table
+// holds.
 func desired(c Config, vs []view) Desired {
 	var d Desired
-	d.Rules = append(d.Rules, Rule{Priority: c.RulePriority, Table: mainTable, SuppressPrefixLen: 0})
-	d.Sysctls = []Sysctl{
-		{"net/ipv4/fib_multipath_hash_policy", "1"},
-		{"net/ipv4/fib_multipath_use_neigh", "1"},
+	rule := func(prio int) host.Rule { return host.Rule{Family: host.IPv4, Priority: prio, Action: host.Lookup} }
+	suppress := rule(c.RulePriority)
+	suppress.Table, suppress.Suppress, suppress.SuppressPrefixLen = host.Main, true, 0
+	d.Rules = append(d.Rules, suppress)
+	d.Sysctls = []host.Sysctl{
+		{Key: "net/ipv4/fib_multipath_hash_policy", Value: "1", Restore: true},
+		{Key: "net/ipv4/fib_multipath_use_neigh", Value: "1", Restore: true},
 	}
 	var usable []view
 	for i, v := range vs {
-		d.Sysctls = append(d.Sysctls, Sysctl{"net/ipv4/conf/" + v.cfg.Interface + "/rp_filter", "2"})
+		d.Sysctls = append(d.Sysctls, host.Sysctl{Key: "net/ipv4/conf/" + v.cfg.Interface + "/rp_filter", Value: "2", Optional: true, Restore: true})
 		if !v.usable() {
 			continue
 		}
 		usable = append(usable, v)
-		nh := Nexthop{Gateway: v.gateway, Interface: v.cfg.Interface, Index: v.index, Weight: v.cfg.Weight}
-		d.Routes = append(d.Routes,
-			Route{Table: v.cfg.Table, Dst: v.addr.Masked(), Src: v.addr.Addr(), Link: true, Protocol: c.Protocol,
-				Nexthops: []Nexthop{{Interface: v.cfg.Interface, Index: v.index, Weight: 1}}},
-			Route{Table: v.cfg.Table, Dst: defaultRoute, Protocol: c.Protocol, Nexthops: []Nexthop{withWeight(nh, 1)}},
-		)
+		d.Routes = append(d.Routes, host.Route{Table: v.cfg.Table, Dst: defaultRoute, NextHops: []host.NextHop{nextHop(v, 0)}})
 		base := c.RulePriority + rulesFirst + rulesPerUplink*i
-		d.Rules = append(d.Rules,
-			Rule{Priority: base, Table: v.cfg.Table, Src: netip.PrefixFrom(v.addr.Addr(), 32), SuppressPrefixLen: -1},
-			Rule{Priority: base + 1, Table: v.cfg.Table, Mark: v.cfg.Mark, Mask: c.MarkMask, SuppressPrefixLen: -1},
-		)
+		src, mark := rule(base), rule(base+1)
+		src.Table, src.Src = v.cfg.Table, netip.PrefixFrom(v.addr.Addr(), 32)
+		mark.Table, mark.Mark, mark.Mask = v.cfg.Table, v.cfg.Mark, c.MarkMask
+		d.Rules = append(d.Rules, src, mark)
 	}
 	if len(usable) == 0 {
 		return d
@@ -134,85 +94,61 @@ func desired(c Config, vs []view) Desired {
 	}
 	best := slices.MinFunc(carry, func(a, b view) int { return cmp.Compare(a.cfg.Preference, b.cfg.Preference) }).cfg.Preference
 	carry = slices.DeleteFunc(carry, func(v view) bool { return v.cfg.Preference != best })
-	main := Route{Table: mainTable, Dst: defaultRoute, Protocol: c.Protocol}
+	main := host.Route{Table: host.Main, Dst: defaultRoute}
 	for _, v := range carry {
-		main.Nexthops = append(main.Nexthops, Nexthop{Gateway: v.gateway, Interface: v.cfg.Interface, Index: v.index, Weight: v.cfg.Weight})
+		w := 0
+		if len(carry) > 1 {
+			w = v.cfg.Weight
+		}
+		main.NextHops = append(main.NextHops, nextHop(v, w))
 		d.Main = append(d.Main, v.cfg.Name)
-	}
-	if len(main.Nexthops) == 1 {
-		main.Nexthops[0].Weight = 1
 	}
 	d.Routes = append(d.Routes, main)
 	active := carry[0]
 	d.Active = active.cfg.Name
-	d.Rules = append(d.Rules, Rule{Priority: c.RulePriority + 1, Table: active.cfg.Table, IPProto: protoGRE, SuppressPrefixLen: -1})
+	gre := rule(c.RulePriority + 1)
+	gre.Table, gre.IPProto = active.cfg.Table, protoGRE
+	d.Rules = append(d.Rules, gre)
 	d.NBMA = append(d.NBMA, active.addr.Addr())
 	for _, v := range usable {
 		if v.cfg.Name != active.cfg.Name {
 			d.NBMA = append(d.NBMA, v.addr.Addr())
 		}
 	}
-	slices.SortStableFunc(d.Rules, func(a, b Rule) int { return cmp.Compare(a.Priority, b.Priority) })
+	slices.SortStableFunc(d.Rules, func(a, b host.Rule) int { return cmp.Compare(a.Priority, b.Priority) })
 	return d
 }
 
-func withWeight(n Nexthop, w int) Nexthop {
-	n.Weight = w
-	return n
+// nextHop is the uplink's gateway as a next hop of weight w (0: a single
+// path).
+func nextHop(v view, w int) host.NextHop {
+	return host.NextHop{Gw: v.gateway, Dev: v.cfg.Interface, Onlink: true, Weight: w}
 }
 
-const (
-	mainTable = 254
-	protoGRE  = 47
-)
+// HostConfig is the desired state as the host-state owner takes it.
+func (d Desired) HostConfig() *host.Config {
+	return &host.Config{Rules: slices.Clone(d.Rules), Routes: slices.Clone(d.Routes), Sysctls: slices.Clone(d.Sysctls)}
+}
+
+// Owner is what the uplinks own in the kernel: the rule priorities of c
+// (see the table above) and its route protocol.
+func (c Config) Owner() host.Owner {
+	o := host.Owner{Name: "failover", RouteProtocol: c.Protocol}
+	for p := c.RulePriority; p < c.RulePriority+rulesFirst+rulesPerUplink*len(c.Uplinks); p++ {
+		o.RulePriorities = append(o.RulePriorities, p)
+	}
+	return o
+}
+
+// HostClient applies the desired state through a client of the host-state
+// owner.
+type HostClient struct{ C *host.Client }
+
+// SetUplinks implements Host.
+func (h HostClient) SetUplinks(ctx context.Context, d Desired) error {
+	return h.C.Set(ctx, d.HostConfig())
+}
+
+const protoGRE = 47
 
 var defaultRoute = netip.MustParsePrefix("0.0.0.0/0")
-
-// String renders a route as ip route shows it, for logs and tests.
-func (r Route) String() string {
-	s := r.Dst.String()
-	if r.Dst.Bits() == 0 {
-		s = "default"
-	}
-	if len(r.Nexthops) == 1 {
-		n := r.Nexthops[0]
-		if n.Gateway.IsValid() {
-			s += " via " + n.Gateway.String()
-		}
-		s += " dev " + n.Interface
-	} else {
-		for _, n := range r.Nexthops {
-			s += " nexthop via " + n.Gateway.String() + " dev " + n.Interface + " weight " + strconv.Itoa(n.Weight)
-		}
-	}
-	if r.Link {
-		s += " scope link"
-	}
-	if r.Src.IsValid() {
-		s += " src " + r.Src.String()
-	}
-	return s + " table " + strconv.Itoa(r.Table) + " proto " + strconv.Itoa(r.Protocol)
-}
-
-// String renders a rule as ip rule shows it.
-func (r Rule) String() string {
-	s := strconv.Itoa(r.Priority) + ":"
-	if r.Src.IsValid() {
-		s += " from " + r.Src.String()
-	} else {
-		s += " from all"
-	}
-	if r.Mask != 0 {
-		s += " fwmark " + hex(r.Mark) + "/" + hex(r.Mask)
-	}
-	if r.IPProto != 0 {
-		s += " ipproto " + strconv.Itoa(r.IPProto)
-	}
-	s += " lookup " + strconv.Itoa(r.Table)
-	if r.SuppressPrefixLen >= 0 {
-		s += " suppress_prefixlength " + strconv.Itoa(r.SuppressPrefixLen)
-	}
-	return s
-}
-
-func hex(v uint32) string { return "0x" + strconv.FormatUint(uint64(v), 16) }

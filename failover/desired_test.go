@@ -2,10 +2,13 @@ package failover
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/opendmvpn/dmvpn/host"
 )
 
 func twoUplinks(prefs ...int) Config {
@@ -56,19 +59,18 @@ func render(d Desired) rendered {
 // the main table's default and the GRE rule follow the states.
 func TestDesired(t *testing.T) {
 	tables := []string{
-		"198.51.100.0/28 dev wan0 scope link src 198.51.100.1 table 101 proto 44",
-		"default via 198.51.100.14 dev wan0 table 101 proto 44",
-		"203.0.113.64/28 dev wan1 scope link src 203.0.113.65 table 102 proto 44",
-		"default via 203.0.113.78 dev wan1 table 102 proto 44",
+		"ipv4 table 101 0.0.0.0/0 via 198.51.100.14 dev wan0 onlink",
+		"ipv4 table 102 0.0.0.0/0 via 203.0.113.78 dev wan1 onlink",
 	}
+	main := func(s string) []string { return append(slices.Clone(tables), "ipv4 table main 0.0.0.0/0 "+s) }
 	rules := func(greTable string) []string {
 		return []string{
-			"1100: from all lookup 254 suppress_prefixlength 0",
-			"1101: from all ipproto 47 lookup " + greTable,
-			"1102: from 198.51.100.1/32 lookup 101",
-			"1103: from all fwmark 0x10000/0xff0000 lookup 101",
-			"1104: from 203.0.113.65/32 lookup 102",
-			"1105: from all fwmark 0x20000/0xff0000 lookup 102",
+			"ipv4 1100: all lookup main suppress_prefixlength 0",
+			"ipv4 1101: ipproto 47 lookup " + greTable,
+			"ipv4 1102: from 198.51.100.1/32 lookup 101",
+			"ipv4 1103: fwmark 0x100/0xff00 lookup 101",
+			"ipv4 1104: from 203.0.113.65/32 lookup 102",
+			"ipv4 1105: fwmark 0x200/0xff00 lookup 102",
 		}
 	}
 	for _, tc := range []struct {
@@ -80,35 +82,35 @@ func TestDesired(t *testing.T) {
 		{
 			name: "preferred up", cfg: twoUplinks(0, 1), states: []State{StateUp, StateUp},
 			want: rendered{
-				Routes: append(tables, "default via 198.51.100.14 dev wan0 table 254 proto 44"),
+				Routes: main("via 198.51.100.14 dev wan0 onlink"),
 				Rules:  rules("101"), Main: []string{"isp1"}, Active: "isp1", NBMA: []string{"198.51.100.1", "203.0.113.65"},
 			},
 		},
 		{
 			name: "preferred down", cfg: twoUplinks(0, 1), states: []State{StateDown, StateUp},
 			want: rendered{
-				Routes: append(tables, "default via 203.0.113.78 dev wan1 table 254 proto 44"),
+				Routes: main("via 203.0.113.78 dev wan1 onlink"),
 				Rules:  rules("102"), Main: []string{"isp2"}, Active: "isp2", NBMA: []string{"203.0.113.65", "198.51.100.1"},
 			},
 		},
 		{
 			name: "balanced", cfg: twoUplinks(0, 0), states: []State{StateUp, StateUp},
 			want: rendered{
-				Routes: append(tables, "default nexthop via 198.51.100.14 dev wan0 weight 3 nexthop via 203.0.113.78 dev wan1 weight 1 table 254 proto 44"),
+				Routes: main("nexthop via 198.51.100.14 dev wan0 onlink weight 3 nexthop via 203.0.113.78 dev wan1 onlink weight 1"),
 				Rules:  rules("101"), Main: []string{"isp1", "isp2"}, Active: "isp1", NBMA: []string{"198.51.100.1", "203.0.113.65"},
 			},
 		},
 		{
 			name: "balanced, one down", cfg: twoUplinks(0, 0), states: []State{StateUp, StateDown},
 			want: rendered{
-				Routes: append(tables, "default via 198.51.100.14 dev wan0 table 254 proto 44"),
+				Routes: main("via 198.51.100.14 dev wan0 onlink"),
 				Rules:  rules("101"), Main: []string{"isp1"}, Active: "isp1", NBMA: []string{"198.51.100.1", "203.0.113.65"},
 			},
 		},
 		{
 			name: "all down: fail open over the preferred", cfg: twoUplinks(0, 1), states: []State{StateDown, StateDown},
 			want: rendered{
-				Routes: append(tables, "default via 198.51.100.14 dev wan0 table 254 proto 44"),
+				Routes: main("via 198.51.100.14 dev wan0 onlink"),
 				Rules:  rules("101"), Main: []string{"isp1"}, Active: "isp1", NBMA: []string{"198.51.100.1", "203.0.113.65"}, FailOpen: true,
 			},
 		},
@@ -131,15 +133,14 @@ func TestDesiredUnusable(t *testing.T) {
 	got := render(desired(c, vs))
 	want := rendered{
 		Routes: []string{
-			"203.0.113.64/28 dev wan1 scope link src 203.0.113.65 table 102 proto 44",
-			"default via 203.0.113.78 dev wan1 table 102 proto 44",
-			"default via 203.0.113.78 dev wan1 table 254 proto 44",
+			"ipv4 table 102 0.0.0.0/0 via 203.0.113.78 dev wan1 onlink",
+			"ipv4 table main 0.0.0.0/0 via 203.0.113.78 dev wan1 onlink",
 		},
 		Rules: []string{
-			"1100: from all lookup 254 suppress_prefixlength 0",
-			"1101: from all ipproto 47 lookup 102",
-			"1104: from 203.0.113.65/32 lookup 102",
-			"1105: from all fwmark 0x20000/0xff0000 lookup 102",
+			"ipv4 1100: all lookup main suppress_prefixlength 0",
+			"ipv4 1101: ipproto 47 lookup 102",
+			"ipv4 1104: from 203.0.113.65/32 lookup 102",
+			"ipv4 1105: fwmark 0x200/0xff00 lookup 102",
 		},
 		Main: []string{"isp2"}, Active: "isp2", NBMA: []string{"203.0.113.65"},
 	}
@@ -152,14 +153,29 @@ func TestDesiredUnusable(t *testing.T) {
 	}
 }
 
+// The owner claims exactly the priorities the rules use.
+func TestOwner(t *testing.T) {
+	c := twoUplinks(0, 1)
+	o := c.Owner()
+	d := desired(c, views(c, StateUp, StateUp))
+	for _, r := range d.Rules {
+		if !slices.Contains(o.RulePriorities, r.Priority) {
+			t.Errorf("rule %v outside the owner's priorities %v", r, o.RulePriorities)
+		}
+	}
+	if len(o.RulePriorities) != len(d.Rules) || o.RouteProtocol != DefaultProtocol {
+		t.Errorf("owner %+v for %d rules", o, len(d.Rules))
+	}
+}
+
 func TestDesiredSysctls(t *testing.T) {
 	c := twoUplinks(0, 1)
 	got := desired(c, views(c, StateUp, StateUp)).Sysctls
-	want := []Sysctl{
-		{"net/ipv4/fib_multipath_hash_policy", "1"},
-		{"net/ipv4/fib_multipath_use_neigh", "1"},
-		{"net/ipv4/conf/wan0/rp_filter", "2"},
-		{"net/ipv4/conf/wan1/rp_filter", "2"},
+	want := []host.Sysctl{
+		{Key: "net/ipv4/fib_multipath_hash_policy", Value: "1", Restore: true},
+		{Key: "net/ipv4/fib_multipath_use_neigh", Value: "1", Restore: true},
+		{Key: "net/ipv4/conf/wan0/rp_filter", Value: "2", Optional: true, Restore: true},
+		{Key: "net/ipv4/conf/wan1/rp_filter", Value: "2", Optional: true, Restore: true},
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("sysctls (-want +got):\n%s", d)

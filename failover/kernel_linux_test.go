@@ -157,7 +157,7 @@ func TestICMPProberBound(t *testing.T) {
 }
 
 func TestUplinkFlows(t *testing.T) {
-	f := uplinkFlows{addr: netip.MustParseAddr("198.51.100.1"), mark: 0x10000, mask: 0xff0000}
+	f := uplinkFlows{addr: netip.MustParseAddr("198.51.100.1"), mark: 0x100, mask: 0xff00}
 	flow := func(origSrc, replyDst string, mark uint32) *netlink.ConntrackFlow {
 		return &netlink.ConntrackFlow{Forward: netlink.IPTuple{SrcIP: net.ParseIP(origSrc)}, Reverse: netlink.IPTuple{DstIP: net.ParseIP(replyDst)}, Mark: mark}
 	}
@@ -165,11 +165,11 @@ func TestUplinkFlows(t *testing.T) {
 		flow *netlink.ConntrackFlow
 		want bool
 	}{
-		{flow("10.1.0.2", "198.51.100.1", 0), true},             // masqueraded to the uplink
-		{flow("198.51.100.1", "198.51.100.1", 0), false},        // the router's own (IKE, probes)
-		{flow("10.1.0.2", "203.0.113.65", 0x10000), true},       // marked for the uplink
-		{flow("10.1.0.2", "203.0.113.65", 0x20000), false},      // another uplink's
-		{flow("10.1.0.2", "203.0.113.65", 0x20000|0x42), false}, // charon's bit does not count
+		{flow("10.1.0.2", "198.51.100.1", 0), true},           // masqueraded to the uplink
+		{flow("198.51.100.1", "198.51.100.1", 0), false},      // the router's own (IKE, probes)
+		{flow("10.1.0.2", "203.0.113.65", 0x100), true},       // marked for the uplink
+		{flow("10.1.0.2", "203.0.113.65", 0x200), false},      // another uplink's
+		{flow("10.1.0.2", "203.0.113.65", 0x200|0x42), false}, // charon's bit does not count
 	} {
 		if got := f.MatchConntrackFlow(tc.flow); got != tc.want {
 			t.Errorf("%v: match %v, want %v", tc.flow, got, tc.want)

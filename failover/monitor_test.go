@@ -14,6 +14,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/failover/failovertest"
+	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/internal/leakcheck"
 )
 
@@ -114,7 +115,7 @@ func TestFailoverAndBack(t *testing.T) {
 		} else {
 			t.Logf("default route moved %v after the cut", d)
 		}
-		if got, want := r.ct.Flushes(), []failovertest.Flush{{Addr: addr1.Addr(), Mark: 0x10000, Mask: 0xff0000}}; !slices.Equal(got, want) {
+		if got, want := r.ct.Flushes(), []failovertest.Flush{{Addr: addr1.Addr(), Mark: 0x100, Mask: 0xff00}}; !slices.Equal(got, want) {
 			t.Errorf("connections ended: %v, want %v", got, want)
 		}
 		evs := r.rec.AppliedEvents()
@@ -127,8 +128,8 @@ func TestFailoverAndBack(t *testing.T) {
 		}
 		// isp1's table still has its default: probing goes on through it.
 		d, _ := r.host.Last()
-		if !slices.ContainsFunc(d.Routes, func(rt failover.Route) bool {
-			return rt.Table == 101 && rt.Dst.Bits() == 0 && rt.Nexthops[0].Gateway == gw1
+		if !slices.ContainsFunc(d.Routes, func(rt host.Route) bool {
+			return rt.Table == 101 && rt.Dst.Bits() == 0 && rt.NextHops[0].Gw == gw1
 		}) {
 			t.Errorf("isp1's table lost its default route: %v", d.Routes)
 		}
@@ -218,7 +219,7 @@ func TestBalanced(t *testing.T) {
 		r.waitMain(t, "isp1", "isp2")
 		d, _ := r.host.Last()
 		main := d.Routes[len(d.Routes)-1]
-		if got := []int{main.Nexthops[0].Weight, main.Nexthops[1].Weight}; !slices.Equal(got, []int{2, 1}) {
+		if got := []int{main.NextHops[0].Weight, main.NextHops[1].Weight}; !slices.Equal(got, []int{2, 1}) {
 			t.Errorf("weights %v, want [2 1]", got)
 		}
 		r.net.Cut("isp2")
