@@ -50,10 +50,12 @@ type Stats struct {
 	Rollbacks uint64 `json:"rollbacks"`
 	// LastError is the last refused apply's error.
 	LastError string `json:"last_error,omitempty"`
-	// LastRollback is when the last rollback was done, and RollbackLate
-	// how long after its deadline.
+	// LastRollback is when the last rollback was done, RollbackLate how
+	// long after its deadline, RollbackTook how long its replace took in
+	// the kernel (the rest of the lateness is the timer's and ours).
 	LastRollback time.Time     `json:"last_rollback,omitzero"`
 	RollbackLate time.Duration `json:"rollback_late_ns,omitempty"`
+	RollbackTook time.Duration `json:"rollback_took_ns,omitempty"`
 }
 
 // ManagerOption adjusts a Manager.
@@ -188,6 +190,7 @@ func (m *Manager) expire(gen uint64) {
 	m.prev = nil
 	var src any
 	ok := false
+	start := time.Now()
 	if prev == nil {
 		// Nothing was in force before: the table goes.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -212,6 +215,7 @@ func (m *Manager) expire(gen uint64) {
 		m.stats.Rollbacks++
 		m.stats.LastRollback = time.Now()
 		m.stats.RollbackLate = m.stats.LastRollback.Sub(deadline)
+		m.stats.RollbackTook = m.stats.LastRollback.Sub(start)
 		m.log.Warn("firewall apply not confirmed in time: the previous policy is back",
 			zap.Duration("late", m.stats.RollbackLate))
 	}
