@@ -121,8 +121,10 @@ func (e *Engine) Clear(ctx context.Context, r ClearRequest) (int, error) {
 }
 
 // PeerLost tells the engine a peer's protection went away (its IPsec SA
-// was deleted): the next use brings it up again, and a lost server is
-// registered with again at once rather than at the next refresh.
+// was deleted): the next use brings it up again, a lost server is
+// registered with again at once rather than at the next refresh, and a
+// hub frees the unique bindings of a client at that address (another
+// address may take them over).
 func (e *Engine) PeerLost(ctx context.Context, nbma netip.Addr, reason string) error {
 	return e.do(ctx, func() {
 		e.now = time.Now()
@@ -130,6 +132,7 @@ func (e *Engine) PeerLost(ctx context.Context, nbma netip.Addr, reason string) e
 			p.state, p.since = peerIdle, e.now
 			p.gen++
 		}
+		e.freeUnique(nbma, reason)
 		n := e.nhsByNBMA(nbma)
 		switch {
 		case n == nil || !(n.active || n.unreachable):

@@ -52,6 +52,11 @@ type Verdict struct {
 	// kept with the binding.
 	Identity string
 	Attrs    map[string][]string
+	// Proven says the peer proved with the certificate of the SA the
+	// registration came over that Proto is its own: a unique binding of
+	// Proto at another NBMA address then moves to the new one (the node's
+	// uplink failed over) instead of being refused with code 14.
+	Proven bool
 }
 
 // Registration is what an Authorizer decides on.

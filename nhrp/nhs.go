@@ -156,7 +156,11 @@ func (e *Engine) bind(r *regCIE, reqID uint32) wire.CIECode {
 		return wire.CIEAdminProhibited
 	}
 	if cur != nil && cur.typ == TypeDynamic && cur.nbma != r.reg.NBMA && cur.flags&FlagUnique != 0 {
-		return wire.CIEAlreadyRegistered
+		if !r.verdict.Proven {
+			return wire.CIEAlreadyRegistered
+		}
+		e.moveBinding(cur, r, reqID)
+		return wire.CIESuccess
 	}
 	flags := FlagRegistered
 	if r.reg.Unique {

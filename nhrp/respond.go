@@ -30,7 +30,9 @@ func (e *Engine) handleResolutionRequest(p *wire.Packet, raw []byte, from netip.
 
 	// Authoritative here?
 	if e.isOwn(target) {
-		e.answer(p, raw, from, hostPrefix(target), e.localNBMA(from), e.own, nil)
+		// The own entry records the requesters too: they are purged when
+		// this node's NBMA address moves.
+		e.answer(p, raw, from, hostPrefix(target), e.localNBMA(from), e.own, e.cache.get(hostPrefix(e.own)))
 		return
 	}
 	if en := e.cache.lookup(target, func(en *entry) bool { return en.typ == TypeStatic || en.typ == TypeLocal }); en != nil {

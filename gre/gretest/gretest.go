@@ -167,7 +167,34 @@ type Device struct {
 var _ gre.Device = (*Device)(nil)
 
 // Info describes the device.
-func (d *Device) Info() gre.Info { return d.info }
+func (d *Device) Info() gre.Info {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	i := d.info
+	i.NBMA = slices.Clone(i.NBMA)
+	return i
+}
+
+// Move re-attaches the device at another NBMA address, as a node whose
+// uplink failed over to another ISP: packets to the old address are lost
+// from then on, and the device sends from the new one.
+func (d *Device) Move(nbma netip.Addr) error {
+	in := d.net
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if _, ok := in.nodes[nbma]; ok {
+		return fmt.Errorf("gretest: NBMA %s already in use", nbma)
+	}
+	d.mu.Lock()
+	old := d.info.NBMA[0]
+	d.info.NBMA = []netip.Addr{nbma}
+	d.mu.Unlock()
+	if in.nodes[old] == d {
+		delete(in.nodes, old)
+	}
+	in.nodes[nbma] = d
+	return nil
+}
 
 // ReadNHRP blocks until an NHRP packet arrives or the device is closed.
 func (d *Device) ReadNHRP(b []byte) (int, netip.Addr, error) {
@@ -185,7 +212,7 @@ func (d *Device) WriteNHRP(b []byte, to netip.Addr) error {
 		return gre.ErrClosed
 	}
 	d.stats.NHRPTx.Add(1)
-	d.net.deliver(d.info.NBMA[0], to, d.info.Key, b)
+	d.net.deliver(d.Info().NBMA[0], to, d.info.Key, b)
 	return nil
 }
 
@@ -403,9 +430,10 @@ func (d *Device) Close() error {
 	close(d.done)
 	close(d.miss)
 	d.mu.Unlock()
+	nbma := d.Info().NBMA[0]
 	d.net.mu.Lock()
-	if d.net.nodes[d.info.NBMA[0]] == d {
-		delete(d.net.nodes, d.info.NBMA[0])
+	if d.net.nodes[nbma] == d {
+		delete(d.net.nodes, nbma)
 	}
 	d.net.mu.Unlock()
 	return nil

@@ -1,0 +1,94 @@
+package nhrp
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// NBMAChanged tells the engine this node's NBMA address moved from old to
+// nbma (uplink failover), once the kernel routes through the new uplink
+// and the protection set up from the old address is gone: every peer is
+// brought up again on its next use (from the new address), every server
+// is registered with at once, and the peers that learnt a binding of this
+// node (its tunnel address or a network behind it) are purged, so they
+// resolve it again and reach the new address.
+func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason string) error {
+	return e.do(ctx, func() {
+		e.now = time.Now()
+		e.log.Info("local NBMA address moved", zap.Stringer("from", old), zap.Stringer("to", nbma), zap.String("reason", reason))
+		for _, p := range e.peers {
+			if p.state == peerIdle {
+				continue
+			}
+			// A PeerUp in flight answers for the old address: its result
+			// is ignored (gen) and what waited for it is dropped; the
+			// registrations below bring the peer up afresh.
+			p.state, p.since, p.queue = peerIdle, e.now, nil
+			p.gen++
+		}
+		e.reregisterAll("local NBMA address moved to " + nbma.String())
+		purged := 0
+		for _, en := range e.cache.all() {
+			if en.typ != TypeLocal || len(en.told) == 0 {
+				continue
+			}
+			for to, proto := range en.told {
+				e.sendPurge(to, proto, []netip.Prefix{en.proto}, false)
+				purged++
+			}
+			en.told = nil
+		}
+		if purged > 0 {
+			e.log.Info("bindings of this node purged at the peers that learnt them", zap.Int("purges", purged))
+		}
+	})
+}
+
+// moveBinding moves a client's unique binding to the NBMA address a
+// registration proven by its certificate came from: the same client on
+// another uplink. The entry stays (its identity, its creation time): the
+// neighbour is programmed at the new address, the old peer released.
+func (e *Engine) moveBinding(cur *entry, r *regCIE, reqID uint32) {
+	old := cur.nbma
+	e.log.Info("client moved to another NBMA address, proven by its certificate",
+		zap.Stringer("proto", cur.proto), zap.Stringer("from", old), zap.Stringer("to", r.reg.NBMA), zap.String("identity", r.verdict.Identity))
+	flags := FlagRegistered | FlagUnique
+	if r.reg.ClaimedNBMA != r.reg.NBMA {
+		flags |= FlagNAT
+	}
+	cur.nbma, cur.claimed, cur.flags = r.reg.NBMA, r.reg.ClaimedNBMA, flags|cur.flags&FlagUsed
+	cur.holding, cur.mtu, cur.reqID = uint16(r.holding/time.Second), r.mtu, reqID
+	if r.verdict.Identity != "" {
+		cur.identity, cur.attrs = r.verdict.Identity, r.verdict.Attrs
+	}
+	e.ref(cur.nbma)
+	if n, ok := neighborOf(cur); ok {
+		e.whenUp(cur.nbma, roleOf(cur.typ), cur.proto.Addr(), func() {
+			if e.cache.get(cur.proto) != cur || e.stopping || cur.nbma != n.NBMA {
+				return
+			}
+			e.kern.setNeighbor(n)
+			cur.neigh = true
+		})
+	}
+	e.expireAt(cur, e.now.Add(r.holding), "expired")
+	e.emit(Event{Kind: EventRegistered, Proto: cur.proto, NBMA: cur.nbma, ClaimedNBMA: cur.claimed,
+		HoldingTime: r.holding, Identity: cur.identity, Attrs: cur.attrs, Reason: "moved from " + old.String()})
+	e.updateMulticast()
+	e.unref(old, "client moved to "+cur.nbma.String())
+}
+
+// freeUnique clears the unique flag of the bindings of a client at nbma
+// whose protection went away (a hub): a registration from another address
+// may then take them over.
+func (e *Engine) freeUnique(nbma netip.Addr, reason string) {
+	for _, en := range e.cache.all() {
+		if en.typ == TypeDynamic && en.nbma == nbma && en.flags&FlagUnique != 0 {
+			en.flags &^= FlagUnique
+			e.log.Info("unique binding freed: its SA is gone", zap.Stringer("proto", en.proto), zap.Stringer("nbma", nbma), zap.String("reason", reason))
+		}
+	}
+}
