@@ -123,7 +123,7 @@ func (m *Manager) decide(ctx context.Context, r nhrp.Registration) (nhrp.Verdict
 	case !r.Proto.IsSingleIP() || id.GRE[0] != r.Proto.Addr():
 		return refuse(fmt.Sprintf("certificate is for GRE=%s, registration claims %s", id.GRE[0], r.Proto)), RefusedWrongGRE, id, sa
 	}
-	return nhrp.Verdict{Identity: id.Subject, Attrs: id.Attrs()}, "", id, sa
+	return nhrp.Verdict{Identity: id.Subject, Attrs: id.Attrs(), Proven: true}, "", id, sa
 }
 
 // upSAsFrom returns the established SAs from a peer address.

@@ -39,6 +39,9 @@ type connSpec struct {
 	// remoteID is the identity the peer must prove; empty: any signed by
 	// the CA (the DMVPN fields are checked after).
 	remoteID string
+	// local is the address to initiate from (this node's NBMA address as
+	// its uplinks decide it); invalid: any, as the kernel routes.
+	local netip.Addr
 }
 
 // creds are the PEM blobs a connection carries.
@@ -80,9 +83,13 @@ func loadConnMessage(spec connSpec, cfg Config, mode Mode, cr creds) *vici.Messa
 	if spec.remote.IsValid() {
 		remoteAddrs = []string{spec.remote.String()}
 	}
+	localAddrs := []string{"%any"}
+	if spec.local.IsValid() && spec.kind != kindAccept {
+		localAddrs = []string{spec.local.String()}
+	}
 	conn := msg(
 		"version", "2",
-		"local_addrs", []string{"%any"},
+		"local_addrs", localAddrs,
 		"remote_addrs", remoteAddrs,
 		"proposals", cfg.Proposals,
 		"dpd_delay", fmt.Sprintf("%ds", max(1, int(cfg.DPDDelay.Round(time.Second)/time.Second))),

@@ -50,6 +50,7 @@ type Manager struct {
 	waiters   map[netip.Addr][]chan struct{}
 	verified  map[string]bool // IKE ids of servers whose certificate was checked
 	connected bool
+	local     netip.Addr // the address connections initiate from (LocalMoved)
 	stats     counters
 
 	bg     sync.WaitGroup // PeerDown calls in flight
@@ -176,6 +177,7 @@ func (m *Manager) loadConn(ctx context.Context, spec connSpec) error {
 	m.mu.Lock()
 	cs := m.creds
 	c := m.cmd
+	spec.local = m.local
 	m.mu.Unlock()
 	in := loadConnMessage(spec, m.cfg, m.mode, creds{cert: cs.cert, cas: cs.cas})
 	if _, err := c.call(ctx, 5*time.Second, "load-conn", in); err != nil {

@@ -1,0 +1,63 @@
+package ipsec
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// LocalMoved tells the manager this node's NBMA address is nbma now (its
+// uplink failed over): the connections it initiates are loaded again to
+// start from nbma (local_addrs), and every SA whose local address is
+// another is ended at once, by force — the old path may be dead, so no
+// DELETE is waited for. It returns how many IKE SAs it ended, once charon
+// has dropped them: the next PeerUp sets up new SAs from nbma. The peer
+// loss is not reported through Hooks.PeerLost: the caller tells the
+// engine itself.
+func (m *Manager) LocalMoved(ctx context.Context, nbma netip.Addr) (int, error) {
+	if !m.isConnected() {
+		return 0, errNotConnected
+	}
+	m.mu.Lock()
+	m.local = nbma
+	var reload []connSpec
+	for _, spec := range m.loaded {
+		if spec.kind != kindAccept && spec.local != nbma {
+			reload = append(reload, spec)
+		}
+	}
+	var stale []SA
+	for id, sa := range m.sas {
+		if sa.LocalHost.IsValid() && sa.LocalHost != nbma {
+			stale = append(stale, sa)
+			delete(m.sas, id)
+		}
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, spec := range reload {
+		if err := m.loadConn(ctx, spec); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, sa := range stale {
+		m.forceTerminate(ctx, sa.IKEID)
+		m.log.Info("SA from the old address ended", zap.Stringer("peer", sa.RemoteHost), zap.Stringer("local", sa.LocalHost), zap.Stringer("now", nbma))
+	}
+	m.syncAliases(ctx)
+	return len(stale), errors.Join(errs...)
+}
+
+// forceTerminate ends an IKE SA without waiting for the peer's answer to
+// the DELETE.
+func (m *Manager) forceTerminate(ctx context.Context, ikeID string) {
+	m.mu.Lock()
+	c := m.cmd
+	m.mu.Unlock()
+	if _, err := c.call(ctx, 2*time.Second, "terminate", msg("ike-id", ikeID, "force", "yes")); err != nil {
+		m.log.Debug("terminate", zap.String("ike_id", ikeID), zap.Error(err))
+	}
+}
