@@ -1,6 +1,7 @@
 package nhrp
 
 import (
+	"strings"
 	"time"
 
 	"github.com/opendmvpn/dmvpn/gre"
@@ -69,7 +70,7 @@ func (e *Engine) removeEntry(en *entry, reason string) {
 	switch en.typ {
 	case TypeDynamic:
 		e.emit(Event{Kind: EventExpired, Proto: en.proto, NBMA: en.nbma, ClaimedNBMA: en.claimed,
-			Reason: reason, Identity: en.identity, Attrs: en.attrs})
+			Reason: reason, Cause: causeOf(reason), Identity: en.identity, Attrs: en.attrs})
 		e.updateMulticast()
 	case TypeShortcut:
 		if en.route {
@@ -91,4 +92,23 @@ func (e *Engine) expireAt(en *entry, when time.Time, reason string) {
 			e.removeEntry(en, reason)
 		}
 	})
+}
+
+// causeOf types the reasons removeEntry is given.
+func causeOf(reason string) Cause {
+	switch {
+	case reason == "expired":
+		return CauseExpired
+	case reason == "cleared":
+		return CauseCleared
+	case reason == "shutting down":
+		return CauseShutdown
+	case strings.HasPrefix(reason, "purged"):
+		return CausePurged
+	case strings.HasPrefix(reason, "replaced"):
+		return CauseReplaced
+	case reason == "removed from the configuration":
+		return CauseConfig
+	}
+	return CauseNone
 }

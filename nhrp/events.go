@@ -1,6 +1,7 @@
 package nhrp
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -73,6 +74,9 @@ type Event struct {
 	NextHop netip.Addr `json:"next_hop,omitzero"`
 	// Reason explains a refusal, an expiry or a down event.
 	Reason string `json:"reason,omitempty"`
+	// Cause is why a binding went away (EventExpired, EventShortcutDown)
+	// or how it came (EventRegistered).
+	Cause Cause `json:"cause,omitempty"`
 	// Code is the CIE code of a refusal.
 	Code uint8 `json:"code,omitempty"`
 	// Identity and Attrs are what the Authorizer learned about the peer.
@@ -94,4 +98,71 @@ type PacketEvent struct {
 	Summary string `json:"summary"`
 	// Error is set for a received packet that was dropped.
 	Error string `json:"error,omitempty"`
+}
+
+// Cause says why a binding went away, or how a registration came.
+type Cause uint8
+
+// Causes.
+const (
+	CauseNone Cause = iota
+	// CauseExpired: its holding time ran out.
+	CauseExpired
+	// CauseReplaced: a registration from another NBMA address, or a
+	// binding of higher rank, took its place.
+	CauseReplaced
+	// CausePurged: its owner purged it.
+	CausePurged
+	// CauseCleared: an operator cleared it.
+	CauseCleared
+	// CauseShutdown: the engine stopped.
+	CauseShutdown
+	// CauseIdle: a shortcut carried no traffic for ShortcutIdle.
+	CauseIdle
+	// CauseConfig: the configuration no longer has it.
+	CauseConfig
+	// CauseRestored: a registration restored at start.
+	CauseRestored
+	// CauseRevoked: the certificate that proved it was revoked.
+	CauseRevoked
+	// CauseRefused: a restored registration the identity of its peer no
+	// longer proves.
+	CauseRefused
+	// CauseRenewed: a refresh proved the same address with another
+	// identity or other fields (a renewed certificate), on
+	// EventRegistered.
+	CauseRenewed
+)
+
+var causeNames = [...]string{
+	CauseExpired: "expired", CauseReplaced: "replaced", CausePurged: "purged",
+	CauseCleared: "cleared", CauseShutdown: "shutting down", CauseIdle: "idle",
+	CauseConfig: "removed from the configuration", CauseRestored: "restored",
+	CauseRevoked: "certificate revoked", CauseRefused: "no longer proven",
+	CauseRenewed: "renewed",
+}
+
+func (c Cause) String() string {
+	if int(c) < len(causeNames) && causeNames[c] != "" {
+		return causeNames[c]
+	}
+	return ""
+}
+
+// MarshalText names the cause in JSON.
+func (c Cause) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// UnmarshalText reads the name MarshalText writes.
+func (c *Cause) UnmarshalText(b []byte) error {
+	for i, n := range causeNames {
+		if n != "" && n == string(b) {
+			*c = Cause(i)
+			return nil
+		}
+	}
+	if len(b) == 0 {
+		*c = CauseNone
+		return nil
+	}
+	return fmt.Errorf("nhrp: unknown cause %q", b)
 }
