@@ -1,0 +1,101 @@
+package bgp
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opendmvpn/dmvpn/nhrp"
+)
+
+// fakeNHRP is the engine as the controller reads it.
+type fakeNHRP struct {
+	mu      sync.Mutex
+	cache   []nhrp.CacheEntry
+	servers []nhrp.NHSStatus
+}
+
+func (f *fakeNHRP) Cache(context.Context) ([]nhrp.CacheEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.cache), nil
+}
+
+func (f *fakeNHRP) NHS(context.Context) ([]nhrp.NHSStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.servers), nil
+}
+
+func (f *fakeNHRP) register(addr, nbma string, attrs map[string][]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := netip.PrefixFrom(netip.MustParseAddr(addr), 32)
+	f.cache = slices.DeleteFunc(f.cache, func(e nhrp.CacheEntry) bool { return e.Proto == p })
+	f.cache = append(f.cache, nhrp.CacheEntry{Type: nhrp.TypeDynamic, Proto: p, NBMA: netip.MustParseAddr(nbma),
+		Flags: []string{"unique", "registered"}, Identity: "CN=" + addr, Attrs: attrs})
+}
+
+// fakeSink is the host-state owner: the kernel's BGP routes.
+type fakeSink struct {
+	mu     sync.Mutex
+	routes []KernelRoute
+	sets   int
+}
+
+func (f *fakeSink) SetRoutes(_ context.Context, rs []KernelRoute) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.routes = slices.Clone(rs)
+	f.sets++
+	return nil
+}
+
+func (f *fakeSink) Routes(context.Context) ([]KernelRoute, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.routes), nil
+}
+
+func (f *fakeSink) get() []KernelRoute {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.routes)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
+
+func attrs(as string, nets ...string) map[string][]string {
+	m := map[string][]string{"AS": {as}}
+	if as == "" {
+		delete(m, "AS")
+	}
+	if len(nets) > 0 {
+		m["NET"] = nets
+	}
+	return m
+}
+
+func registered(a, nbma string, at map[string][]string) nhrp.Event {
+	return nhrp.Event{Kind: nhrp.EventRegistered, Proto: netip.PrefixFrom(addr(a), 32), NBMA: addr(nbma), Identity: "CN=" + a, Attrs: at}
+}
+
+func expired(a string, cause nhrp.Cause) nhrp.Event {
+	return nhrp.Event{Kind: nhrp.EventExpired, Proto: netip.PrefixFrom(addr(a), 32), Cause: cause, Reason: cause.String()}
+}

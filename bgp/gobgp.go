@@ -1,0 +1,361 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
+	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
+)
+
+// GoBGP is the Speaker: GoBGP v4 in process, with no gRPC port.
+type GoBGP struct {
+	log *zap.Logger
+
+	mu     sync.Mutex
+	s      *server.BgpServer
+	cfg    Config
+	cancel context.CancelFunc
+	origin map[netip.Prefix]uuid.UUID
+	nbrs   map[netip.Addr]Neighbor
+	// lastErr is why each session last went down.
+	lastErr map[netip.Addr]string
+}
+
+// NewGoBGP returns a speaker that logs through log.
+func NewGoBGP(log *zap.Logger) *GoBGP {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &GoBGP{log: log, origin: map[netip.Prefix]uuid.UUID{}, nbrs: map[netip.Addr]Neighbor{}, lastErr: map[netip.Addr]string{}}
+}
+
+var v4uc = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+
+// Start starts GoBGP: listening on the tunnel address only, multipath on,
+// graceful restart as configured, and the node's policies.
+func (g *GoBGP) Start(ctx context.Context, cfg Config, notify func(SpeakerEvent)) error {
+	lvl := &slog.LevelVar{}
+	lvl.Set(slog.LevelWarn)
+	logger := slog.New(zapslog.NewHandler(g.log.Core()))
+	s := server.NewBgpServer(server.LoggerOption(logger, lvl))
+	go s.Serve()
+	global := &api.Global{
+		Asn: cfg.AS, RouterId: cfg.RouterID.String(), ListenPort: int32(cfg.Port),
+		ListenAddresses: []string{cfg.Tunnel.Addr().String()}, UseMultiplePaths: true,
+	}
+	if cfg.RestartTime > 0 {
+		global.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second)}
+	}
+	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: global}); err != nil {
+		s.Stop()
+		return fmt.Errorf("bgp: starting GoBGP: %w", err)
+	}
+	g.mu.Lock()
+	g.s, g.cfg = s, cfg
+	g.mu.Unlock()
+	if err := g.setPolicies(ctx, cfg); err != nil {
+		s.Stop()
+		return err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	err := s.WatchEvent(wctx, server.WatchEventMessageCallbacks{
+		OnPeerUpdate: func(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
+			if ev.Type != apiutil.PEER_EVENT_STATE {
+				return
+			}
+			st := ev.Peer.State
+			if st.SessionState == bgp.BGP_FSM_IDLE && st.DisconnectReason != api.PeerState_DISCONNECT_REASON_IDLE_TIMER_EXPIRED &&
+				st.DisconnectMessage != "" {
+				g.mu.Lock()
+				g.lastErr[st.NeighborAddress] = st.DisconnectMessage
+				g.mu.Unlock()
+			}
+			notify(SpeakerEvent{Kind: PeerState, Peer: st.NeighborAddress, State: fsmState(st.SessionState), Reason: st.DisconnectMessage})
+		},
+		OnBestPath: func([]*apiutil.Path, time.Time) { notify(SpeakerEvent{Kind: BestChanged}) },
+		OnPathUpdate: func(ps []*apiutil.Path, _ time.Time) {
+			var last netip.Addr
+			for _, p := range ps {
+				if p.PeerAddress.IsValid() && p.PeerAddress != last {
+					last = p.PeerAddress
+					notify(SpeakerEvent{Kind: Received, Peer: p.PeerAddress})
+				}
+			}
+		},
+	}, server.WatchPeer(), server.WatchBestPath(false), server.WatchUpdate(false, "", ""))
+	if err != nil {
+		cancel()
+		s.Stop()
+		return fmt.Errorf("bgp: watching GoBGP: %w", err)
+	}
+	g.mu.Lock()
+	g.cancel = cancel
+	g.mu.Unlock()
+	return nil
+}
+
+// Stop ends the sessions (gracefully: no NOTIFICATION to neighbours that
+// agreed to graceful restart) and GoBGP.
+func (g *GoBGP) Stop(ctx context.Context, graceful bool) error {
+	g.mu.Lock()
+	s, cancel := g.s, g.cancel
+	g.s = nil
+	g.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	if cancel != nil {
+		cancel()
+	}
+	err := s.StopBgp(ctx, &api.StopBgpRequest{AllowGracefulRestart: graceful})
+	s.Stop() // already stopped: only logs; ends BFD and the API server
+	return err
+}
+
+func (g *GoBGP) server() (*server.BgpServer, Config, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.s == nil {
+		return nil, Config{}, errors.New("bgp: the speaker is not running")
+	}
+	return g.s, g.cfg, nil
+}
+
+// peer is the GoBGP configuration of a neighbour.
+func (g *GoBGP) peer(cfg Config, n Neighbor) *api.Peer {
+	af := &api.AfiSafi{
+		Config:       &api.AfiSafiConfig{Family: v4uc, Enabled: true},
+		PrefixLimits: &api.PrefixLimit{Family: v4uc, MaxPrefixes: uint32(cfg.MaxPrefixes)},
+	}
+	p := &api.Peer{
+		Conf: &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.AS, Description: n.Kind.String()},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			ConnectRetry: uint64(cfg.ConnectRetry / time.Second), HoldTime: uint64(cfg.Hold / time.Second),
+			KeepaliveInterval: uint64(cfg.Keepalive / time.Second), IdleHoldTimeAfterReset: uint64(cfg.ConnectRetry / time.Second),
+		}},
+		Transport: &api.Transport{LocalAddress: cfg.Tunnel.Addr().String()},
+		AfiSafis:  []*api.AfiSafi{af},
+	}
+	if cfg.Port > 0 {
+		p.Transport.RemotePort = uint32(cfg.Port)
+	}
+	if cfg.RestartTime > 0 {
+		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second)}
+		af.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+	}
+	if n.RRClient {
+		p.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: cfg.RouterID.String()}
+	}
+	return p
+}
+
+// SetNeighbor adds or changes a neighbour.
+func (g *GoBGP) SetNeighbor(ctx context.Context, n Neighbor) error {
+	s, cfg, err := g.server()
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	old, had := g.nbrs[n.Address]
+	g.mu.Unlock()
+	if had && old.same(n) {
+		return nil
+	}
+	if had && !old.sessionSame(n) {
+		if err := g.DeleteNeighbor(ctx, n.Address); err != nil {
+			return err
+		}
+		had = false
+	}
+	if err := g.setNeighborPolicy(ctx, s, cfg, n, had); err != nil {
+		return err
+	}
+	if had {
+		g.mu.Lock()
+		g.nbrs[n.Address] = n
+		g.mu.Unlock()
+		// Only the filter changed: what the neighbour sent is still in
+		// its Adj-RIB-In, judged again.
+		return s.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_IN})
+	}
+	if err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: g.peer(cfg, n)}); err != nil {
+		return fmt.Errorf("bgp: adding neighbour %s: %w", n.Address, err)
+	}
+	g.mu.Lock()
+	g.nbrs[n.Address] = n
+	g.mu.Unlock()
+	return nil
+}
+
+// DeleteNeighbor removes a neighbour, its routes and its filter.
+func (g *GoBGP) DeleteNeighbor(ctx context.Context, addr netip.Addr) error {
+	s, cfg, err := g.server()
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	n, had := g.nbrs[addr]
+	delete(g.nbrs, addr)
+	delete(g.lastErr, addr)
+	g.mu.Unlock()
+	if !had {
+		return nil
+	}
+	err = s.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()})
+	return errors.Join(err, g.deleteNeighborPolicy(ctx, s, cfg, n))
+}
+
+// ResetNeighbor restarts a session (soft: route refresh both ways).
+func (g *GoBGP) ResetNeighbor(ctx context.Context, addr netip.Addr, soft bool) error {
+	s, _, err := g.server()
+	if err != nil {
+		return err
+	}
+	r := &api.ResetPeerRequest{Address: addr.String(), Soft: soft, Communication: "cleared by the operator"}
+	if soft {
+		r.Direction = api.ResetPeerRequest_DIRECTION_BOTH
+	}
+	return s.ResetPeer(ctx, r)
+}
+
+// SetOrigin makes this node's own routes exactly prefixes, next hop its
+// tunnel address.
+func (g *GoBGP) SetOrigin(ctx context.Context, prefixes []netip.Prefix) error {
+	s, cfg, err := g.server()
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var del []uuid.UUID
+	for p, id := range g.origin {
+		if !slices.Contains(prefixes, p) {
+			del = append(del, id)
+			delete(g.origin, p)
+		}
+	}
+	if len(del) > 0 {
+		if err := s.DeletePath(apiutil.DeletePathRequest{UUIDs: del}); err != nil {
+			return fmt.Errorf("bgp: withdrawing our routes: %w", err)
+		}
+	}
+	nh, err := bgp.NewPathAttributeNextHop(cfg.Tunnel.Addr())
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range prefixes {
+		if _, ok := g.origin[p]; ok {
+			continue
+		}
+		nlri, err := bgp.NewIPAddrPrefix(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res, err := s.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{{
+			Family: bgp.RF_IPv4_UC, Nlri: nlri,
+			Attrs: []bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP), nh},
+		}}})
+		if err == nil && len(res) == 1 {
+			err = res[0].Error
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("bgp: announcing %s: %w", p, err))
+			continue
+		}
+		g.origin[p] = res[0].UUID
+	}
+	return errors.Join(errs...)
+}
+
+// Neighbors returns every session's state.
+func (g *GoBGP) Neighbors(ctx context.Context) ([]SessionState, error) {
+	s, _, err := g.server()
+	if err != nil {
+		return nil, err
+	}
+	var out []SessionState
+	err = s.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		if p.State == nil {
+			return
+		}
+		addr, _ := netip.ParseAddr(p.State.NeighborAddress)
+		st := SessionState{Address: addr, AS: p.State.PeerAsn, State: apiState(p.State.SessionState), Flaps: uint64(p.State.Flops)}
+		if m := p.State.Messages; m != nil {
+			if m.Received != nil {
+				st.UpdatesIn = m.Received.Update
+			}
+			if m.Sent != nil {
+				st.UpdatesOut = m.Sent.Update
+			}
+		}
+		if t := p.Timers; t != nil && t.State != nil {
+			if st.State == StateEstablished && t.State.Uptime != nil {
+				st.Since = t.State.Uptime.AsTime()
+			} else if t.State.Downtime != nil && t.State.Downtime.Seconds > 0 {
+				st.Since = t.State.Downtime.AsTime()
+			}
+		}
+		for _, af := range p.AfiSafis {
+			if af.State != nil {
+				st.Received += int(af.State.Received)
+				st.Accepted += int(af.State.Accepted)
+			}
+		}
+		g.mu.Lock()
+		st.LastError = g.lastErr[addr]
+		g.mu.Unlock()
+		if p.State.AdminState == api.PeerState_ADMIN_STATE_PFX_CT {
+			st.State = StateIdle
+			st.PrefixLimit = true
+			st.LastError = "maximum prefixes exceeded"
+		}
+		out = append(out, st)
+	})
+	return out, err
+}
+
+func fsmState(s bgp.FSMState) string {
+	switch s {
+	case bgp.BGP_FSM_CONNECT:
+		return StateConnect
+	case bgp.BGP_FSM_ACTIVE:
+		return StateActive
+	case bgp.BGP_FSM_OPENSENT:
+		return StateOpenSent
+	case bgp.BGP_FSM_OPENCONFIRM:
+		return StateOpenConfirm
+	case bgp.BGP_FSM_ESTABLISHED:
+		return StateEstablished
+	}
+	return StateIdle
+}
+
+func apiState(s api.PeerState_SessionState) string {
+	switch s {
+	case api.PeerState_SESSION_STATE_CONNECT:
+		return StateConnect
+	case api.PeerState_SESSION_STATE_ACTIVE:
+		return StateActive
+	case api.PeerState_SESSION_STATE_OPENSENT:
+		return StateOpenSent
+	case api.PeerState_SESSION_STATE_OPENCONFIRM:
+		return StateOpenConfirm
+	case api.PeerState_SESSION_STATE_ESTABLISHED:
+		return StateEstablished
+	}
+	return StateIdle
+}

@@ -1,0 +1,237 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/server"
+)
+
+// Names of the GoBGP policy objects this package owns.
+const (
+	policyImport   = "dmvpn-import"
+	policyExport   = "dmvpn-export"
+	setRefused     = "dmvpn-refused"
+	setHubs        = "dmvpn-hubs"
+	setSummary     = "dmvpn-summary"
+	setSummarised  = "dmvpn-summarised"
+	stmtRefuse     = "dmvpn-refuse"
+	stmtFromHubs   = "dmvpn-from-hubs"
+	stmtOwn        = "dmvpn-own"
+	stmtNoSumHubs  = "dmvpn-no-summary-to-hubs"
+	stmtSummarised = "dmvpn-summarised"
+	stmtToHubs     = "dmvpn-to-hubs"
+	stmtToSpokes   = "dmvpn-to-spokes"
+)
+
+// placeholder keeps a neighbour set from being empty: GoBGP matches every
+// neighbour against an empty set.
+const placeholder = "0.0.0.0/32"
+
+func prefixEntry(p netip.Prefix, min, max int) *api.Prefix {
+	return &api.Prefix{IpPrefix: p.Masked().String(), MaskLengthMin: uint32(min), MaskLengthMax: uint32(max)}
+}
+
+// refusedEntries is the prefix set of what no neighbour may announce: the
+// default route, anything covering a hub's NBMA address, anything
+// overlapping the tunnel network.
+func refusedEntries(cfg Config) []*api.Prefix {
+	out := []*api.Prefix{prefixEntry(netip.MustParsePrefix("0.0.0.0/0"), 0, 0)}
+	covering := func(a netip.Addr, upTo int) {
+		for l := 1; l <= upTo; l++ {
+			out = append(out, prefixEntry(netip.PrefixFrom(a, l), l, l))
+		}
+	}
+	if t := cfg.Tunnel.Masked(); t.IsValid() {
+		covering(t.Addr(), t.Bits()-1)
+		out = append(out, prefixEntry(t, t.Bits(), 32))
+	}
+	for _, a := range cfg.ProtectedNBMA {
+		covering(a, 32)
+	}
+	return out
+}
+
+func matchSet(name string, t api.MatchSet_Type) *api.MatchSet {
+	return &api.MatchSet{Name: name, Type: t}
+}
+
+// setPolicies installs the node's import and export policies: refusals
+// and hubs first, each spoke's own statement added with it; phase 3 (the
+// summary toward spokes, the specific routes toward hubs) or phase 2 (the
+// specific routes toward spokes, next hop unchanged) on hubs; a spoke
+// sends only its own routes.
+func (g *GoBGP) setPolicies(ctx context.Context, cfg Config) error {
+	s, _, err := g.server()
+	if err != nil {
+		return err
+	}
+	sets := []*api.DefinedSet{
+		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: setRefused, Prefixes: refusedEntries(cfg)},
+		{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: setHubs, List: []string{placeholder}},
+	}
+	for _, h := range cfg.Hubs {
+		sets[1].List = append(sets[1].List, netip.PrefixFrom(h, 32).String())
+	}
+	if len(cfg.Summary) > 0 {
+		sum := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: setSummary}
+		under := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: setSummarised}
+		for _, p := range cfg.Summary {
+			sum.Prefixes = append(sum.Prefixes, prefixEntry(p, p.Bits(), p.Bits()))
+			under.Prefixes = append(under.Prefixes, prefixEntry(p, p.Bits()+1, 32))
+		}
+		sets = append(sets, sum, under)
+	}
+	for _, d := range sets {
+		if err := s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: d}); err != nil {
+			return fmt.Errorf("bgp: defining %s: %w", d.Name, err)
+		}
+	}
+	accept := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}
+	reject := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_REJECT}
+	imp := &api.Policy{Name: policyImport, Statements: []*api.Statement{
+		{Name: stmtRefuse, Conditions: &api.Conditions{PrefixSet: matchSet(setRefused, api.MatchSet_TYPE_ANY)}, Actions: reject},
+		{Name: stmtFromHubs, Conditions: &api.Conditions{NeighborSet: matchSet(setHubs, api.MatchSet_TYPE_ANY)}, Actions: accept},
+	}}
+	exp := &api.Policy{Name: policyExport}
+	expDefault := api.RouteAction_ROUTE_ACTION_ACCEPT
+	toHubs := &api.Conditions{NeighborSet: matchSet(setHubs, api.MatchSet_TYPE_ANY)}
+	toSpokes := func() *api.MatchSet { return matchSet(setHubs, api.MatchSet_TYPE_INVERT) }
+	if cfg.Role == RoleSpoke {
+		exp.Statements = append(exp.Statements, &api.Statement{Name: stmtOwn,
+			Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL}, Actions: accept})
+		expDefault = api.RouteAction_ROUTE_ACTION_REJECT
+	} else {
+		if len(cfg.Summary) > 0 {
+			exp.Statements = append(exp.Statements, &api.Statement{Name: stmtNoSumHubs,
+				Conditions: &api.Conditions{NeighborSet: matchSet(setHubs, api.MatchSet_TYPE_ANY), PrefixSet: matchSet(setSummary, api.MatchSet_TYPE_ANY)},
+				Actions:    reject})
+			if !cfg.Phase2 {
+				exp.Statements = append(exp.Statements, &api.Statement{Name: stmtSummarised,
+					Conditions: &api.Conditions{NeighborSet: toSpokes(), PrefixSet: matchSet(setSummarised, api.MatchSet_TYPE_ANY)},
+					Actions:    reject})
+			}
+		}
+		exp.Statements = append(exp.Statements, &api.Statement{Name: stmtToHubs, Conditions: toHubs,
+			Actions: &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT, Nexthop: &api.NexthopAction{Self: true}}})
+		if cfg.Phase2 {
+			exp.Statements = append(exp.Statements, &api.Statement{Name: stmtToSpokes,
+				Conditions: &api.Conditions{NeighborSet: toSpokes()},
+				Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT, Nexthop: &api.NexthopAction{Unchanged: true}}})
+		}
+	}
+	for _, p := range []*api.Policy{imp, exp} {
+		if err := s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: p}); err != nil {
+			return fmt.Errorf("bgp: policy %s: %w", p.Name, err)
+		}
+	}
+	assign := []*api.PolicyAssignment{
+		{Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_IMPORT,
+			Policies: []*api.Policy{{Name: policyImport}}, DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT},
+		{Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_EXPORT,
+			Policies: []*api.Policy{{Name: policyExport}}, DefaultAction: expDefault},
+	}
+	for _, a := range assign {
+		if err := s.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: a}); err != nil {
+			return fmt.Errorf("bgp: assigning %s: %w", a.Direction, err)
+		}
+	}
+	return nil
+}
+
+func spokeNames(a netip.Addr) (nbrSet, netSet, stmt string) {
+	return "dmvpn-nbr-" + a.String(), "dmvpn-net-" + a.String(), "dmvpn-spoke-" + a.String()
+}
+
+// setNeighborPolicy gives a neighbour its place in the policies before its
+// session starts (had: the neighbour exists, only its networks change):
+// a hub or server joins the hubs' set; a spoke gets a statement that
+// accepts its networks (up to MaxLen bits) and nothing else.
+func (g *GoBGP) setNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg Config, n Neighbor, had bool) error {
+	host := netip.PrefixFrom(n.Address, 32).String()
+	if n.Kind != KindSpoke {
+		return s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
+			DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: setHubs, List: []string{host}}})
+	}
+	nbrSet, netSet, _ := spokeNames(n.Address)
+	nets := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: netSet}
+	for _, p := range n.Networks {
+		nets.Prefixes = append(nets.Prefixes, prefixEntry(p, p.Bits(), max(p.Bits(), n.MaxLen)))
+	}
+	if had {
+		if len(nets.Prefixes) == 0 {
+			// GoBGP keeps an emptied set's old entries: take the statement
+			// away instead (nothing is accepted without one).
+			return g.deleteNeighborPolicy(ctx, s, cfg, n)
+		}
+		if err := s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: nets, Replace: true}); err == nil {
+			return g.ensureSpokeStatement(ctx, s, n)
+		}
+	}
+	_ = g.deleteNeighborPolicy(ctx, s, cfg, n) // a previous run's leftovers
+	if len(nets.Prefixes) == 0 {
+		return nil
+	}
+	if err := s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
+		DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nbrSet, List: []string{host}}}); err != nil {
+		return fmt.Errorf("bgp: neighbour set of %s: %w", n.Address, err)
+	}
+	if err := s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: nets}); err != nil {
+		return fmt.Errorf("bgp: networks of %s: %w", n.Address, err)
+	}
+	return g.ensureSpokeStatement(ctx, s, n)
+}
+
+// ensureSpokeStatement adds a spoke's accepting statement to the import
+// policy unless it is there.
+func (g *GoBGP) ensureSpokeStatement(ctx context.Context, s *server.BgpServer, n Neighbor) error {
+	nbrSet, netSet, stmt := spokeNames(n.Address)
+	found := false
+	_ = s.ListStatement(ctx, &api.ListStatementRequest{Name: stmt}, func(*api.Statement) { found = true })
+	if found {
+		return nil
+	}
+	st := &api.Statement{Name: stmt,
+		Conditions: &api.Conditions{NeighborSet: matchSet(nbrSet, api.MatchSet_TYPE_ANY), PrefixSet: matchSet(netSet, api.MatchSet_TYPE_ANY)},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}}
+	if err := s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: policyImport, Statements: []*api.Statement{st}}}); err != nil {
+		return fmt.Errorf("bgp: filter of %s: %w", n.Address, err)
+	}
+	return nil
+}
+
+// deleteNeighborPolicy takes a neighbour out of the policies.
+func (g *GoBGP) deleteNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg Config, n Neighbor) error {
+	host := netip.PrefixFrom(n.Address, 32).String()
+	if n.Kind != KindSpoke {
+		for _, h := range cfg.Hubs {
+			if h == n.Address {
+				return nil // configured hubs stay in the set
+			}
+		}
+		return s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
+			DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: setHubs, List: []string{host}}})
+	}
+	nbrSet, netSet, stmt := spokeNames(n.Address)
+	var errs []error
+	found := false
+	_ = s.ListStatement(ctx, &api.ListStatementRequest{Name: stmt}, func(*api.Statement) { found = true })
+	if found {
+		errs = append(errs, s.DeletePolicy(ctx, &api.DeletePolicyRequest{
+			Policy: &api.Policy{Name: policyImport, Statements: []*api.Statement{{Name: stmt}}}}))
+	}
+	for _, d := range []*api.DefinedSet{
+		{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nbrSet},
+		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: netSet},
+	} {
+		exists := false
+		_ = s.ListDefinedSet(ctx, &api.ListDefinedSetRequest{DefinedType: d.DefinedType, Name: d.Name}, func(*api.DefinedSet) { exists = true })
+		if exists {
+			errs = append(errs, s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: d, All: true}))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,168 @@
+package bgp
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+)
+
+// Kind is why a neighbour exists.
+type Kind uint8
+
+// Kinds of neighbour.
+const (
+	// KindSpoke is a spoke registered with this hub.
+	KindSpoke Kind = iota + 1
+	// KindServer is a next hop server this spoke is registered with.
+	KindServer
+	// KindHub is another hub (configured).
+	KindHub
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindSpoke:
+		return "spoke"
+	case KindServer:
+		return "nhs"
+	case KindHub:
+		return "hub"
+	}
+	return "unknown"
+}
+
+// MarshalText names the kind in JSON.
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// Neighbor is a neighbour the speaker should have, with what it may
+// announce.
+type Neighbor struct {
+	// Address is the neighbour's tunnel address.
+	Address netip.Addr
+	AS      uint32
+	Kind    Kind
+	// Networks are the networks a spoke may announce inside (up to
+	// MaxLen bits); hubs and servers have none: everything but what is
+	// refused from every neighbour is accepted from them.
+	Networks []netip.Prefix
+	MaxLen   int
+	// Identity is the certificate subject the spoke proved ("" without
+	// IPsec), Source where AS and networks came from ("certificate" or
+	// "config").
+	Identity string
+	Source   string
+	// NBMA is the neighbour's NBMA address (for the shell).
+	NBMA netip.Addr
+	// RRClient makes the neighbour a route-reflector client (iBGP mode).
+	RRClient bool
+}
+
+// same reports whether two neighbours need no change to the session or
+// its filter (NBMA and identity may differ).
+func (n Neighbor) same(o Neighbor) bool {
+	return n.Address == o.Address && n.AS == o.AS && n.Kind == o.Kind && n.MaxLen == o.MaxLen &&
+		n.RRClient == o.RRClient && slices.Equal(n.Networks, o.Networks)
+}
+
+// sessionSame reports whether a change from o to n keeps the session (only
+// the filter differs).
+func (n Neighbor) sessionSame(o Neighbor) bool {
+	return n.Address == o.Address && n.AS == o.AS && n.Kind == o.Kind && n.RRClient == o.RRClient
+}
+
+// spokeNeighbor is the neighbour a registered spoke becomes: AS and
+// networks from its certificate's fields (attrs: "AS", "NET"), or from the
+// configuration without IPsec — both through the same checks. A
+// certificate with no or several OU=AS=, or fields that do not parse, is
+// refused.
+func (c Config) spokeNeighbor(addr, nbma netip.Addr, identity string, attrs map[string][]string) (Neighbor, error) {
+	n := Neighbor{Address: addr, Kind: KindSpoke, MaxLen: c.MaxPrefixLen, Identity: identity, NBMA: nbma}
+	if !addr.Is4() {
+		return n, fmt.Errorf("spoke address %v is not IPv4", addr)
+	}
+	var ases, nets []string
+	if c.UseCertificates {
+		n.Source = "certificate"
+		ases, nets = attrs["AS"], attrs["NET"]
+		switch len(ases) {
+		case 0:
+			return n, fmt.Errorf("the certificate of %s has no OU=AS=", addr)
+		case 1:
+		default:
+			return n, fmt.Errorf("the certificate of %s has %d OU=AS= fields", addr, len(ases))
+		}
+	} else {
+		n.Source = "config"
+		auth, ok := c.Spokes[addr]
+		if !ok && c.DefaultSpoke != nil {
+			auth, ok = *c.DefaultSpoke, true
+		}
+		if !ok {
+			return n, fmt.Errorf("no AS configured for spoke %s (bgp.spokes or bgp.default_spoke)", addr)
+		}
+		ases = []string{strconv.FormatUint(uint64(auth.AS), 10)}
+		for _, p := range auth.Networks {
+			nets = append(nets, p.String())
+		}
+	}
+	as, err := strconv.ParseUint(ases[0], 10, 32)
+	if err != nil || as == 0 {
+		return n, fmt.Errorf("AS %q of %s is not an AS number", ases[0], addr)
+	}
+	n.AS = uint32(as)
+	for _, s := range nets {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || !p.Addr().Is4() || p.Masked() != p {
+			return n, fmt.Errorf("network %q of %s is not an IPv4 network", s, addr)
+		}
+		if !slices.Contains(n.Networks, p) {
+			n.Networks = append(n.Networks, p)
+		}
+	}
+	slices.SortFunc(n.Networks, comparePrefix)
+	if c.Mode == ModeIBGP {
+		if n.AS != c.HubAS {
+			return n, fmt.Errorf("spoke %s is in AS %d, not the hubs' AS %d (ibgp mode)", addr, n.AS, c.HubAS)
+		}
+		n.RRClient = true
+	}
+	return n, nil
+}
+
+// hubNeighbor is another hub, or a server of this spoke.
+func (c Config) hubNeighbor(addr, nbma netip.Addr, kind Kind) Neighbor {
+	return Neighbor{Address: addr, AS: c.HubAS, Kind: kind, NBMA: nbma, Source: "config"}
+}
+
+// Refusal says why a prefix received from a neighbour is refused, or "" if
+// it is accepted: refused from everyone whatever the certificate says
+// (default route, hub NBMA, tunnel network), and from a spoke anything
+// outside its networks or longer than their limit.
+func (c Config) Refusal(n Neighbor, p netip.Prefix) string {
+	if why := c.bogon(p); why != "" {
+		return why
+	}
+	if n.Kind != KindSpoke {
+		return ""
+	}
+	for _, allowed := range n.Networks {
+		if allowed.Contains(p.Addr()) && p.Bits() >= allowed.Bits() {
+			if p.Bits() > max(n.MaxLen, allowed.Bits()) {
+				return fmt.Sprintf("longer than /%d inside %s", max(n.MaxLen, allowed.Bits()), allowed)
+			}
+			return ""
+		}
+	}
+	if len(n.Networks) == 0 {
+		return "the neighbour may announce no network"
+	}
+	return fmt.Sprintf("outside the networks %v the neighbour may announce", n.Networks)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
