@@ -18,6 +18,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
+	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -110,10 +111,14 @@ type Daemon struct {
 	eng    *nhrp.Engine
 	router *kernelRouter
 	stopFn []func() error // undo actions, run in reverse order on stop
-	engCtx context.CancelFunc
-	engErr chan error
-	obs    []nhrp.Observer
-	policy atomic.Pointer[Policy]
+	// host owns the kernel state beside the tunnel; hostClients (the
+	// daemon's, IPsec's) are closed after stopFn, or left with KeepState.
+	host        *host.Manager
+	hostClients []*host.Client
+	engCtx      context.CancelFunc
+	engErr      chan error
+	obs         []nhrp.Observer
+	policy      atomic.Pointer[Policy]
 
 	ipsecMgr *ipsec.Manager
 }
@@ -173,6 +178,47 @@ func (d *Daemon) Dataplane() (string, string) {
 	return d.dev.Info().Backend, d.reason
 }
 
+// Host returns the owner of the host's kernel state (nil before Ready):
+// the packages that set routes, rules, sysctls or tables get their
+// Client from it.
+func (d *Daemon) Host() *host.Manager {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.host
+}
+
+// setHost starts the host state's owner and sets the daemon's own part.
+func (d *Daemon) setHost(ctx context.Context, cfg Config, info gre.Info) error {
+	m, err := host.New(host.Options{Changed: func(owner, change string) {
+		d.log.Info("host: "+change, zap.String("owner", owner))
+	}})
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.host = m
+	d.mu.Unlock()
+	c, err := m.Client(hostOwner(cfg))
+	if err != nil {
+		return err
+	}
+	d.hostClients = append(d.hostClients, c)
+	if err := c.Set(ctx, hostState(cfg, info)); err != nil {
+		return err
+	}
+	if cfg.NHRP.Role == nhrp.RoleHub && info.Caps.KernelNeighbors {
+		fam := "ipv4"
+		if !info.Prefix.Addr().Is4() {
+			fam = "ipv6"
+		}
+		if !neighLimitsExist(m.Kernel(), fam) {
+			d.log.Info("the neighbour table limits (gc_thresh1-3) exist in the initial network namespace only: set them there for a hub of more than about 1000 spokes",
+				zap.String("family", fam))
+		}
+	}
+	return nil
+}
+
 // Config returns the configuration in force.
 func (d *Daemon) Config() Config {
 	d.mu.Lock()
@@ -182,7 +228,8 @@ func (d *Daemon) Config() Config {
 
 // Run brings the node up, runs it until ctx is done, then takes it down
 // in reverse order: engine (purges, kernel entries), redirect rule,
-// shortcut rule, data plane.
+// IPsec, data plane, and last the host state (the shortcut rule and the
+// protection of GRE; left in place with Tunnel.KeepState).
 func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.up(ctx); err != nil {
 		d.down()
@@ -217,23 +264,14 @@ func (d *Daemon) up(ctx context.Context) error {
 	d.mu.Unlock()
 	d.stopFn = append(d.stopFn, dev.Close)
 
-	if err := d.sysctls(cfg, dev.Info()); err != nil {
+	if err := d.setHost(ctx, cfg, dev.Info()); err != nil {
 		return err
 	}
-	router, err := newKernelRouter(dev.Info(), cfg)
+	router, err := newKernelRouter(ctx, dev.Info(), cfg)
 	if err != nil {
 		return err
 	}
 	d.router = router
-	if cfg.NHRP.Shortcut {
-		undo, err := addShortcutRule(cfg.NHRP.ShortcutTableOrDefault(), cfg.ShortcutRulePriority, dev.Info().Prefix.Addr().Is4())
-		if err != nil {
-			return fmt.Errorf("shortcut table rule: %w", err)
-		}
-		if !cfg.Tunnel.KeepState {
-			d.stopFn = append(d.stopFn, undo)
-		}
-	}
 
 	var mgr *ipsec.Manager
 	if cfg.IPsec != nil {
@@ -304,6 +342,24 @@ func (d *Daemon) down() error {
 		}
 	}
 	d.stopFn = nil
+	if d.router != nil {
+		errs = append(errs, d.router.close())
+	}
+	// The host state goes last, once the tunnel is closed: GRE is never
+	// without its protection while the device can send. With KeepState
+	// (--keep-routes) the tunnel stays, and so does the protection, for
+	// the next start to adopt.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	keep := d.Config().Tunnel.KeepState
+	for i := len(d.hostClients) - 1; i >= 0; i-- {
+		if keep {
+			d.hostClients[i].Leave()
+		} else if err := d.hostClients[i].Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.hostClients = nil
 	return errors.Join(errs...)
 }
 

@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/gre"
-	"github.com/opendmvpn/dmvpn/gre/userspace"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -27,16 +26,34 @@ const (
 )
 
 // ipsecMode resolves the configured mode against the data plane: auto
-// follows it (kernel ESP with ip_gre, userspace ESP otherwise).
-func ipsecMode(m ipsec.Mode, backendName string) (ipsec.Mode, string) {
+// follows what it answers (kernel ESP with ip_gre, userspace ESP
+// otherwise).
+func ipsecMode(m ipsec.Mode, info gre.Info) (ipsec.Mode, string) {
 	switch m {
 	case ipsec.ModeKernel, ipsec.ModeUserspace:
 		return m, "as configured"
 	}
-	if backendName == "kernel" {
-		return ipsec.ModeKernel, "auto: the kernel data plane has kernel ESP (xfrm, transport mode)"
+	if info.Caps.KernelESPByDefault && info.Caps.XfrmESP {
+		return ipsec.ModeKernel, "auto: the " + info.Backend + " data plane has kernel ESP (xfrm, transport mode)"
 	}
-	return ipsec.ModeUserspace, "auto: the " + backendName + " data plane uses userspace ESP (kernel-libipsec, tunnel mode)"
+	return ipsec.ModeUserspace, "auto: the " + info.Backend + " data plane uses userspace ESP (kernel-libipsec, tunnel mode)"
+}
+
+// protects says why the data plane's GRE would not be protected by ESP
+// of the given mode ("" when it is).
+func protects(mode ipsec.Mode, info gre.Info) string {
+	switch {
+	case mode == ipsec.ModeKernel && info.Caps.FastPath:
+		return fmt.Sprintf("kernel ESP with the %s data plane: its fast path redirects GRE past the kernel's xfrm, so GRE would leave in clear; use ipsec mode userspace, or the kernel data plane", info.Backend)
+	case mode == ipsec.ModeKernel && !info.Caps.XfrmESP:
+		return fmt.Sprintf("kernel ESP with the %s data plane: this kernel routes its raw GRE sends as protocol 255 (no IP_PROTOCOL control message, Linux 6.x needed), so the xfrm policies would not apply and GRE would leave in clear; use the kernel data plane", info.Backend)
+	case mode == ipsec.ModeUserspace && !info.Caps.RoutedGRE:
+		// Without it GRE sent with IP_HDRINCL is routed as protocol 255
+		// and the rules that hold GRE back when no SA covers it do not
+		// apply: refuse rather than risk GRE in clear.
+		return fmt.Sprintf("userspace ESP with the %s data plane: this kernel routes raw GRE sends as protocol 255 (no IP_PROTOCOL control message, Linux 6.x needed), so the rules that keep GRE from leaving in clear would not apply; use the kernel data plane (ipsec mode kernel)", info.Backend)
+	}
+	return ""
 }
 
 // ingressGate is the data plane's ingress check with IPsec: once armed
@@ -55,7 +72,7 @@ func (g *ingressGate) accept(ifindex int) bool {
 // manager (charon, credentials, connections). It adds its undo steps.
 func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gate *ingressGate) (*ipsec.Manager, error) {
 	info := dev.Info()
-	mode, why := ipsecMode(cfg.IPsec.Mode, info.Backend)
+	mode, why := ipsecMode(cfg.IPsec.Mode, info)
 	d.log.Info("ipsec: "+string(mode)+" ESP", zap.String("why", why))
 	if cfg.Tunnel.MTU == 0 {
 		mtu := mtuIPsecKernel
@@ -70,17 +87,24 @@ func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gat
 			}
 		}
 	}
-	if mode == ipsec.ModeUserspace && info.Backend != "kernel" && !userspace.ProtoRouted() {
-		// Without it GRE sent with IP_HDRINCL is routed as protocol 255
-		// and the rules that hold GRE back when no SA covers it do not
-		// apply: refuse rather than risk GRE in clear.
-		return nil, errors.New("ipsec: this kernel routes raw GRE sends as protocol 255 (no IP_PROTOCOL control message, Linux 6.x needed), so the rules that keep GRE from leaving in clear would not apply; use the kernel data plane (ipsec mode kernel)")
+	if why := protects(mode, info); why != "" {
+		return nil, errors.New("ipsec: " + why)
 	}
-	undo, err := ipsec.Protect(mode)
+	// The protection of GRE, through the host state's owner: adopted
+	// from an earlier run (no instant without it), kept on a stop with
+	// --keep-routes, removed on another stop once the tunnel is closed.
+	hc, err := ipsec.Protection(mode)
 	if err != nil {
 		return nil, err
 	}
-	d.stopFn = append(d.stopFn, undo)
+	c, err := d.host.Client(ipsec.ProtectionOwner)
+	if err != nil {
+		return nil, err
+	}
+	d.hostClients = append(d.hostClients, c)
+	if err := c.Set(ctx, hc); err != nil {
+		return nil, err
+	}
 	if mode == ipsec.ModeUserspace {
 		gate.armed.Store(true)
 		// The ebpf fast path forwards GRE outside the gate and the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/firewall/redirect"
 	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -16,16 +17,16 @@ var errLinux = errors.New("dmvpnd needs Linux")
 
 type kernelRouter struct{}
 
-func newKernelRouter(gre.Info, Config) (*kernelRouter, error) { return nil, errLinux }
-func (r *kernelRouter) setNetworks([]netip.Prefix)            {}
+func newKernelRouter(context.Context, gre.Info, Config) (*kernelRouter, error) { return nil, errLinux }
+func (r *kernelRouter) setNetworks([]netip.Prefix)                             {}
+func (r *kernelRouter) close() error                                           { return nil }
 
 // Route implements nhrp.Router.
 func (r *kernelRouter) Route(context.Context, netip.Addr) (nhrp.RouteInfo, error) {
 	return nhrp.RouteInfo{}, errLinux
 }
 
-func addShortcutRule(int, int, bool) (func() error, error) { return nil, errLinux }
-func (d *Daemon) sysctls(Config, gre.Info) error           { return errLinux }
+func neighLimitsExist(host.Kernel, string) bool { return false }
 func startRedirect(context.Context, Config, *nhrp.Engine) (redirect.Watcher, error) {
 	return nil, errLinux
 }

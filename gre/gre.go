@@ -43,8 +43,37 @@ type Info struct {
 	NBMA []netip.Addr
 	// MTU is the tunnel interface MTU (inner packets).
 	MTU int
-	// Backend names the implementation ("kernel", "userspace", …).
+	// Backend names the implementation ("kernel", "userspace", …), for
+	// people; the control plane decides by Caps.
 	Backend string
+	// Caps says what the data plane does, which decides how it is
+	// protected and tuned.
+	Caps Capabilities
+}
+
+// Capabilities say what a data plane does with GRE, so the control plane
+// asks instead of comparing backend names.
+type Capabilities struct {
+	// KernelNeighbors: the neighbour entries are the kernel's (ip_gre):
+	// they count toward the kernel's neighbour table limits (gc_thresh)
+	// and an entry in use is confirmed through app probes.
+	KernelNeighbors bool
+	// XfrmESP: every GRE packet goes through the kernel's IP output and
+	// input as protocol 47, where xfrm policies apply, so kernel ESP in
+	// transport mode (and its catch-all block policies) protects it.
+	XfrmESP bool
+	// RoutedGRE: every GRE packet the kernel's IP stack sends is routed
+	// as protocol 47, so policy rules by ipproto (userspace ESP's
+	// prohibit rule) apply to it.
+	RoutedGRE bool
+	// FastPath: packets are forwarded in the kernel outside the IP stack
+	// (TC BPF redirects), past netfilter, the policy rules and xfrm; with
+	// userspace ESP it enforces the protection itself (IPsecEnforcer).
+	FastPath bool
+	// KernelESPByDefault: ipsec mode auto picks kernel ESP for this data
+	// plane (a kernel with ip_gre has xfrm ESP; the TUN data planes run
+	// where it may be missing, and use userspace ESP).
+	KernelESPByDefault bool
 }
 
 // Neighbor is a neighbour entry: a tunnel protocol address reachable at an

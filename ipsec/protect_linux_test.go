@@ -3,12 +3,14 @@
 package ipsec
 
 import (
+	"context"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/internal/netnstest"
 )
 
@@ -49,8 +51,19 @@ ip rule add pref 220 not fwmark 0x42 lookup 220
 ip route add 192.0.2.1 dev ipsec0 table 220
 ip rule add pref 1000 lookup 42
 ip route add 10.2.0.0/24 via 198.51.100.252 table 42`)
-	undo, err := Protect(ModeUserspace)
+	m, err := host.New(host.Options{})
 	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := m.Client(ProtectionOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Protection(ModeUserspace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	get := func(args string) string {
@@ -80,18 +93,18 @@ ip route add 10.2.0.0/24 via 198.51.100.252 table 42`)
 			t.Errorf("ip route get %s: %q, want %q", c.args, strings.TrimSpace(got), c.want)
 		}
 	}
-	if err := undo(); err != nil {
+	if err := c.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	rules := sh(t, "ip rule")
 	for _, p := range []string{"219:", "221:", "222:"} {
 		if strings.Contains(rules, p) {
-			t.Errorf("rule %s left after undo:\n%s", p, rules)
+			t.Errorf("rule %s left after Close:\n%s", p, rules)
 		}
 	}
-	// Undone, GRE to a peer without an SA would leave in clear.
+	// Closed, GRE to a peer without an SA would leave in clear.
 	if err := sendGRE(t, [4]byte{192, 0, 2, 9}); err != nil {
-		t.Errorf("after undo: %v", err)
+		t.Errorf("after Close: %v", err)
 	}
 }
 

@@ -261,6 +261,7 @@ func ParseWith(data []byte, name string, o Options) (*Config, error) {
 		c.ipsecDefaults(d)
 		c.check(d)
 		c.ipsecChecks(d)
+		c.checkProtection(d)
 	}
 	if len(d.errs) > 0 {
 		sortErrors(d.errs)

@@ -112,3 +112,18 @@ func oneLine(err error) string {
 	}
 	return s
 }
+
+// Capabilities returns what a data plane of the given kind does, before
+// opening it; false for Auto, which is known only once opened
+// (Info().Caps).
+func Capabilities(kind Kind) (gre.Capabilities, bool) {
+	switch kind {
+	case Kernel:
+		return kernel.Caps, true
+	case Ebpf:
+		return ebpf.Caps(), true
+	case Userspace:
+		return userspace.Caps(), true
+	}
+	return gre.Capabilities{}, false
+}

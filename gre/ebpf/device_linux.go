@@ -164,7 +164,7 @@ func (d *Device) Close() error {
 // Info describes the device.
 func (d *Device) Info() gre.Info {
 	i := d.Device.Info()
-	i.Backend = "ebpf"
+	i.Backend, i.Caps = "ebpf", Caps()
 	return i
 }
 

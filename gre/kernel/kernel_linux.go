@@ -236,7 +236,7 @@ func (d *Device) check(ctx context.Context) error {
 
 // Info describes the device.
 func (d *Device) Info() gre.Info {
-	info := gre.Info{Name: d.cfg.Name, Index: d.index, Key: d.cfg.Key, HasKey: true, Prefix: d.cfg.Prefix, Backend: "kernel"}
+	info := gre.Info{Name: d.cfg.Name, Index: d.index, Key: d.cfg.Key, HasKey: true, Prefix: d.cfg.Prefix, Backend: "kernel", Caps: Caps}
 	if d.link != nil {
 		info.MTU = d.link.Attrs().MTU
 	}

@@ -314,7 +314,7 @@ func (d *Device) Close() error {
 func (d *Device) Info() gre.Info {
 	info := gre.Info{
 		Name: d.cfg.Name, Index: d.tunIndex, Key: d.cfg.Key, HasKey: true,
-		Prefix: d.cfg.Prefix, MTU: int(d.mtu.Load()), Backend: "userspace",
+		Prefix: d.cfg.Prefix, MTU: int(d.mtu.Load()), Backend: "userspace", Caps: Caps(),
 	}
 	if d.cfg.Local.IsValid() {
 		info.NBMA = []netip.Addr{d.cfg.Local}
