@@ -70,7 +70,7 @@ func TestCandidates(t *testing.T) {
 		line string
 		want []string
 	}{
-		{"", []string{"clear", "debug", "decode", "exit", "quit", "show"}},
+		{"", []string{"clear", "debug", "decode", "exit", "quit", "reload", "show"}},
 		{"sh", []string{"show"}},
 		{"show ", []string{"crypto", "dmvpn", "ip", "running-config", "version"}},
 		{"show crypto ", []string{"ikev2", "ipsec", "sa"}},
@@ -88,6 +88,7 @@ func TestCandidates(t *testing.T) {
 		{"clear ip nhrp peer ", []string{"<ADDRESS>"}},
 		{"clear ip nhrp peer 10.0.0.1 ", []string{"<cr>"}},
 		{"decode ", []string{"<FILE>"}},
+		{"reload ", []string{"json", "<cr>"}},
 	}
 	for _, tt := range tests {
 		w, p := SplitLine(tt.line)

@@ -76,6 +76,7 @@ func commands(e *env) []*cobra.Command {
 		group("show", "Show running system information", showCommands(e)...),
 		group("clear", "Reset functions", group("ip", "IP", newClearNHRP(e)), newClearCrypto(e)),
 		group("debug", "Debugging functions (stream events until interrupted)", newDebugNHRP(e)),
+		newReload(e),
 		withArg(newDecodeCmd(), "FILE", "A pcap or pcapng capture"),
 	}
 	if e.opts.Interactive {
@@ -159,12 +160,21 @@ func hasHelpFlag(args []string) bool {
 	return false
 }
 
-// printError shows an error as one line, vtysh style.
+// printError shows an error as one line, vtysh style; an answer with
+// reasons (a refused reload) as its first line and one line per reason.
 func printError(w io.Writer, err error) {
 	msg := err.Error()
 	var api *control.APIError
 	if errors.As(err, &api) {
 		msg = api.Msg
+		if len(api.Reasons) > 0 {
+			head, _, _ := strings.Cut(msg, "\n")
+			fmt.Fprintf(w, "%% %s\n", strings.TrimSpace(head))
+			for _, r := range api.Reasons {
+				fmt.Fprintf(w, "  %s\n", r)
+			}
+			return
+		}
 	}
 	msg = strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", "; ")), " ")
 	fmt.Fprintf(w, "%% %s\n", msg)

@@ -22,6 +22,10 @@ type CryptoStatus struct {
 	Connected bool       `json:"charon_connected"`
 	CharonPID int        `json:"charon_pid,omitempty"`
 	Restarts  uint64     `json:"charon_restarts"`
+	// Certificate is this node's certificate in force and DaysLeft the
+	// whole days until it expires.
+	Certificate *ipsec.CertInfo `json:"certificate,omitempty"`
+	DaysLeft    *int            `json:"certificate_days_left,omitempty"`
 	// Error says why the SAs could not be listed (charon away).
 	Error string `json:"error,omitempty"`
 }
@@ -50,6 +54,11 @@ type CryptoSA struct {
 	Initiator   bool      `json:"initiator"`
 	Conn        string    `json:"conn"`
 	IKEID       string    `json:"ike_id"`
+	// CertExpires is when the certificate the peer authenticated with
+	// expires, CertDaysLeft the whole days until then (absent when it
+	// was not captured).
+	CertExpires  time.Time `json:"remote_cert_expires,omitzero"`
+	CertDaysLeft *int      `json:"remote_cert_days_left,omitempty"`
 }
 
 // CryptoIKEView is what show crypto ikev2 sa prints: the IKE SAs as the
@@ -77,27 +86,27 @@ type CryptoChild struct {
 }
 
 func newShowCrypto(e *env) *cobra.Command {
-	show := func(print func(io.Writer, control.CryptoResponse, time.Time) error, view func(control.CryptoResponse) any) func(*cobra.Command, []string) error {
+	show := func(print func(io.Writer, control.CryptoResponse, time.Time) error, view func(control.CryptoResponse, time.Time) any) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
 			r, err := getCrypto(cmd.Context(), e.client())
 			if err != nil {
 				return err
 			}
 			if has(args, "json") {
-				return writeJSON(cmd.OutOrStdout(), view(r))
+				return writeJSON(cmd.OutOrStdout(), view(r, time.Now()))
 			}
 			return print(cmd.OutOrStdout(), r, time.Now())
 		}
 	}
 	return group("crypto", "IPsec (IKE and ESP) information",
 		withKeywords(&cobra.Command{Use: "sa", Short: "IKE SAs per peer with their CHILD_SAs' counters",
-			RunE: show(printCryptoSA, func(r control.CryptoResponse) any { return cryptoSAView(r) })}, "json"),
+			RunE: show(printCryptoSA, func(r control.CryptoResponse, now time.Time) any { return cryptoSAView(r, now) })}, "json"),
 		group("ikev2", "IKEv2 information",
 			withKeywords(&cobra.Command{Use: "sa", Short: "IKE SAs",
-				RunE: show(printCryptoIKE, func(r control.CryptoResponse) any { return cryptoIKEView(r) })}, "json")),
+				RunE: show(printCryptoIKE, func(r control.CryptoResponse, now time.Time) any { return cryptoIKEView(r, now) })}, "json")),
 		group("ipsec", "IPsec (ESP) information",
 			withKeywords(&cobra.Command{Use: "sa", Short: "CHILD_SAs: traffic selectors, mode, counters",
-				RunE: show(printCryptoIPsec, func(r control.CryptoResponse) any { return cryptoIPsecView(r) })}, "json")),
+				RunE: show(printCryptoIPsec, func(r control.CryptoResponse, now time.Time) any { return cryptoIPsecView(r, now) })}, "json")),
 	)
 }
 
@@ -127,12 +136,37 @@ func getCrypto(ctx context.Context, c *control.Client) (control.CryptoResponse, 
 	return r, err
 }
 
-func cryptoStatus(r control.CryptoResponse) CryptoStatus {
+func cryptoStatus(r control.CryptoResponse, now time.Time) CryptoStatus {
 	st := CryptoStatus{Enabled: r.Enabled, Error: r.Error}
 	if r.Stats != nil {
 		st.Mode, st.Connected, st.CharonPID, st.Restarts = r.Stats.Mode, r.Stats.Connected, r.Stats.CharonPID, r.Stats.Restarts
+		if c := r.Stats.Certificate; c != nil && !c.NotAfter.IsZero() {
+			st.Certificate, st.DaysLeft = c, daysLeft(c.NotAfter, now)
+		}
 	}
 	return st
+}
+
+// daysLeft is the whole days until t (negative once past).
+func daysLeft(t, now time.Time) *int {
+	d := t.Sub(now)
+	n := int(d / (24 * time.Hour))
+	if d < 0 {
+		n = -int((-d + 24*time.Hour - 1) / (24 * time.Hour))
+	}
+	return &n
+}
+
+// days prints days left as show crypto sa's column does: "359", "0",
+// "expired", or "-" when unknown.
+func days(n *int) string {
+	switch {
+	case n == nil:
+		return "-"
+	case *n < 0:
+		return "expired"
+	}
+	return fmt.Sprint(*n)
 }
 
 // installed reports whether a CHILD_SA carries traffic (a REKEYED one does
@@ -155,12 +189,15 @@ func hostPort(a netip.Addr, port int) string {
 	return fmt.Sprintf("%s/%d", orDash(a), port)
 }
 
-func cryptoSAView(r control.CryptoResponse) CryptoSAView {
-	v := CryptoSAView{CryptoStatus: cryptoStatus(r), SAs: []CryptoSA{}}
+func cryptoSAView(r control.CryptoResponse, now time.Time) CryptoSAView {
+	v := CryptoSAView{CryptoStatus: cryptoStatus(r, now), SAs: []CryptoSA{}}
 	for _, sa := range r.SAs {
 		row := CryptoSA{Peer: sa.RemoteHost, Port: natPort(sa), State: sa.State, Identity: sa.RemoteID,
 			Established: sa.Established, RekeySecs: int64(sa.RekeyIn / time.Second), Initiator: sa.Initiator,
-			Conn: sa.Conn, IKEID: sa.IKEID}
+			Conn: sa.Conn, IKEID: sa.IKEID, CertExpires: sa.RemoteCertExpires}
+		if !sa.RemoteCertExpires.IsZero() {
+			row.CertDaysLeft = daysLeft(sa.RemoteCertExpires, now)
+		}
 		for _, c := range sa.Children {
 			if !installed(c) {
 				continue
@@ -176,16 +213,16 @@ func cryptoSAView(r control.CryptoResponse) CryptoSAView {
 	return v
 }
 
-func cryptoIKEView(r control.CryptoResponse) CryptoIKEView {
-	v := CryptoIKEView{CryptoStatus: cryptoStatus(r), SAs: r.SAs}
+func cryptoIKEView(r control.CryptoResponse, now time.Time) CryptoIKEView {
+	v := CryptoIKEView{CryptoStatus: cryptoStatus(r, now), SAs: r.SAs}
 	if v.SAs == nil {
 		v.SAs = []ipsec.SA{}
 	}
 	return v
 }
 
-func cryptoIPsecView(r control.CryptoResponse) CryptoIPsecView {
-	v := CryptoIPsecView{CryptoStatus: cryptoStatus(r), Children: []CryptoChild{}}
+func cryptoIPsecView(r control.CryptoResponse, now time.Time) CryptoIPsecView {
+	v := CryptoIPsecView{CryptoStatus: cryptoStatus(r, now), Children: []CryptoChild{}}
 	for _, sa := range r.SAs {
 		for _, c := range sa.Children {
 			v.Children = append(v.Children, CryptoChild{Peer: sa.RemoteHost, Port: natPort(sa), LocalHost: sa.LocalHost,
@@ -203,6 +240,13 @@ func printCryptoStatus(w io.Writer, st CryptoStatus) bool {
 		return false
 	}
 	fmt.Fprintf(w, "IPsec mode %s, %s, charon restarts %d\n", st.Mode, charonState(st), st.Restarts)
+	if c := st.Certificate; c != nil {
+		left := fmt.Sprintf("%s days left", days(st.DaysLeft))
+		if st.DaysLeft != nil && *st.DaysLeft < 0 {
+			left = "EXPIRED"
+		}
+		fmt.Fprintf(w, "Local certificate %s, serial %s, expires %s (%s)\n", c.Subject, c.Serial, c.NotAfter.UTC().Format(time.DateOnly), left)
+	}
 	if st.Error != "" {
 		fmt.Fprintf(w, "%% %s\n", charonError(st.Error))
 	}
@@ -232,7 +276,7 @@ func charonError(msg string) string {
 }
 
 func printCryptoSA(w io.Writer, r control.CryptoResponse, now time.Time) error {
-	v := cryptoSAView(r)
+	v := cryptoSAView(r, now)
 	if !printCryptoStatus(w, v.CryptoStatus) {
 		return nil
 	}
@@ -244,21 +288,21 @@ func printCryptoSA(w io.Writer, r control.CryptoResponse, now time.Time) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "Peer NBMA Addr\tState\tUp Time\tChild\tBytes In\tPkts In\tBytes Out\tPkts Out\tRekey\tRole\tConn\tRemote Identity")
+	fmt.Fprintln(tw, "Peer NBMA Addr\tState\tUp Time\tChild\tBytes In\tPkts In\tBytes Out\tPkts Out\tRekey\tRole\tConn\tCert Days\tRemote Identity")
 	for _, s := range v.SAs {
 		rekey := "-"
 		if s.RekeySecs > 0 {
 			rekey = clock(time.Duration(s.RekeySecs) * time.Second)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", hostPort(s.Peer, s.Port), s.State,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", hostPort(s.Peer, s.Port), s.State,
 			upDown(s.Established, now), s.Children, s.BytesIn, s.PacketsIn, s.BytesOut, s.PacketsOut, rekey,
-			role(s.Initiator), s.Conn, orNone(s.Identity))
+			role(s.Initiator), s.Conn, days(s.CertDaysLeft), orNone(s.Identity))
 	}
 	return tw.Flush()
 }
 
 func printCryptoIKE(w io.Writer, r control.CryptoResponse, now time.Time) error {
-	v := cryptoIKEView(r)
+	v := cryptoIKEView(r, now)
 	if !printCryptoStatus(w, v.CryptoStatus) {
 		return nil
 	}
@@ -293,7 +337,7 @@ func printCryptoIKE(w io.Writer, r control.CryptoResponse, now time.Time) error 
 }
 
 func printCryptoIPsec(w io.Writer, r control.CryptoResponse, now time.Time) error {
-	v := cryptoIPsecView(r)
+	v := cryptoIPsecView(r, now)
 	if !printCryptoStatus(w, v.CryptoStatus) {
 		return nil
 	}

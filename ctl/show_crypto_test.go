@@ -67,6 +67,7 @@ func testSAs(now time.Time) []ipsec.SA {
 			LocalHost: netip.MustParseAddr("198.51.100.1"), RemoteHost: netip.MustParseAddr("192.0.2.1"), RemotePort: 500,
 			LocalID: "CN=spoke1, O=dmvpn", RemoteID: "CN=hub1, O=dmvpn", Initiator: true,
 			Established: now.Add(-time.Hour), RekeyIn: 3*time.Hour + 59*time.Minute,
+			RemoteCertExpires: now.Add(200*24*time.Hour + time.Hour),
 			Children: []ipsec.ChildSA{
 				{Name: "gre", ID: "6", State: "REKEYED", Mode: "TRANSPORT", BytesIn: 500, PacketsIn: 5, BytesOut: 600, PacketsOut: 6,
 					Installed: now.Add(-time.Hour), LocalTS: []string{"198.51.100.1/32[gre]"}, RemoteTS: []string{"192.0.2.1/32[gre]"}},
@@ -83,7 +84,8 @@ func testSAs(now time.Time) []ipsec.SA {
 
 func testStats() ipsec.Stats {
 	return ipsec.Stats{Mode: ipsec.ModeKernel, Connected: true, CharonPID: 4242, Restarts: 1,
-		SAsByState: map[string]int{"ESTABLISHED": 1, "CONNECTING": 1}}
+		SAsByState: map[string]int{"ESTABLISHED": 1, "CONNECTING": 1},
+		Certificate: &ipsec.CertInfo{Subject: "CN=spoke1, O=dmvpn", Serial: "1a2b", NotAfter: time.Date(2026, 12, 10, 10, 0, 0, 0, time.UTC)}}
 }
 
 func TestPrintCrypto(t *testing.T) {
@@ -94,12 +96,14 @@ func TestPrintCrypto(t *testing.T) {
 		want  string
 	}{
 		{"sa", func(b *bytes.Buffer) error { return printCryptoSA(b, r, t0) }, `IPsec mode kernel, charon pid 4242 (connected), charon restarts 1
+Local certificate CN=spoke1, O=dmvpn, serial 1a2b, expires 2026-12-10 (18 days left)
 
-Peer NBMA Addr      State        Up Time   Child  Bytes In  Pkts In  Bytes Out  Pkts Out  Rekey     Role       Conn                      Remote Identity
-192.0.2.1           ESTABLISHED  01:00:00  2      10500     105      12600      126       03:59:00  initiator  dmvpn-nhs-192.0.2.1       CN=hub1, O=dmvpn
-198.51.100.17/4500  CONNECTING   never     0      0         0        0          0         -         responder  dmvpn-peer-198.51.100.17  -
+Peer NBMA Addr      State        Up Time   Child  Bytes In  Pkts In  Bytes Out  Pkts Out  Rekey     Role       Conn                      Cert Days  Remote Identity
+192.0.2.1           ESTABLISHED  01:00:00  2      10500     105      12600      126       03:59:00  initiator  dmvpn-nhs-192.0.2.1       200        CN=hub1, O=dmvpn
+198.51.100.17/4500  CONNECTING   never     0      0         0        0          0         -         responder  dmvpn-peer-198.51.100.17  -          -
 `},
 		{"ikev2", func(b *bytes.Buffer) error { return printCryptoIKE(b, r, t0) }, `IPsec mode kernel, charon pid 4242 (connected), charon restarts 1
+Local certificate CN=spoke1, O=dmvpn, serial 1a2b, expires 2026-12-10 (18 days left)
 
  IPv4 Crypto IKEv2  SA
 
@@ -112,6 +116,7 @@ Tunnel-id Local                 Remote                Status       Role
       Up Time: never, Rekey in: -, CHILD_SAs: 0 installed of 0, NAT-T
 `},
 		{"ipsec", func(b *bytes.Buffer) error { return printCryptoIPsec(b, r, t0) }, `IPsec mode kernel, charon pid 4242 (connected), charon restarts 1
+Local certificate CN=spoke1, O=dmvpn, serial 1a2b, expires 2026-12-10 (18 days left)
 
 peer 192.0.2.1, conn dmvpn-nhs-192.0.2.1, IKE SA 3 ESTABLISHED
    local crypto endpt.: 198.51.100.1, remote crypto endpt.: 192.0.2.1
@@ -238,8 +243,9 @@ func TestShowCrypto(t *testing.T) {
 	}
 	for line, wants := range map[string][]string{
 		"sh cry sa": {"IPsec mode kernel, charon pid 4242 (connected), charon restarts 1\n",
-			"Peer NBMA Addr      State        Up Time   Child  Bytes In  Pkts In  Bytes Out  Pkts Out  Rekey     Role       Conn                      Remote Identity\n",
-			"192.0.2.1           ESTABLISHED  01:00:0", "  2      10500     105      12600      126       03:59:00  initiator  dmvpn-nhs-192.0.2.1       CN=hub1, O=dmvpn\n",
+			"Peer NBMA Addr      State        Up Time   Child  Bytes In  Pkts In  Bytes Out  Pkts Out  Rekey     Role       Conn                      Cert Days  Remote Identity\n",
+			"192.0.2.1           ESTABLISHED  01:00:0", "  2      10500     105      12600      126       03:59:00  initiator  dmvpn-nhs-192.0.2.1       200        CN=hub1, O=dmvpn\n",
+			"Local certificate CN=spoke1, O=dmvpn, serial 1a2b, expires 2026-12-10 (",
 			"198.51.100.17/4500  CONNECTING   never     0"},
 		"sh cr ik sa": {"3         198.51.100.1          192.0.2.1             ESTABLISHED  initiator\n", "CHILD_SAs: 2 installed of 3"},
 		"sh cr ips sa": {"  CHILD_SA gre{7} INSTALLED, mode TRANSPORT, installed 00:59:0", "    #pkts encaps: 120, #bytes out: 12000\n",
@@ -270,6 +276,11 @@ func TestShowCrypto(t *testing.T) {
 			{Peer: netip.MustParseAddr("198.51.100.17"), Port: 4500, State: "CONNECTING", Conn: "dmvpn-peer-198.51.100.17", IKEID: "5"},
 		}}
 	want.SAs[0].Established = time.Now().Add(-time.Hour)
+	// Days left: this node's certificate (a fixed date) and the hub's (in
+	// 200 days).
+	want.Certificate = testStats().Certificate
+	want.DaysLeft = daysLeft(want.Certificate.NotAfter, time.Now())
+	want.SAs[0].CertExpires, want.SAs[0].CertDaysLeft = time.Now().Add(200*24*time.Hour+time.Hour), new(200)
 	if diff := cmp.Diff(want, sa, cmpopts.EquateComparable(netip.Addr{}), cmpopts.EquateApproxTime(5*time.Second)); diff != "" {
 		t.Errorf("show crypto sa json (-want +got):\n%s", diff)
 	}
@@ -370,5 +381,19 @@ func TestCryptoErrors(t *testing.T) {
 		if code != 1 || out != "" || errb != want {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %q", line, code, out, errb, want)
 		}
+	}
+}
+
+func TestDaysLeft(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		want string
+	}{{200*24*time.Hour + time.Minute, "200"}, {23 * time.Hour, "0"}, {-time.Minute, "expired"}, {-49 * time.Hour, "expired"}} {
+		if got := days(daysLeft(t0.Add(c.d), t0)); got != c.want {
+			t.Errorf("%v: %q, want %q", c.d, got, c.want)
+		}
+	}
+	if days(nil) != "-" {
+		t.Errorf("unknown: %q", days(nil))
 	}
 }

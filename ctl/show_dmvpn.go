@@ -162,7 +162,7 @@ func dmvpnView(ctx context.Context, c *control.Client, withIPsec bool) (DmvpnVie
 		case err != nil:
 			return DmvpnView{}, err
 		case cr.Enabled:
-			st := cryptoStatus(cr)
+			st := cryptoStatus(cr, time.Now())
 			v.IPsec = &st
 			for i := range v.Peers {
 				v.Peers[i].IPsec = peerIPsec(cr.SAs, v.Peers[i].NBMA, identity[v.Peers[i].NBMA])

@@ -144,8 +144,10 @@ func (fakeDaemon) Info() control.Info {
 func (fakeDaemon) Counters() (gre.Counters, bool) {
 	return gre.Counters{TxPackets: 5, RxPackets: 4, Drops: map[string]uint64{"bad_key": 1}}, true
 }
-func (fakeDaemon) RunningConfig() []byte                    { return []byte("node: spoke1\nrole: spoke\n") }
-func (fakeDaemon) Reload(context.Context) ([]string, error) { return nil, nil }
+func (fakeDaemon) RunningConfig() []byte { return []byte("node: spoke1\nrole: spoke\n") }
+func (fakeDaemon) Reload(_ context.Context, dryRun bool) ([]string, error) {
+	return []string{"holding time 10m0s → 5m0s"}, nil
+}
 
 // TestShowCommands runs every command against a control server answering
 // fixed snapshots: the text has what it must, every json form parses.

@@ -104,13 +104,14 @@ type Daemon struct {
 	log   *zap.Logger
 	ready chan struct{}
 
-	mu     sync.Mutex
-	cfg    Config
-	dev    gre.Device
-	reason string
-	eng    *nhrp.Engine
-	router *kernelRouter
-	stopFn []func() error // undo actions, run in reverse order on stop
+	reloadMu sync.Mutex // serialises reloads
+	mu       sync.Mutex
+	cfg      Config
+	dev      gre.Device
+	reason   string
+	eng      *nhrp.Engine
+	router   *kernelRouter
+	stopFn   []func() error // undo actions, run in reverse order on stop
 	// host owns the kernel state beside the tunnel; hostClients (the
 	// daemon's, IPsec's) are closed after stopFn, or left with KeepState.
 	host        *host.Manager
@@ -362,49 +363,3 @@ func (d *Daemon) down() error {
 	d.hostClients = nil
 	return errors.Join(errs...)
 }
-
-// Reload applies a new configuration. Settings that need the tunnel
-// recreated (interface, key, address, data plane) are refused: restart
-// for those. It returns what changed.
-func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.NHRP.Validate(); err != nil {
-		return nil, err
-	}
-	if err := cfg.checkIPsec(); err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	old, eng := d.cfg, d.eng
-	d.mu.Unlock()
-	if eng == nil {
-		return nil, errors.New("daemon not running")
-	}
-	changes, restart := diff(old, cfg)
-	if len(restart) > 0 {
-		return nil, fmt.Errorf("%w: %v", ErrNeedsRestart, restart)
-	}
-	// The certificate files are read again on every reload (a rotated
-	// certificate under the same name), whatever else changed.
-	if m := d.IPsec(); m != nil {
-		if err := m.ReloadCredentials(ctx); err != nil {
-			return nil, fmt.Errorf("ipsec credentials: %w", err)
-		}
-	}
-	if len(changes) == 0 {
-		return nil, nil
-	}
-	if err := eng.Reconfigure(ctx, cfg.NHRP); err != nil {
-		return nil, err
-	}
-	d.router.setNetworks(cfg.Networks)
-	p := cfg.Policy
-	d.policy.Store(&p)
-	d.mu.Lock()
-	d.cfg = cfg
-	d.mu.Unlock()
-	return changes, nil
-}
-
-// ErrNeedsRestart is returned by Reload for changes it cannot apply live.
-var ErrNeedsRestart = errors.New("these changes need a restart")

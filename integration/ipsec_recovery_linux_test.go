@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -150,6 +152,104 @@ func TestIPsecRecovery(t *testing.T) {
 		now := x.hub.sasWith(s2)
 		return len(now) == 1 && !slices.Contains(before, now[0])
 	})
+
+	testRotationRetried(t, x, p)
+	testReloadAllOrNothing(t, x.spokes[0])
+}
+
+// testRotationRetried: spoke 1's certificate rotated by its files alone,
+// half written first (the new certificate, the old key): the file watch
+// refuses the set and keeps the one in force, then takes the whole set as
+// soon as the key is there too — it was not given up after the first
+// failure.
+func testRotationRetried(t *testing.T, x *e2e, p *testPKI) {
+	s1 := x.spokes[0]
+	old := s1.crypto().Stats.Certificate
+	if old == nil {
+		t.Fatal("spoke 1 shows no certificate in force")
+	}
+	is, err := p.ca.IssueDN("C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.1.0.0/24, CN=s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p.dir, "s1.crt"), is.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "spoke 1's file watch to refuse the half-written set", func() bool {
+		return strings.Contains(s1.proc.Output(), "credential files changed but cannot be loaded yet")
+	})
+	if cur := s1.crypto().Stats.Certificate; cur == nil || cur.Serial != old.Serial {
+		t.Fatalf("a half-written set was taken: certificate in force %+v, was %+v", cur, old)
+	}
+	if err := os.WriteFile(filepath.Join(p.dir, "s1.key"), is.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serial := is.Cert.SerialNumber.Text(16)
+	took := waitFor(t, 15*time.Second, "the whole new set in force on spoke 1", func() bool {
+		cur := s1.crypto().Stats.Certificate
+		return cur != nil && cur.Serial == serial
+	})
+	t.Logf("half-written rotation refused, then the whole set taken %v after the key was written", took.Round(time.Millisecond))
+	waitFor(t, 15*time.Second, "the hub to accept spoke 1 with its new serial", func() bool {
+		for _, l := range readAudit(t, filepath.Join(p.dir, "audit-hub.jsonl")) {
+			if l.NBMA == nbmaOf(x, 0).String() && l.Event == "registration accepted" && l.Serial == serial {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// testReloadAllOrNothing: the control API's reload on a live spoke — a
+// dry run says what would change and changes nothing, an invalid file is
+// refused with its reasons, and a valid one is applied.
+func testReloadAllOrNothing(t *testing.T, d *daemonNode) {
+	ctx := context.Background()
+	holding := func() int {
+		var st control.Status
+		d.get(control.PathStatus, &st)
+		return st.NHRP.HoldingTime
+	}
+	if h := holding(); h != 60 {
+		t.Fatalf("spoke 1's holding time %d, want 60 before the reload", h)
+	}
+	b, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(d.config, []byte(strings.Replace(string(b), "holding_time: 60", "holding_time: 90", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var rr control.ReloadResponse
+	if err := d.client.Post(ctx, control.PathReload, control.ReloadRequest{DryRun: true}, &rr); err != nil || !rr.DryRun ||
+		!slices.Contains(rr.Changes, "holding time 1m0s → 1m30s") {
+		t.Fatalf("dry run: %+v %v", rr, err)
+	}
+	if h := holding(); h != 60 {
+		t.Errorf("a dry run changed the holding time to %d", h)
+	}
+	bad := strings.Replace(string(b), "holding_time: 60", "holding_time: 90\n  mtu: 10", 1)
+	if err := os.WriteFile(d.config, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = d.client.Post(ctx, control.PathReload, control.ReloadRequest{}, &rr)
+	var api *control.APIError
+	if !errors.As(err, &api) || api.Status != 409 || len(api.Reasons) != 1 || !strings.Contains(api.Reasons[0], "tunnel.mtu: 10 out of range") {
+		t.Fatalf("invalid file: %v", err)
+	}
+	if h := holding(); h != 60 {
+		t.Errorf("a refused reload changed the holding time to %d", h)
+	}
+	if err := os.WriteFile(d.config, []byte(strings.Replace(string(b), "holding_time: 60", "holding_time: 90", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rr = control.ReloadResponse{}
+	if err := d.client.Post(ctx, control.PathReload, control.ReloadRequest{}, &rr); err != nil || rr.DryRun {
+		t.Fatalf("reload: %+v %v", rr, err)
+	}
+	if h := holding(); h != 90 {
+		t.Errorf("holding time %d after the reload, want 90", h)
+	}
 }
 
 // serialOf returns a certificate file's serial number in hex, as the

@@ -26,6 +26,9 @@ func (m *Manager) SAs(ctx context.Context) ([]SA, error) {
 	for _, mm := range msgs {
 		out = append(out, parseSAs(mm, now)...)
 	}
+	for i := range out {
+		out[i].RemoteCertExpires = m.peerCertExpiry(out[i].RemoteID)
+	}
 	slices.SortFunc(out, func(a, b SA) int {
 		if c := a.RemoteHost.Compare(b.RemoteHost); c != 0 {
 			return c

@@ -331,59 +331,6 @@ func (m *Manager) certWorker(ctx context.Context) {
 	}
 }
 
-// reloadCredsIfChanged loads the credentials again when a file changed (a
-// certificate rotated without a restart), and the connections that carry
-// them.
-func (m *Manager) reloadCredsIfChanged(ctx context.Context) {
-	m.mu.Lock()
-	cs := m.creds
-	m.mu.Unlock()
-	if cs == nil || !cs.changed() {
-		return
-	}
-	if err := m.ReloadCredentials(ctx); err != nil {
-		m.log.Error("reloading credentials", zap.Error(err))
-	}
-}
-
-// ReloadCredentials reads the credential files again and loads them and
-// every connection into charon.
-func (m *Manager) ReloadCredentials(ctx context.Context) error {
-	cs, err := readCreds(m.cfg)
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	renewed := m.creds != nil && m.creds.cert != cs.cert
-	m.creds = cs
-	specs := make([]connSpec, 0, len(m.loaded))
-	for _, s := range m.loaded {
-		specs = append(specs, s)
-	}
-	c := m.cmd
-	m.mu.Unlock()
-	if c == nil {
-		return errNotConnected
-	}
-	if err := loadCreds(ctx, c, cs); err != nil {
-		return err
-	}
-	for _, s := range specs {
-		if err := m.loadConn(ctx, s); err != nil {
-			return err
-		}
-	}
-	m.log.Info("credentials reloaded")
-	if renewed && !m.hub {
-		m.bg.Add(1)
-		go func() {
-			defer m.bg.Done()
-			m.reauthenticate(specs)
-		}()
-	}
-	return nil
-}
-
 // limitLog allows one log line per peer and reason a minute.
 func (m *Manager) limitLog(nbma netip.Addr, reason string) bool {
 	m.logMu.Lock()

@@ -42,6 +42,22 @@ type CredentialCheck struct {
 	Hub    bool
 	// Now is the time the validity is checked at (zero: now).
 	Now time.Time
+	// ConsistencyOnly checks only that the files hold what they should
+	// and belong together (what charon needs to load them): not the
+	// validity dates, not OU=GRE=.
+	ConsistencyOnly bool
+}
+
+// pemFile is one credential file as read.
+type pemFile struct {
+	name string
+	data []byte
+	err  error
+}
+
+func readFile(name string) pemFile {
+	b, err := os.ReadFile(name)
+	return pemFile{name: name, data: b, err: err}
 }
 
 // CheckCredentials reads the CA, certificate and key files and checks
@@ -52,6 +68,16 @@ type CredentialCheck struct {
 // neither it nor a CA is expired or not yet valid. A certificate or CA
 // that expires within ExpiryWarning is a warning.
 func CheckCredentials(c CredentialCheck) []CredentialProblem {
+	cas := make([]pemFile, len(c.CACerts))
+	for i, f := range c.CACerts {
+		cas[i] = readFile(f)
+	}
+	return checkFiles(c, cas, readFile(c.Cert), readFile(c.Key))
+}
+
+// checkFiles checks credentials already read (so that what is checked is
+// what is loaded).
+func checkFiles(c CredentialCheck, caFiles []pemFile, certFile, keyFile pemFile) []CredentialProblem {
 	now := c.Now
 	if now.IsZero() {
 		now = time.Now()
@@ -61,8 +87,9 @@ func CheckCredentials(c CredentialCheck) []CredentialProblem {
 		out = append(out, CredentialProblem{Field: field, Index: i, Msg: fmt.Sprintf(f, a...), Warning: warn})
 	}
 	var cas []*x509.Certificate
-	for i, f := range c.CACerts {
-		certs, keys, err := readPEMFile(f)
+	for i, pf := range caFiles {
+		f := pf.name
+		certs, keys, err := pf.parse()
 		switch {
 		case err != nil:
 			bad("ca", i, false, "%v", err)
@@ -79,12 +106,14 @@ func CheckCredentials(c CredentialCheck) []CredentialProblem {
 				bad("ca", i, false, "%s: %s is not a CA certificate (no CA basic constraint)", f, subjectOf(ca))
 				continue
 			}
-			validity(ca, now, func(warn bool, msg string) { bad("ca", i, warn, "%s: CA %s %s", f, subjectOf(ca), msg) })
+			if !c.ConsistencyOnly {
+				validity(ca, now, func(warn bool, msg string) { bad("ca", i, warn, "%s: CA %s %s", f, subjectOf(ca), msg) })
+			}
 			cas = append(cas, ca)
 		}
 	}
 
-	certs, keys, err := readPEMFile(c.Cert)
+	certs, keys, err := certFile.parse()
 	var leaf *x509.Certificate
 	switch {
 	case err != nil:
@@ -98,14 +127,18 @@ func CheckCredentials(c CredentialCheck) []CredentialProblem {
 		if len(keys) > 0 {
 			bad("cert", 0, false, "%s holds a private key as well: keep the key in its own file (mode 0600)", c.Cert)
 		}
-		validity(leaf, now, func(warn bool, msg string) { bad("cert", 0, warn, "%s %s", subjectOf(leaf), msg) })
+		if !c.ConsistencyOnly {
+			validity(leaf, now, func(warn bool, msg string) { bad("cert", 0, warn, "%s %s", subjectOf(leaf), msg) })
+		}
 		if len(cas) > 0 && !signedBy(leaf, certs[1:], cas) {
 			bad("cert", 0, false, "%s was not signed by ipsec.ca (its issuer is %s)", subjectOf(leaf), issuerOf(leaf))
 		}
-		checkGRE(leaf, c, func(warn bool, msg string) { bad("cert", 0, warn, "%s", msg) })
+		if !c.ConsistencyOnly {
+			checkGRE(leaf, c, func(warn bool, msg string) { bad("cert", 0, warn, "%s", msg) })
+		}
 	}
 
-	kcerts, kkeys, err := readPEMFile(c.Key)
+	kcerts, kkeys, err := keyFile.parse()
 	switch {
 	case err != nil:
 		bad("key", 0, false, "%v", err)
@@ -192,13 +225,12 @@ func keyMatches(k crypto.Signer, c *x509.Certificate) bool {
 	return ok && pub.Equal(c.PublicKey)
 }
 
-// readPEMFile reads the certificates and private keys of a PEM file.
-func readPEMFile(path string) ([]*x509.Certificate, []crypto.Signer, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, err
+// parse reads the certificates and private keys of a file read.
+func (f pemFile) parse() ([]*x509.Certificate, []crypto.Signer, error) {
+	if f.err != nil {
+		return nil, nil, f.err
 	}
-	return parsePEM(path, b)
+	return parsePEM(f.name, f.data)
 }
 
 // parsePEM reads the certificates and private keys of PEM data; any

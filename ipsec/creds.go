@@ -6,53 +6,64 @@ import (
 	"encoding/pem"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 )
 
-// credSet is this node's credentials as loaded from the configured files.
+// credSet is this node's credentials as read from the configured files
+// and checked to belong together.
 type credSet struct {
 	cas     []string // PEM
 	cert    string   // PEM
 	key     string   // PEM
 	mtimes  map[string]time.Time
 	expires map[string]time.Time // subject → NotAfter of every loaded certificate
+	own     CertInfo             // this node's certificate
 }
 
-// readCreds reads the credential files.
+// CertInfo describes a certificate: its subject as strongSwan prints it,
+// serial (hex) and expiry.
+type CertInfo struct {
+	Subject  string    `json:"subject"`
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"not_after"`
+}
+
+// readCreds reads the credential files and checks that they hold what
+// they should and belong together (the key is the certificate's, the CA
+// signed it): what charon needs to use them. The modification times are
+// taken before the contents, so a file replaced while it is read is read
+// again on the next look.
 func readCreds(cfg Config) (*credSet, error) {
 	cs := &credSet{mtimes: map[string]time.Time{}, expires: map[string]time.Time{}}
-	read := func(path string) (string, error) {
+	read := func(path string) pemFile {
 		st, err := os.Stat(path)
 		if err != nil {
-			return "", fmt.Errorf("ipsec: %w", err)
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return "", fmt.Errorf("ipsec: %w", err)
+			return pemFile{name: path, err: err}
 		}
 		cs.mtimes[path] = st.ModTime()
-		return string(b), nil
+		return readFile(path)
 	}
-	for _, f := range cfg.CACerts {
-		s, err := read(f)
-		if err != nil {
-			return nil, err
-		}
-		if err := cs.noteExpiry(s); err != nil {
-			return nil, fmt.Errorf("ipsec: %s: %w", f, err)
-		}
-		cs.cas = append(cs.cas, s)
+	caFiles := make([]pemFile, len(cfg.CACerts))
+	for i, f := range cfg.CACerts {
+		caFiles[i] = read(f)
 	}
-	var err error
-	if cs.cert, err = read(cfg.Cert); err != nil {
+	certFile, keyFile := read(cfg.Cert), read(cfg.Key)
+	if err := credentialErrors(checkFiles(CredentialCheck{ConsistencyOnly: true}, caFiles, certFile, keyFile)); err != nil {
 		return nil, err
 	}
+	for _, f := range caFiles {
+		if err := cs.noteExpiry(string(f.data)); err != nil {
+			return nil, fmt.Errorf("ipsec: %s: %w", f.name, err)
+		}
+		cs.cas = append(cs.cas, string(f.data))
+	}
+	cs.cert, cs.key = string(certFile.data), string(keyFile.data)
 	if err := cs.noteExpiry(cs.cert); err != nil {
 		return nil, fmt.Errorf("ipsec: %s: %w", cfg.Cert, err)
 	}
-	if cs.key, err = read(cfg.Key); err != nil {
-		return nil, err
-	}
+	certs, _, _ := certFile.parse()
+	cs.own = CertInfo{Subject: subjectOf(certs[0]), Serial: certs[0].SerialNumber.Text(16), NotAfter: certs[0].NotAfter}
 	return cs, nil
 }
 
@@ -73,13 +84,18 @@ func (cs *credSet) noteExpiry(p string) error {
 		if err != nil {
 			return err
 		}
-		cs.expires[c.Subject.String()] = c.NotAfter
+		cs.expires[subjectOf(c)] = c.NotAfter
 		n++
 	}
 	if n == 0 {
 		return fmt.Errorf("no PEM certificate")
 	}
 	return nil
+}
+
+// sameContents reports whether two sets hold the same PEM data.
+func (cs *credSet) sameContents(o *credSet) bool {
+	return o != nil && cs.cert == o.cert && cs.key == o.key && slices.Equal(cs.cas, o.cas)
 }
 
 // changed reports whether any credential file changed since it was read.

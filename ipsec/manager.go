@@ -56,6 +56,11 @@ type Manager struct {
 	bg     sync.WaitGroup // PeerDown calls in flight
 	logMu  sync.Mutex
 	logged map[string]time.Time // rate limit of refusal log lines
+	// rotateErr is the last failure of the credential file watch (logged
+	// once until it changes); expiryWarned the expiry warnings given, by
+	// certificate (expiry.go).
+	rotateErr    string
+	expiryWarned map[string]int
 
 	aliasMu sync.Mutex
 	aliases map[netip.Addr]netip.Addr // as the data plane has them
@@ -172,10 +177,18 @@ func (m *Manager) loadAll(ctx context.Context) error {
 	return m.loadConn(ctx, connSpec{name: connAccept, kind: kindAccept})
 }
 
-// loadConn loads (or reloads) one connection.
+// loadConn loads (or reloads) one connection with the credentials in
+// force.
 func (m *Manager) loadConn(ctx context.Context, spec connSpec) error {
 	m.mu.Lock()
 	cs := m.creds
+	m.mu.Unlock()
+	return m.loadConnWith(ctx, spec, cs)
+}
+
+// loadConnWith loads one connection carrying the credentials cs.
+func (m *Manager) loadConnWith(ctx context.Context, spec connSpec, cs *credSet) error {
+	m.mu.Lock()
 	c := m.cmd
 	spec.local = m.local
 	m.mu.Unlock()
@@ -195,6 +208,9 @@ func (m *Manager) run(ctx context.Context, ev *eventSession) {
 	defer close(m.done)
 	certTick := time.NewTicker(5 * time.Second)
 	defer certTick.Stop()
+	expiryTick := time.NewTicker(time.Hour)
+	defer expiryTick.Stop()
+	m.checkExpiry(time.Now())
 	for {
 		gone := false
 		for !gone {
@@ -211,6 +227,8 @@ func (m *Manager) run(ctx context.Context, ev *eventSession) {
 				m.handleEvent(ctx, e)
 			case <-certTick.C:
 				m.reloadCredsIfChanged(ctx)
+			case now := <-expiryTick.C:
+				m.checkExpiry(now)
 			}
 		}
 		ev.close()

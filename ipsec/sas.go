@@ -27,6 +27,9 @@ type SA struct {
 	Established time.Time     `json:"established,omitzero"`
 	RekeyIn     time.Duration `json:"rekey_in,omitempty"`
 	Children    []ChildSA     `json:"children,omitempty"`
+	// RemoteCertExpires is when the certificate the peer authenticated
+	// with expires (zero when it was not captured).
+	RemoteCertExpires time.Time `json:"remote_cert_expires,omitzero"`
 
 	// upSeen is when this process learnt a CHILD_SA of it came up.
 	upSeen time.Time

@@ -54,15 +54,17 @@ type Stats struct {
 	// IKEFailures counts SA bring-ups that failed, by reason.
 	IKEFailures map[string]uint64 `json:"ike_failures"`
 	SADowns     uint64            `json:"sa_downs"`
-	// CertDaysLeft is, per loaded certificate subject, the days until it
-	// expires (negative once expired).
-	CertDaysLeft map[string]float64 `json:"cert_days_left"`
+	// Certificate is this node's certificate in force; CertExpires the
+	// expiry of every loaded certificate (its own and the CAs') by
+	// subject.
+	Certificate *CertInfo            `json:"certificate,omitempty"`
+	CertExpires map[string]time.Time `json:"cert_expires"`
 }
 
 // Stats returns a snapshot.
 func (m *Manager) Stats() Stats {
 	st := Stats{Mode: m.mode, SAsByState: map[string]int{}, Refused: map[string]uint64{},
-		IKEFailures: map[string]uint64{}, CertDaysLeft: map[string]float64{}}
+		IKEFailures: map[string]uint64{}, CertExpires: map[string]time.Time{}}
 	m.mu.Lock()
 	st.Connected = m.connected
 	for _, sa := range m.sas {
@@ -70,8 +72,10 @@ func (m *Manager) Stats() Stats {
 	}
 	if m.creds != nil {
 		for subj, t := range m.creds.expires {
-			st.CertDaysLeft[subj] = time.Until(t).Hours() / 24
+			st.CertExpires[subj] = t
 		}
+		own := m.creds.own
+		st.Certificate = &own
 	}
 	m.mu.Unlock()
 	m.stats.mu.Lock()

@@ -24,6 +24,7 @@ type node interface {
 	Counters() (gre.Counters, bool)
 	Dataplane() (string, string)
 	Reload(ctx context.Context, cfg daemon.Config) ([]string, error)
+	CheckReload(ctx context.Context, cfg daemon.Config) ([]string, error)
 }
 
 // daemonNode adapts *daemon.Daemon (whose Engine is typed) to node.
@@ -60,6 +61,11 @@ func (n daemonNode) Crypto() control.Crypto {
 // Reload applies a configuration through the daemon.
 func (n daemonNode) Reload(ctx context.Context, cfg daemon.Config) ([]string, error) {
 	return n.d.Reload(ctx, cfg)
+}
+
+// CheckReload is the daemon's dry run of a reload.
+func (n daemonNode) CheckReload(ctx context.Context, cfg daemon.Config) ([]string, error) {
+	return n.d.CheckReload(ctx, cfg)
 }
 
 // App is a running dmvpnd: the configuration in force and the daemon. It
@@ -140,15 +146,61 @@ func (a *App) RunningConfig() []byte { return a.cfg.Load().YAML() }
 // ErrRefused wraps every reload that changed nothing.
 var ErrRefused = errors.New("reload refused, nothing changed")
 
+// ErrPartial wraps a reload that failed part way and could not be rolled
+// back whole.
+var ErrPartial = errors.New("reload failed part way")
+
+// ReloadError is a reload that was refused (or failed) with its reasons,
+// one each: the file's errors with their lines, the settings that need a
+// restart, the step that failed.
+type ReloadError struct {
+	err     error
+	reasons []string
+}
+
+// Error is the summary and the reasons.
+func (e *ReloadError) Error() string { return e.err.Error() }
+
+// Unwrap gives the cause (ErrRefused or ErrPartial, and what they wrap).
+func (e *ReloadError) Unwrap() error { return e.err }
+
+// Reasons are the reasons, one line each.
+func (e *ReloadError) Reasons() []string { return e.reasons }
+
+// refused wraps err as a refused reload, its reasons drawn from it.
+func refused(err error) error {
+	head := ErrRefused
+	if errors.Is(err, daemon.ErrRollbackFailed) {
+		head = ErrPartial
+	}
+	var reasons []string
+	var ce *config.Errors
+	var re interface{ Reasons() []string }
+	switch {
+	case errors.As(err, &ce):
+		for _, e := range ce.List {
+			reasons = append(reasons, e.Error())
+		}
+	case errors.As(err, &re):
+		reasons = re.Reasons()
+	default:
+		reasons = []string{err.Error()}
+	}
+	return &ReloadError{err: fmt.Errorf("%w: %w", head, err), reasons: reasons}
+}
+
 // Reload reads the configuration file, checks it whole and applies it
-// through the daemon: parse → validate → diff → apply. An invalid file, or
-// one with changes that need a restart, changes nothing.
-func (a *App) Reload(ctx context.Context) ([]string, error) {
+// through the daemon: parse → validate → diff → prepare → commit, all or
+// nothing. An invalid file, one with changes that need a restart, or one
+// whose commit fails (rolled back) changes nothing. With dryRun nothing
+// is applied: it says what would change, or why the reload would be
+// refused.
+func (a *App) Reload(ctx context.Context, dryRun bool) ([]string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	nc, err := a.load(a.path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+		return nil, refused(err)
 	}
 	old := a.cfg.Load()
 	var restart []string
@@ -162,20 +214,30 @@ func (a *App) Reload(ctx context.Context) ([]string, error) {
 		restart = append(restart, "metrics")
 	}
 	if len(restart) > 0 {
-		return nil, fmt.Errorf("%w: %w: %v", ErrRefused, daemon.ErrNeedsRestart, restart)
+		return nil, refused(&daemon.RestartError{Settings: restart})
 	}
-	changes, err := a.node.Reload(ctx, nc.Daemon(a.rt))
+	apply := a.node.Reload
+	if dryRun {
+		apply = a.node.CheckReload
+	}
+	changes, err := apply(ctx, nc.Daemon(a.rt))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+		return nil, refused(err)
 	}
 	if nc.Logging.Level != old.Logging.Level {
-		lvl, err := zap.ParseAtomicLevel(nc.Logging.Level)
-		if err == nil {
-			a.level.SetLevel(lvl.Level())
+		if !dryRun {
+			if lvl, err := zap.ParseAtomicLevel(nc.Logging.Level); err == nil {
+				a.level.SetLevel(lvl.Level())
+			}
 		}
 		changes = append(changes, fmt.Sprintf("logging level %s → %s", old.Logging.Level, nc.Logging.Level))
 	}
-	a.cfg.Store(nc)
+	if !dryRun {
+		for _, w := range nc.Warnings {
+			a.log.Warn("configuration: "+w.Msg, zap.String("field", w.Path), zap.Int("line", w.Line))
+		}
+		a.cfg.Store(nc)
+	}
 	return changes, nil
 }
 
@@ -183,8 +245,10 @@ func (a *App) Reload(ctx context.Context) ([]string, error) {
 // or why nothing did.
 func (a *App) reloadAndLog(ctx context.Context) {
 	a.log.Info("SIGHUP: reloading the configuration", zap.String("file", a.path))
-	changes, err := a.Reload(ctx)
+	changes, err := a.Reload(ctx, false)
 	switch {
+	case errors.Is(err, ErrPartial):
+		a.log.Error("configuration reload failed part way and could not be rolled back whole; reload again once the cause is fixed", zap.Error(err))
 	case err != nil:
 		a.log.Error("configuration reload refused; the running configuration is unchanged", zap.Error(err))
 	case len(changes) == 0:

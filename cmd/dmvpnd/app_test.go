@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +38,7 @@ ipsec: off
 // fakeNode records what the App applies.
 type fakeNode struct {
 	applied []daemon.Config
+	checked []daemon.Config // dry runs
 	changes []string
 	err     error
 }
@@ -43,6 +46,14 @@ type fakeNode struct {
 func (f *fakeNode) Engine() control.Engine         { return nil }
 func (f *fakeNode) Counters() (gre.Counters, bool) { return gre.Counters{}, false }
 func (f *fakeNode) Dataplane() (string, string)    { return "userspace", "test" }
+func (f *fakeNode) CheckReload(_ context.Context, cfg daemon.Config) ([]string, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	f.checked = append(f.checked, cfg)
+	return f.changes, nil
+}
+
 func (f *fakeNode) Reload(_ context.Context, cfg daemon.Config) ([]string, error) {
 	if f.err != nil {
 		return nil, f.err
@@ -92,7 +103,7 @@ func TestReloadInvalidChangesNothing(t *testing.T) {
 	before := a.RunningConfig()
 	// A valid change (holding time) next to an invalid one.
 	rewrite(t, path, "holding_time: 600", "holding_time: 300\n  mtu: 10\n  bogus: 1")
-	changes, err := a.Reload(context.Background())
+	changes, err := a.Reload(context.Background(), false)
 	if err == nil {
 		t.Fatalf("invalid file accepted: %v", changes)
 	}
@@ -120,7 +131,7 @@ func TestReloadNeedsRestart(t *testing.T) {
 	a, n, path, _ := newTestApp(t)
 	before := a.RunningConfig()
 	rewrite(t, path, "control: {socket: /run/test/dmvpnd.sock}", "control: {socket: /run/other.sock}")
-	_, err := a.Reload(context.Background())
+	_, err := a.Reload(context.Background(), false)
 	if !errors.Is(err, daemon.ErrNeedsRestart) || !strings.Contains(err.Error(), "[control]") {
 		t.Errorf("socket change: %v", err)
 	}
@@ -130,7 +141,7 @@ func TestReloadNeedsRestart(t *testing.T) {
 	// The daemon refusing (a tunnel change) changes nothing either.
 	rewrite(t, path, "control: {socket: /run/other.sock}", "control: {socket: /run/test/dmvpnd.sock}")
 	n.err = daemon.ErrNeedsRestart
-	if _, err := a.Reload(context.Background()); !errors.Is(err, daemon.ErrNeedsRestart) {
+	if _, err := a.Reload(context.Background(), false); !errors.Is(err, daemon.ErrNeedsRestart) {
 		t.Errorf("daemon refusal: %v", err)
 	}
 	if string(a.RunningConfig()) != string(before) {
@@ -143,7 +154,7 @@ func TestReloadApplies(t *testing.T) {
 	n.changes = []string{"holding time 10m0s → 5m0s"}
 	rewrite(t, path, "holding_time: 600", "holding_time: 300")
 	rewrite(t, path, "logging: {level: info}", "logging: {level: debug}")
-	changes, err := a.Reload(context.Background())
+	changes, err := a.Reload(context.Background(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,5 +232,55 @@ func TestMainHelp(t *testing.T) {
 	errb.Reset()
 	if code := Main([]string{"--nope"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "usage: dmvpnd [-c FILE]") || out.Len() != 0 {
 		t.Errorf("--nope: code %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+}
+
+// TestReloadDryRun: a dry run asks the daemon what would change and
+// applies nothing (not even the log level); a refusal comes with its
+// reasons one by one.
+func TestReloadDryRun(t *testing.T) {
+	a, n, path, _ := newTestApp(t)
+	before := a.RunningConfig()
+	n.changes = []string{"holding time 10m0s → 5m0s"}
+	rewrite(t, path, "holding_time: 600", "holding_time: 300")
+	rewrite(t, path, "logging: {level: info}", "logging: {level: debug}")
+	changes, err := a.Reload(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"holding time 10m0s → 5m0s", "logging level info → debug"}, changes); diff != "" {
+		t.Errorf("changes (-want +got):\n%s", diff)
+	}
+	if len(n.applied) != 0 || len(n.checked) != 1 || a.level.Enabled(zap.DebugLevel) || string(a.RunningConfig()) != string(before) {
+		t.Errorf("a dry run applied something: applied %d, checked %d, debug %v", len(n.applied), len(n.checked), a.level.Enabled(zap.DebugLevel))
+	}
+
+	rewrite(t, path, "holding_time: 300", "holding_time: 300\n  mtu: 10\n  bogus: 1")
+	_, err = a.Reload(context.Background(), true)
+	var re *ReloadError
+	if !errors.As(err, &re) || !errors.Is(err, ErrRefused) {
+		t.Fatalf("invalid file: %v", err)
+	}
+	want := []string{"line 7: tunnel.mtu: 10 out of range 576-65507", `line 8: tunnel.bogus: unknown key "bogus" (known keys: `}
+	if len(re.Reasons()) != 2 || re.Reasons()[0] != want[0] || !strings.HasPrefix(re.Reasons()[1], want[1]) {
+		t.Errorf("reasons %q, want %q…", re.Reasons(), want)
+	}
+}
+
+// TestReloadRestartReasons: settings that need a restart are each a
+// reason; a daemon that failed part way is not "nothing changed".
+func TestReloadRestartReasons(t *testing.T) {
+	a, n, path, _ := newTestApp(t)
+	rewrite(t, path, "control: {socket: /run/test/dmvpnd.sock}", "control: {socket: /run/other.sock}")
+	_, err := a.Reload(context.Background(), false)
+	var re *ReloadError
+	if !errors.As(err, &re) || !slices.Equal(re.Reasons(), []string{"control: needs a restart"}) {
+		t.Errorf("restart: %v", err)
+	}
+	rewrite(t, path, "control: {socket: /run/other.sock}", "control: {socket: /run/test/dmvpnd.sock}")
+	n.err = fmt.Errorf("%w: loading the credentials into charon: %w", daemon.ErrRollbackFailed, errors.New("charon is not reachable"))
+	_, err = a.Reload(context.Background(), false)
+	if !errors.Is(err, ErrPartial) || errors.Is(err, ErrRefused) {
+		t.Errorf("a reload that could not be rolled back: %v, want ErrPartial", err)
 	}
 }

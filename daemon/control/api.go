@@ -56,9 +56,12 @@ type Daemon interface {
 	Counters() (gre.Counters, bool)
 	// RunningConfig is the configuration in force, as a YAML file.
 	RunningConfig() []byte
-	// Reload reads the configuration file again and applies it; it
-	// returns what changed, or why nothing did.
-	Reload(ctx context.Context) ([]string, error)
+	// Reload reads the configuration file again and applies it, all or
+	// nothing; it returns what changed, or why nothing did. With dryRun
+	// nothing is applied: what would change, or why it would be refused.
+	// A refusal's error may list its reasons (a Reasons() []string
+	// method).
+	Reload(ctx context.Context, dryRun bool) ([]string, error)
 }
 
 // Info describes the node.
@@ -136,12 +139,23 @@ type VersionResponse struct {
 	Started time.Time    `json:"started"`
 }
 
+// ReloadRequest is the (optional) body of POST /v1/reload.
+type ReloadRequest struct {
+	// DryRun applies nothing: the answer says what would change, or why
+	// the reload would be refused.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
 // ReloadResponse is the answer of POST /v1/reload.
 type ReloadResponse struct {
+	DryRun  bool     `json:"dry_run,omitempty"`
 	Changes []string `json:"changes"`
 }
 
 // ErrorResponse is the body of every failed request.
 type ErrorResponse struct {
 	Error string `json:"error"`
+	// Reasons are a refused reload's reasons, one each (the file's
+	// errors with their lines, settings that need a restart).
+	Reasons []string `json:"reasons,omitempty"`
 }

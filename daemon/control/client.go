@@ -55,6 +55,8 @@ func (c *Client) unreachable(err error) error {
 type APIError struct {
 	Status int
 	Msg    string
+	// Reasons are a refused reload's reasons, one each.
+	Reasons []string
 }
 
 // Error returns the daemon's message.
@@ -99,7 +101,7 @@ func readError(resp *http.Response) error {
 	if json.Unmarshal(b, &e) != nil || e.Error == "" {
 		e.Error = fmt.Sprintf("dmvpnd answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
-	return &APIError{Status: resp.StatusCode, Msg: e.Error}
+	return &APIError{Status: resp.StatusCode, Msg: e.Error, Reasons: e.Reasons}
 }
 
 // Get calls a GET endpoint and decodes its answer into out.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -84,6 +85,7 @@ type fakeDaemon struct {
 	eng     Engine
 	dev     gre.Device
 	reloads int
+	dryRuns []bool
 	reload  func() ([]string, error)
 }
 
@@ -106,12 +108,22 @@ func (f *fakeDaemon) Counters() (gre.Counters, bool) {
 
 func (f *fakeDaemon) RunningConfig() []byte { return []byte("node: spoke1\n") }
 
-func (f *fakeDaemon) Reload(ctx context.Context) ([]string, error) {
+func (f *fakeDaemon) Reload(ctx context.Context, dryRun bool) ([]string, error) {
 	f.mu.Lock()
 	f.reloads++
+	f.dryRuns = append(f.dryRuns, dryRun)
 	f.mu.Unlock()
 	return f.reload()
 }
+
+// reasonsError is a refusal with reasons, as dmvpnd's reload gives.
+type reasonsError struct {
+	msg     string
+	reasons []string
+}
+
+func (e reasonsError) Error() string     { return e.msg }
+func (e reasonsError) Reasons() []string { return e.reasons }
 
 // serve starts a server for d on a socket in a temporary directory.
 func serve(t *testing.T, d Daemon) (*Server, *Client, string) {
@@ -195,11 +207,33 @@ func TestEndpoints(t *testing.T) {
 	if err := c.Post(ctx, PathReload, struct{}{}, &rr); err != nil || len(rr.Changes) != 1 {
 		t.Errorf("reload: %+v %v", rr, err)
 	}
+	// A dry run says so, and the daemon is asked for one.
+	rr = ReloadResponse{}
+	if err := c.Post(ctx, PathReload, ReloadRequest{DryRun: true}, &rr); err != nil || !rr.DryRun || len(rr.Changes) != 1 {
+		t.Errorf("dry-run reload: %+v %v", rr, err)
+	}
+	d.mu.Lock()
+	if !slices.Equal(d.dryRuns, []bool{false, true}) {
+		t.Errorf("the daemon was asked for dry runs %v, want [false true]", d.dryRuns)
+	}
+	d.mu.Unlock()
 	d.reload = func() ([]string, error) { return nil, errors.New("reload refused, nothing changed: line 3: bogus") }
 	err = c.Post(ctx, PathReload, struct{}{}, &rr)
 	var api *APIError
 	if !errors.As(err, &api) || api.Status != 409 || api.Msg != "reload refused, nothing changed: line 3: bogus" {
 		t.Errorf("refused reload: %v", err)
+	}
+	// A refusal's reasons come one by one.
+	d.reload = func() ([]string, error) {
+		return nil, reasonsError{"reload refused, nothing changed: 2 errors", []string{"line 3: bogus", "line 4: worse"}}
+	}
+	err = c.Post(ctx, PathReload, ReloadRequest{DryRun: true}, &rr)
+	if !errors.As(err, &api) || api.Status != 409 || !slices.Equal(api.Reasons, []string{"line 3: bogus", "line 4: worse"}) {
+		t.Errorf("refused reload with reasons: %+v", err)
+	}
+	// An unknown field is a bad request, not a reload.
+	if err := c.Post(ctx, PathReload, map[string]bool{"dryrun": true}, &rr); !errors.As(err, &api) || api.Status != 400 {
+		t.Errorf("bad reload body: %v", err)
 	}
 }
 

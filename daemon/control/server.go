@@ -294,17 +294,34 @@ func (s *Server) version(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	var req ReloadRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("reload: bad request: %w", err))
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	changes, err := s.d.Reload(ctx)
+	changes, err := s.d.Reload(ctx, req.DryRun)
 	if err != nil {
-		writeError(w, http.StatusConflict, err)
+		resp := ErrorResponse{Error: err.Error()}
+		var re interface{ Reasons() []string }
+		if errors.As(err, &re) {
+			resp.Reasons = re.Reasons()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusConflict)
+		_ = json.NewEncoder(w).Encode(resp)
 		return
 	}
 	if changes == nil {
 		changes = []string{}
 	}
-	writeJSON(w, ReloadResponse{Changes: changes})
+	if !req.DryRun {
+		s.log.Info("configuration reloaded through the control API", zap.Strings("changes", changes))
+	}
+	writeJSON(w, ReloadResponse{DryRun: req.DryRun, Changes: changes})
 }
 
 // events streams engine events as JSON lines until the client goes away

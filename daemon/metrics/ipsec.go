@@ -29,8 +29,9 @@ var (
 		"Times charon was lost and came back (dmvpnd restarts the charon it runs), credentials and connections reloaded.", nil, nil)
 	descIPsecCharonUp = prometheus.NewDesc("dmvpn_ipsec_charon_up",
 		"1 while dmvpnd is connected to charon over VICI.", nil, nil)
-	descIPsecCertExpiry = prometheus.NewDesc("dmvpn_ipsec_certificate_expiry_days",
-		"Days until a loaded certificate expires, by subject (negative once expired).", []string{"subject"}, nil)
+	descIPsecCertExpiry = prometheus.NewDesc("dmvpn_ipsec_certificate_expiry_timestamp_seconds",
+		"When a loaded certificate (this node's, or a CA's) expires, as a Unix time, by subject: alert on "+
+			"dmvpn_ipsec_certificate_expiry_timestamp_seconds - time() < 30 * 86400.", []string{"subject"}, nil)
 )
 
 var ipsecDescs = []*prometheus.Desc{descIPsecSAs, descIPsecIKEFailures, descIPsecRefused, descIPsecAccepted,
@@ -94,7 +95,7 @@ func collectIPsec(ch chan<- prometheus.Metric, st ipsec.Stats) {
 		up = 1
 	}
 	gauge(descIPsecCharonUp, up)
-	for subj, days := range st.CertDaysLeft {
-		gauge(descIPsecCertExpiry, days, subj)
+	for subj, t := range st.CertExpires {
+		gauge(descIPsecCertExpiry, float64(t.Unix()), subj)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -38,12 +39,12 @@ func (s cryptoSource) Counters() (gre.Counters, bool) {
 func testStats() ipsec.Stats {
 	return ipsec.Stats{
 		Mode: ipsec.ModeKernel, Connected: true, CharonPID: 4242, Restarts: 1,
-		SAsByState:   map[string]int{"ESTABLISHED": 2, "CONNECTING": 1, "SOMETHING_NEW": 1},
-		Refused:      map[string]uint64{ipsec.RefusedNoSA: 4, ipsec.RefusedExpired: 2, "future_kind": 1},
-		Accepted:     10,
-		IKEFailures:  map[string]uint64{"timeout": 3, "charon unreachable": 1},
-		SADowns:      5,
-		CertDaysLeft: map[string]float64{"CN=hub1, O=dmvpn": 30.5, "CN=old, O=dmvpn": -2.25},
+		SAsByState:  map[string]int{"ESTABLISHED": 2, "CONNECTING": 1, "SOMETHING_NEW": 1},
+		Refused:     map[string]uint64{ipsec.RefusedNoSA: 4, ipsec.RefusedExpired: 2, "future_kind": 1},
+		Accepted:    10,
+		IKEFailures: map[string]uint64{"timeout": 3, "charon unreachable": 1},
+		SADowns:     5,
+		CertExpires: map[string]time.Time{"CN=hub1, O=dmvpn": time.Unix(1798761600, 0), "CN=old, O=dmvpn": time.Unix(1767225600, 0)},
 	}
 }
 
@@ -82,8 +83,8 @@ func TestIPsecMetrics(t *testing.T) {
 		{"dmvpn_ipsec_sa_downs_total", nil, 5},
 		{"dmvpn_ipsec_charon_restarts_total", nil, 1},
 		{"dmvpn_ipsec_charon_up", nil, 1},
-		{"dmvpn_ipsec_certificate_expiry_days", []string{"subject", "CN=hub1, O=dmvpn"}, 30.5},
-		{"dmvpn_ipsec_certificate_expiry_days", []string{"subject", "CN=old, O=dmvpn"}, -2.25},
+		{"dmvpn_ipsec_certificate_expiry_timestamp_seconds", []string{"subject", "CN=hub1, O=dmvpn"}, 1798761600},
+		{"dmvpn_ipsec_certificate_expiry_timestamp_seconds", []string{"subject", "CN=old, O=dmvpn"}, 1767225600},
 		// plaintext GRE refused, from the data plane's counters
 		{"dmvpn_dataplane_dropped_total", []string{"reason", "ingress"}, 9},
 		// the IPsec decisions do not feed the NHRP family
@@ -97,14 +98,14 @@ func TestIPsecMetrics(t *testing.T) {
 	// Every series once: the states and kinds always present, plus the
 	// ones seen; nothing else.
 	for name, want := range map[string]int{
-		"dmvpn_ipsec_sas":                          len(ikeStates) + 1,
-		"dmvpn_ipsec_registrations_refused_total":  len(refusalKinds) + 1,
-		"dmvpn_ipsec_ike_failures_total":           2,
-		"dmvpn_ipsec_certificate_expiry_days":      2,
-		"dmvpn_ipsec_registrations_accepted_total": 1,
-		"dmvpn_ipsec_sa_downs_total":               1,
-		"dmvpn_ipsec_charon_restarts_total":        1,
-		"dmvpn_ipsec_charon_up":                    1,
+		"dmvpn_ipsec_sas":                                  len(ikeStates) + 1,
+		"dmvpn_ipsec_registrations_refused_total":          len(refusalKinds) + 1,
+		"dmvpn_ipsec_ike_failures_total":                   2,
+		"dmvpn_ipsec_certificate_expiry_timestamp_seconds": 2,
+		"dmvpn_ipsec_registrations_accepted_total":         1,
+		"dmvpn_ipsec_sa_downs_total":                       1,
+		"dmvpn_ipsec_charon_restarts_total":                1,
+		"dmvpn_ipsec_charon_up":                            1,
 	} {
 		f := family(fams, name)
 		if f == nil || len(f.Metric) != want {
@@ -112,7 +113,7 @@ func TestIPsecMetrics(t *testing.T) {
 			continue
 		}
 		types := map[string]dto.MetricType{"dmvpn_ipsec_sas": dto.MetricType_GAUGE, "dmvpn_ipsec_charon_up": dto.MetricType_GAUGE,
-			"dmvpn_ipsec_certificate_expiry_days": dto.MetricType_GAUGE}
+			"dmvpn_ipsec_certificate_expiry_timestamp_seconds": dto.MetricType_GAUGE}
 		wantType, ok := types[name]
 		if !ok {
 			wantType = dto.MetricType_COUNTER
@@ -160,7 +161,7 @@ func TestIPsecExposition(t *testing.T) {
 		`dmvpn_ipsec_sas{state="established"} 2` + "\n",
 		"# TYPE dmvpn_ipsec_registrations_refused_total counter\n",
 		`dmvpn_ipsec_registrations_refused_total{reason="no_sa"} 4` + "\n",
-		`dmvpn_ipsec_certificate_expiry_days{subject="CN=old, O=dmvpn"} -2.25` + "\n",
+		`dmvpn_ipsec_certificate_expiry_timestamp_seconds{subject="CN=old, O=dmvpn"} 1.7672256e+09` + "\n",
 		"dmvpn_ipsec_charon_up 1\n",
 		`dmvpn_dataplane_dropped_total{reason="ingress"} 9` + "\n",
 		"ingress is GRE refused because it arrived in clear",
