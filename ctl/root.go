@@ -75,7 +75,7 @@ func commands(e *env) []*cobra.Command {
 	cs := []*cobra.Command{
 		group("show", "Show running system information", showCommands(e)...),
 		group("clear", "Reset functions", group("ip", "IP", newClearNHRP(e)), newClearCrypto(e)),
-		group("debug", "Debugging functions (stream events until interrupted)", newDebugNHRP(e)),
+		group("debug", "Debugging functions (stream events until interrupted)", newDebugNHRP(e), newDebugCrypto(e)),
 		newReload(e),
 		withArg(newDecodeCmd(), "FILE", "A pcap or pcapng capture"),
 	}

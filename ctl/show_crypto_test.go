@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,6 +35,29 @@ func (f *fakeCrypto) SAs(context.Context) ([]ipsec.SA, error) {
 }
 
 func (f *fakeCrypto) Stats() ipsec.Stats { return f.stats }
+
+// testLog is what fakeCrypto's charon logs.
+var testLog = []ipsec.LogLine{
+	{Group: "NET", Thread: 9, Msg: "received packet: from 192.0.2.1[4500] to 198.51.100.1[4500] (80 bytes)"},
+	{Group: "IKE", Thread: 11, Conn: "dmvpn-peer-198.51.100.17", IKEID: "5", Msg: "initiating IKE_SA dmvpn-peer-198.51.100.17[5] to 198.51.100.17"},
+	{Group: "IKE", Thread: 12, Conn: "dmvpn-nhs-192.0.2.1", IKEID: "3", Level: 1, Msg: "sending DPD request"},
+}
+
+// Log sends testLog (the lines naming peer, when given) and then waits
+// for the stream to end, as charon's log does.
+func (f *fakeCrypto) Log(ctx context.Context, peer netip.Addr, fn func(ipsec.LogLine) error) error {
+	for _, l := range testLog {
+		if peer.IsValid() && !strings.Contains(l.Conn+" "+l.Msg, peer.String()+"[") && !strings.HasSuffix(l.Conn, "-"+peer.String()) {
+			continue
+		}
+		l.Time = t0
+		if err := fn(l); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
 
 func (f *fakeCrypto) Clear(_ context.Context, peer netip.Addr) (int, error) {
 	if f.listErr != nil {
@@ -84,7 +108,7 @@ func testSAs(now time.Time) []ipsec.SA {
 
 func testStats() ipsec.Stats {
 	return ipsec.Stats{Mode: ipsec.ModeKernel, Connected: true, CharonPID: 4242, Restarts: 1,
-		SAsByState: map[string]int{"ESTABLISHED": 1, "CONNECTING": 1},
+		SAsByState:  map[string]int{"ESTABLISHED": 1, "CONNECTING": 1},
 		Certificate: &ipsec.CertInfo{Subject: "CN=spoke1, O=dmvpn", Serial: "1a2b", NotAfter: time.Date(2026, 12, 10, 10, 0, 0, 0, time.UTC)}}
 }
 
@@ -395,5 +419,88 @@ func TestDaysLeft(t *testing.T) {
 	}
 	if days(nil) != "-" {
 		t.Errorf("unknown: %q", days(nil))
+	}
+}
+
+// lineWriter collects output and tells when it holds n lines.
+type lineWriter struct {
+	mu   sync.Mutex
+	b    bytes.Buffer
+	n    int
+	done chan struct{}
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.b.Write(p)
+	if strings.Count(w.b.String(), "\n") >= w.n && w.done != nil {
+		close(w.done)
+		w.done = nil
+	}
+	return len(p), nil
+}
+
+func (w *lineWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// TestDebugCrypto: debug crypto streams charon's log until interrupted,
+// all of it or one peer's lines.
+func TestDebugCrypto(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	s := control.NewServer(cryptoDaemon{c: &fakeCrypto{stats: testStats()}}, nil)
+	if err := s.ListenUnix(sock); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	debug := func(lines int, args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		w := &lineWriter{n: lines, done: make(chan struct{})}
+		go func() {
+			<-w.done
+			cancel() // Ctrl-C once the lines are there
+		}()
+		var errb bytes.Buffer
+		if code := Run(ctx, append([]string{"--socket", sock, "debug", "crypto"}, args...), strings.NewReader(""), w, &errb, nil); code != 0 {
+			t.Errorf("debug crypto %v: exit %d, %s", args, code, errb.String())
+		}
+		if ctx.Err() == context.DeadlineExceeded {
+			t.Errorf("debug crypto %v: %d lines not there in 10 s:\n%s", args, lines, w.String())
+		}
+		return w.String()
+	}
+	out := debug(4)
+	tm := t0.Local().Format("15:04:05.000")
+	want := "IKE debugging is on (charon's log, every peer); Ctrl-C to stop\n" +
+		tm + " 09[NET] received packet: from 192.0.2.1[4500] to 198.51.100.1[4500] (80 bytes)\n" +
+		tm + " 11[IKE] <dmvpn-peer-198.51.100.17|5> initiating IKE_SA dmvpn-peer-198.51.100.17[5] to 198.51.100.17\n" +
+		tm + " 12[IKE] <dmvpn-nhs-192.0.2.1|3> sending DPD request\n"
+	if diff := cmp.Diff(want, out); diff != "" {
+		t.Errorf("debug crypto (-want +got):\n%s", diff)
+	}
+	out = debug(3, "peer", "192.0.2.1")
+	if !strings.HasPrefix(out, "IKE debugging is on (charon's log, peer 192.0.2.1)") || strings.Contains(out, "198.51.100.17") ||
+		!strings.Contains(out, "sending DPD request") || !strings.Contains(out, "received packet: from 192.0.2.1[4500]") {
+		t.Errorf("debug crypto peer 192.0.2.1:\n%s", out)
+	}
+	out = debug(1, "peer", "198.51.100.17", "json")
+	var l ipsec.LogLine
+	if err := json.Unmarshal([]byte(out), &l); err != nil || l.IKEID != "5" || l.Conn != "dmvpn-peer-198.51.100.17" {
+		t.Errorf("debug crypto peer json: %+v %v\n%s", l, err, out)
+	}
+	// A node without IPsec says so.
+	sock2 := filepath.Join(t.TempDir(), "d2.sock")
+	s2 := control.NewServer(cryptoDaemon{}, nil)
+	if err := s2.ListenUnix(sock2); err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if _, errb, code := runCtl(t, "--socket", sock2, "debug", "crypto"); code != 1 || !strings.Contains(errb, "IPsec is not configured") {
+		t.Errorf("without IPsec: exit %d, %q", code, errb)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -155,6 +156,59 @@ func TestIPsecRecovery(t *testing.T) {
 
 	testRotationRetried(t, x, p)
 	testReloadAllOrNothing(t, x.spokes[0])
+	testDebugCrypto(t, x)
+}
+
+// testDebugCrypto: the hub's debug crypto streams charon's IKE log over
+// VICI; filtered by spoke 1, it carries spoke 1's lines and none of spoke
+// 2's, while the unfiltered stream shows spoke 2's at the same time (so
+// the filter had them to drop). Dead peer detection every second gives
+// both SAs lines to log.
+func testDebugCrypto(t *testing.T, x *e2e) {
+	s1, s2 := nbmaOf(x, 0), nbmaOf(x, 1)
+	sa1, ok1 := x.hub.saWith(s1)
+	sa2, ok2 := x.hub.saWith(s2)
+	if !ok1 || !ok2 {
+		t.Fatalf("the hub has no SA with spoke 1 (%v) or spoke 2 (%v)", ok1, ok2)
+	}
+	about := func(l ipsec.LogLine, sa ipsec.SA, nbma netip.Addr) bool {
+		return l.IKEID == sa.IKEID || strings.Contains(l.Msg, nbma.String()+"[") || strings.Contains(l.Msg, nbma.String()+" ")
+	}
+	var mu sync.Mutex
+	var all, only1 []ipsec.LogLine
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	collect := func(peer netip.Addr, into *[]ipsec.LogLine) {
+		go x.hub.client.CryptoLog(ctx, peer, func(l ipsec.LogLine) error {
+			mu.Lock()
+			*into = append(*into, l)
+			mu.Unlock()
+			return nil
+		})
+	}
+	collect(netip.Addr{}, &all)
+	collect(s1, &only1)
+	waitFor(t, 15*time.Second, "charon's log lines about spoke 2 (unfiltered) and spoke 1 (filtered) on the hub", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		var saw2, saw1 bool
+		for _, l := range all {
+			saw2 = saw2 || about(l, sa2, s2)
+		}
+		for _, l := range only1 {
+			saw1 = saw1 || about(l, sa1, s1)
+		}
+		return saw1 && saw2
+	})
+	cancel()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, l := range only1 {
+		if about(l, sa2, s2) || !about(l, sa1, s1) {
+			t.Errorf("debug crypto peer %s streamed a line that is not about it: %s", s1, l)
+		}
+	}
+	t.Logf("debug crypto: %d lines in all, %d about spoke 1 (filtered), e.g. %s", len(all), len(only1), only1[0])
 }
 
 // testRotationRetried: spoke 1's certificate rotated by its files alone,

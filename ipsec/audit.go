@@ -3,6 +3,8 @@ package ipsec
 import (
 	"fmt"
 	"os"
+	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -10,15 +12,17 @@ import (
 
 // newAuditLogger opens the audit stream: one JSON object per line for
 // every registration accepted or refused, for a SIEM. An empty path
-// writes to standard output.
-func newAuditLogger(path string) (*zap.Logger, error) {
+// writes to standard output. The file is reopened when it is moved or
+// removed (logrotate's move and create) and on Reopen (SIGHUP, reload).
+func newAuditLogger(path string) (*zap.Logger, *auditFile, error) {
 	var w zapcore.WriteSyncer = zapcore.Lock(os.Stdout)
+	var af *auditFile
 	if path != "" {
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("ipsec: audit log: %w", err)
+		af = &auditFile{path: path, checkEvery: time.Second}
+		if err := af.Reopen(); err != nil {
+			return nil, nil, err
 		}
-		w = zapcore.Lock(f)
+		w = af
 	}
 	ec := zap.NewProductionEncoderConfig()
 	ec.TimeKey = "time"
@@ -27,5 +31,86 @@ func newAuditLogger(path string) (*zap.Logger, error) {
 	ec.LevelKey = ""
 	ec.CallerKey = ""
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(ec), w, zapcore.InfoLevel)
-	return zap.New(core), nil
+	return zap.New(core), af, nil
+}
+
+// auditFile is the audit log's file, reopened by path when it was moved
+// away or removed (checked at most every checkEvery, on write) and on
+// Reopen.
+type auditFile struct {
+	path       string
+	checkEvery time.Duration
+
+	mu      sync.Mutex
+	f       *os.File
+	checked time.Time
+}
+
+// Reopen closes the file and opens its path again (created mode 0600).
+func (a *auditFile) Reopen() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.reopen()
+}
+
+func (a *auditFile) reopen() error {
+	f, err := os.OpenFile(a.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("ipsec: audit log: %w", err)
+	}
+	if a.f != nil {
+		a.f.Close()
+	}
+	a.f, a.checked = f, time.Now()
+	return nil
+}
+
+// moved reports whether the path no longer names the open file.
+func (a *auditFile) moved() bool {
+	cur, err := os.Stat(a.path)
+	if err != nil {
+		return true
+	}
+	open, err := a.f.Stat()
+	return err != nil || !os.SameFile(cur, open)
+}
+
+// Write writes one audit line, to the file the path names now.
+func (a *auditFile) Write(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if now := time.Now(); now.Sub(a.checked) >= a.checkEvery {
+		a.checked = now
+		if a.moved() {
+			if err := a.reopen(); err != nil {
+				// Keep writing where we can: the old file.
+				fmt.Fprintf(os.Stderr, "dmvpnd: %v\n", err)
+			}
+		}
+	}
+	return a.f.Write(p)
+}
+
+// Sync flushes the file.
+func (a *auditFile) Sync() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.f.Sync()
+}
+
+// Close closes the file.
+func (a *auditFile) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.f.Close()
+}
+
+// ReopenAudit reopens the audit log's file (after logrotate moved it;
+// dmvpnd calls it on SIGHUP and on every reload). Without a file (the
+// audit stream on standard output) it does nothing.
+func (m *Manager) ReopenAudit() error {
+	if m.auditFile == nil {
+		return nil
+	}
+	return m.auditFile.Reopen()
 }

@@ -30,13 +30,15 @@ type Hooks struct {
 // per NBMA peer on demand, the certificate check of registrations. It
 // implements nhrp.PeerHandler and nhrp.Authorizer.
 type Manager struct {
-	cfg    Config
-	mode   Mode
-	hub    bool
-	log    *zap.Logger
-	audit  *zap.Logger
-	hooks  Hooks
-	charon *charon // nil when charon is not ours
+	cfg   Config
+	mode  Mode
+	hub   bool
+	log   *zap.Logger
+	audit *zap.Logger
+	// auditFile is the audit log's file (nil on standard output).
+	auditFile *auditFile
+	hooks     Hooks
+	charon    *charon // nil when charon is not ours
 
 	cmd *viciConn // command session; replaced on reconnect
 
@@ -89,11 +91,11 @@ func New(cfg Config, mode Mode, hub bool, log *zap.Logger, hooks Hooks) (*Manage
 		wake: make(chan struct{}, 1), done: make(chan struct{}), certQ: make(chan string, 1024),
 	}
 	m.stats.init()
-	audit, err := newAuditLogger(cfg.AuditLog)
+	audit, af, err := newAuditLogger(cfg.AuditLog)
 	if err != nil {
 		return nil, err
 	}
-	m.audit = audit
+	m.audit, m.auditFile = audit, af
 	if cfg.Managed {
 		m.charon = newCharon(cfg, mode, log)
 	}

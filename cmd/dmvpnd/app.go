@@ -25,6 +25,9 @@ type node interface {
 	Dataplane() (string, string)
 	Reload(ctx context.Context, cfg daemon.Config) ([]string, error)
 	CheckReload(ctx context.Context, cfg daemon.Config) ([]string, error)
+	// ReopenLogs reopens the log files dmvpnd writes itself (the audit
+	// log) after logrotate moved them.
+	ReopenLogs() error
 }
 
 // daemonNode adapts *daemon.Daemon (whose Engine is typed) to node.
@@ -61,6 +64,14 @@ func (n daemonNode) Crypto() control.Crypto {
 // Reload applies a configuration through the daemon.
 func (n daemonNode) Reload(ctx context.Context, cfg daemon.Config) ([]string, error) {
 	return n.d.Reload(ctx, cfg)
+}
+
+// ReopenLogs reopens the IPsec audit log's file.
+func (n daemonNode) ReopenLogs() error {
+	if m := n.d.IPsec(); m != nil {
+		return m.ReopenAudit()
+	}
+	return nil
 }
 
 // CheckReload is the daemon's dry run of a reload.
@@ -198,6 +209,14 @@ func refused(err error) error {
 func (a *App) Reload(ctx context.Context, dryRun bool) ([]string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if !dryRun {
+		// logrotate's postrotate reloads (systemctl reload: dmvpnctl
+		// reload, or SIGHUP): the audit log is reopened whatever becomes
+		// of the configuration.
+		if err := a.node.ReopenLogs(); err != nil {
+			a.log.Error("reopening the audit log", zap.Error(err))
+		}
+	}
 	nc, err := a.load(a.path)
 	if err != nil {
 		return nil, refused(err)

@@ -37,15 +37,18 @@ ipsec: off
 
 // fakeNode records what the App applies.
 type fakeNode struct {
-	applied []daemon.Config
-	checked []daemon.Config // dry runs
-	changes []string
-	err     error
+	applied  []daemon.Config
+	checked  []daemon.Config // dry runs
+	reopened int             // ReopenLogs calls
+	changes  []string
+	err      error
 }
 
 func (f *fakeNode) Engine() control.Engine         { return nil }
 func (f *fakeNode) Counters() (gre.Counters, bool) { return gre.Counters{}, false }
 func (f *fakeNode) Dataplane() (string, string)    { return "userspace", "test" }
+func (f *fakeNode) ReopenLogs() error              { f.reopened++; return nil }
+
 func (f *fakeNode) CheckReload(_ context.Context, cfg daemon.Config) ([]string, error) {
 	if f.err != nil {
 		return nil, f.err
@@ -117,6 +120,11 @@ func TestReloadInvalidChangesNothing(t *testing.T) {
 	}
 	if len(n.applied) != 0 {
 		t.Errorf("the daemon was asked to apply %d configurations", len(n.applied))
+	}
+	// The audit log is reopened on every reload (logrotate's postrotate),
+	// refused or not.
+	if n.reopened != 1 {
+		t.Errorf("audit log reopened %d times, want 1", n.reopened)
 	}
 	if diff := cmp.Diff(string(before), string(a.RunningConfig())); diff != "" {
 		t.Errorf("running config changed (-before +after):\n%s", diff)
@@ -251,7 +259,7 @@ func TestReloadDryRun(t *testing.T) {
 	if diff := cmp.Diff([]string{"holding time 10m0s → 5m0s", "logging level info → debug"}, changes); diff != "" {
 		t.Errorf("changes (-want +got):\n%s", diff)
 	}
-	if len(n.applied) != 0 || len(n.checked) != 1 || a.level.Enabled(zap.DebugLevel) || string(a.RunningConfig()) != string(before) {
+	if len(n.applied) != 0 || len(n.checked) != 1 || a.level.Enabled(zap.DebugLevel) || string(a.RunningConfig()) != string(before) || n.reopened != 0 {
 		t.Errorf("a dry run applied something: applied %d, checked %d, debug %v", len(n.applied), len(n.checked), a.level.Enabled(zap.DebugLevel))
 	}
 

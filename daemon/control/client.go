@@ -10,10 +10,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -121,6 +124,21 @@ func (c *Client) Events(ctx context.Context, packets bool, fn func(nhrp.Event) e
 	if packets {
 		path += "?packets=true"
 	}
+	return stream(c, ctx, path, fn)
+}
+
+// CryptoLog streams charon's IKE log (the lines about peer, when valid)
+// to fn until ctx ends, the daemon stops or fn returns an error.
+func (c *Client) CryptoLog(ctx context.Context, peer netip.Addr, fn func(ipsec.LogLine) error) error {
+	path := PathCryptoLog
+	if peer.IsValid() {
+		path += "?peer=" + url.QueryEscape(peer.String())
+	}
+	return stream(c, ctx, path, fn)
+}
+
+// stream reads a stream of JSON lines from path into fn.
+func stream[T any](c *Client, ctx context.Context, path string, fn func(T) error) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dmvpnd"+path, nil)
 	if err != nil {
 		return err
@@ -139,9 +157,9 @@ func (c *Client) Events(ctx context.Context, packets bool, fn func(nhrp.Event) e
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		var ev nhrp.Event
+		var ev T
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("reading events: %w", err)
+			return fmt.Errorf("reading %s: %w", path, err)
 		}
 		if err := fn(ev); err != nil {
 			return err
@@ -151,9 +169,9 @@ func (c *Client) Events(ctx context.Context, packets bool, fn func(nhrp.Event) e
 		return nil
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("reading events: %w", err)
+		return fmt.Errorf("reading %s: %w", path, err)
 	}
-	return errors.New("dmvpnd ended the event stream (stopping)")
+	return errors.New("dmvpnd ended the stream (stopping, or charon went away)")
 }
 
 // Ping waits until the daemon answers /v1/status or timeout passes.

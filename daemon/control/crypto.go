@@ -19,6 +19,7 @@ import (
 const (
 	PathCrypto      = "/v1/crypto"
 	PathCryptoClear = "/v1/crypto/clear"
+	PathCryptoLog   = "/v1/crypto/log"
 )
 
 // Crypto is the IPsec part of a node. *ipsec.Manager implements it.
@@ -26,6 +27,9 @@ type Crypto interface {
 	SAs(ctx context.Context) ([]ipsec.SA, error)
 	Stats() ipsec.Stats
 	Clear(ctx context.Context, peer netip.Addr) (int, error)
+	// Log streams charon's IKE log (the lines about peer, when valid)
+	// until ctx ends.
+	Log(ctx context.Context, peer netip.Addr, fn func(ipsec.LogLine) error) error
 }
 
 // CryptoSource is implemented by a Daemon that may run IPsec; Crypto
@@ -89,6 +93,46 @@ func (s *Server) cryptoClear(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("IPsec SAs cleared through the control API", zap.Stringer("peer", req.Peer), zap.Int("sas", n))
 	writeJSON(w, ClearResponse{Cleared: n})
+}
+
+// cryptoLog streams charon's log as JSON lines until the client goes
+// away or the server closes; ?peer=ADDRESS keeps the lines about that
+// peer.
+func (s *Server) cryptoLog(w http.ResponseWriter, r *http.Request) {
+	c := s.cryptoOf()
+	if c == nil {
+		writeError(w, http.StatusConflict, errors.New("IPsec is not configured on this node"))
+		return
+	}
+	var peer netip.Addr
+	if p := r.URL.Query().Get("peer"); p != "" {
+		a, err := netip.ParseAddr(p)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("debug crypto: %q is not an IP address", p))
+			return
+		}
+		peer = a.Unmap()
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, errors.New("streaming unsupported"))
+		return
+	}
+	ctx := r.Context() // ends when the client goes or the server closes
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl.Flush()
+	enc := json.NewEncoder(w)
+	err := c.Log(ctx, peer, func(l ipsec.LogLine) error {
+		if err := enc.Encode(l); err != nil {
+			return err
+		}
+		fl.Flush()
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.Debug("crypto log stream ended", zap.Error(err))
+	}
 }
 
 // cryptoOf returns the node's IPsec, or nil.

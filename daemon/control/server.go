@@ -58,6 +58,7 @@ func NewServer(d Daemon, log *zap.Logger) *Server {
 	mux.HandleFunc("GET "+PathEvents, s.events)
 	mux.HandleFunc("GET "+PathCrypto, s.crypto)
 	mux.HandleFunc("POST "+PathCryptoClear, s.cryptoClear)
+	mux.HandleFunc("GET "+PathCryptoLog, s.cryptoLog)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
 	})

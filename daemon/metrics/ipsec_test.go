@@ -22,6 +22,9 @@ type fakeCrypto struct{ st ipsec.Stats }
 func (f fakeCrypto) SAs(context.Context) ([]ipsec.SA, error)        { return nil, nil }
 func (f fakeCrypto) Stats() ipsec.Stats                             { return f.st }
 func (f fakeCrypto) Clear(context.Context, netip.Addr) (int, error) { return 0, nil }
+func (f fakeCrypto) Log(context.Context, netip.Addr, func(ipsec.LogLine) error) error {
+	return nil
+}
 
 // cryptoSource is a node that may run IPsec (a nil c: IPsec off), as
 // dmvpnd's App is.
