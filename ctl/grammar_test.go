@@ -70,9 +70,12 @@ func TestCandidates(t *testing.T) {
 		line string
 		want []string
 	}{
-		{"", []string{"clear", "debug", "decode", "exit", "quit", "reload", "show"}},
+		{"", []string{"clear", "debug", "decode", "exit", "firewall", "quit", "reload", "show"}},
 		{"sh", []string{"show"}},
-		{"show ", []string{"crypto", "dmvpn", "ip", "running-config", "version"}},
+		{"show ", []string{"crypto", "dmvpn", "firewall", "ip", "running-config", "version"}},
+		{"sh fi ", []string{"json", "<cr>"}},
+		{"firewall ", []string{"apply", "confirm", "translate"}},
+		{"fi tr ", []string{"running", "<cr>"}},
 		{"show crypto ", []string{"ikev2", "ipsec", "sa"}},
 		{"sh cr sa ", []string{"json", "<cr>"}},
 		{"sh cr ikev2 ", []string{"sa"}},

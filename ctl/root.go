@@ -77,6 +77,7 @@ func commands(e *env) []*cobra.Command {
 		group("clear", "Reset functions", group("ip", "IP", newClearNHRP(e)), newClearCrypto(e)),
 		group("debug", "Debugging functions (stream events until interrupted)", newDebugNHRP(e), newDebugCrypto(e)),
 		newReload(e),
+		newFirewall(e),
 		withArg(newDecodeCmd(), "FILE", "A pcap or pcapng capture"),
 	}
 	if e.opts.Interactive {
@@ -100,6 +101,7 @@ func showCommands(e *env) []*cobra.Command {
 	return []*cobra.Command{
 		newShowDmvpn(e),
 		newShowCrypto(e),
+		newShowFirewall(e),
 		group("ip", "IP information", ipShowCommands(e)...),
 		newShowRunningConfig(e),
 		newShowVersion(e),

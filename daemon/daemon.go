@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
 	"github.com/opendmvpn/dmvpn/host"
@@ -59,6 +60,11 @@ type Config struct {
 	// omission.
 	IPsec    *ipsec.Config
 	IPsecOff bool
+	// Firewall is the nftables policy (firewall section); nil runs
+	// without it. ManagementPorts are the TCP ports of the control API
+	// and metrics beyond loopback, never accepted from the internet.
+	Firewall        *firewall.Config
+	ManagementPorts []uint16
 }
 
 // Policy is the registration policy of a hub: every client in the tunnel

@@ -56,6 +56,8 @@ type Config struct {
 	// (`ipsec: off`, IPsecOff): NHRP and GRE then run in clear.
 	IPsec    *IPsec
 	IPsecOff bool
+	// Firewall is the node's nftables policy; nil runs without it.
+	Firewall *Firewall
 	// Logging, Metrics and Control configure the program around the
 	// daemon.
 	Logging Logging
@@ -262,6 +264,7 @@ func ParseWith(data []byte, name string, o Options) (*Config, error) {
 		c.check(d)
 		c.ipsecChecks(d)
 		c.checkProtection(d)
+		c.firewallChecks(d)
 	}
 	if len(d.errs) > 0 {
 		sortErrors(d.errs)

@@ -1,6 +1,11 @@
 package config
 
 import (
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+
 	"github.com/opendmvpn/dmvpn/daemon"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/nhrp"
@@ -72,5 +77,31 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		Forwarding:           c.Forwarding,
 		IPsec:                c.IPsec.ipsecConfig(),
 		IPsecOff:             c.IPsecOff,
+		Firewall:             c.Firewall.FirewallConfig(),
+		ManagementPorts:      c.managementPorts(),
 	}
+}
+
+// managementPorts are the TCP ports the control API and the metrics
+// listen on beyond loopback: the firewall never accepts them from the
+// internet zone.
+func (c *Config) managementPorts() []uint16 {
+	var out []uint16
+	listens := []string{c.Control.Listen}
+	if c.Metrics.Enabled {
+		listens = append(listens, c.Metrics.Listen)
+	}
+	for _, l := range listens {
+		host, port, err := net.SplitHostPort(l)
+		if err != nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(host); (err == nil && a.IsLoopback()) || host == "localhost" {
+			continue
+		}
+		if v, err := strconv.ParseUint(port, 10, 16); err == nil && v > 0 && !slices.Contains(out, uint16(v)) {
+			out = append(out, uint16(v))
+		}
+	}
+	return out
 }

@@ -98,6 +98,9 @@ func (c *Config) YAML() []byte {
 	} else if c.IPsecOff {
 		root.add("ipsec", str("off"))
 	}
+	if c.Firewall != nil {
+		root.add("firewall", renderFirewall(c.Firewall))
+	}
 	root.add("logging", mapNode("level", str(c.Logging.Level), "format", str(c.Logging.Format)).Node)
 	root.add("metrics", mapNode("enabled", boolean(c.Metrics.Enabled), "listen", str(c.Metrics.Listen)).Node)
 	ctl := mapNode("socket", str(c.Control.Socket))

@@ -59,6 +59,10 @@ func NewServer(d Daemon, log *zap.Logger) *Server {
 	mux.HandleFunc("GET "+PathCrypto, s.crypto)
 	mux.HandleFunc("POST "+PathCryptoClear, s.cryptoClear)
 	mux.HandleFunc("GET "+PathCryptoLog, s.cryptoLog)
+	mux.HandleFunc("GET "+PathFirewall, s.firewallStatus)
+	mux.HandleFunc("POST "+PathFirewallApply, s.firewallApply)
+	mux.HandleFunc("POST "+PathFirewallConfirm, s.firewallConfirm)
+	mux.HandleFunc("GET "+PathFirewallTranslate, s.firewallTranslate)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
 	})

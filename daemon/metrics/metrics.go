@@ -2,8 +2,9 @@
 // accepted and refused, peers and servers by state, NHRP packets by type
 // and direction, Error Indications by code, dropped packets, shortcuts
 // installed and expired, data-plane packets and bytes per direction,
-// neighbour misses, and with IPsec its SAs, failures, refusals, charon and
-// certificate expiry (ipsec.go).
+// neighbour misses, with IPsec its SAs, failures, refusals, charon and
+// certificate expiry (ipsec.go), and with the firewall every rule's
+// counter, its applies and rollbacks (firewall.go).
 //
 // Event counts come from the engine's events (Metrics is an nhrp.Observer);
 // everything the engine and the data plane already count is read from
@@ -145,6 +146,9 @@ func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range ipsecDescs {
 		ch <- d
 	}
+	for _, d := range firewallDescs {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector: it reads the snapshots.
@@ -188,6 +192,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	if st, ok := ipsecStats(s.src); ok {
 		collectIPsec(ch, st)
 	}
+	collectFirewall(ch, s.src)
 }
 
 // engine emits the engine's snapshots; false when the engine did not
