@@ -128,6 +128,10 @@ type Daemon struct {
 	policy      atomic.Pointer[Policy]
 
 	ipsecMgr *ipsec.Manager
+	// fw is the firewall (nil without a firewall section); fwRollback is
+	// told of its rollbacks.
+	fw         *firewall.Manager
+	fwRollback func(src any)
 }
 
 // Option adjusts a Daemon.
@@ -274,6 +278,9 @@ func (d *Daemon) up(ctx context.Context) error {
 	if err := d.setHost(ctx, cfg, dev.Info()); err != nil {
 		return err
 	}
+	if err := d.startFirewall(ctx, cfg, dev.Info()); err != nil {
+		return err
+	}
 	router, err := newKernelRouter(ctx, dev.Info(), cfg)
 	if err != nil {
 		return err
@@ -288,6 +295,9 @@ func (d *Daemon) up(ctx context.Context) error {
 		d.mu.Lock()
 		d.ipsecMgr = mgr
 		d.mu.Unlock()
+		if err := d.refreshFirewall(ctx, 5*time.Second); err != nil {
+			return err
+		}
 	} else {
 		d.log.Warn("ipsec: off: NHRP and GRE run in clear")
 	}

@@ -125,6 +125,12 @@ func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gat
 			}
 		},
 		Restarted: func(reason string) {
+			// charon's TUN may have another name now (ipsec1).
+			fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := d.refreshFirewall(fctx, 5*time.Second); err != nil {
+				d.log.Error("firewall: following charon's restart", zap.Error(err))
+			}
+			fcancel()
 			if e := d.Engine(); e != nil {
 				c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				defer cancel()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sync/atomic"
 
 	"github.com/opendmvpn/dmvpn/nhrp"
@@ -104,6 +105,15 @@ func diff(old, cfg Config) (changes, restart []string) {
 	}
 	if !reflect.DeepEqual(old.IPsec, cfg.IPsec) || old.IPsecOff != cfg.IPsecOff {
 		restart = append(restart, "ipsec (credential files are reloaded when they change)")
+	}
+	switch {
+	case (old.Firewall == nil) != (cfg.Firewall == nil):
+		restart = append(restart, "firewall on or off")
+	case !reflect.DeepEqual(old.Firewall, cfg.Firewall):
+		changes = append(changes, "firewall")
+	}
+	if !slices.Equal(old.ManagementPorts, cfg.ManagementPorts) {
+		changes = append(changes, "management ports")
 	}
 	if !reflect.DeepEqual(old.Networks, cfg.Networks) {
 		changes = append(changes, "networks")

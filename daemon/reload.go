@@ -200,7 +200,12 @@ func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 	if len(p.changes) == 0 {
 		return nil, nil
 	}
-	if err := runSteps(ctx, p.commitSteps(old.NHRP, eng, creds)); err != nil {
+	steps := p.commitSteps(old.NHRP, eng, creds)
+	if fw := d.firewallStep(old, p.cfg); fw != nil {
+		// The firewall first: the kernel may refuse its rules.
+		steps = append([]step{*fw}, steps...)
+	}
+	if err := runSteps(ctx, steps); err != nil {
 		return nil, err
 	}
 	d.router.setNetworks(p.cfg.Networks)

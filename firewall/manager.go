@@ -282,11 +282,21 @@ func (m *Manager) Stats() Stats {
 	return m.stats
 }
 
+// Stop stops a pending confirmation and leaves the table as it is: its
+// owner (host) removes it, or keeps it for the next run to adopt.
+func (m *Manager) Stop() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	m.disarm()
+	m.prev = nil
+}
+
 // Close stops a pending confirmation and removes the table.
 func (m *Manager) Close(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
+	if m.closed && m.cur == nil {
 		return nil
 	}
 	m.closed = true

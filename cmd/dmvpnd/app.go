@@ -92,12 +92,16 @@ type App struct {
 
 	mu  sync.Mutex // serialises reloads
 	cfg atomic.Pointer[config.Config]
+	// fwBase is the firewall section the node started or was last
+	// reloaded with: what a rollback to the daemon's own brings back.
+	fwBase atomic.Pointer[config.Firewall]
 }
 
 // newApp returns the App of a node started from cfg (read from path).
 func newApp(path string, cfg *config.Config, rt config.Runtime, n node, log *zap.Logger, level zap.AtomicLevel) *App {
 	a := &App{path: path, rt: rt, log: log, level: level, started: time.Now(), node: n, load: config.Load}
 	a.cfg.Store(cfg)
+	a.fwBase.Store(cfg.Firewall)
 	return a
 }
 
@@ -145,8 +149,14 @@ func warnings(c *config.Config) []string {
 	if c.IPsecOff {
 		out = append(out, WarnIPsecOff)
 	}
+	if c.Firewall == nil {
+		out = append(out, WarnFirewallOff)
+	}
 	return out
 }
+
+// WarnFirewallOff is the warning of a node without a firewall section.
+const WarnFirewallOff = "the firewall is off (no firewall section): no nftables policy guards GRE, BGP and the management ports"
 
 // Config returns the configuration in force.
 func (a *App) Config() *config.Config { return a.cfg.Load() }
@@ -256,6 +266,7 @@ func (a *App) Reload(ctx context.Context, dryRun bool) ([]string, error) {
 			a.log.Warn("configuration: "+w.Msg, zap.String("field", w.Path), zap.Int("line", w.Line))
 		}
 		a.cfg.Store(nc)
+		a.fwBase.Store(nc.Firewall)
 	}
 	return changes, nil
 }

@@ -186,17 +186,18 @@ func TestReloadApplies(t *testing.T) {
 	}
 }
 
-// TestInfoWarnsIPsecOff: a node that runs without IPsec says so in its
-// status (show dmvpn prints it); one with IPsec has no such warning.
+// TestInfoWarnsIPsecOff: a node that runs without IPsec, or without a
+// firewall, says so in its status (show dmvpn prints it); one with both
+// has no such warning.
 func TestInfoWarnsIPsecOff(t *testing.T) {
 	a, _, _, _ := newTestApp(t)
-	if diff := cmp.Diff([]string{WarnIPsecOff}, a.Info().Warnings); diff != "" {
+	if diff := cmp.Diff([]string{WarnIPsecOff, WarnFirewallOff}, a.Info().Warnings); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
 	c := *a.Config()
-	c.IPsecOff, c.IPsec = false, &config.IPsec{}
+	c.IPsecOff, c.IPsec, c.Firewall = false, &config.IPsec{}, &config.Firewall{}
 	if w := warnings(&c); len(w) != 0 {
-		t.Errorf("a node with IPsec warns %q", w)
+		t.Errorf("a node with IPsec and a firewall warns %q", w)
 	}
 }
 

@@ -105,7 +105,8 @@ func run(path string, cfg *config.Config, rt config.Runtime, opts config.Options
 
 	var app *App
 	m := metrics.New(metricsSource{&app})
-	d, err := daemon.New(cfg.Daemon(rt), log.Named("daemon"), daemon.WithObserver(m))
+	d, err := daemon.New(cfg.Daemon(rt), log.Named("daemon"), daemon.WithObserver(m),
+		daemon.WithFirewallRollback(func(src any) { app.firewallRolledBack(src) }))
 	if err != nil {
 		return err
 	}
@@ -198,6 +199,15 @@ func (s metricsSource) Counters() (gre.Counters, bool) {
 		return gre.Counters{}, false
 	}
 	return (*s.app).Counters()
+}
+
+// Firewall implements control.FirewallSource: the firewall's metrics
+// (nil while starting and without a firewall).
+func (s metricsSource) Firewall() control.Firewall {
+	if *s.app == nil {
+		return nil
+	}
+	return (*s.app).Firewall()
 }
 
 // Crypto implements control.CryptoSource: the IPsec metrics (nil while
