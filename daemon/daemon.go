@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -302,7 +303,8 @@ func (d *Daemon) up(ctx context.Context) error {
 		d.log.Warn("ipsec: off: NHRP and GRE run in clear")
 	}
 
-	deps := nhrp.Deps{Tunnel: dev, Router: router, Logger: d.log.Named("nhrp"), Observers: d.obs}
+	deps := nhrp.Deps{Tunnel: dev, Router: router, Logger: d.log.Named("nhrp"),
+		Observers: append(slices.Clone(d.obs), d.refusalAudit(mgr))}
 	if cfg.NHRP.Role == nhrp.RoleHub {
 		p := cfg.Policy
 		d.policy.Store(&p)
@@ -317,6 +319,7 @@ func (d *Daemon) up(ctx context.Context) error {
 	}
 	if mgr != nil {
 		deps.Peers = mgr
+		deps.Verifier = mgr
 	}
 	eng, err := nhrp.New(cfg.NHRP, deps)
 	if err != nil {

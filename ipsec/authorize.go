@@ -115,15 +115,13 @@ func (m *Manager) decide(ctx context.Context, r nhrp.Registration) (nhrp.Verdict
 	if err != nil {
 		return refuse(err.Error()), RefusedBadIdentity, nil, sa
 	}
-	switch {
-	case time.Now().After(id.NotAfter):
-		return refuse("certificate expired"), RefusedExpired, id, sa
-	case len(id.GRE) == 0:
-		return refuse("certificate has no OU=GRE="), RefusedNoGRE, id, sa
-	case !r.Proto.IsSingleIP() || id.GRE[0] != r.Proto.Addr():
+	if v, kind := m.checkIdentity(id, netip.Addr{}); kind != "" {
+		return v, kind, id, sa
+	}
+	if !r.Proto.IsSingleIP() || id.GRE[0] != r.Proto.Addr() {
 		return refuse(fmt.Sprintf("certificate is for GRE=%s, registration claims %s", id.GRE[0], r.Proto)), RefusedWrongGRE, id, sa
 	}
-	return nhrp.Verdict{Identity: id.Subject, Attrs: id.Attrs(), Proven: true}, "", id, sa
+	return nhrp.Verdict{Identity: id.Subject, Attrs: id.Attrs(), Proven: true, Networks: id.NET}, "", id, sa
 }
 
 // upSAsFrom returns the established SAs from a peer address.

@@ -50,14 +50,17 @@ type Manager struct {
 	certFirst map[string]time.Time // DER → when it first appeared in charon's cache
 	loaded    map[string]connSpec  // connections loaded into charon
 	waiters   map[netip.Addr][]chan struct{}
-	verified  map[string]bool // IKE ids of servers whose certificate was checked
+	// verified maps the IKE SAs of servers and shortcut peers whose
+	// certificate was checked to the tunnel address it proved.
+	verified  map[string]netip.Addr
 	connected bool
 	local     netip.Addr // the address connections initiate from (LocalMoved)
 	stats     counters
 
-	bg     sync.WaitGroup // PeerDown calls in flight
-	logMu  sync.Mutex
-	logged map[string]time.Time // rate limit of refusal log lines
+	bg      sync.WaitGroup // PeerDown calls in flight
+	logMu   sync.Mutex
+	logged  map[string]time.Time // rate limit of refusal log lines
+	audited map[string]time.Time // rate limit of packet refusal audit lines
 	// rotateErr is the last failure of the credential file watch (logged
 	// once until it changes); expiryWarned the expiry warnings given, by
 	// certificate (expiry.go).
@@ -87,7 +90,7 @@ func New(cfg Config, mode Mode, hub bool, log *zap.Logger, hooks Hooks) (*Manage
 	m := &Manager{
 		cfg: cfg, mode: mode, hub: hub, log: log, hooks: hooks,
 		sas: map[string]SA{}, certs: map[string][]byte{}, certSeen: map[string]time.Time{}, loaded: map[string]connSpec{},
-		waiters: map[netip.Addr][]chan struct{}{}, verified: map[string]bool{}, logged: map[string]time.Time{},
+		waiters: map[netip.Addr][]chan struct{}{}, verified: map[string]netip.Addr{}, logged: map[string]time.Time{},
 		wake: make(chan struct{}, 1), done: make(chan struct{}), certQ: make(chan string, 1024),
 	}
 	m.stats.init()
@@ -155,7 +158,7 @@ func (m *Manager) connect(ctx context.Context) (*eventSession, error) {
 	m.connected = true
 	m.loaded = map[string]connSpec{}
 	m.sas = map[string]SA{}
-	m.verified = map[string]bool{}
+	m.verified = map[string]netip.Addr{}
 	m.mu.Unlock()
 	if err := m.loadAll(ctx); err != nil {
 		ev.close()
@@ -484,6 +487,9 @@ func (m *Manager) terminate(ctx context.Context, ikeID string) {
 	m.mu.Lock()
 	c := m.cmd
 	m.mu.Unlock()
+	if c == nil {
+		return
+	}
 	if _, err := c.call(ctx, 2*time.Second, "terminate", msg("ike-id", ikeID, "timeout", "-1")); err != nil {
 		m.log.Debug("terminate", zap.String("ike_id", ikeID), zap.Error(err))
 	}

@@ -2,6 +2,7 @@ package ipsec
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -47,7 +48,7 @@ func (m *Manager) PeerUp(ctx context.Context, p nhrp.Peer) error {
 			err := m.waitUp(wait, p.NBMA)
 			cancel()
 			if err == nil {
-				return m.checkServer(ctx, p)
+				return m.checkPeer(ctx, p)
 			}
 		}
 		up, cancel := context.WithTimeout(ctx, m.cfg.UpTimeout)
@@ -78,7 +79,7 @@ func (m *Manager) PeerUp(ctx context.Context, p nhrp.Peer) error {
 				select {
 				case werr := <-waited:
 					if werr == nil {
-						return m.checkServer(ctx, p)
+						return m.checkPeer(ctx, p)
 					}
 				case <-grace.C:
 					cancel()
@@ -93,18 +94,23 @@ func (m *Manager) PeerUp(ctx context.Context, p nhrp.Peer) error {
 			}
 		}
 	}
-	return m.checkServer(ctx, p)
+	return m.checkPeer(ctx, p)
 }
 
 // duplicateGrace is how long a failed initiate waits for an SA the peer
 // set up from its side to be reported up.
 const duplicateGrace = 250 * time.Millisecond
 
-// checkServer verifies a next hop server's certificate once per IKE SA:
-// the configured identity, or OU=GRE= equal to the server's tunnel
-// address. A server that fails is cut off.
-func (m *Manager) checkServer(ctx context.Context, p nhrp.Peer) error {
-	if p.Role != "nhs" {
+// checkPeer verifies the certificate of a next hop server or a shortcut
+// peer once per IKE SA and tunnel address: a server's must carry the
+// configured identity or OU=GRE= equal to its tunnel address (when known);
+// a shortcut peer's OU=GRE= must be the tunnel address the shortcut is
+// for. A peer that fails is refused (the error wraps nhrp.ErrIdentity)
+// and audited, and the SA closed when this node set it up for that
+// address; an SA the peer set up, or one that proved another address
+// already, stays (another node's claim about the peer must not cut it).
+func (m *Manager) checkPeer(ctx context.Context, p nhrp.Peer) error {
+	if p.Role != "nhs" && p.Role != "shortcut" {
 		return nil
 	}
 	for _, sa := range m.sasTo(p.NBMA) {
@@ -112,40 +118,66 @@ func (m *Manager) checkServer(ctx context.Context, p nhrp.Peer) error {
 			continue
 		}
 		m.mu.Lock()
-		ok := m.verified[sa.IKEID]
+		proved, checked := m.verified[sa.IKEID]
 		m.mu.Unlock()
-		if ok {
+		if checked && (!p.Proto.IsValid() || proved == p.Proto) {
 			return nil
 		}
-		reason := ""
+		reason, kind := "", ""
+		var id *Identity
 		switch {
-		case m.cfg.HubIdentity != "":
+		case p.Role == "nhs" && m.cfg.HubIdentity != "":
 			if sa.RemoteID != m.cfg.HubIdentity {
-				reason = fmt.Sprintf("server identity %q is not %q", sa.RemoteID, m.cfg.HubIdentity)
+				reason, kind = fmt.Sprintf("server identity %q is not %q", sa.RemoteID, m.cfg.HubIdentity), RefusedWrongGRE
 			}
 		default:
-			id, err := m.identityOf(ctx, sa.RemoteID, sa.upSeen)
+			var err error
+			id, err = m.identityOf(ctx, sa.RemoteID, sa.upSeen)
 			switch {
+			case errors.Is(err, errNoCert):
+				reason, kind = err.Error(), RefusedNoCert
 			case err != nil:
-				reason = err.Error()
-			case len(id.GRE) == 0:
-				reason = "server certificate has no OU=GRE="
-			case p.Proto.IsValid() && id.GRE[0] != p.Proto:
-				reason = fmt.Sprintf("server certificate is for GRE=%s, the server is %s", id.GRE[0], p.Proto)
+				reason, kind = err.Error(), RefusedBadIdentity
+			default:
+				if v, k := m.checkIdentity(id, p.Proto); k != "" {
+					reason, kind = v.Reason, k
+				}
 			}
 		}
 		if reason != "" {
-			m.stats.failure("server identity")
-			m.log.Warn("next hop server refused", zap.Stringer("nbma", p.NBMA), zap.String("reason", reason))
-			m.terminate(ctx, sa.IKEID)
-			return fmt.Errorf("ipsec: server %s: %s", p.NBMA, reason)
+			what := "next hop server"
+			if p.Role == "shortcut" {
+				what = "shortcut peer"
+			}
+			m.stats.failure(p.Role + " identity")
+			m.stats.refuseClaim(kind)
+			fields := []zap.Field{zap.String("role", p.Role), zap.String("nbma", p.NBMA.String()),
+				zap.String("tunnel_address", p.Proto.String()), zap.String("subject", sa.RemoteID),
+				zap.String("ike_id", sa.IKEID), zap.String("reason", reason), zap.String("kind", kind)}
+			closing := !checked && (sa.Initiator || p.Role == "nhs")
+			fields = append(fields, zap.Bool("sa_closed", closing))
+			if id != nil {
+				fields = append(fields, zap.String("serial", id.Serial))
+			}
+			m.audit.Info(what+" refused", fields...)
+			if m.limitLog(p.NBMA, reason) {
+				m.log.Warn(what+" refused", fields...)
+			}
+			if closing {
+				m.terminate(ctx, sa.IKEID)
+			}
+			return fmt.Errorf("ipsec: %s %s: %s: %w", what, p.NBMA, reason, nhrp.ErrIdentity)
+		}
+		got := p.Proto
+		if id != nil && len(id.GRE) > 0 {
+			got = id.GRE[0]
 		}
 		m.mu.Lock()
-		m.verified[sa.IKEID] = true
+		m.verified[sa.IKEID] = got
 		m.mu.Unlock()
 		return nil
 	}
-	return fmt.Errorf("ipsec: no SA with server %s", p.NBMA)
+	return fmt.Errorf("ipsec: no SA with %s", p.NBMA)
 }
 
 // PeerDown releases a peer: its SAs are terminated first, then its

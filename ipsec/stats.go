@@ -12,18 +12,26 @@ type counters struct {
 	ikeUp, saDown, restarts atomic.Uint64
 	mu                      sync.Mutex
 	refused                 map[string]uint64 // registrations refused, by reason
+	claimsRefused           map[string]uint64 // packet claims refused, by reason
 	accepted                uint64
 	ikeFailures             map[string]uint64 // SA bring-up failures, by reason
 }
 
 func (c *counters) init() {
 	c.refused = map[string]uint64{}
+	c.claimsRefused = map[string]uint64{}
 	c.ikeFailures = map[string]uint64{}
 }
 
 func (c *counters) refuse(reason string) {
 	c.mu.Lock()
 	c.refused[reason]++
+	c.mu.Unlock()
+}
+
+func (c *counters) refuseClaim(reason string) {
+	c.mu.Lock()
+	c.claimsRefused[reason]++
 	c.mu.Unlock()
 }
 
@@ -51,6 +59,10 @@ type Stats struct {
 	// accepted.
 	Refused  map[string]uint64 `json:"refused"`
 	Accepted uint64            `json:"accepted"`
+	// ClaimsRefused counts what NHRP packets claimed about a peer (a
+	// requester, a responder, a prefix) that its certificate did not
+	// prove, by reason.
+	ClaimsRefused map[string]uint64 `json:"claims_refused"`
 	// IKEFailures counts SA bring-ups that failed, by reason.
 	IKEFailures map[string]uint64 `json:"ike_failures"`
 	SADowns     uint64            `json:"sa_downs"`
@@ -63,7 +75,7 @@ type Stats struct {
 
 // Stats returns a snapshot.
 func (m *Manager) Stats() Stats {
-	st := Stats{Mode: m.mode, SAsByState: map[string]int{}, Refused: map[string]uint64{},
+	st := Stats{Mode: m.mode, SAsByState: map[string]int{}, Refused: map[string]uint64{}, ClaimsRefused: map[string]uint64{},
 		IKEFailures: map[string]uint64{}, CertExpires: map[string]time.Time{}}
 	m.mu.Lock()
 	st.Connected = m.connected
@@ -81,6 +93,9 @@ func (m *Manager) Stats() Stats {
 	m.stats.mu.Lock()
 	for k, v := range m.stats.refused {
 		st.Refused[k] = v
+	}
+	for k, v := range m.stats.claimsRefused {
+		st.ClaimsRefused[k] = v
 	}
 	for k, v := range m.stats.ikeFailures {
 		st.IKEFailures[k] = v

@@ -108,7 +108,7 @@ func (e *Engine) Clear(ctx context.Context, r ClearRequest) (int, error) {
 			if en.typ == TypeShortcut || en.typ == TypeCached {
 				e.limits.forgetRedirect(en.proto)
 			}
-			e.removeEntry(en, "cleared")
+			e.removeEntry(en, CauseCleared)
 			n++
 		}
 		for _, rs := range e.resolves {

@@ -16,6 +16,10 @@ type entry struct {
 	claimed netip.Addr
 	// nextHop is a shortcut route's tunnel next hop.
 	nextHop netip.Addr
+	// src is the NBMA address of the node a resolved binding or shortcut
+	// was learned from (the responder, or the server that passed the
+	// answer on): it may purge it.
+	src     netip.Addr
 	flags   Flags
 	created time.Time
 	expires time.Time // zero: never
@@ -25,6 +29,9 @@ type entry struct {
 
 	identity string
 	attrs    map[string][]string
+	// nets are the networks a client's identity allows behind it
+	// (Verdict.Networks); empty: no restriction.
+	nets []netip.Prefix
 
 	used time.Time // when traffic last went through it (from the data plane)
 

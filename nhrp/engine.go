@@ -2,8 +2,10 @@ package nhrp
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -29,6 +31,11 @@ type Deps struct {
 	Router Router
 	// Authorizer decides on registrations (hub); nil accepts every one.
 	Authorizer Authorizer
+	// Verifier checks what resolution, purge and other packets claim
+	// against their sender's identity (the IPsec certificate); nil
+	// leaves the engine's own rule: registered from that NBMA address, or
+	// vouched for by a server.
+	Verifier Verifier
 	// Peers brings peers up and down (IPsec); nil treats every peer as up.
 	Peers PeerHandler
 	// Observers receive events.
@@ -68,13 +75,18 @@ type Engine struct {
 	cache        *cache
 	sched        sched
 	now          time.Time
-	reqID        uint32
+	ids          *mrand.ChaCha8 // request IDs (crypto/rand seeded)
 	peers        map[netip.Addr]*peer
 	nhs          []*nhsClient
 	dns          map[string]*dnsName
 	pending      map[uint32]*pendingReq
 	resolves     map[netip.Addr]*resolution
 	authorizing  map[authKey]bool
+	verifying    int               // identity verifications in flight
+	forwarded    map[fwdKey]fwdRec // Resolution Requests forwarded
+	fwdOrder     []fwdKey          // forwarded, oldest first
+	recent       [recentIDs]uint32 // request IDs answered lately
+	recentNext   int
 	kern         *kernel
 	stats        stats
 	limits       limits
@@ -124,7 +136,13 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 		pending:     make(map[uint32]*pendingReq),
 		resolves:    make(map[netip.Addr]*resolution),
 		authorizing: make(map[authKey]bool),
+		forwarded:   make(map[fwdKey]fwdRec),
 	}
+	var seed [32]byte
+	if _, err := crand.Read(seed[:]); err != nil {
+		return nil, fmt.Errorf("nhrp: seeding request IDs: %w", err)
+	}
+	e.ids = mrand.NewChaCha8(seed)
 	e.info = e.tun.Info()
 	e.ownPfx = e.info.Prefix
 	e.own = e.info.Prefix.Addr()
@@ -145,7 +163,6 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.ctx = ctx
 	e.now = time.Now()
 	e.kern = newKernel(e.tun, e.log, e.asyncCh)
-	e.reqID = uint32(e.now.UnixNano()) & 0x7fffffff
 	// The reader ends when the tunnel is closed (ReadNHRP cannot be
 	// interrupted otherwise) or, after Run, at the next packet.
 	readCtx, stopRead := context.WithCancel(context.Background())
@@ -290,13 +307,36 @@ func (e *Engine) emit(ev Event) {
 	e.publish(ev)
 }
 
-// nextReqID returns a fresh request ID.
+// nextReqID returns a fresh request ID: random (a ChaCha8 stream seeded
+// from crypto/rand), so that only the nodes a request reaches know it,
+// never zero and never one outstanding.
 func (e *Engine) nextReqID() uint32 {
-	e.reqID++
-	if e.reqID == 0 {
-		e.reqID = 1
+	for {
+		id := uint32(e.ids.Uint64())
+		if id != 0 && e.pending[id] == nil {
+			return id
+		}
 	}
-	return e.reqID
+}
+
+// recentIDs is how many answered request IDs are remembered, so that a
+// late duplicate reply is told from an unmatched one.
+const recentIDs = 64
+
+// answered remembers a request ID whose answer came.
+func (e *Engine) answered(id uint32) {
+	e.recent[e.recentNext] = id
+	e.recentNext = (e.recentNext + 1) % recentIDs
+}
+
+// wasAnswered reports whether id was answered lately.
+func (e *Engine) wasAnswered(id uint32) bool {
+	for _, x := range e.recent {
+		if x == id && id != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // localNBMA returns the NBMA address this node uses toward dst.

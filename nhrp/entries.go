@@ -1,7 +1,6 @@
 package nhrp
 
 import (
-	"strings"
 	"time"
 
 	"github.com/opendmvpn/dmvpn/gre"
@@ -51,7 +50,8 @@ func (e *Engine) shortcutRoute(en *entry) gre.Route {
 
 // removeEntry takes an entry out of the cache and the kernel, releases its
 // peer and emits the events that go with its type.
-func (e *Engine) removeEntry(en *entry, reason string) {
+func (e *Engine) removeEntry(en *entry, cause Cause) {
+	reason := cause.String()
 	e.cache.del(en)
 	en.expire.Stop()
 	en.renew.Stop()
@@ -70,11 +70,11 @@ func (e *Engine) removeEntry(en *entry, reason string) {
 	switch en.typ {
 	case TypeDynamic:
 		e.emit(Event{Kind: EventExpired, Proto: en.proto, NBMA: en.nbma, ClaimedNBMA: en.claimed,
-			Reason: reason, Cause: causeOf(reason), Identity: en.identity, Attrs: en.attrs})
+			Reason: reason, Cause: cause, Identity: en.identity, Attrs: en.attrs})
 		e.updateMulticast()
 	case TypeShortcut:
 		if en.route {
-			e.emit(Event{Kind: EventShortcutDown, Proto: en.proto, NextHop: en.nextHop, NBMA: en.nbma, Reason: reason})
+			e.emit(Event{Kind: EventShortcutDown, Proto: en.proto, NextHop: en.nextHop, NBMA: en.nbma, Reason: reason, Cause: cause})
 		}
 	case TypeStatic:
 		e.updateMulticast()
@@ -84,31 +84,12 @@ func (e *Engine) removeEntry(en *entry, reason string) {
 }
 
 // expireAt arms an entry's expiry.
-func (e *Engine) expireAt(en *entry, when time.Time, reason string) {
+func (e *Engine) expireAt(en *entry, when time.Time) {
 	en.expire.Stop()
 	en.expires = when
 	en.expire = e.sched.at(when, func() {
 		if e.cache.get(en.proto) == en {
-			e.removeEntry(en, reason)
+			e.removeEntry(en, CauseExpired)
 		}
 	})
-}
-
-// causeOf types the reasons removeEntry is given.
-func causeOf(reason string) Cause {
-	switch {
-	case reason == "expired":
-		return CauseExpired
-	case reason == "cleared":
-		return CauseCleared
-	case reason == "shutting down":
-		return CauseShutdown
-	case strings.HasPrefix(reason, "purged"):
-		return CausePurged
-	case strings.HasPrefix(reason, "replaced"):
-		return CauseReplaced
-	case reason == "removed from the configuration":
-		return CauseConfig
-	}
-	return CauseNone
 }

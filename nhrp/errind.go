@@ -1,6 +1,7 @@
 package nhrp
 
 import (
+	"fmt"
 	"net/netip"
 
 	"go.uber.org/zap"
@@ -52,9 +53,14 @@ func (e *Engine) handleErrorIndication(p *wire.Packet, from netip.Addr) {
 		e.logLimited("error indication", zap.Stringer("from", from), zap.Stringer("code", p.ErrorCode))
 		return
 	}
-	if pr := e.pending[q.RequestID]; pr != nil {
-		e.log.Info("request refused by error indication",
-			zap.Stringer("type", q.Type), zap.Stringer("from", from), zap.Stringer("code", p.ErrorCode))
-		pr.fail("error indication: " + p.ErrorCode.String())
+	pr := e.pending[q.RequestID]
+	if pr == nil || pr.typ != q.Type || pr.to != from {
+		if !e.wasAnswered(q.RequestID) {
+			e.refuse(RefusedErrorIndication, from, prefixOf(q.DstProto), fmt.Sprintf("error indication about %v %d, not a request of ours to %s", q.Type, q.RequestID, from))
+		}
+		return
 	}
+	e.log.Info("request refused by error indication",
+		zap.Stringer("type", q.Type), zap.Stringer("from", from), zap.Stringer("code", p.ErrorCode))
+	pr.fail("error indication: " + p.ErrorCode.String())
 }

@@ -39,6 +39,12 @@ const (
 	// EventPacket: an NHRP packet was sent or received (for live
 	// debugging); Packet describes it.
 	EventPacket
+	// EventPacketRefused: a packet was refused because its sender's
+	// identity does not prove what it claims (a forged source, a reply
+	// to a request not sent to its sender, a purge of what the sender
+	// does not own, …); Refusal names the check, Reason explains it,
+	// NBMA is the sender, Proto the address or prefix claimed.
+	EventPacketRefused
 )
 
 var eventNames = [...]string{
@@ -47,6 +53,7 @@ var eventNames = [...]string{
 	EventShortcutUp: "shortcut-up", EventShortcutDown: "shortcut-down",
 	EventPeerUp: "peer-up", EventPeerDown: "peer-down",
 	EventResolutionFailed: "resolution-failed", EventPacket: "packet",
+	EventPacketRefused: "packet-refused",
 }
 
 func (k EventKind) String() string {
@@ -75,8 +82,11 @@ type Event struct {
 	// Reason explains a refusal, an expiry or a down event.
 	Reason string `json:"reason,omitempty"`
 	// Cause is why a binding went away (EventExpired, EventShortcutDown)
-	// or how it came (EventRegistered).
+	// or how it came (CauseRestored on an EventRegistered restored from
+	// the state file at start).
 	Cause Cause `json:"cause,omitempty"`
+	// Refusal names the check an EventPacketRefused failed.
+	Refusal Refusal `json:"refusal,omitempty"`
 	// Code is the CIE code of a refusal.
 	Code uint8 `json:"code,omitempty"`
 	// Identity and Attrs are what the Authorizer learned about the peer.
@@ -100,7 +110,7 @@ type PacketEvent struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Cause says why a binding went away, or how a registration came.
+// Cause says why a binding went away, or how a registration came back.
 type Cause uint8
 
 // Causes.
@@ -119,9 +129,11 @@ const (
 	CauseShutdown
 	// CauseIdle: a shortcut carried no traffic for ShortcutIdle.
 	CauseIdle
-	// CauseConfig: the configuration no longer has it.
+	// CauseConfig: the configuration no longer has it (a static
+	// binding, a next hop server).
 	CauseConfig
-	// CauseRestored: a registration restored at start.
+	// CauseRestored: a registration restored at start from the state a
+	// previous run kept (on EventRegistered).
 	CauseRestored
 	// CauseRevoked: the certificate that proved it was revoked.
 	CauseRevoked
@@ -165,4 +177,67 @@ func (c *Cause) UnmarshalText(b []byte) error {
 		return nil
 	}
 	return fmt.Errorf("nhrp: unknown cause %q", b)
+}
+
+// Refusal names an identity check a received packet failed. Each is
+// counted in Traffic.Refused.
+type Refusal uint8
+
+// Refusals.
+const (
+	RefusalNone Refusal = iota
+	// RefusedRequestSource: a Resolution Request whose source address is
+	// not the one registered from (or proven by) the address it came
+	// from, or whose source NBMA address is not the registered one.
+	RefusedRequestSource
+	// RefusedRequester: a requester's binding its identity does not
+	// prove.
+	RefusedRequester
+	// RefusedReplyUnmatched: a reply that answers no request sent to (or
+	// forwarded through) its sender.
+	RefusedReplyUnmatched
+	// RefusedReplyIdentity: a Resolution Reply whose responder address or
+	// prefix the responder's identity does not prove.
+	RefusedReplyIdentity
+	// RefusedPurge: a Purge Request for what its sender does not own.
+	RefusedPurge
+	// RefusedTrafficIndication: a Traffic Indication from a node that is
+	// not one of this node's servers.
+	RefusedTrafficIndication
+	// RefusedErrorIndication: an Error Indication about a request not
+	// sent to its sender.
+	RefusedErrorIndication
+	numRefusals
+)
+
+var refusalNames = [numRefusals]string{
+	RefusedRequestSource: "request-source", RefusedRequester: "requester-identity",
+	RefusedReplyUnmatched: "reply-unmatched", RefusedReplyIdentity: "reply-identity",
+	RefusedPurge: "purge-not-owner", RefusedTrafficIndication: "traffic-indication-not-server",
+	RefusedErrorIndication: "error-indication-unmatched",
+}
+
+func (r Refusal) String() string {
+	if r < numRefusals && refusalNames[r] != "" {
+		return refusalNames[r]
+	}
+	return ""
+}
+
+// MarshalText names the refusal in JSON.
+func (r Refusal) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads the name MarshalText writes.
+func (r *Refusal) UnmarshalText(b []byte) error {
+	for i, n := range refusalNames {
+		if n != "" && n == string(b) {
+			*r = Refusal(i)
+			return nil
+		}
+	}
+	if len(b) == 0 {
+		*r = RefusalNone
+		return nil
+	}
+	return fmt.Errorf("nhrp: unknown refusal %q", b)
 }

@@ -2,6 +2,7 @@ package nhrp
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 
 	"github.com/opendmvpn/dmvpn/gre"
@@ -57,6 +58,11 @@ type Verdict struct {
 	// Proto at another NBMA address then moves to the new one (the node's
 	// uplink failed over) instead of being refused with code 14.
 	Proven bool
+	// Networks are the networks the peer may advertise behind its tunnel
+	// address (a certificate's OU=NET=); empty: no restriction. The engine
+	// keeps them with a registration and checks the shortcuts it forwards
+	// against them.
+	Networks []netip.Prefix
 }
 
 // Registration is what an Authorizer decides on.
@@ -82,6 +88,45 @@ type AuthorizerFunc func(ctx context.Context, r Registration) Verdict
 
 // Authorize calls f.
 func (f AuthorizerFunc) Authorize(ctx context.Context, r Registration) Verdict { return f(ctx, r) }
+
+// Claim is what a packet asserts about a node: that the tunnel address
+// Proto — and, for a shortcut, the network Prefix behind it — is reached
+// at the NBMA address NBMA. The engine binds nothing for a claim that the
+// identity of the peer at NBMA does not prove.
+type Claim struct {
+	NBMA  netip.Addr
+	Proto netip.Addr
+	// Prefix is the network a resolution reply advertises behind Proto;
+	// invalid for a claim about the address alone.
+	Prefix netip.Prefix
+	// Packet names the packet that made the claim and From the NBMA
+	// address it came from (they are audited with a refusal).
+	Packet string
+	From   netip.Addr
+}
+
+// Verifier checks claims against the identity the peer at Claim.NBMA
+// proved: with IPsec, the certificate of its SA (OU=GRE= must be Proto,
+// a Prefix must lie inside one of its OU=NET= when it has any). Without a
+// Verifier the engine takes "registered from that NBMA address, or vouched
+// for by one of its servers" as the proof. Verify may block (the engine
+// calls it from a goroutine of its own, with a deadline, once the peer is
+// up).
+type Verifier interface {
+	Verify(ctx context.Context, c Claim) Verdict
+}
+
+// VerifierFunc adapts a function to a Verifier.
+type VerifierFunc func(ctx context.Context, c Claim) Verdict
+
+// Verify calls f.
+func (f VerifierFunc) Verify(ctx context.Context, c Claim) Verdict { return f(ctx, c) }
+
+// ErrIdentity is wrapped by a PeerHandler's PeerUp error when the peer is
+// up but its identity does not prove the tunnel address it is used for
+// (a shortcut peer whose certificate names another address): the engine
+// counts it as a refusal.
+var ErrIdentity = errors.New("nhrp: peer identity does not prove its tunnel address")
 
 // Peer is an NBMA peer: another node the engine exchanges packets with.
 type Peer struct {

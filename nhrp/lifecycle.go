@@ -35,7 +35,7 @@ func (e *Engine) applyStatic(old, new []StaticMap) {
 			continue
 		}
 		if en := e.cache.get(m.Proto); en != nil && en.typ == TypeStatic && en.nbma == m.NBMA {
-			e.removeEntry(en, "removed from the configuration")
+			e.removeEntry(en, CauseConfig)
 		}
 	}
 	for _, m := range new {
@@ -47,7 +47,7 @@ func (e *Engine) applyStatic(old, new []StaticMap) {
 			if en.typ > TypeStatic {
 				continue
 			}
-			e.removeEntry(en, "replaced by a static binding")
+			e.removeEntry(en, CauseReplaced)
 		}
 		e.addEntry(&entry{typ: TypeStatic, proto: p, nbma: m.NBMA, created: e.now, flags: FlagRouter})
 	}
@@ -89,7 +89,7 @@ func (e *Engine) shutdown() {
 		if en.typ == TypeLocal {
 			continue
 		}
-		e.removeEntry(en, "shutting down")
+		e.removeEntry(en, CauseShutdown)
 	}
 	if purged && e.deps.Peers != nil && len(e.peers) > 0 {
 		// The purges are on their way through the peers' protection

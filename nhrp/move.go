@@ -26,8 +26,9 @@ func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason s
 			// A PeerUp in flight answers for the old address: its result
 			// is ignored (gen) and what waited for it is dropped; the
 			// registrations below bring the peer up afresh.
-			p.state, p.since, p.queue = peerIdle, e.now, nil
+			p.state, p.since = peerIdle, e.now
 			p.gen++
+			dropQueue(p, "local NBMA address moved")
 		}
 		e.reregisterAll("local NBMA address moved to " + nbma.String())
 		purged := 0
@@ -74,7 +75,7 @@ func (e *Engine) moveBinding(cur *entry, r *regCIE, reqID uint32) {
 			cur.neigh = true
 		})
 	}
-	e.expireAt(cur, e.now.Add(r.holding), "expired")
+	e.expireAt(cur, e.now.Add(r.holding))
 	e.emit(Event{Kind: EventRegistered, Proto: cur.proto, NBMA: cur.nbma, ClaimedNBMA: cur.claimed,
 		HoldingTime: r.holding, Identity: cur.identity, Attrs: cur.attrs, Reason: "moved from " + old.String()})
 	e.updateMulticast()

@@ -20,15 +20,21 @@ var certAuthorizer = AuthorizerFunc(func(_ context.Context, r Registration) Verd
 // the hub moves to the new address at once (proven by its certificate:
 // no code 14, no wait for the holding time), its registration is fresh,
 // and spoke2, which had a shortcut to spoke1's LAN at the old address, is
-// purged and reaches the new one after the next redirect.
+// purged (from the new address: spoke1's certificate proves the tunnel
+// address the shortcut belongs to) and reaches the new one after the next
+// redirect.
 func TestNBMAMove(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newLab(t)
 		hub := l.addHub(1, hubConfig(), 1, 2)
 		hub.deps.Authorizer = certAuthorizer
 		l.start(hub)
+		moved := netip.MustParseAddr("203.0.113.65")
+		certs := labCerts()
+		certs.m[moved] = certs.m[spokeNBMA(1)]
 		s1 := l.addSpoke(1, 1, spokeConfig(1))
 		s2 := l.addSpoke(2, 1, spokeConfig(1))
+		s1.deps.Verifier, s2.deps.Verifier = certs, certs
 		s1.router.setLocal(spokeLAN(1))
 		l.start(s1)
 		l.start(s2)
@@ -41,7 +47,6 @@ func TestNBMAMove(t *testing.T) {
 			t.Fatalf("shortcut before the move goes to %v (%v)", nbma, err)
 		}
 
-		moved := netip.MustParseAddr("203.0.113.65")
 		if err := s1.dev.Move(moved); err != nil {
 			t.Fatal(err)
 		}

@@ -85,7 +85,7 @@ func (e *Engine) removeNHS(n *nhsClient, reason string) {
 	}
 	if n.proto.IsValid() {
 		if en := e.cache.get(hostPrefix(n.proto)); en != nil && en.typ == TypeNHS {
-			e.removeEntry(en, reason)
+			e.removeEntry(en, CauseConfig)
 		}
 	}
 	e.nhs = slices.DeleteFunc(e.nhs, func(x *nhsClient) bool { return x == n })
@@ -99,7 +99,7 @@ func (e *Engine) installNHSEntry(n *nhsClient) {
 		if cur.typ > TypeNHS || (cur.typ == TypeNHS && cur.nbma == n.nbma) {
 			return
 		}
-		e.removeEntry(cur, "replaced by nhs")
+		e.removeEntry(cur, CauseReplaced)
 	}
 	en := &entry{typ: TypeNHS, proto: p, nbma: n.nbma, created: e.now, flags: FlagRouter}
 	e.addEntry(en)
@@ -298,12 +298,9 @@ func (e *Engine) handleRegistrationReply(p *wire.Packet, from netip.Addr) {
 		e.stats.drop("not-for-us")
 		return
 	}
-	r := e.takePending(p.RequestID, p.Type)
-	if r == nil {
-		e.stats.drop("unexpected-reply")
-		return
+	if r := e.matchReply(p, from); r != nil {
+		r.onReply(p, from)
 	}
-	r.onReply(p, from)
 }
 
 // registrationReply handles a server's answer.
@@ -312,7 +309,10 @@ func (e *Engine) registrationReply(n *nhsClient, p *wire.Packet, from netip.Addr
 		return
 	}
 	for _, id := range n.reqIDs {
-		delete(e.pending, id)
+		if e.pending[id] != nil {
+			delete(e.pending, id)
+			e.answered(id) // a late answer to an earlier try is no forgery
+		}
 	}
 	n.reqIDs = n.reqIDs[:0]
 	n.attempt = 0
@@ -340,7 +340,7 @@ func (e *Engine) registrationReply(n *nhsClient, p *wire.Packet, from netip.Addr
 		if a := x.CIEs[0].Proto; a.IsValid() && a != n.proto && a.BitLen() == e.own.BitLen() {
 			if n.proto.IsValid() {
 				if en := e.cache.get(hostPrefix(n.proto)); en != nil && en.typ == TypeNHS {
-					e.removeEntry(en, "nhs address changed")
+					e.removeEntry(en, CauseReplaced)
 				}
 			}
 			n.proto = a

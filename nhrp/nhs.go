@@ -174,21 +174,21 @@ func (e *Engine) bind(r *regCIE, reqID uint32) wire.CIECode {
 		cur.flags = flags | cur.flags&FlagUsed
 		cur.claimed, cur.holding, cur.mtu, cur.reqID = r.reg.ClaimedNBMA, uint16(r.holding/time.Second), r.mtu, reqID
 		if r.verdict.Identity != "" {
-			cur.identity, cur.attrs = r.verdict.Identity, r.verdict.Attrs
+			cur.identity, cur.attrs, cur.nets = r.verdict.Identity, r.verdict.Attrs, r.verdict.Networks
 		}
-		e.expireAt(cur, e.now.Add(r.holding), "expired")
+		e.expireAt(cur, e.now.Add(r.holding))
 		return wire.CIESuccess
 	}
 	if cur != nil {
-		e.removeEntry(cur, "replaced by a registration")
+		e.removeEntry(cur, CauseReplaced)
 	}
 	en := &entry{
 		typ: TypeDynamic, proto: r.reg.Proto, nbma: r.reg.NBMA, claimed: r.reg.ClaimedNBMA,
 		flags: flags, created: e.now, holding: uint16(r.holding / time.Second), mtu: r.mtu,
-		reqID: reqID, identity: r.verdict.Identity, attrs: r.verdict.Attrs,
+		reqID: reqID, identity: r.verdict.Identity, attrs: r.verdict.Attrs, nets: r.verdict.Networks,
 	}
 	e.addEntry(en)
-	e.expireAt(en, e.now.Add(r.holding), "expired")
+	e.expireAt(en, e.now.Add(r.holding))
 	e.emit(Event{Kind: EventRegistered, Proto: en.proto, NBMA: en.nbma, ClaimedNBMA: en.claimed,
 		HoldingTime: r.holding, Identity: en.identity, Attrs: en.attrs})
 	return wire.CIESuccess

@@ -2,6 +2,7 @@ package nhrp
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"time"
 
@@ -45,11 +46,26 @@ type peer struct {
 	state peerState
 	since time.Time
 	// queue holds packets (and actions) waiting for the peer to come up.
-	queue []func()
+	queue []waiter
 	// refs counts cache entries and NHS clients that use the peer.
 	refs int
 	gen  uint64 // bumped on release, so a late PeerUp result is ignored
+	// used is when the peer was last asked for; a peer no entry uses is
+	// released once idle for peerIdleTime.
+	used time.Time
 }
+
+// waiter is an action waiting for a peer: ok runs once it is up, fail
+// (when set) if it cannot be brought up; identity says the PeerHandler
+// refused the peer's identity (ErrIdentity).
+type waiter struct {
+	ok   func()
+	fail func(reason string, identity bool)
+}
+
+// peerIdleTime is how long a peer that no cache entry or server uses (one
+// that was only answered) is kept.
+const peerIdleTime = 2 * time.Minute
 
 // peer returns the peer for an NBMA address, creating it.
 func (e *Engine) peer(nbma netip.Addr) *peer {
@@ -64,34 +80,51 @@ func (e *Engine) peer(nbma netip.Addr) *peer {
 // whenUp runs f once the peer is up: at once if it is, after PeerUp
 // otherwise. role and proto describe the peer to the PeerHandler.
 func (e *Engine) whenUp(nbma netip.Addr, role string, proto netip.Addr, f func()) {
+	e.whenUpOr(nbma, role, proto, f, nil)
+}
+
+// whenUpOr is whenUp with a failure path: fail runs (on the loop) when
+// the peer cannot be brought up, or is refused, instead of ok.
+func (e *Engine) whenUpOr(nbma netip.Addr, role string, proto netip.Addr, ok func(), fail func(reason string, identity bool)) {
 	p := e.peer(nbma)
-	if proto.IsValid() && !p.proto.IsValid() {
+	p.used = e.now
+	// The tunnel address the PeerHandler checks the peer's identity
+	// against: the first user's, until the peer is up; a peer that is
+	// not up (or failed) takes the latest, so a refused claim does not
+	// stick to it.
+	if proto.IsValid() && (!p.proto.IsValid() || p.state == peerIdle || p.state == peerFailed) {
 		p.proto = proto
 	}
-	if p.role == "" || role == "nhs" {
+	if p.role == "" || role == "nhs" || (p.role == "shortcut" && role == "client") {
 		p.role = role
 	}
 	if e.deps.Peers == nil {
 		if p.state != peerUp {
 			p.state, p.since = peerUp, e.now
 		}
-		f()
+		ok()
 		return
 	}
 	switch p.state {
 	case peerUp:
-		f()
+		ok()
 		return
 	case peerFailed:
 		if e.now.Sub(p.since) < peerRetry {
 			e.stats.drop("peer-down")
+			if fail != nil {
+				fail("peer down", false)
+			}
 			return
 		}
 	}
 	if len(p.queue) < maxPeerQueue {
-		p.queue = append(p.queue, f)
+		p.queue = append(p.queue, waiter{ok: ok, fail: fail})
 	} else {
 		e.stats.drop("peer-queue-full")
+		if fail != nil {
+			fail("peer queue full", false)
+		}
 	}
 	if p.state == peerConnecting {
 		return
@@ -115,14 +148,42 @@ func (e *Engine) peerUpDone(nbma netip.Addr, gen uint64, err error) {
 	p.queue = nil
 	if err != nil {
 		p.state, p.since = peerFailed, e.now
+		identity := errors.Is(err, ErrIdentity)
 		e.log.Info("peer could not be brought up", zap.Stringer("nbma", nbma), zap.String("role", p.role), zap.Error(err))
 		e.emit(Event{Kind: EventPeerDown, NBMA: nbma, Reason: "up failed: " + err.Error()})
+		for _, w := range q {
+			if w.fail != nil {
+				w.fail("peer up failed: "+err.Error(), identity)
+			}
+		}
 		return
 	}
 	p.state, p.since = peerUp, e.now
 	e.emit(Event{Kind: EventPeerUp, NBMA: nbma, Proto: prefixOf(p.proto)})
-	for _, f := range q {
-		f()
+	for _, w := range q {
+		w.ok()
+	}
+}
+
+// dropQueue fails whatever waits for a peer.
+func dropQueue(p *peer, reason string) {
+	q := p.queue
+	p.queue = nil
+	for _, w := range q {
+		if w.fail != nil {
+			w.fail(reason, false)
+		}
+	}
+}
+
+// sweepPeers releases the peers no cache entry or server uses once they
+// have been idle for peerIdleTime (peers that were only answered, or whose
+// binding was refused), so the peer table stays bounded.
+func (e *Engine) sweepPeers() {
+	for _, p := range e.peers {
+		if p.refs == 0 && p.state != peerConnecting && e.now.Sub(p.used) > peerIdleTime {
+			e.releasePeer(p, "idle")
+		}
 	}
 }
 
@@ -151,6 +212,7 @@ func (e *Engine) releasePeer(p *peer, reason string) {
 	wasUp := p.state == peerUp || p.state == peerConnecting
 	delete(e.peers, p.nbma)
 	p.gen++
+	dropQueue(p, "peer released: "+reason)
 	if !wasUp {
 		return
 	}

@@ -26,17 +26,6 @@ func (r *pendingReq) fail(reason string) {
 // addPending records an outstanding request.
 func (e *Engine) addPending(r *pendingReq) { e.pending[r.id] = r }
 
-// takePending removes and returns the request a reply answers, checking
-// that the reply is of the right type.
-func (e *Engine) takePending(id uint32, reply wire.Type) *pendingReq {
-	r := e.pending[id]
-	if r == nil || r.typ.Reply() != reply {
-		return nil
-	}
-	delete(e.pending, id)
-	return r
-}
-
 // backoff returns the retry delay after n attempts: 1 s, 2 s, 4 s … up
 // to max.
 func backoff(n int, max time.Duration) time.Duration {

@@ -1,6 +1,7 @@
 package nhrp
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -93,18 +94,33 @@ func (e *Engine) scheduleLocalCheck() {
 			return
 		}
 		e.checkLocals()
+		e.sweepPeers()
+		e.pruneForwarded()
 		e.scheduleLocalCheck()
 	})
 }
 
-// handlePurgeRequest removes what a peer says is no longer valid and
-// replies unless the N flag is set. A purge from a server for this node's
-// own address means the server dropped the registration (it restarted, or
-// an operator cleared it): register again at once.
+// handlePurgeRequest removes what a peer says is no longer valid — only
+// what that peer owns: a client its registration, the node a binding or
+// shortcut was learned from (its responder, or the server that passed the
+// answer on) that binding, a server this node's registration with it (this
+// node registers again at once: the server restarted, or an operator
+// cleared it) and the negative entries of resolutions; with a Verifier, a
+// binding or shortcut also when the sender's identity proves the tunnel
+// address it belongs to (the node moved to another NBMA address) — and
+// replies unless
+// the N flag is set. Static, server and local entries are never purged.
+// A purge of nothing its sender owns is refused and not answered.
 func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr) {
 	if e.refuseUnknown(p, raw, from) {
 		return
 	}
+	server := e.trusted(from)
+	owned, refused, pending := 0, 0, 0
+	// Bindings a peer that moved (another NBMA address, the same tunnel
+	// address) gave: its identity proves them, by the tunnel address they
+	// belong to.
+	byOwner := map[netip.Addr][]*entry{}
 	for _, c := range p.CIEs {
 		addr := c.Proto
 		if !addr.IsValid() {
@@ -119,29 +135,70 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 		}
 		pf := netip.PrefixFrom(addr, bits).Masked()
 		if pf.Contains(e.own) {
-			if n := e.nhsByNBMA(from); n != nil && n.active && !e.stopping {
+			n := e.nhsByNBMA(from)
+			if n == nil {
+				refused++
+				e.refuse(RefusedPurge, from, pf, "only a server purges this node's registration")
+				continue
+			}
+			owned++
+			if n.active && !e.stopping {
 				e.log.Info("next hop server purged our registration", zap.Stringer("nhs", from))
 				n.failures, n.attempt = 0, 0
 				e.scheduleRegister(n, time.Second)
 			}
 			continue
 		}
-		e.limits.forgetRedirect(pf)
+		notOwned := 0
 		for _, en := range e.cache.all() {
-			if !pf.Contains(en.proto.Addr()) || en.proto.Bits() < pf.Bits() {
+			if !pf.Contains(en.proto.Addr()) || en.proto.Bits() < pf.Bits() || e.cache.get(en.proto) != en {
 				continue
 			}
+			owns := false
 			switch en.typ {
-			case TypeCached, TypeShortcut, TypeNegative, TypeIncomplete:
-				e.removeEntry(en, "purged")
+			case TypeCached, TypeShortcut:
+				owns = en.nbma == from || en.src == from
+			case TypeNegative, TypeIncomplete:
+				owns = server
 			case TypeDynamic:
-				if en.nbma == from {
-					e.removeEntry(en, "purged by the client")
-				}
+				owns = en.nbma == from
+			default:
+				continue
 			}
+			if !owns {
+				if o := ownerOf(en); o.IsValid() && e.deps.Verifier != nil {
+					byOwner[o] = append(byOwner[o], en)
+					continue
+				}
+				notOwned++
+				continue
+			}
+			owned++
+			e.limits.forgetRedirect(en.proto)
+			e.removeEntry(en, CausePurged)
+		}
+		if notOwned > 0 {
+			refused++
+			e.refuse(RefusedPurge, from, pf, fmt.Sprintf("%d entries under %s are not %s's", notOwned, pf, from))
 		}
 	}
-	if p.Flags&wire.PurgeFlagN != 0 {
+	for o, ens := range byOwner {
+		pending++
+		c := Claim{NBMA: from, Proto: o, Packet: "purge request", From: from}
+		e.verifyClaim(c, false, func() {
+			for _, en := range ens {
+				if e.cache.get(en.proto) == en {
+					e.limits.forgetRedirect(en.proto)
+					e.removeEntry(en, CausePurged)
+				}
+			}
+		}, func(reason string, identity bool) {
+			if identity {
+				e.refuse(RefusedPurge, from, hostPrefix(o), fmt.Sprintf("%d entries of %s: %s", len(ens), o, reason))
+			}
+		})
+	}
+	if p.Flags&wire.PurgeFlagN != 0 || (refused > 0 && owned == 0 && pending == 0) {
 		return
 	}
 	reply := &wire.Packet{
@@ -154,15 +211,25 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 	e.send(reply, from, "shortcut", p.SrcProto)
 }
 
+// ownerOf is the tunnel address of the node a resolved binding or
+// shortcut belongs to.
+func ownerOf(en *entry) netip.Addr {
+	switch {
+	case en.typ == TypeShortcut:
+		return en.nextHop
+	case en.typ == TypeCached && en.host():
+		return en.proto.Addr()
+	}
+	return netip.Addr{}
+}
+
 // handlePurgeReply ends an outstanding purge.
 func (e *Engine) handlePurgeReply(p *wire.Packet, from netip.Addr) {
 	if p.SrcProto != e.own {
 		e.stats.drop("not-for-us")
 		return
 	}
-	if r := e.takePending(p.RequestID, p.Type); r != nil {
+	if r := e.matchReply(p, from); r != nil {
 		r.onReply(p, from)
-		return
 	}
-	e.stats.drop("unexpected-reply")
 }

@@ -91,6 +91,11 @@ func (e *Engine) handleTrafficIndication(p *wire.Packet, raw []byte, from netip.
 		e.stats.drop("not-for-us")
 		return
 	}
+	if n := e.nhsByNBMA(from); n == nil || n.removed {
+		_, dst, _ := ipAddrs(p.Payload)
+		e.refuse(RefusedTrafficIndication, from, prefixOf(dst), "traffic indication from "+from.String()+", not a server of this node")
+		return
+	}
 	if e.refuseUnknown(p, raw, from) {
 		return
 	}

@@ -1,6 +1,7 @@
 package nhrp
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -18,9 +19,11 @@ const resolveTries = 3
 type resolution struct {
 	target netip.Addr
 	reason string
-	id     uint32
+	ids    []uint32 // every try's request ID: a late answer to one counts
 	tries  int
 	timer  *timer
+	// verifying: an answer came and its claims are being verified.
+	verifying bool
 	// renew is the shortcut or binding being renewed; it stays in place
 	// meanwhile.
 	renew *entry
@@ -95,18 +98,16 @@ func (e *Engine) sendResolution(r *resolution) {
 		return
 	}
 	r.tries++
-	if r.id != 0 {
-		delete(e.pending, r.id)
-	}
-	r.id = e.nextReqID()
+	id := e.nextReqID()
+	r.ids = append(r.ids, id)
 	p := e.newPacket(wire.TypeResolutionRequest, r.target, to)
 	p.Flags = wire.ResFlagQ | wire.ResFlagA | wire.ResFlagS | wire.ResFlagNAT
-	p.RequestID = r.id
+	p.RequestID = id
 	p.CIEs = []wire.CIE{{MTU: e.mtu(), HoldingTime: e.holding()}}
 	p.Extensions = e.requestExtensions(true, e.natCIEs())
 	e.addPending(&pendingReq{
-		id: r.id, typ: wire.TypeResolutionRequest, to: to,
-		onReply: func(rep *wire.Packet, from netip.Addr) { e.resolutionReply(r, rep, from) },
+		id: id, typ: wire.TypeResolutionRequest, to: to,
+		onReply: func(rep *wire.Packet, from netip.Addr) { e.resolutionReply(r, rep, from, to) },
 		onFail:  func(reason string) { e.resolutionFailed(r, reason) },
 	})
 	role := "nhs"
@@ -116,7 +117,7 @@ func (e *Engine) sendResolution(r *resolution) {
 	e.send(p, to, role, toProto)
 	r.timer.Stop()
 	r.timer = e.sched.after(e.now, backoff(r.tries, 4*time.Second), func() {
-		if e.resolves[r.target] != r {
+		if e.resolves[r.target] != r || r.verifying {
 			return
 		}
 		if r.tries >= resolveTries {
@@ -146,14 +147,19 @@ func (e *Engine) resolutionFailed(r *resolution, reason string) {
 	}
 	neg := &entry{typ: TypeNegative, proto: p, created: e.now}
 	e.cache.put(neg)
-	e.expireAt(neg, e.now.Add(e.cfg.NegativeTTL), "negative entry expired")
+	e.expireAt(neg, e.now.Add(e.cfg.NegativeTTL))
 }
 
 // endResolution forgets an outstanding resolution and its incomplete
 // entry.
 func (e *Engine) endResolution(r *resolution) {
 	r.timer.Stop()
-	delete(e.pending, r.id)
+	for _, id := range r.ids {
+		if e.pending[id] != nil {
+			delete(e.pending, id)
+			e.answered(id) // a late answer to another try is no forgery
+		}
+	}
 	delete(e.resolves, r.target)
 	if en := e.cache.get(hostPrefix(r.target)); en != nil && en.typ == TypeIncomplete {
 		e.cache.del(en)
@@ -167,9 +173,8 @@ func (e *Engine) handleResolutionReply(p *wire.Packet, raw []byte, from netip.Ad
 		e.forwardReply(p, raw, from)
 		return
 	}
-	r := e.takePending(p.RequestID, p.Type)
+	r := e.matchReply(p, from)
 	if r == nil {
-		e.stats.drop("unexpected-reply")
 		return
 	}
 	if e.refuseUnknown(p, raw, from) {
@@ -179,11 +184,38 @@ func (e *Engine) handleResolutionReply(p *wire.Packet, raw []byte, from netip.Ad
 	r.onReply(p, from)
 }
 
+// matchReply returns the request a reply answers and forgets it: the
+// request ID must be one outstanding of the reply's type, and the reply
+// must come from the address the request went to or, for a Resolution
+// Reply answered directly by its responder, name that address (the server
+// it went through) in its Forward Transit record. Anything else is
+// refused (a late duplicate only dropped).
+func (e *Engine) matchReply(p *wire.Packet, from netip.Addr) *pendingReq {
+	r := e.pending[p.RequestID]
+	if r == nil || r.typ.Reply() != p.Type {
+		if e.wasAnswered(p.RequestID) {
+			e.stats.drop("unexpected-reply")
+			return nil
+		}
+		e.refuse(RefusedReplyUnmatched, from, prefixOf(p.DstProto), fmt.Sprintf("%v with request ID %d answers no request of ours", p.Type, p.RequestID))
+		return nil
+	}
+	direct := p.Type == wire.TypeResolutionReply && e.trusted(r.to) && e.viaTransit(p, r.to)
+	if from != r.to && !direct {
+		e.refuse(RefusedReplyUnmatched, from, prefixOf(p.DstProto), fmt.Sprintf("%v %d came from %s, the request went to %s", p.Type, p.RequestID, from, r.to))
+		return nil
+	}
+	delete(e.pending, p.RequestID)
+	e.answered(p.RequestID)
+	return r
+}
+
 // resolutionReply installs what a positive reply says: a binding for a
 // tunnel address (phase 2), or a shortcut route for the prefix behind the
-// responder plus the responder's binding (phase 3).
-func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from netip.Addr) {
-	if e.resolves[r.target] != r {
+// responder plus the responder's binding (phase 3) — once the identity of
+// the responder proves them. to is where the request went.
+func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from, to netip.Addr) {
+	if e.resolves[r.target] != r || r.verifying {
 		return
 	}
 	if len(p.CIEs) == 0 || p.CIEs[0].Code != wire.CIESuccess {
@@ -206,8 +238,9 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from netip.Addr)
 	prefix := netip.PrefixFrom(r.target, bits).Masked()
 
 	// The responder: its tunnel address from the Responder Address
-	// extension, else the CIE's; its NBMA address from the CIE, with NAT
-	// taken into account.
+	// extension, else the CIE's. Its NBMA address: the sender itself when
+	// it answered directly (behind NAT, the address its packet came
+	// from); through a server, the CIE's, with NAT taken into account.
 	respProto, respNBMA := netip.Addr{}, c.NBMA
 	if x := p.Extension(wire.ExtResponderAddress); x != nil && len(x.CIEs) > 0 {
 		respProto = x.CIEs[0].Proto
@@ -221,18 +254,19 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from netip.Addr)
 	if !respProto.IsValid() && prefix.IsSingleIP() {
 		respProto = prefix.Addr()
 	}
-	if x := p.Extension(wire.ExtNATAddress); x != nil {
-		for _, nc := range x.CIEs {
-			if nc.Proto == respProto && nc.NBMA.IsValid() {
-				respNBMA = nc.NBMA
+	viaServer := from == to && e.trusted(from)
+	if viaServer {
+		if x := p.Extension(wire.ExtNATAddress); x != nil {
+			for _, nc := range x.CIEs {
+				if nc.Proto == respProto && nc.NBMA.IsValid() {
+					respNBMA = nc.NBMA
+				}
 			}
 		}
-	}
-	if !respNBMA.IsValid() {
-		respNBMA = from
-	} else if from != respNBMA && e.nhsByNBMA(from) == nil && e.cache.lookup(respProto, nil) == nil {
-		// Answered directly from another address than it claims: the
-		// responder is behind NAT.
+		if !respNBMA.IsValid() {
+			respNBMA = from
+		}
+	} else {
 		respNBMA = from
 	}
 
@@ -242,12 +276,8 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from netip.Addr)
 		e.resolutionFailed(r, "invalid reply: "+reason)
 		return
 	}
-	e.endResolution(r)
 
-	hold := time.Duration(c.HoldingTime) * time.Second
-	if hold == 0 {
-		hold = e.cfg.HoldingTime
-	}
+	hold := e.capHold(c.HoldingTime)
 	flags := FlagRouter
 	if p.Flags&wire.ResFlagA != 0 {
 		flags |= FlagAuthoritative
@@ -255,15 +285,55 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from netip.Addr)
 	if respNBMA != c.NBMA && c.NBMA.IsValid() {
 		flags |= FlagNAT // the responder is reached elsewhere than it says
 	}
-	// The responder's own binding (its tunnel address → NBMA).
-	bind := e.installBinding(hostPrefix(respProto), respNBMA, c.NBMA, flags, hold, c.MTU)
-	if prefix.IsSingleIP() && prefix.Addr() == respProto {
-		if bind != nil {
-			e.scheduleRenew(bind)
-		}
-		return // phase 2: the binding is all there is
+	shortcut := !(prefix.IsSingleIP() && prefix.Addr() == respProto)
+	claim := Claim{NBMA: respNBMA, Proto: respProto, Packet: "resolution reply", From: from}
+	claimed := hostPrefix(respProto)
+	if shortcut {
+		claim.Prefix, claimed = prefix, prefix
 	}
-	e.installShortcut(prefix, respProto, respNBMA, flags, hold)
+	install := func() {
+		if e.resolves[r.target] != r {
+			return
+		}
+		e.endResolution(r)
+		// The responder's own binding (its tunnel address → NBMA).
+		bind := e.installBinding(hostPrefix(respProto), respNBMA, c.NBMA, from, flags, hold, c.MTU)
+		if !shortcut {
+			if bind != nil {
+				e.scheduleRenew(bind)
+			}
+			return // phase 2: the binding is all there is
+		}
+		e.installShortcut(prefix, respProto, respNBMA, from, flags, hold)
+	}
+	refused := func(reason string) {
+		e.refuse(RefusedReplyIdentity, from, claimed, reason)
+		e.resolutionFailed(r, "refused: "+reason)
+	}
+	if e.deps.Verifier == nil {
+		// The registered NBMA address stands in for the certificate: a
+		// server vouches for what it passes on; a responder answering
+		// directly binds only itself, never in another's place.
+		if cur := e.cache.get(hostPrefix(respProto)); !viaServer && cur != nil && cur.nbma.IsValid() && cur.nbma != respNBMA && cur.typ >= TypeCached {
+			refused(fmt.Sprintf("%s is bound to %s, the answer came from %s", respProto, cur.nbma, from))
+			return
+		}
+		install()
+		return
+	}
+	r.verifying = true
+	r.timer.Stop()
+	e.verifyClaim(claim, true, install, func(reason string, identity bool) {
+		if e.resolves[r.target] != r {
+			return
+		}
+		r.verifying = false
+		if identity {
+			refused(reason)
+			return
+		}
+		e.resolutionFailed(r, reason)
+	})
 }
 
 // checkReply says why a resolution reply must not be used, or "".
@@ -288,47 +358,51 @@ func (e *Engine) checkReply(target netip.Addr, prefix netip.Prefix, resp netip.A
 // installBinding puts a resolved tunnel address → NBMA binding in the
 // cache, unless a binding of higher rank exists. It returns the entry in
 // place.
-func (e *Engine) installBinding(p netip.Prefix, nbma, claimed netip.Addr, flags Flags, hold time.Duration, mtu uint16) *entry {
+// src is the NBMA address of the node the binding was learned from (it
+// may purge it).
+func (e *Engine) installBinding(p netip.Prefix, nbma, claimed, src netip.Addr, flags Flags, hold time.Duration, mtu uint16) *entry {
 	cur := e.cache.get(p)
 	if cur != nil && cur.typ > TypeCached {
 		return nil // a registration, an NHS or a static binding wins
 	}
 	if cur != nil && cur.typ == TypeCached && cur.nbma == nbma {
 		cur.flags |= flags
+		cur.src = src
 		cur.holding = uint16(hold / time.Second)
-		e.expireAt(cur, e.now.Add(hold), "expired")
+		e.expireAt(cur, e.now.Add(hold))
 		return cur
 	}
 	if cur != nil {
-		e.removeEntry(cur, "replaced by a resolution")
+		e.removeEntry(cur, CauseReplaced)
 	}
-	en := &entry{typ: TypeCached, proto: p, nbma: nbma, claimed: claimed, flags: flags,
+	en := &entry{typ: TypeCached, proto: p, nbma: nbma, claimed: claimed, src: src, flags: flags,
 		created: e.now, holding: uint16(hold / time.Second), mtu: mtu}
 	e.addEntry(en)
-	e.expireAt(en, e.now.Add(hold), "expired")
+	e.expireAt(en, e.now.Add(hold))
 	return en
 }
 
 // installShortcut puts a shortcut route for prefix via the responder in
 // the cache and the kernel.
-func (e *Engine) installShortcut(prefix netip.Prefix, via, nbma netip.Addr, flags Flags, hold time.Duration) {
+func (e *Engine) installShortcut(prefix netip.Prefix, via, nbma, src netip.Addr, flags Flags, hold time.Duration) {
 	cur := e.cache.get(prefix)
 	if cur != nil && cur.typ > TypeShortcut {
 		return
 	}
 	if cur != nil && cur.typ == TypeShortcut && cur.nextHop == via {
+		cur.src = src
 		cur.holding = uint16(hold / time.Second)
-		e.expireAt(cur, e.now.Add(hold), "expired")
+		e.expireAt(cur, e.now.Add(hold))
 		e.scheduleRenew(cur)
 		return
 	}
 	if cur != nil {
-		e.removeEntry(cur, "replaced by a shortcut")
+		e.removeEntry(cur, CauseReplaced)
 	}
-	en := &entry{typ: TypeShortcut, proto: prefix, nbma: nbma, nextHop: via, flags: flags,
+	en := &entry{typ: TypeShortcut, proto: prefix, nbma: nbma, nextHop: via, src: src, flags: flags,
 		created: e.now, holding: uint16(hold / time.Second)}
 	e.addEntry(en)
-	e.expireAt(en, e.now.Add(hold), "expired")
+	e.expireAt(en, e.now.Add(hold))
 	e.scheduleRenew(en)
 	e.emit(Event{Kind: EventShortcutUp, Proto: prefix, NextHop: via, NBMA: nbma, HoldingTime: hold})
 }

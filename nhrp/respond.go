@@ -1,6 +1,7 @@
 package nhrp
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -26,13 +27,54 @@ func (e *Engine) handleResolutionRequest(p *wire.Packet, raw []byte, from netip.
 		e.stats.drop("unsupported")
 		return
 	}
+	// The source must be the sender's, unless a server or static peer
+	// forwarded the request (it vouches for it).
+	vouched := e.trusted(from)
+	if !vouched {
+		reason, verify := e.requestSource(p, from)
+		if reason != "" {
+			e.refuseRequest(p, raw, from, reason)
+			return
+		}
+		if verify {
+			pkt, err := wire.Decode(raw) // p is reused for the next packet
+			if err != nil {
+				return
+			}
+			raw = append([]byte(nil), raw...)
+			c := Claim{NBMA: from, Proto: pkt.SrcProto, Packet: "resolution request", From: from}
+			e.verifyClaim(c, false, func() { e.serveResolution(pkt, raw, from, false) }, func(reason string, identity bool) {
+				if identity {
+					e.refuseRequest(pkt, raw, from, reason)
+				}
+			})
+			return
+		}
+	}
+	e.serveResolution(p, raw, from, vouched)
+}
+
+// refuseRequest refuses a Resolution Request whose source its sender
+// does not prove: counted, reported, answered with an Error Indication.
+func (e *Engine) refuseRequest(p *wire.Packet, raw []byte, from netip.Addr, reason string) {
+	e.refuse(RefusedRequestSource, from, hostPrefix(p.SrcProto), reason)
+	e.sendError(p, raw, from, wire.ErrorAuthenticationFailure, 0)
+}
+
+// serveResolution answers a Resolution Request whose source is proven
+// (vouched: a server or static peer forwarded it), forwards it, or
+// answers no.
+func (e *Engine) serveResolution(p *wire.Packet, raw []byte, from netip.Addr, vouched bool) {
+	if e.stopping {
+		return
+	}
 	target := p.DstProto
 
 	// Authoritative here?
 	if e.isOwn(target) {
 		// The own entry records the requesters too: they are purged when
 		// this node's NBMA address moves.
-		e.answer(p, raw, from, hostPrefix(target), e.localNBMA(from), e.own, e.cache.get(hostPrefix(e.own)))
+		e.answer(p, raw, from, vouched, hostPrefix(target), e.localNBMA(from), e.own, e.cache.get(hostPrefix(e.own)))
 		return
 	}
 	if en := e.cache.lookup(target, func(en *entry) bool { return en.typ == TypeStatic || en.typ == TypeLocal }); en != nil {
@@ -41,15 +83,15 @@ func (e *Engine) handleResolutionRequest(p *wire.Packet, raw []byte, from netip.
 			if en.proto.IsSingleIP() {
 				next = en.proto.Addr()
 			}
-			e.answer(p, raw, from, en.proto, en.nbma, next, nil)
+			e.answer(p, raw, from, vouched, en.proto, en.nbma, next, nil)
 		} else {
-			e.answer(p, raw, from, en.proto, e.localNBMA(from), e.own, en)
+			e.answer(p, raw, from, vouched, en.proto, e.localNBMA(from), e.own, en)
 		}
 		return
 	}
 	ri, routed := e.route(target)
 	if routed && ri.Local && ri.Prefix.IsValid() && (ri.Prefix.IsSingleIP() || ri.Prefix.Bits() >= e.cfg.MinShortcutPrefix) && !ri.Prefix.Contains(e.own) {
-		e.answer(p, raw, from, ri.Prefix, e.localNBMA(from), e.own, e.localEntry(ri.Prefix))
+		e.answer(p, raw, from, vouched, ri.Prefix, e.localNBMA(from), e.own, e.localEntry(ri.Prefix))
 		return
 	}
 
@@ -74,7 +116,7 @@ func (e *Engine) handleResolutionRequest(p *wire.Packet, raw []byte, from netip.
 			return
 		}
 	}
-	e.nak(p, raw, from)
+	e.nak(p, raw, from, vouched)
 }
 
 // requesterBehindNAT reports whether the NAT extension says the requester
@@ -113,11 +155,16 @@ func requesterNBMA(p *wire.Packet, from netip.Addr) netip.Addr {
 // the networks behind it), as FRR puts it: FRR routes the prefix through
 // it. The prefix length applies to the destination asked for (RFC 2332
 // section 5.2.2).
-func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix netip.Prefix, nbma, next netip.Addr, local *entry) {
+func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, vouched bool, prefix netip.Prefix, nbma, next netip.Addr, local *entry) {
 	if e.refuseUnknown(p, raw, from) {
 		return
 	}
-	to := requesterNBMA(p, from)
+	// A request its sender made itself is answered to the sender, never
+	// to an address it names (no reflection toward a third party).
+	to := from
+	if vouched {
+		to = requesterNBMA(p, from)
+	}
 	if pub := e.publicNBMA(); pub.IsValid() && nbma == e.localNBMA(from) {
 		nbma = pub
 	}
@@ -152,15 +199,13 @@ func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix neti
 		via = from
 	}
 	// Learn the requester (its source binding), so traffic back to it can
-	// go straight too.
-	hold := e.cfg.HoldingTime
-	if len(p.CIEs) > 0 && p.CIEs[0].HoldingTime > 0 {
-		hold = time.Duration(p.CIEs[0].HoldingTime) * time.Second
-	}
+	// go straight too, once its identity proves the address.
 	if p.Flags&wire.ResFlagS != 0 {
-		if en := e.installBinding(hostPrefix(p.SrcProto), to, p.SrcNBMA, FlagImplicit|FlagRouter, hold, 0); en != nil {
-			e.scheduleRenewQuiet(en)
+		var hold uint16
+		if len(p.CIEs) > 0 {
+			hold = p.CIEs[0].HoldingTime
 		}
+		e.bindRequester(p.SrcProto, to, p.SrcNBMA, from, vouched, e.capHold(hold))
 	}
 	if via != to {
 		e.send(reply, via, roleOf(TypeNHS), netip.Addr{})
@@ -173,6 +218,29 @@ func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, prefix neti
 // not renewed by resolving (the requester renews it by asking again).
 func (e *Engine) scheduleRenewQuiet(en *entry) { en.renew.Stop() }
 
+// bindRequester learns a requester's binding — its tunnel address at the
+// NBMA address answers go to — once proven: with a Verifier, by the
+// identity of the peer at that address (a request its sender made itself
+// was verified already); without, a server vouched for it or the source
+// was found registered (or resolved) at the address it came from.
+func (e *Engine) bindRequester(proto, to, claimed, from netip.Addr, vouched bool, hold time.Duration) {
+	install := func() {
+		if en := e.installBinding(hostPrefix(proto), to, claimed, from, FlagImplicit|FlagRouter, hold, 0); en != nil {
+			e.scheduleRenewQuiet(en)
+		}
+	}
+	if e.deps.Verifier == nil || !vouched {
+		install()
+		return
+	}
+	c := Claim{NBMA: to, Proto: proto, Packet: "resolution request", From: from}
+	e.verifyClaim(c, true, install, func(reason string, identity bool) {
+		if identity {
+			e.refuse(RefusedRequester, from, hostPrefix(proto), reason)
+		}
+	})
+}
+
 // localEntry returns the local entry of a network behind this node,
 // creating it: it records who was told about the network.
 func (e *Engine) localEntry(p netip.Prefix) *entry {
@@ -183,7 +251,7 @@ func (e *Engine) localEntry(p netip.Prefix) *entry {
 		if en.typ > TypeLocal {
 			return nil
 		}
-		e.removeEntry(en, "replaced by a local network")
+		e.removeEntry(en, CauseReplaced)
 	}
 	en := &entry{typ: TypeLocal, proto: p, created: e.now}
 	e.cache.put(en)
@@ -191,7 +259,7 @@ func (e *Engine) localEntry(p netip.Prefix) *entry {
 }
 
 // nak answers that no binding exists.
-func (e *Engine) nak(p *wire.Packet, raw []byte, from netip.Addr) {
+func (e *Engine) nak(p *wire.Packet, raw []byte, from netip.Addr, vouched bool) {
 	if e.refuseUnknown(p, raw, from) {
 		return
 	}
@@ -203,7 +271,10 @@ func (e *Engine) nak(p *wire.Packet, raw []byte, from netip.Addr) {
 		CIEs: []wire.CIE{{Code: wire.CIENoBinding, PrefixLen: uint8(p.DstProto.BitLen()), MTU: e.mtu(), Proto: p.DstProto}},
 	}
 	reply.Extensions = e.replyExtensions(p, nil, nil)
-	to := requesterNBMA(p, from)
+	to := from
+	if vouched {
+		to = requesterNBMA(p, from)
+	}
 	if e.deps.Peers != nil {
 		if pe := e.peers[to]; pe == nil || pe.state != peerUp {
 			to = from // the peer that handed us the request is up
@@ -236,11 +307,15 @@ func (e *Engine) forwardRequest(p *wire.Packet, raw []byte, from, nbma, proto ne
 	if e.nhsByNBMA(nbma) != nil {
 		role = "nhs"
 	}
+	e.recordForwarded(fwd.SrcProto, fwd.RequestID, nbma)
 	e.send(fwd, nbma, role, proto)
 }
 
 // forwardReply passes a Resolution Reply for another node back toward its
-// requester, adding this node to the Reverse Transit NHS Record.
+// requester, adding this node to the Reverse Transit NHS Record — only a
+// reply from the node this node forwarded the request to, whose responder
+// address and prefix that node proves (its registration here, with the
+// networks its identity allows, or its Verifier-checked identity).
 func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 	x := p.Extension(wire.ExtReverseTransit)
 	if x != nil {
@@ -256,13 +331,105 @@ func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 		e.stats.drop("not-for-us")
 		return
 	}
-	fwd, err := wire.Decode(raw)
+	if to, ok := e.forwardedTo(p.SrcProto, p.RequestID); !ok || to != from {
+		e.refuse(RefusedReplyUnmatched, from, prefixOf(p.DstProto), fmt.Sprintf("reply %d for %s answers no request forwarded to %s", p.RequestID, p.SrcProto, from))
+		e.sendError(p, raw, from, wire.ErrorInvalidResolutionReply, 0)
+		return
+	}
+	pass := func(p *wire.Packet) {
+		if e.cache.get(en.proto) != en || e.stopping {
+			return
+		}
+		fwd, err := wire.Decode(raw)
+		if err != nil {
+			return
+		}
+		fwd.HopCount--
+		e.appendTransit(fwd, wire.ExtReverseTransit, en.nbma)
+		e.send(fwd, en.nbma, roleOf(en.typ), p.SrcProto)
+	}
+	c, ok := replyClaim(p, from)
+	if !ok || e.trusted(from) {
+		pass(p) // a negative answer claims nothing; a server vouches for its own
+		return
+	}
+	refuse := func(reason string) {
+		claimed := hostPrefix(c.Proto)
+		if c.Prefix.IsValid() {
+			claimed = c.Prefix
+		}
+		e.refuse(RefusedReplyIdentity, from, claimed, reason)
+		e.sendError(p, raw, from, wire.ErrorInvalidResolutionReply, 0)
+	}
+	if reg := e.registration(c.Proto); reg != nil {
+		switch {
+		case reg.nbma != from:
+			refuse(fmt.Sprintf("responder %s is registered from %s", c.Proto, reg.nbma))
+		case c.Prefix.IsValid() && !within(c.Prefix, reg.nets):
+			refuse(fmt.Sprintf("%s is outside the networks %v of %s", c.Prefix, reg.nets, c.Proto))
+		default:
+			pass(p)
+		}
+		return
+	}
+	if e.deps.Verifier == nil {
+		refuse(fmt.Sprintf("responder %s is not registered from %s", c.Proto, from))
+		return
+	}
+	pkt, err := wire.Decode(raw)
 	if err != nil {
 		return
 	}
-	fwd.HopCount--
-	e.appendTransit(fwd, wire.ExtReverseTransit, en.nbma)
-	e.send(fwd, en.nbma, roleOf(en.typ), p.SrcProto)
+	raw = append([]byte(nil), raw...)
+	c.Packet, c.From = "resolution reply", from
+	e.verifyClaim(c, false, func() { pass(pkt) }, func(reason string, identity bool) {
+		if identity {
+			e.refuse(RefusedReplyIdentity, from, hostPrefix(c.Proto), reason)
+		}
+	})
+}
+
+// replyClaim returns what a positive Resolution Reply claims about its
+// responder: its tunnel address at the sender, and the prefix it
+// advertises when that is more than the address.
+func replyClaim(p *wire.Packet, from netip.Addr) (Claim, bool) {
+	if len(p.CIEs) == 0 || p.CIEs[0].Code != wire.CIESuccess {
+		return Claim{}, false
+	}
+	c := p.CIEs[0]
+	resp := netip.Addr{}
+	if x := p.Extension(wire.ExtResponderAddress); x != nil && len(x.CIEs) > 0 {
+		resp = x.CIEs[0].Proto
+	}
+	if !resp.IsValid() {
+		resp = c.Proto
+	}
+	if !resp.IsValid() {
+		resp = p.DstProto
+	}
+	bits := int(c.PrefixLen)
+	if bits == 0 || bits == 0xff || bits > p.DstProto.BitLen() {
+		bits = p.DstProto.BitLen()
+	}
+	cl := Claim{NBMA: from, Proto: resp}
+	if pf := netip.PrefixFrom(p.DstProto, bits).Masked(); pf.IsValid() && !(pf.IsSingleIP() && pf.Addr() == resp) {
+		cl.Prefix = pf
+	}
+	return cl, resp.IsValid()
+}
+
+// within reports whether p lies inside one of nets; no nets: no
+// restriction.
+func within(p netip.Prefix, nets []netip.Prefix) bool {
+	if len(nets) == 0 {
+		return true
+	}
+	for _, n := range nets {
+		if n.Bits() <= p.Bits() && n.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 // appendTransit adds this node to a transit record extension (creating it

@@ -109,7 +109,7 @@ func (e *Engine) applyUsage(ns []gre.Neighbor) {
 	}
 	for _, en := range idle {
 		if e.cache.get(en.proto) == en {
-			e.removeEntry(en, "idle")
+			e.removeEntry(en, CauseIdle)
 		}
 	}
 }

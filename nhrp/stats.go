@@ -17,6 +17,7 @@ type stats struct {
 	dropped        map[string]*atomic.Uint64
 	suppressed     map[string]*atomic.Uint64
 	rxQueueFull    atomic.Uint64
+	refused        [numRefusals]atomic.Uint64
 }
 
 // Drop reasons counted in Traffic.Dropped.
@@ -27,7 +28,7 @@ var dropReasons = []string{
 }
 
 // Suppression kinds counted in Traffic.Suppressed.
-var suppressKinds = []string{"redirect", "error-indication", "max-send", "resolution"}
+var suppressKinds = []string{"redirect", "error-indication", "max-send", "resolution", "verification"}
 
 func (s *stats) init() {
 	s.dropped = make(map[string]*atomic.Uint64)
@@ -49,6 +50,12 @@ func (s *stats) drop(reason string) {
 func (s *stats) suppress(kind string) {
 	if c := s.suppressed[kind]; c != nil {
 		c.Add(1)
+	}
+}
+
+func (s *stats) refuse(r Refusal) {
+	if r < numRefusals {
+		s.refused[r].Add(1)
 	}
 }
 
@@ -80,7 +87,10 @@ func (s *stats) snapshot(l *limits, now time.Time) Traffic {
 	t := Traffic{
 		Sent: map[string]uint64{}, Received: map[string]uint64{},
 		ErrorsSent: map[string]uint64{}, ErrorsReceived: map[string]uint64{},
-		Dropped: map[string]uint64{}, Suppressed: map[string]uint64{},
+		Dropped: map[string]uint64{}, Suppressed: map[string]uint64{}, Refused: map[string]uint64{},
+	}
+	for r := RefusalNone + 1; r < numRefusals; r++ {
+		t.Refused[r.String()] = s.refused[r].Load()
 	}
 	for ty := wire.TypeResolutionRequest; ty <= wire.TypeTrafficIndication; ty++ {
 		t.Sent[ty.String()] = s.sent[ty].Load()

@@ -162,6 +162,9 @@ type Traffic struct {
 	Dropped map[string]uint64 `json:"dropped"`
 	// Suppressed counts packets the rate limits held back, by kind.
 	Suppressed map[string]uint64 `json:"suppressed"`
+	// Refused counts received packets refused because their sender's
+	// identity does not prove what they claim, by check (Refusal names).
+	Refused map[string]uint64 `json:"refused"`
 	// MaxSend is the send limit per second and Usage the share of it used
 	// in the last second, in percent.
 	MaxSend int `json:"max_send"`

@@ -21,6 +21,8 @@ var (
 	descIPsecRefused = prometheus.NewDesc("dmvpn_ipsec_registrations_refused_total",
 		"NHRP registrations refused by the certificate check, by kind (no_sa, certificate_expired, gre_mismatch, …). "+
 			"Each is also counted, by CIE code, in dmvpn_nhrp_registrations_total{result=\"refused\"}.", []string{"reason"}, nil)
+	descIPsecClaimsRefused = prometheus.NewDesc("dmvpn_ipsec_claims_refused_total",
+		"What NHRP packets claimed about a peer (a requester, a responder, a shortcut's prefix, a shortcut peer's address) that the certificate of its SA did not prove, by kind (gre_mismatch, net_mismatch, no_sa, …).", []string{"reason"}, nil)
 	descIPsecAccepted = prometheus.NewDesc("dmvpn_ipsec_registrations_accepted_total",
 		"NHRP registrations the certificate check accepted (every registration, refreshes included).", nil, nil)
 	descIPsecSADowns = prometheus.NewDesc("dmvpn_ipsec_sa_downs_total",
@@ -34,7 +36,7 @@ var (
 			"dmvpn_ipsec_certificate_expiry_timestamp_seconds - time() < 30 * 86400.", []string{"subject"}, nil)
 )
 
-var ipsecDescs = []*prometheus.Desc{descIPsecSAs, descIPsecIKEFailures, descIPsecRefused, descIPsecAccepted,
+var ipsecDescs = []*prometheus.Desc{descIPsecSAs, descIPsecIKEFailures, descIPsecRefused, descIPsecClaimsRefused, descIPsecAccepted,
 	descIPsecSADowns, descIPsecRestarts, descIPsecCharonUp, descIPsecCertExpiry}
 
 // ikeStates are strongSwan's IKE SA states, always exported (0 when none).
@@ -86,6 +88,9 @@ func collectIPsec(ch chan<- prometheus.Metric, st ipsec.Stats) {
 		if !slices.Contains(refusalKinds, k) {
 			counter(descIPsecRefused, n, k)
 		}
+	}
+	for k, n := range st.ClaimsRefused {
+		counter(descIPsecClaimsRefused, n, k)
 	}
 	counter(descIPsecAccepted, st.Accepted)
 	counter(descIPsecSADowns, st.SADowns)

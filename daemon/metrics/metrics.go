@@ -110,6 +110,8 @@ var (
 		"Received NHRP packets dropped, by reason (malformed, auth, …).", []string{"reason"}, nil)
 	descSuppressed = prometheus.NewDesc("dmvpn_nhrp_suppressed_total",
 		"NHRP packets the rate limits held back, by kind.", []string{"kind"}, nil)
+	descRefused = prometheus.NewDesc("dmvpn_nhrp_refused_total",
+		"Received NHRP packets refused because their sender's identity does not prove what they claim, by check (request-source, requester-identity, reply-unmatched, reply-identity, purge-not-owner, traffic-indication-not-server, error-indication-unmatched).", []string{"check"}, nil)
 	descPeers = prometheus.NewDesc("dmvpn_nhrp_peers",
 		"NBMA peers by state.", []string{"state"}, nil)
 	descNHS = prometheus.NewDesc("dmvpn_nhrp_nhs",
@@ -139,7 +141,7 @@ type scrape struct{ src Source }
 
 // Describe implements prometheus.Collector.
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descErrInd, descDropped, descSuppressed, descPeers, descNHS,
+	for _, d := range []*prometheus.Desc{descPackets, descErrInd, descDropped, descSuppressed, descRefused, descPeers, descNHS,
 		descCache, descDPPackets, descDPBytes, descDPDropped, descMisses, descNHRPFrames, descFastPath, descUp} {
 		ch <- d
 	}
@@ -219,6 +221,9 @@ func (s *scrape) engine(ctx context.Context, e Engine, counter func(*prometheus.
 	}
 	for k, n := range t.Suppressed {
 		counter(descSuppressed, n, k)
+	}
+	for k, n := range t.Refused {
+		counter(descRefused, n, k)
 	}
 	if ps, err := e.Peers(ctx); err == nil {
 		by := map[string]int{}

@@ -143,6 +143,20 @@ func (in *Internet) deliver(from, to netip.Addr, key uint32, b []byte) {
 	}
 }
 
+// Inject delivers an NHRP packet to `to` as if the device at `from` had
+// sent it (a forged outer source, or a packet replayed from a capture
+// under its original sender's address), with to's own key. Links cut or
+// down drop it as they would a real one.
+func (in *Internet) Inject(from, to netip.Addr, b []byte) {
+	in.mu.Lock()
+	dst := in.nodes[to]
+	in.mu.Unlock()
+	if dst == nil {
+		return
+	}
+	in.deliver(from, to, dst.info.Key, b)
+}
+
 type packet struct {
 	from netip.Addr
 	b    []byte

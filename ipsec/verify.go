@@ -1,0 +1,141 @@
+package ipsec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/nhrp"
+	"github.com/opendmvpn/dmvpn/nhrp/wire"
+)
+
+// RefusedWrongNET is the kind of a claim refused because the prefix it
+// advertises lies outside every OU=NET= of the certificate.
+const RefusedWrongNET = "net_mismatch"
+
+// Verify checks what an NHRP packet claims about the peer at c.NBMA
+// against the certificate of that peer's SA: its OU=GRE= must be c.Proto,
+// and a prefix advertised behind it must lie inside one of its OU=NET=
+// when the certificate has any. It fails closed as Authorize does (no SA,
+// several identities, a certificate that cannot be read without doubt,
+// expired, no OU=GRE=, revoked). It implements nhrp.Verifier; the engine
+// reports and audits a refusal (AuditRefusal), Verify counts it.
+func (m *Manager) Verify(ctx context.Context, c nhrp.Claim) nhrp.Verdict {
+	v, kind, _, _ := m.verify(ctx, c)
+	if v.Code != 0 {
+		m.stats.refuseClaim(kind)
+	}
+	return v
+}
+
+// verify returns the verdict on a claim, the kind of a refusal, the
+// identity read and the SA it came from.
+func (m *Manager) verify(ctx context.Context, c nhrp.Claim) (nhrp.Verdict, string, *Identity, *SA) {
+	refuse := func(reason string) nhrp.Verdict {
+		return nhrp.Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: reason}
+	}
+	sas := m.upSAsFrom(c.NBMA)
+	if len(sas) == 0 && m.isConnected() {
+		m.refresh(ctx) // an event may be on its way
+		sas = m.upSAsFrom(c.NBMA)
+	}
+	if len(sas) == 0 {
+		return refuse("no IPsec SA with " + c.NBMA.String()), RefusedNoSA, nil, nil
+	}
+	sa := &sas[0]
+	for _, other := range sas[1:] {
+		if other.RemoteID != sa.RemoteID {
+			return refuse("several IPsec SAs with different identities at " + c.NBMA.String()), RefusedIdentities, nil, nil
+		}
+	}
+	id, err := m.identityOf(ctx, sa.RemoteID, sa.upSeen)
+	if errors.Is(err, errNoCert) {
+		return refuse(err.Error()), RefusedNoCert, nil, sa
+	}
+	if err != nil {
+		return refuse(err.Error()), RefusedBadIdentity, nil, sa
+	}
+	if v, kind := m.checkIdentity(id, c.Proto); kind != "" {
+		return v, kind, id, sa
+	}
+	if c.Prefix.IsValid() && !(c.Prefix.IsSingleIP() && c.Prefix.Addr() == c.Proto) && !inside(c.Prefix, id.NET) {
+		return refuse(fmt.Sprintf("%s is outside the certificate's networks %v", c.Prefix, id.NET)), RefusedWrongNET, id, sa
+	}
+	return nhrp.Verdict{Identity: id.Subject, Attrs: id.Attrs(), Networks: id.NET}, "", id, sa
+}
+
+// checkIdentity applies the checks every use of a certificate shares:
+// not expired, not revoked, an OU=GRE= equal to proto. kind is "" when
+// they pass.
+func (m *Manager) checkIdentity(id *Identity, proto netip.Addr) (nhrp.Verdict, string) {
+	refuse := func(reason string) nhrp.Verdict {
+		return nhrp.Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: reason}
+	}
+	switch {
+	case time.Now().After(id.NotAfter):
+		return refuse("certificate expired"), RefusedExpired
+	case len(id.GRE) == 0:
+		return refuse("certificate has no OU=GRE="), RefusedNoGRE
+	case proto.IsValid() && id.GRE[0] != proto:
+		return refuse(fmt.Sprintf("certificate is for GRE=%s, the packet claims %s", id.GRE[0], proto)), RefusedWrongGRE
+	}
+	return nhrp.Verdict{}, ""
+}
+
+// inside reports whether p lies inside one of nets; a certificate without
+// OU=NET= restricts nothing.
+func inside(p netip.Prefix, nets []netip.Prefix) bool {
+	if len(nets) == 0 {
+		return true
+	}
+	for _, n := range nets {
+		if n.Bits() <= p.Bits() && n.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// AuditPacketRefusal writes an NHRP packet the engine refused to the audit
+// stream (an nhrp.EventPacketRefused): the check, the sender's NBMA
+// address, what it claimed, why, and the subject and serial of the
+// certificate of the sender's SA. One line per sender, check and reason a
+// second at most; the rest are only counted.
+func (m *Manager) AuditPacketRefusal(ev nhrp.Event) {
+	if !m.limitAudit(ev.NBMA.String() + "|" + ev.Refusal.String() + "|" + ev.Reason) {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("check", ev.Refusal.String()), zap.String("nbma", ev.NBMA.String()),
+		zap.String("claimed", ev.Proto.String()), zap.String("reason", ev.Reason),
+	}
+	for _, sa := range m.upSAsFrom(ev.NBMA) {
+		fields = append(fields, zap.String("subject", sa.RemoteID), zap.String("ike_id", sa.IKEID))
+		m.mu.Lock()
+		der := m.certs[sa.RemoteID]
+		m.mu.Unlock()
+		if id, err := ParseIdentity(der); err == nil {
+			fields = append(fields, zap.String("serial", id.Serial))
+		}
+		break
+	}
+	m.audit.Info("packet refused", fields...)
+}
+
+// limitAudit allows one audit line per key a second.
+func (m *Manager) limitAudit(key string) bool {
+	m.logMu.Lock()
+	defer m.logMu.Unlock()
+	if m.audited == nil || len(m.audited) > 10000 {
+		m.audited = map[string]time.Time{}
+	}
+	if t, ok := m.audited[key]; ok && time.Since(t) < time.Second {
+		return false
+	}
+	m.audited[key] = time.Now()
+	return true
+}
