@@ -26,6 +26,8 @@ type auditLine struct {
 	Reason  string `json:"reason"`
 	Kind    string `json:"kind"`
 	IKEID   string `json:"ike_id"`
+	// Check is the identity check a refused NHRP packet failed.
+	Check string `json:"check"`
 	// Time is when the hub decided (to the millisecond).
 	Time time.Time `json:"time"`
 }

@@ -206,6 +206,7 @@ func testLabCycle(t *testing.T, l *labEnv) {
 		}
 	})
 
+	t.Run("forged", func(t *testing.T) { testLabForged(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
 
 	out, err = l.run(t, "down")
