@@ -35,7 +35,7 @@ func serveReload(t *testing.T, d control.Daemon) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	s := control.NewServer(d, nil)
-	if err := s.ListenUnix(sock); err != nil {
+	if err := s.ListenUnix(sock, control.OwnerOnly); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })

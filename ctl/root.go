@@ -32,16 +32,27 @@ const EnvSocket = "DMVPNCTL_SOCKET"
 type Options struct {
 	// Socket is the control socket path; the --socket flag overrides it.
 	Socket string
+	// Remote reaches the API on TCP instead (--server and its files).
+	Remote Remote
 	// Interactive adds the shell-only commands (exit, quit).
 	Interactive bool
 	// Exit ends the interactive shell (exit, quit, Ctrl-D).
 	Exit func()
 }
 
-// env is what the commands share: the options after flag parsing.
-type env struct{ opts *Options }
+// env is what the commands share: the options after flag parsing, and
+// the remote client once its files are read.
+type env struct {
+	opts   *Options
+	remote *control.Client
+}
 
-func (e *env) client() *control.Client { return control.NewClient(e.opts.Socket) }
+func (e *env) client() *control.Client {
+	if e.remote != nil {
+		return e.remote
+	}
+	return control.NewClient(e.opts.Socket)
+}
 
 // NewRoot returns the root command with every subcommand.
 func NewRoot(opts Options) *cobra.Command {
@@ -64,6 +75,22 @@ with one it runs it and exits: dmvpnctl show dmvpn`,
 	}
 	root.SetHelpCommand(&cobra.Command{Use: "no-help", Hidden: true})
 	root.PersistentFlags().StringVar(&opts.Socket, "socket", opts.Socket, "control socket of dmvpnd (env "+EnvSocket+")")
+	given := opts.Remote
+	opts.Remote.addFlags(root)
+	if given.Server != "" { // given by the shell: keep it over the environment
+		opts.Remote = given
+	}
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if opts.Remote.Server == "" {
+			return nil
+		}
+		c, err := opts.Remote.client()
+		if err != nil {
+			return err
+		}
+		e.remote = c
+		return nil
+	}
 	for _, c := range commands(e) {
 		root.AddCommand(c)
 	}
@@ -135,7 +162,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	probe.SetOut(io.Discard)
 	if err := probe.ParseFlags(args); err == nil && len(probe.Flags().Args()) == 0 && !hasHelpFlag(args) {
 		sock, _ := probe.Flags().GetString("socket")
-		return Shell(context.WithoutCancel(ctx), sock, stdin, stdout, stderr, exit)
+		return ShellWith(context.WithoutCancel(ctx), Options{Socket: sock, Remote: remoteFromFlags(probe)}, stdin, stdout, stderr, exit)
 	}
 	root := NewRoot(opts)
 	expanded, err := Expand(root, args)

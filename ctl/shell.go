@@ -23,12 +23,25 @@ import (
 // help and abbreviations; otherwise it runs the lines of stdin as
 // commands. It returns the exit status.
 func Shell(ctx context.Context, socket string, stdin io.Reader, stdout, stderr io.Writer, exit func()) int {
-	if socket == "" {
-		socket = NewRoot(Options{}).PersistentFlags().Lookup("socket").DefValue
+	return ShellWith(ctx, Options{Socket: socket}, stdin, stdout, stderr, exit)
+}
+
+// ShellWith is Shell with every option (the API on TCP: Remote).
+func ShellWith(ctx context.Context, opts Options, stdin io.Reader, stdout, stderr io.Writer, exit func()) int {
+	if opts.Socket == "" {
+		opts.Socket = NewRoot(Options{}).PersistentFlags().Lookup("socket").DefValue
+	}
+	c := control.NewClient(opts.Socket)
+	if opts.Remote.Server != "" {
+		var err error
+		if c, err = opts.Remote.client(); err != nil {
+			printError(stderr, err)
+			return 1
+		}
 	}
 	var st control.Status
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err := control.NewClient(socket).Get(cctx, control.PathStatus, &st)
+	err := c.Get(cctx, control.PathStatus, &st)
 	cancel()
 	var api *control.APIError
 	if err != nil && !errors.As(err, &api) {
@@ -40,13 +53,13 @@ func Shell(ctx context.Context, socket string, stdin io.Reader, stdout, stderr i
 		node = "dmvpn"
 	}
 	if f, ok := stdin.(*os.File); ok && isTerminal(f) {
-		return interactive(ctx, socket, node, exit)
+		return interactive(ctx, opts, node, exit)
 	}
-	return lines(ctx, socket, stdin, stdout, stderr)
+	return lines(ctx, opts, stdin, stdout, stderr)
 }
 
 // lines runs each line of r as a command (vtysh -c style scripting).
-func lines(ctx context.Context, socket string, r io.Reader, stdout, stderr io.Writer) int {
+func lines(ctx context.Context, opts Options, r io.Reader, stdout, stderr io.Writer) int {
 	status := 0
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
@@ -57,7 +70,7 @@ func lines(ctx context.Context, socket string, r io.Reader, stdout, stderr io.Wr
 		if line == "exit" || line == "quit" {
 			break
 		}
-		if err := runLine(ctx, Options{Socket: socket}, strings.Fields(line), stdout, stderr); err != nil {
+		if err := runLine(ctx, Options{Socket: opts.Socket, Remote: opts.Remote}, strings.Fields(line), stdout, stderr); err != nil {
 			printError(stderr, err)
 			status = 1
 		}
@@ -79,7 +92,7 @@ func runLine(ctx context.Context, opts Options, args []string, stdout, stderr io
 }
 
 // interactive runs the readline shell until exit, quit or Ctrl-D.
-func interactive(ctx context.Context, socket, node string, exit func()) int {
+func interactive(ctx context.Context, o Options, node string, exit func()) int {
 	if exit == nil {
 		exit = func() { os.Exit(0) }
 	}
@@ -89,7 +102,7 @@ func interactive(ctx context.Context, socket, node string, exit func()) int {
 	sh.Config.Set("history-autosuggest", false)
 	sh.Config.Set("autopairs", false)
 	menu := app.ActiveMenu()
-	opts := Options{Socket: socket, Interactive: true, Exit: exit}
+	opts := Options{Socket: o.Socket, Remote: o.Remote, Interactive: true, Exit: exit}
 	menu.SetCommands(func() *cobra.Command {
 		root := NewRoot(opts)
 		root.SetOut(os.Stdout)

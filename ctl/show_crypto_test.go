@@ -246,7 +246,7 @@ func serve(t *testing.T, d control.Daemon) func(line string) (string, string, in
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	s := control.NewServer(d, nil)
-	if err := s.ListenUnix(sock); err != nil {
+	if err := s.ListenUnix(sock, control.OwnerOnly); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
@@ -452,7 +452,7 @@ func (w *lineWriter) String() string {
 func TestDebugCrypto(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	s := control.NewServer(cryptoDaemon{c: &fakeCrypto{stats: testStats()}}, nil)
-	if err := s.ListenUnix(sock); err != nil {
+	if err := s.ListenUnix(sock, control.OwnerOnly); err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
@@ -496,7 +496,7 @@ func TestDebugCrypto(t *testing.T) {
 	// A node without IPsec says so.
 	sock2 := filepath.Join(t.TempDir(), "d2.sock")
 	s2 := control.NewServer(cryptoDaemon{}, nil)
-	if err := s2.ListenUnix(sock2); err != nil {
+	if err := s2.ListenUnix(sock2, control.OwnerOnly); err != nil {
 		t.Fatal(err)
 	}
 	defer s2.Close()

@@ -154,7 +154,7 @@ func (fakeDaemon) Reload(_ context.Context, dryRun bool) ([]string, error) {
 func TestShowCommands(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	s := control.NewServer(fakeDaemon{}, nil)
-	if err := s.ListenUnix(sock); err != nil {
+	if err := s.ListenUnix(sock, control.OwnerOnly); err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()

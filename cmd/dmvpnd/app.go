@@ -161,8 +161,9 @@ const WarnFirewallOff = "the firewall is off (no firewall section): no nftables 
 // Config returns the configuration in force.
 func (a *App) Config() *config.Config { return a.cfg.Load() }
 
-// RunningConfig implements control.Daemon.
-func (a *App) RunningConfig() []byte { return a.cfg.Load().YAML() }
+// RunningConfig implements control.Daemon: the configuration in force,
+// its secrets masked.
+func (a *App) RunningConfig() []byte { return a.cfg.Load().MaskedYAML() }
 
 // ErrRefused wraps every reload that changed nothing.
 var ErrRefused = errors.New("reload refused, nothing changed")

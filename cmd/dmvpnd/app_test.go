@@ -293,3 +293,16 @@ func TestReloadRestartReasons(t *testing.T) {
 		t.Errorf("a reload that could not be rolled back: %v, want ErrPartial", err)
 	}
 }
+
+// TestRunningConfigMasked: the running configuration the API serves
+// never holds the NHRP password.
+func TestRunningConfigMasked(t *testing.T) {
+	a, _, path, _ := newTestApp(t)
+	rewrite(t, path, "holding_time: 600", "holding_time: 600\n  authentication: s3cret")
+	if _, err := a.Reload(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if rc := string(a.RunningConfig()); strings.Contains(rc, "s3cret") || !strings.Contains(rc, "authentication: '********'") {
+		t.Errorf("running config:\n%s", rc)
+	}
+}

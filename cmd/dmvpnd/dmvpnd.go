@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -115,14 +116,19 @@ func run(path string, cfg *config.Config, rt config.Runtime, opts config.Options
 
 	ctl := control.NewServer(app, log.Named("control"))
 	defer ctl.Close()
-	if err := ctl.ListenUnix(cfg.Control.Socket); err != nil {
+	if err := ctl.ListenUnix(cfg.Control.Socket, control.UnixAccess{Group: cfg.Control.GID}); err != nil {
 		return err
 	}
 	if cfg.Control.Listen != "" {
-		if err := ctl.ListenTCP(cfg.Control.Listen); err != nil {
+		auth, err := tcpAuth(cfg.Control)
+		if err != nil {
 			return err
 		}
-		log.Warn("control API also listening on TCP, without authentication", zap.String("listen", cfg.Control.Listen))
+		if err := ctl.ListenTCP(cfg.Control.Listen, auth); err != nil {
+			return err
+		}
+		log.Info("control API also listening on TCP (TLS)", zap.String("listen", cfg.Control.Listen),
+			zap.Bool("token", len(auth.Token) > 0), zap.Bool("client_certificates", auth.ClientCAs != nil))
 	}
 	if cfg.Metrics.Enabled {
 		stop, err := serveMetrics(cfg.Metrics.Listen, m, log)
@@ -176,6 +182,30 @@ func run(path string, cfg *config.Config, rt config.Runtime, opts config.Options
 			}
 		}
 	}
+}
+
+// tcpAuth loads what the control API on TCP needs: its TLS certificate,
+// the CA of client certificates, the bearer token.
+func tcpAuth(c config.Control) (control.TCPAuth, error) {
+	var a control.TCPAuth
+	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	if err != nil {
+		return a, fmt.Errorf("control API TLS certificate: %w", err)
+	}
+	a.Certificate = cert
+	if c.ClientCA != "" {
+		if a.ClientCAs, err = config.LoadCAs(c.ClientCA); err != nil {
+			return a, fmt.Errorf("control API client CA: %w", err)
+		}
+	}
+	if c.TokenFile != "" {
+		tok, err := config.ReadToken(c.TokenFile)
+		if err != nil {
+			return a, fmt.Errorf("control API token: %w", err)
+		}
+		a.Token = []byte(tok)
+	}
+	return a, nil
 }
 
 // metricsSource reads the App once it exists (the daemon is built with the

@@ -69,6 +69,9 @@ func (c *Config) defaults(d *decoder) {
 	if c.Control.Socket == "" {
 		c.Control.Socket = DefaultSocket
 	}
+	if c.Control.Group == "" {
+		c.Control.GID = -1
+	}
 }
 
 // check reports missing and contradictory settings.
@@ -128,6 +131,7 @@ func (c *Config) check(d *decoder) {
 	if c.Metrics.Enabled && c.Control.Listen != "" && c.Metrics.Listen == c.Control.Listen {
 		d.errorAt("control.listen", "%s is also metrics.listen", c.Control.Listen)
 	}
+	c.checkControl(d)
 	for i, a := range c.Policy.Allow {
 		if t.Address.IsValid() && !(t.Address.Masked().Contains(a.Addr()) && t.Address.Bits() <= a.Bits()) {
 			d.errorAt(index("policy.allow", i), "%s is outside the tunnel network %s (registrations there are refused whatever the list says)", a, t.Address.Masked())

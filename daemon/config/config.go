@@ -159,10 +159,20 @@ type Metrics struct {
 
 // Control configures the control API.
 type Control struct {
-	// Socket is the unix socket path (mode 0600).
+	// Socket is the unix socket path (mode 0600; 0660 with Group).
 	Socket string
-	// Listen, when set, also serves the API on this TCP host:port.
-	Listen string
+	// Group (a name or a number; GID resolved, -1 without) may use the
+	// socket besides root and dmvpnd's user.
+	Group string
+	GID   int
+	// Listen, when set, also serves the API on this TCP host:port, over
+	// TLS (TLSCert, TLSKey) to callers with the bearer token in
+	// TokenFile or a client certificate ClientCA signed.
+	Listen    string
+	TokenFile string
+	TLSCert   string
+	TLSKey    string
+	ClientCA  string
 }
 
 // Error is one problem in a configuration file.

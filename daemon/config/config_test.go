@@ -205,7 +205,7 @@ func TestDefaults(t *testing.T) {
 		Forwarding: true,
 		Logging:    Logging{Level: "info", Format: "console"},
 		Metrics:    Metrics{Enabled: true, Listen: "127.0.0.1:9474"},
-		Control:    Control{Socket: "/run/dmvpnd/dmvpnd.sock"},
+		Control:    Control{Socket: "/run/dmvpnd/dmvpnd.sock", GID: -1},
 		IPsecOff:   true,
 	}
 	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
@@ -324,5 +324,25 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "none.yaml"))
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Load of a missing file: %v", err)
+	}
+}
+
+// TestMaskedYAML: the running configuration shown never holds the NHRP
+// password, and still parses.
+func TestMaskedYAML(t *testing.T) {
+	c, err := Parse([]byte(inClear(minimal+"  authentication: s3cret\n")), "f.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := string(c.MaskedYAML())
+	if strings.Contains(m, "s3cret") || !strings.Contains(m, "authentication: '********' # masked: the password is not shown\n") {
+		t.Errorf("masked running configuration:\n%s", m)
+	}
+	back, err := Parse([]byte(m), "masked")
+	if err != nil || back.Tunnel.Authentication != Masked {
+		t.Errorf("masked configuration: %v, authentication %q", err, back.Tunnel.Authentication)
+	}
+	if !strings.Contains(string(c.YAML()), "authentication: s3cret\n") {
+		t.Errorf("YAML (for the daemon's own use) lost the password:\n%s", c.YAML())
 	}
 }

@@ -1,7 +1,10 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -9,11 +12,24 @@ import (
 	"github.com/opendmvpn/dmvpn/firewall"
 )
 
-const withFirewall = minimal + `ipsec: off
+// withFirewall is a file with a firewall section; the control API on TCP
+// needs TLS and a token (their files in dir), written as a flow mapping
+// over the two lines the listener had.
+func withFirewall(t *testing.T) string {
+	dir := t.TempDir()
+	cert, key := writeTLS(t, dir)
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("0123456789abcdef0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf(withFirewallFmt, cert, key, tok)
+}
+
+const withFirewallFmt = minimal + `ipsec: off
 metrics:
   listen: 0.0.0.0:9474
-control:
-  listen: 192.0.2.10:9475
+control: {tls_cert: %s, tls_key: %s, token_file: %s,
+  listen: 192.0.2.10:9475}
 firewall:
   zones:
     internet: [eth0, eth1]
@@ -38,7 +54,7 @@ firewall:
 `
 
 func TestFirewallSection(t *testing.T) {
-	c, err := Parse([]byte(withFirewall), "fw.yaml")
+	c, err := Parse([]byte(withFirewall(t)), "fw.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

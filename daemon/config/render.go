@@ -9,9 +9,19 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
+// Masked stands for a secret in the running configuration.
+const Masked = "********"
+
 // YAML renders the configuration as a file Parse reads back to the same
-// Config, defaults included: the running configuration.
-func (c *Config) YAML() []byte {
+// Config, defaults included.
+func (c *Config) YAML() []byte { return c.render(false) }
+
+// MaskedYAML is YAML with the secrets masked (the NHRP password): the
+// running configuration as the control API and the shell show it. It
+// still parses, with the password replaced by Masked.
+func (c *Config) MaskedYAML() []byte { return c.render(true) }
+
+func (c *Config) render(mask bool) []byte {
 	t := &c.Tunnel
 	tun := mapNode(
 		"interface", str(t.Interface),
@@ -33,7 +43,14 @@ func (c *Config) YAML() []byte {
 		tun.add("registration_interval", raw(durationString(t.RegistrationInterval)))
 	}
 	if t.Authentication != "" {
-		tun.add("authentication", str(t.Authentication))
+		if mask {
+			v := str(Masked)
+			v.Style = yaml.SingleQuotedStyle
+			v.LineComment = "# masked: the password is not shown"
+			tun.add("authentication", v)
+		} else {
+			tun.add("authentication", str(t.Authentication))
+		}
 	}
 	tun.add("no_unique", boolean(t.NoUnique))
 	if len(t.NHS) > 0 {
@@ -104,8 +121,11 @@ func (c *Config) YAML() []byte {
 	root.add("logging", mapNode("level", str(c.Logging.Level), "format", str(c.Logging.Format)).Node)
 	root.add("metrics", mapNode("enabled", boolean(c.Metrics.Enabled), "listen", str(c.Metrics.Listen)).Node)
 	ctl := mapNode("socket", str(c.Control.Socket))
-	if c.Control.Listen != "" {
-		ctl.add("listen", str(c.Control.Listen))
+	for _, kv := range [][2]string{{"group", c.Control.Group}, {"listen", c.Control.Listen}, {"token_file", c.Control.TokenFile},
+		{"tls_cert", c.Control.TLSCert}, {"tls_key", c.Control.TLSKey}, {"client_ca", c.Control.ClientCA}} {
+		if kv[1] != "" {
+			ctl.add(kv[0], str(kv[1]))
+		}
 	}
 	root.add("control", ctl.Node)
 

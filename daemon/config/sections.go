@@ -47,12 +47,7 @@ func sections(d *decoder, c *Config) fields {
 				"listen":  func(n *yaml.Node, p string) { d.hostPort(n, p, &c.Metrics.Listen) },
 			})
 		},
-		"control": func(n *yaml.Node, p string) {
-			d.mapping(n, p, fields{
-				"socket": func(n *yaml.Node, p string) { d.path(n, p, &c.Control.Socket) },
-				"listen": func(n *yaml.Node, p string) { d.hostPort(n, p, &c.Control.Listen) },
-			})
-		},
+		"control": func(n *yaml.Node, p string) { d.mapping(n, p, d.controlFields(&c.Control)) },
 	}
 }
 

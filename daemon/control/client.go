@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,9 +22,12 @@ import (
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
-// Client calls the API over the unix socket.
+// Client calls the API over the unix socket, or over TCP (TLS) with a
+// token or a client certificate.
 type Client struct {
-	socket string
+	socket string // the socket path, or the TCP address
+	base   string // URL prefix
+	token  string
 	http   *http.Client
 }
 
@@ -35,11 +40,44 @@ func NewClient(socket string) *Client {
 		},
 		DisableCompression: true,
 	}
-	return &Client{socket: socket, http: &http.Client{Transport: tr}}
+	return &Client{socket: socket, base: "http://dmvpnd", http: &http.Client{Transport: tr}}
 }
 
-// Socket returns the socket path.
+// RemoteOptions configure a client of the API on TCP (control.listen).
+type RemoteOptions struct {
+	// CAs verify the server's certificate (nil: the system's roots).
+	CAs *x509.CertPool
+	// Certificate is the client's certificate (mTLS), if any.
+	Certificate *tls.Certificate
+	// Token is the bearer token, if any.
+	Token string
+}
+
+// NewRemoteClient returns a client of the API at addr (host:port) over
+// TLS.
+func NewRemoteClient(addr string, o RemoteOptions) *Client {
+	tc := &tls.Config{RootCAs: o.CAs, MinVersion: tls.VersionTLS12}
+	if o.Certificate != nil {
+		tc.Certificates = []tls.Certificate{*o.Certificate}
+	}
+	tr := &http.Transport{TLSClientConfig: tc, DisableCompression: true}
+	return &Client{socket: addr, base: "https://" + addr, token: o.Token, http: &http.Client{Transport: tr}}
+}
+
+// Socket returns the socket path (or the TCP address) of the daemon.
 func (c *Client) Socket() string { return c.socket }
+
+// newRequest makes a request to the API, with the token when there is one.
+func (c *Client) newRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, nil
+}
 
 // ErrUnreachable is wrapped by errors of a daemon that cannot be reached.
 var ErrUnreachable = errors.New("cannot reach dmvpnd")
@@ -74,7 +112,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://dmvpnd"+path, body)
+	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {
 		return err
 	}
@@ -139,7 +177,7 @@ func (c *Client) CryptoLog(ctx context.Context, peer netip.Addr, fn func(ipsec.L
 
 // stream reads a stream of JSON lines from path into fn.
 func stream[T any](c *Client, ctx context.Context, path string, fn func(T) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dmvpnd"+path, nil)
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return err
 	}

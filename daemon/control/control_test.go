@@ -130,7 +130,7 @@ func serve(t *testing.T, d Daemon) (*Server, *Client, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "run", "dmvpnd.sock")
 	s := NewServer(d, nil)
-	if err := s.ListenUnix(sock); err != nil {
+	if err := s.ListenUnix(sock, OwnerOnly); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
@@ -306,7 +306,7 @@ func TestStartingAndErrors(t *testing.T) {
 		t.Errorf("unknown path: %v", err)
 	}
 	// A second daemon on the same socket is refused; a stale file is not.
-	if err := NewServer(d, nil).ListenUnix(sock); err == nil || !strings.Contains(err.Error(), "another dmvpnd") {
+	if err := NewServer(d, nil).ListenUnix(sock, OwnerOnly); err == nil || !strings.Contains(err.Error(), "another dmvpnd") {
 		t.Errorf("second listener: %v", err)
 	}
 	s.Close()
@@ -324,7 +324,7 @@ func TestStartingAndErrors(t *testing.T) {
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close()
 	s2 := NewServer(d, nil)
-	if err := s2.ListenUnix(sock); err != nil {
+	if err := s2.ListenUnix(sock, OwnerOnly); err != nil {
 		t.Errorf("listening over a stale socket: %v", err)
 	}
 	s2.Close()

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,10 +32,12 @@ type Server struct {
 	ctx    context.Context // cancelled by Close: ends event streams
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	listeners []net.Listener
-	wg        sync.WaitGroup
-	closed    bool
+	mu         sync.Mutex
+	listeners  []net.Listener
+	wg         sync.WaitGroup
+	closed     bool
+	unixAccess UnixAccess
+	refused    refusals // callers refused, for the log
 }
 
 // NewServer returns a server for d; Listen* start serving.
@@ -42,7 +45,7 @@ func NewServer(d Daemon, log *zap.Logger) *Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Server{d: d, log: log}
+	s := &Server{d: d, log: log, unixAccess: UnixAccess{Group: -1}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathStatus, s.status)
@@ -67,18 +70,22 @@ func NewServer(d Daemon, log *zap.Logger) *Server {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
 	})
 	s.srv = &http.Server{
-		Handler:           mux,
+		Handler:           s.authorize(mux),
 		ReadHeaderTimeout: 5 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		ConnContext:       connContext,
 		ErrorLog:          zap.NewStdLog(log),
 	}
 	return s
 }
 
-// ListenUnix serves on a unix socket at path, mode 0600, creating its
-// directory. A stale socket file is replaced; a live one (another daemon)
-// is an error.
-func (s *Server) ListenUnix(path string) error {
+// ListenUnix serves on a unix socket at path, creating its directory. The
+// socket file is created with mode 0600 (0660 and the access group when
+// access names one) — set before bind, never changed after — and every
+// caller's credentials are checked: root, dmvpnd's user, or a member of
+// the group. A stale socket file is replaced; a live one (another
+// daemon) is an error.
+func (s *Server) ListenUnix(path string, access UnixAccess) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("control socket directory: %w", err)
 	}
@@ -89,28 +96,45 @@ func (s *Server) ListenUnix(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("control socket %s: removing the stale socket: %w", path, err)
 	}
-	l, err := net.Listen("unix", path)
+	mode := os.FileMode(0o600)
+	if access.Group >= 0 {
+		mode = 0o660
+	}
+	l, err := listenUnixSocket(path, mode, access.Group)
 	if err != nil {
-		return fmt.Errorf("control socket: %w", err)
+		return err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return fmt.Errorf("control socket %s: %w", path, err)
-	}
+	s.mu.Lock()
+	s.unixAccess = access
+	s.mu.Unlock()
 	return s.serve(l)
 }
 
-// ListenTCP serves on a TCP address as well (only when configured: the
-// API has no authentication of its own).
-func (s *Server) ListenTCP(addr string) error {
+// ListenTCP serves on a TCP address as well (only when configured), over
+// TLS only, to callers with a client certificate auth's CAs signed or
+// auth's bearer token.
+func (s *Server) ListenTCP(addr string, auth TCPAuth) error {
+	if auth.ClientCAs == nil && len(auth.Token) == 0 {
+		return ErrNoAuth
+	}
+	if len(auth.Certificate.Certificate) == 0 {
+		return errors.New("the control API on TCP needs a TLS certificate")
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{auth.Certificate}, MinVersion: tls.VersionTLS12}
+	if auth.ClientCAs != nil {
+		tc.ClientCAs, tc.ClientAuth = auth.ClientCAs, tls.VerifyClientCertIfGiven
+	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("control API on %s: %w", addr, err)
 	}
-	return s.serve(l)
+	a := auth
+	return s.serve(tls.NewListener(tcpListener{Listener: l, auth: &a}, tc))
 }
 
-// Serve serves on a listener the caller opened (tests).
+// Serve serves on a unix socket listener the caller opened (tests):
+// its callers' credentials are checked as on ListenUnix's. Connections
+// of any other kind are refused (they cannot be authenticated).
 func (s *Server) Serve(l net.Listener) error { return s.serve(l) }
 
 func (s *Server) serve(l net.Listener) error {
@@ -129,6 +153,18 @@ func (s *Server) serve(l net.Listener) error {
 		}
 	}()
 	return nil
+}
+
+// Addrs returns the addresses served (a TCP listener's port chosen by the
+// kernel, for tests).
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]net.Addr, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = l.Addr()
+	}
+	return out
 }
 
 // Close ends event streams, stops serving (waiting up to 5 s for requests
