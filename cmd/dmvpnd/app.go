@@ -15,6 +15,7 @@ import (
 	"github.com/opendmvpn/dmvpn/daemon/control"
 	"github.com/opendmvpn/dmvpn/daemon/metrics"
 	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/ipsec"
 )
 
 // node is what App needs of the daemon; *daemon.Daemon implements it.
@@ -136,8 +137,28 @@ func (a *App) Counters() (gre.Counters, bool) { return a.node.Counters() }
 func (a *App) Info() control.Info {
 	c := a.cfg.Load()
 	dp, reason := a.node.Dataplane()
+	w := warnings(c)
+	if cr := a.Crypto(); cr != nil {
+		w = append(w, certWarnings(cr.Stats(), time.Now())...)
+	}
 	return control.Info{Node: c.Node, Role: c.Role, Dataplane: dp, DataplaneReason: reason, Started: a.started, ConfigFile: a.path,
-		Warnings: warnings(c)}
+		Warnings: w}
+}
+
+// certWarnings warns about this node's certificate in force when it
+// expires within ipsec.ExpiryWarning, or has expired.
+func certWarnings(st ipsec.Stats, now time.Time) []string {
+	c := st.Certificate
+	if c == nil || c.NotAfter.IsZero() {
+		return nil
+	}
+	switch {
+	case now.After(c.NotAfter):
+		return []string{fmt.Sprintf("this node's certificate (%s, serial %s) expired on %s: peers refuse it", c.Subject, c.Serial, c.NotAfter.UTC().Format(time.DateOnly))}
+	case c.NotAfter.Sub(now) < ipsec.ExpiryWarning:
+		return []string{fmt.Sprintf("this node's certificate (%s, serial %s) expires in %s (%s)", c.Subject, c.Serial, ipsec.DaysLeft(c.NotAfter, now), c.NotAfter.UTC().Format(time.DateOnly))}
+	}
+	return nil
 }
 
 // WarnIPsecOff is the warning of a node that runs without IPsec.

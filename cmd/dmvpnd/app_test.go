@@ -20,6 +20,7 @@ import (
 	"github.com/opendmvpn/dmvpn/daemon/config"
 	"github.com/opendmvpn/dmvpn/daemon/control"
 	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/ipsec"
 )
 
 const spokeFile = `node: spoke1
@@ -304,5 +305,26 @@ func TestRunningConfigMasked(t *testing.T) {
 	}
 	if rc := string(a.RunningConfig()); strings.Contains(rc, "s3cret") || !strings.Contains(rc, "authentication: '********'") {
 		t.Errorf("running config:\n%s", rc)
+	}
+}
+
+// TestCertWarnings: show dmvpn warns about this node's certificate within
+// 30 days of its expiry, and once it has expired.
+func TestCertWarnings(t *testing.T) {
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	st := func(d time.Duration) ipsec.Stats {
+		return ipsec.Stats{Certificate: &ipsec.CertInfo{Subject: "CN=s1", Serial: "1a", NotAfter: now.Add(d)}}
+	}
+	if w := certWarnings(st(40*24*time.Hour), now); len(w) != 0 {
+		t.Errorf("40 days: %q", w)
+	}
+	if w := certWarnings(st(12*24*time.Hour+time.Hour), now); len(w) != 1 || w[0] != "this node's certificate (CN=s1, serial 1a) expires in 12 days (2026-12-13)" {
+		t.Errorf("12 days: %q", w)
+	}
+	if w := certWarnings(st(-time.Hour), now); len(w) != 1 || !strings.Contains(w[0], "expired on 2026-11-30: peers refuse it") {
+		t.Errorf("expired: %q", w)
+	}
+	if w := certWarnings(ipsec.Stats{}, now); len(w) != 0 {
+		t.Errorf("no certificate: %q", w)
 	}
 }
