@@ -17,13 +17,15 @@ const (
 // (dmvpn.json, clampmss.json, mark.json, internet-host.json) as one
 // nftables table.
 //
-//   - input (policy drop; the last rule counts what it drops): established
-//     and loopback; the management ports never from the internet zone;
-//     IKE, ESP and path-MTU ICMP from the internet zone; GRE only under
+//   - input (policy drop; the last rule counts what it drops): loopback;
+//     the management ports never from the internet zone; GRE only under
 //     IPsec (kernel: a secpath; userspace: out of charon's TUN; without
 //     IPsec: from the internet zone), every other GRE dropped and counted;
-//     ping and IPv6 neighbour discovery; BGP only on the tunnel; the
-//     user's rules to the router; everything from the LAN.
+//     BGP only on the tunnel — all of these before the connection state,
+//     which cannot tell GRE in clear from the replies to the router's own;
+//     then established, IKE, ESP and path-MTU ICMP from the internet
+//     zone, ping and IPv6 neighbour discovery, the user's rules to the
+//     router, everything from the LAN.
 //   - forward (policy drop): the MSS of TCP SYNs clamped to the tunnel's
 //     path MTU both ways, established, the user's rules, then the default
 //     zone policy: LAN ↔ tunnel, LAN → internet, LAN ↔ LAN, and on hubs
@@ -142,15 +144,14 @@ func (b *builder) input() Chain {
 	p := b.p
 	c := Chain{Name: "input", Type: "filter", Hook: "input", Priority: PriorityFilter, Drop: true}
 	add := func(r Rule) { c.Rules = append(c.Rules, r) }
-	add(rule("in_established", "replies and related ICMP", Accept, ctState(CtStateEstablished|CtStateRelated)))
-	add(rule("in_invalid", "no connection state", Drop, ctState(CtStateInvalid)))
+	// GRE, BGP and the management ports are judged before the connection
+	// state: conntrack takes GRE injected in clear for a reply of the
+	// router's own GRE to that peer (established), whatever IPsec did.
 	add(rule("in_loopback", "the router's own loopback", Accept, iif("lo")))
 	if len(p.ManagementPorts) > 0 {
 		add(rule("in_management", "control API and metrics never from the internet", Drop,
 			fromInternet(), dport(ProtoTCP, ports(p.ManagementPorts)...)))
 	}
-	add(rule("in_ike", "IKE and NAT-T from the internet", Accept, fromInternet(), dport(ProtoUDP, PortIKE, PortIKENATT)))
-	add(rule("in_esp", "ESP from the internet", Accept, fromInternet(), l4(ProtoESP)))
 	switch p.IPsec {
 	case IPsecKernel:
 		add(rule("in_gre_ipsec", "GRE that an IPsec SA decrypted", Accept, l4(ProtoGRE), Match{Kind: MatchIPsec}))
@@ -162,14 +163,18 @@ func (b *builder) input() Chain {
 		add(rule("in_gre", "GRE from the internet (no IPsec configured)", Accept, fromInternet(), l4(ProtoGRE)))
 	}
 	add(rule("in_gre_clear", "GRE without IPsec", Drop, l4(ProtoGRE)))
+	add(rule("in_bgp", "BGP on the tunnel", Accept, iif(p.Tunnel), dport(ProtoTCP, PortBGP)))
+	add(rule("in_bgp_other", "BGP only on the tunnel", Drop, dport(ProtoTCP, PortBGP)))
+	add(rule("in_established", "replies and related ICMP", Accept, ctState(CtStateEstablished|CtStateRelated)))
+	add(rule("in_invalid", "no connection state", Drop, ctState(CtStateInvalid)))
+	add(rule("in_ike", "IKE and NAT-T from the internet", Accept, fromInternet(), dport(ProtoUDP, PortIKE, PortIKENATT)))
+	add(rule("in_esp", "ESP from the internet", Accept, fromInternet(), l4(ProtoESP)))
 	add(rule("in_pmtu", "path MTU discovery from the internet", Accept, fromInternet(),
 		Match{Kind: MatchICMP, Code: true, Values: []uint32{ICMPUnreachable, ICMPCodeFragNeed}}))
 	add(rule("in_pmtu6", "path MTU discovery from the internet (IPv6)", Accept, fromInternet(), icmp6(ICMPv6TooBig)))
 	add(rule("in_nd", "IPv6 neighbour and router discovery", Accept, icmp6(ICMPv6RouterSol, ICMPv6RouterAdv, ICMPv6NeighSol, ICMPv6NeighAdv)))
 	add(rule("in_ping", "ping", Accept, Match{Kind: MatchICMP, Values: []uint32{ICMPEchoRequest}}))
 	add(rule("in_ping6", "ping (IPv6)", Accept, icmp6(ICMPv6EchoRequest)))
-	add(rule("in_bgp", "BGP on the tunnel", Accept, iif(p.Tunnel), dport(ProtoTCP, PortBGP)))
-	add(rule("in_bgp_other", "BGP only on the tunnel", Drop, dport(ProtoTCP, PortBGP)))
 	for i, r := range p.Rules {
 		if r.To == ZoneLocal {
 			add(b.userRule(i, r))

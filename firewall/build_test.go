@@ -169,6 +169,13 @@ func TestBuildOrder(t *testing.T) {
 		if idx["in_bgp_other"] > idx["in_lan"] {
 			t.Errorf("%s: BGP drop after the LAN accept", name)
 		}
+		// conntrack takes GRE in clear for a reply of the router's own
+		// GRE: GRE and BGP are judged before the connection state.
+		for _, r := range []string{"in_gre_clear", "in_bgp_other", "in_management"} {
+			if i, ok := idx[r]; ok && i > idx["in_established"] {
+				t.Errorf("%s: %s after in_established", name, r)
+			}
+		}
 		if last := in.Rules[len(in.Rules)-1]; last.Name != "in_drop" || len(last.Match) != 0 {
 			t.Errorf("%s: last input rule %s", name, last.Name)
 		}

@@ -155,13 +155,9 @@ func TestKernelTableCounters(t *testing.T) {
 	if len(cs) != rs.Len() {
 		t.Errorf("%d counters for %d rules", len(cs), rs.Len())
 	}
-	// The first echo request is new on lo; its reply and the rest are
-	// established.
-	if c := cs["in_loopback"]; c.Packets == 0 || c.Bytes == 0 {
-		t.Errorf("in_loopback counted %+v", c)
-	}
-	if c := cs["in_established"]; c.Packets == 0 {
-		t.Errorf("in_established counted %+v", c)
+	// Three echo requests and their replies, all in through lo.
+	if c := cs["in_loopback"]; c.Packets < 6 || c.Bytes < 6*84 {
+		t.Errorf("in_loopback counted %+v, want 6 packets", c)
 	}
 	if c := cs["in_gre_clear"]; c.Packets != 0 {
 		t.Errorf("in_gre_clear counted %+v", c)

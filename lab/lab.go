@@ -46,14 +46,16 @@ func (l *Lab) ctl(ctx context.Context, socket string, args ...string) int {
 
 const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
 
-  up [--no-ipsec] [--rogue] [TOPOLOGY]
+  up [--no-ipsec] [--rogue] [--no-firewall] [TOPOLOGY]
                        build the lab (default topology: alpine), wait until it
                        has converged, show every node, the IPsec SAs and a
                        spoke-to-spoke shortcut. Every hub and spoke runs IPsec
                        (strongSwan's charon, certificates from a CA made for
                        the lab) unless --no-ipsec; --rogue adds a spoke whose
                        valid certificate names another spoke's tunnel address
-                       and shows the hubs refusing it
+                       and shows the hubs refusing it. Every node runs its
+                       nftables firewall unless --no-firewall: a GRE packet
+                       injected in clear at hub1 is shown dropped by it
   down                 stop every daemon and remove every namespace
   status               nodes, namespaces and daemons
   exec NODE -- CMD…    run a command in a node (hub1, spoke1, spoke1-h1, inet…)
@@ -139,6 +141,8 @@ type UpOptions struct {
 	NoIPsec bool
 	// Rogue adds the rogue spoke.
 	Rogue bool
+	// NoFirewall runs the nodes without their firewall.
+	NoFirewall bool
 }
 
 // parseUp reads up's arguments: flags before or after the topology.
@@ -147,6 +151,7 @@ func parseUp(args []string, stderr io.Writer) (topo string, opts UpOptions, ok b
 	fs.SetOutput(stderr)
 	fs.BoolVar(&opts.NoIPsec, "no-ipsec", false, "NHRP and GRE in clear: no certificates, no charon")
 	fs.BoolVar(&opts.Rogue, "rogue", false, "add a spoke whose certificate names another spoke's tunnel address")
+	fs.BoolVar(&opts.NoFirewall, "no-firewall", false, "run the nodes without their nftables firewall")
 	for {
 		if err := fs.Parse(args); err != nil {
 			return "", opts, false

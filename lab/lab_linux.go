@@ -57,10 +57,12 @@ type State struct {
 	Started  time.Time `json:"started"`
 	// IPsec is whether the nodes run IPsec (PKI holds the certificates);
 	// Rogue whether the rogue spoke is there.
-	IPsec bool        `json:"ipsec"`
-	PKI   string      `json:"pki,omitempty"`
-	Rogue bool        `json:"rogue,omitempty"`
-	Nodes []NodeState `json:"nodes"`
+	IPsec bool   `json:"ipsec"`
+	PKI   string `json:"pki,omitempty"`
+	Rogue bool   `json:"rogue,omitempty"`
+	// Firewall is whether the nodes run their firewall.
+	Firewall bool        `json:"firewall,omitempty"`
+	Nodes    []NodeState `json:"nodes"`
 }
 
 func (l *Lab) statePath() string { return filepath.Join(l.Dir, "state.json") }
@@ -149,6 +151,7 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 	if opts.Rogue {
 		t = t.withRogue()
 	}
+	t.NoFirewall = opts.NoFirewall
 	dmvpnd, err := binary("dmvpnd")
 	if err != nil {
 		return err
@@ -169,7 +172,7 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 	if err != nil {
 		return err
 	}
-	st := &State{Topology: t.Name, Prefix: l.Prefix, Started: time.Now(), IPsec: !opts.NoIPsec, Rogue: opts.Rogue}
+	st := &State{Topology: t.Name, Prefix: l.Prefix, Started: time.Now(), IPsec: !opts.NoIPsec, Rogue: opts.Rogue, Firewall: !opts.NoFirewall}
 	for _, n := range tb.Nodes() {
 		ns := NodeState{Name: n.Name, NS: n.NS, Kind: kindOf(t, n.Name)}
 		if n.Addr.IsValid() {
@@ -252,6 +255,11 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 	if st.Rogue {
 		if err := l.rogueDemo(ctx, t, st); err != nil {
 			return stay("The rogue spoke's demonstration", err)
+		}
+	}
+	if st.Firewall {
+		if err := l.firewallDemo(ctx, t, st); err != nil {
+			return stay("The firewall's demonstration", err)
 		}
 	}
 	fmt.Fprintf(l.Out, "\nThe lab is up. Explore it:\n")

@@ -97,6 +97,9 @@ func TestConfigs(t *testing.T) {
 				if (cfg.IPsec != nil) != (sec != "") {
 					t.Errorf("%s/%s: ipsec section %v, want %v", name, n.Site.Name, cfg.IPsec != nil, sec != "")
 				}
+				if fw := cfg.Firewall; fw == nil || len(fw.Internet) != 1 || fw.Internet[0] != "wan0" || (len(fw.LAN) == 1) != n.Site.LAN.IsValid() {
+					t.Errorf("%s/%s: firewall section %+v", name, n.Site.Name, fw)
+				}
 			}
 		}
 	}

@@ -41,6 +41,9 @@ type Topology struct {
 	Nodes []Node
 	// Key is the GRE key of the cloud.
 	Key uint32
+	// NoFirewall leaves the firewall section out of the nodes' files
+	// (up --no-firewall); by default every node runs the firewall.
+	NoFirewall bool
 }
 
 // tunnelNet is the tunnel network of every topology (the Alpine guide's).
@@ -161,6 +164,14 @@ func (t Topology) config(n Node, socket, ipsec string) string {
 		ipsec = "ipsec: off\n"
 	}
 	b.WriteString(ipsec)
+	if !t.NoFirewall {
+		// wan0 faces the internet; lan0 is the site's LAN (hubs have
+		// none: their LAN zone is every other interface).
+		b.WriteString("firewall:\n  zones:\n    internet: [wan0]\n")
+		if n.Site.LAN.IsValid() {
+			b.WriteString("    lan: [lan0]\n")
+		}
+	}
 	return b.String()
 }
 
