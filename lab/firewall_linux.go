@@ -145,4 +145,3 @@ func checksum(b []byte) uint16 {
 	}
 	return ^uint16(s)
 }
-
