@@ -74,7 +74,7 @@ with one it runs it and exits: dmvpnctl show dmvpn`,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	root.SetHelpCommand(&cobra.Command{Use: "no-help", Hidden: true})
-	root.PersistentFlags().StringVar(&opts.Socket, "socket", opts.Socket, "control socket of dmvpnd (env "+EnvSocket+")")
+	root.PersistentFlags().StringVar(&opts.Socket, "socket", opts.Socket, "`PATH` of dmvpnd's control socket (env "+EnvSocket+")")
 	given := opts.Remote
 	opts.Remote.addFlags(root)
 	if given.Server != "" { // given by the shell: keep it over the environment
@@ -156,6 +156,9 @@ func group(name, short string, subs ...*cobra.Command) *cobra.Command {
 // With no command it runs the interactive shell on a terminal, or reads
 // commands line by line from stdin otherwise.
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, exit func()) int {
+	if ok, desc := completeRequest(args); ok {
+		return complete(args[1:], stdout, desc)
+	}
 	opts := Options{}
 	probe := NewRoot(opts)
 	probe.SetArgs(args)

@@ -1,0 +1,39 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestComplete: cobra's completion protocol answered from the shell's own
+// grammar, abbreviations included.
+func TestComplete(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"__complete", ""}, "clear\tReset functions\ndebug\t"},
+		{[]string{"__completeNoDesc", "sh", "ip", ""}, "nhrp\n:4\n"},
+		{[]string{"__completeNoDesc", "show", "dmvpn", ""}, "detail\njson\n:4\n"},
+		{[]string{"__completeNoDesc", "show", "dmvpn", "detail", "j"}, "json\n:4\n"},
+		{[]string{"__completeNoDesc", "decode", ""}, ":0\n"},     // a file name
+		{[]string{"__completeNoDesc", "--socket", ""}, ":0\n"},   // a path
+		{[]string{"__completeNoDesc", "--so"}, "--socket\n:4\n"}, // flags
+		{[]string{"__completeNoDesc", "nosuch", ""}, ":1\n"},     // an error: nothing
+		{[]string{"__completeNoDesc", "show", "ip", "nhrp", "sh"}, "shortcut\n:4\n"},
+		{[]string{"__completeNoDesc", "reload", "-"}, "--dry-run\n--socket\n:4\n"},
+	} {
+		var out, errb bytes.Buffer
+		code := Run(context.Background(), tc.args, strings.NewReader(""), &out, &errb, nil)
+		if code != 0 || errb.Len() != 0 {
+			t.Errorf("%q: code %d, stderr %q", tc.args, code, errb.String())
+		}
+		if !strings.HasPrefix(out.String(), tc.want) {
+			t.Errorf("%q:\n%s", tc.args, cmp.Diff(tc.want, out.String()))
+		}
+	}
+}
