@@ -81,6 +81,16 @@ bpf-check:
 		cmp -s $$tmp/$$f $(BPF_DIR)/$$f || { echo "bpf-check: $(BPF_DIR)/$$f differs from what dataplane.c compiles to: run make bpf and commit it"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "bpf-check: the committed BPF object and bindings match dataplane.c"
 
+# The Debian package: $(BIN)/dmvpn_<version>_amd64.deb (packaging/, with
+# dpkg-deb): dmvpnd, dmvpnctl, the systemd unit, an example
+# /etc/dmvpn/dmvpnd.yaml, bash and zsh completions and manual pages
+# generated from the commands' definitions; Depends from the packages
+# tagged node in scripts/packages.list. The packaging tests (make test)
+# check it with lintian and install it.
+.PHONY: deb
+deb:
+	$(GO) run ./packaging/mkdeb -out $(BIN)
+
 # Codec benchmarks.
 bench:
 	$(GO) test ./nhrp/wire -run '^$$' -bench . -benchmem -count 5

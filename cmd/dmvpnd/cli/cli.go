@@ -29,6 +29,26 @@ var Description = []string{
 	"Under systemd (Type=notify) it reports readiness once the tunnel and charon are up, and when its standard error is the journal each log line carries its syslog priority.",
 }
 
+// Item is a term and what it means (a file, an exit status).
+type Item struct{ Term, Text string }
+
+// Files are the files dmvpnd reads and makes by default (the manual
+// page's FILES).
+var Files = []Item{
+	{DefaultConfig, "the configuration (-c); the Debian package installs a hub's, and hub1.yaml, hub2.yaml and spoke1.yaml are in /usr/share/doc/dmvpn/examples"},
+	{"/etc/dmvpn/pki/", "where the examples expect the CA certificate, this node's certificate and its key (ipsec.ca, ipsec.cert, ipsec.key)"},
+	{"/run/dmvpnd/dmvpnd.sock", "the control socket dmvpnctl talks to (control.socket), mode 0600"},
+	{"/run/dmvpnd/ipsec/", "the managed charon's strongswan.conf, VICI socket and charon.log (ipsec.state_dir)"},
+	{"/var/log/dmvpn/audit.jsonl", "the examples' audit log: every registration accepted or refused, one JSON object per line (ipsec.audit_log)"},
+}
+
+// ExitStatus are dmvpnd's exit codes.
+var ExitStatus = []Item{
+	{"0", "a clean stop, or a valid configuration with --check"},
+	{"1", "an invalid configuration, or a failure at start or while running"},
+	{"2", "a bad command line"},
+}
+
 // Options are the parsed flags.
 type Options struct {
 	// Config is the configuration file (-c).
