@@ -57,10 +57,10 @@ func startPrivateRun(cmd *exec.Cmd, stateDir string) (wait <-chan error, err err
 // stateDir back over it when it lies under /run.
 func privateRun(stateDir string) error {
 	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("ipsec: a mount namespace for charon (unshare, needs CAP_SYS_ADMIN): %w", err)
+		return fmt.Errorf("a mount namespace for charon (unshare, needs CAP_SYS_ADMIN): %w", err)
 	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("ipsec: making charon's mounts private: %w", err)
+		return fmt.Errorf("making charon's mounts private: %w", err)
 	}
 	under := stateDir == "/run" || strings.HasPrefix(stateDir, "/run/")
 	fd := -1
@@ -69,21 +69,21 @@ func privateRun(stateDir string) error {
 		// the directory hidden under it, and is bound back from there.
 		var err error
 		if fd, err = unix.Open(stateDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
-			return fmt.Errorf("ipsec: charon's state directory: %w", err)
+			return fmt.Errorf("charon's state directory: %w", err)
 		}
 		defer unix.Close(fd)
 	}
 	if err := unix.Mount("tmpfs", "/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
-		return fmt.Errorf("ipsec: a private /run for charon: %w", err)
+		return fmt.Errorf("a private /run for charon: %w", err)
 	}
 	if !under {
 		return nil
 	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return fmt.Errorf("ipsec: charon's state directory in its /run: %w", err)
+		return fmt.Errorf("charon's state directory in its /run: %w", err)
 	}
 	if err := unix.Mount(filepath.Join("/proc/self/fd", fmt.Sprint(fd)), stateDir, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("ipsec: binding charon's state directory into its /run: %w", err)
+		return fmt.Errorf("binding charon's state directory into its /run: %w", err)
 	}
 	return nil
 }
