@@ -3,6 +3,8 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -25,7 +27,6 @@ func TestComplete(t *testing.T) {
 		{[]string{"__completeNoDesc", "--so"}, "--socket\n:4\n"}, // flags
 		{[]string{"__completeNoDesc", "nosuch", ""}, ":1\n"},     // an error: nothing
 		{[]string{"__completeNoDesc", "show", "ip", "nhrp", "sh"}, "shortcut\n:4\n"},
-		{[]string{"__completeNoDesc", "reload", "-"}, "--dry-run\n--socket\n:4\n"},
 	} {
 		var out, errb bytes.Buffer
 		code := Run(context.Background(), tc.args, strings.NewReader(""), &out, &errb, nil)
@@ -35,5 +36,17 @@ func TestComplete(t *testing.T) {
 		if !strings.HasPrefix(out.String(), tc.want) {
 			t.Errorf("%q:\n%s", tc.args, cmp.Diff(tc.want, out.String()))
 		}
+	}
+	// A command's own flags and the root's, each once.
+	var out bytes.Buffer
+	Run(context.Background(), []string{"__completeNoDesc", "reload", "--"}, strings.NewReader(""), &out, io.Discard, nil)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	for _, want := range []string{"--dry-run", "--socket"} {
+		if n := slices.Index(lines, want); n < 0 || slices.Index(lines[n+1:], want) >= 0 {
+			t.Errorf("reload --<TAB>: %q, want %s once", lines, want)
+		}
+	}
+	if lines[len(lines)-1] != ":4" {
+		t.Errorf("reload --<TAB>: directive %q", lines[len(lines)-1])
 	}
 }

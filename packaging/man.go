@@ -198,7 +198,10 @@ func DmvpnctlMan(w io.Writer, version string, date time.Time) error {
 	p.sh("OPTIONS")
 	root.PersistentFlags().VisitAll(func(f *pflag.Flag) {
 		arg, usage := pflag.UnquoteUsage(f)
-		fmt.Fprintf(w, ".TP\n%s\n%s\n", flagRoff("--"+f.Name, arg), roff(usage+" (default "+f.DefValue+")"))
+		if f.DefValue != "" {
+			usage += " (default " + f.DefValue + ")"
+		}
+		fmt.Fprintf(w, ".TP\n%s\n%s\n", flagRoff("--"+f.Name, arg), roff(usage))
 	})
 	p.sh("COMMANDS")
 	for _, c := range cmds {
