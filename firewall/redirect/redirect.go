@@ -36,6 +36,14 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// ChainPriority is the priority of the watcher's forward chain: filter
+// - 10, ahead of the firewall's forward chain (filter), so that a relayed
+// packet is seen, and a redirect sent, whatever the firewall's policy
+// does with it afterwards (a drop in any base chain ends the packet; an
+// accept in one does not skip another). The rule stays in its own table:
+// the firewall replaces its table whole and must not take it along.
+const ChainPriority = -10
+
 // TableName returns the nftables table the watcher uses for an interface.
 func TableName(iface string) string { return "dmvpn_redirect_" + iface }
 

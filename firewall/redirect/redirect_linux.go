@@ -41,8 +41,9 @@ func install(c *nftables.Conn, cfg Config) error {
 	c.DelTable(t)
 	t = c.AddTable(t)
 	accept := nftables.ChainPolicyAccept
+	prio := nftables.ChainPriority(ChainPriority)
 	ch := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+		Hooknum: nftables.ChainHookForward, Priority: &prio, Policy: &accept})
 	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ruleExprs(cfg)})
 	return c.Flush()
 }
