@@ -72,7 +72,7 @@ func TestCandidates(t *testing.T) {
 	}{
 		{"", []string{"clear", "debug", "decode", "exit", "firewall", "quit", "reload", "show"}},
 		{"sh", []string{"show"}},
-		{"show ", []string{"crypto", "dmvpn", "firewall", "ip", "running-config", "version"}},
+		{"show ", []string{"crypto", "dmvpn", "firewall", "ip", "running-config", "uplinks", "version"}},
 		{"sh fi ", []string{"json", "<cr>"}},
 		{"firewall ", []string{"apply", "confirm", "translate"}},
 		{"fi tr ", []string{"running", "<cr>"}},

@@ -129,6 +129,7 @@ func showCommands(e *env) []*cobra.Command {
 		newShowDmvpn(e),
 		newShowCrypto(e),
 		newShowFirewall(e),
+		newShowUplinks(e),
 		group("ip", "IP information", ipShowCommands(e)...),
 		newShowRunningConfig(e),
 		newShowVersion(e),

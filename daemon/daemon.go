@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
@@ -66,6 +67,9 @@ type Config struct {
 	// and metrics beyond loopback, never accepted from the internet.
 	Firewall        *firewall.Config
 	ManagementPorts []uint16
+	// Uplinks fails over and balances the ISP uplinks; nil: the kernel's
+	// routes are left as they are.
+	Uplinks *failover.Config
 }
 
 // Policy is the registration policy of a hub: every client in the tunnel
@@ -133,6 +137,7 @@ type Daemon struct {
 	// told of its rollbacks.
 	fw         *firewall.Manager
 	fwRollback func(src any)
+	uplinks    *failover.Monitor // nil without uplinks
 }
 
 // Option adjusts a Daemon.
@@ -199,17 +204,29 @@ func (d *Daemon) Host() *host.Manager {
 	return d.host
 }
 
+// hostManager returns the owner of host state, starting it (the uplinks
+// need it before the tunnel opens).
+func (d *Daemon) hostManager() (*host.Manager, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.host == nil {
+		m, err := host.New(host.Options{Changed: func(owner, change string) {
+			d.log.Info("host: "+change, zap.String("owner", owner))
+		}})
+		if err != nil {
+			return nil, err
+		}
+		d.host = m
+	}
+	return d.host, nil
+}
+
 // setHost starts the host state's owner and sets the daemon's own part.
 func (d *Daemon) setHost(ctx context.Context, cfg Config, info gre.Info) error {
-	m, err := host.New(host.Options{Changed: func(owner, change string) {
-		d.log.Info("host: "+change, zap.String("owner", owner))
-	}})
+	m, err := d.hostManager()
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	d.host = m
-	d.mu.Unlock()
 	c, err := m.Client(hostOwner(cfg))
 	if err != nil {
 		return err
@@ -266,6 +283,10 @@ func (d *Daemon) up(ctx context.Context) error {
 	if cfg.IPsec != nil {
 		cfg.Tunnel.AcceptIngress = gate.accept
 	}
+	// The uplinks first: the tunnel's underlay routes through them.
+	if err := d.startUplinks(ctx, cfg); err != nil {
+		return err
+	}
 	dev, reason, err := backend.Open(cfg.Tunnel, cfg.Dataplane)
 	if err != nil {
 		return fmt.Errorf("opening the tunnel %s: %w", cfg.Tunnel.Name, err)
@@ -305,6 +326,9 @@ func (d *Daemon) up(ctx context.Context) error {
 
 	deps := nhrp.Deps{Tunnel: dev, Router: router, Logger: d.log.Named("nhrp"),
 		Observers: append(slices.Clone(d.obs), d.refusalAudit(mgr))}
+	if mon := d.Uplinks(); mon != nil {
+		deps.Tunnel = uplinkTunnel{Device: dev, mon: mon}
+	}
 	if cfg.NHRP.Role == nhrp.RoleHub {
 		p := cfg.Policy
 		d.policy.Store(&p)

@@ -79,6 +79,9 @@ func (d *Daemon) firewallFacts(cfg Config, info gre.Info, tun string) firewall.F
 		mode, _ := ipsecMode(cfg.IPsec.Mode, info)
 		f.IPsec = firewall.IPsecMode(mode)
 	}
+	if cfg.Uplinks != nil {
+		f.Uplinks = firewallUplinks(*cfg.Uplinks)
+	}
 	return f
 }
 

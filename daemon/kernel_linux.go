@@ -27,8 +27,11 @@ type kernelRouter struct {
 	tunIndex int
 	cache    *host.RouteCache
 	tables   []int // the shortcut table (when shortcuts are on), then main
-	mu       sync.Mutex
-	networks []netip.Prefix
+	// uplinkIfs are the configured uplinks' interfaces: never local,
+	// whether or not the main table's default goes through them now.
+	uplinkIfs []string
+	mu        sync.Mutex
+	networks  []netip.Prefix
 }
 
 func newKernelRouter(ctx context.Context, info gre.Info, cfg Config) (*kernelRouter, error) {
@@ -41,6 +44,11 @@ func newKernelRouter(ctx context.Context, info gre.Info, cfg Config) (*kernelRou
 		r.tables = append(r.tables, cfg.NHRP.ShortcutTableOrDefault())
 	}
 	r.tables = append(r.tables, host.Main)
+	if cfg.Uplinks != nil {
+		for _, u := range cfg.Uplinks.Uplinks {
+			r.uplinkIfs = append(r.uplinkIfs, u.Interface)
+		}
+	}
 	return r, nil
 }
 
@@ -66,8 +74,8 @@ func viaLink(rt host.Route, index int) bool {
 // route's gateway (or itself) as next hop. A destination elsewhere is
 // local — answerable in resolutions — when it is in the configured
 // networks, or, without configured networks, when the most specific route
-// to it in main is not the default route and not through an uplink (an
-// interface that carries a default route).
+// to it in main is not the default route and not through an uplink (a
+// configured uplink's interface, or one that carries a default route).
 func (r *kernelRouter) Route(ctx context.Context, dst netip.Addr) (nhrp.RouteInfo, error) {
 	r.mu.Lock()
 	nets := r.networks
@@ -109,6 +117,11 @@ func (r *kernelRouter) Route(ctx context.Context, dst netip.Addr) (nhrp.RouteInf
 		return nhrp.RouteInfo{}, err
 	}
 	uplink := false
+	for _, name := range r.uplinkIfs {
+		if l, err := net.InterfaceByName(name); err == nil {
+			uplink = uplink || viaLink(best, l.Index)
+		}
+	}
 	for _, d := range defaults {
 		for _, h := range best.NextHops {
 			uplink = uplink || viaLink(d, h.Index)

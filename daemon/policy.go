@@ -115,6 +115,9 @@ func diff(old, cfg Config) (changes, restart []string) {
 	if !slices.Equal(old.ManagementPorts, cfg.ManagementPorts) {
 		changes = append(changes, "management ports")
 	}
+	if !reflect.DeepEqual(old.Uplinks, cfg.Uplinks) {
+		restart = append(restart, "uplinks")
+	}
 	if !reflect.DeepEqual(old.Networks, cfg.Networks) {
 		changes = append(changes, "networks")
 	}

@@ -62,6 +62,14 @@ func (n daemonNode) Crypto() control.Crypto {
 	return nil
 }
 
+// Uplinks returns the uplink monitor, or a nil interface without uplinks.
+func (n daemonNode) Uplinks() control.Uplinks {
+	if m := n.d.Uplinks(); m != nil {
+		return m
+	}
+	return nil
+}
+
 // Reload applies a configuration through the daemon.
 func (n daemonNode) Reload(ctx context.Context, cfg daemon.Config) ([]string, error) {
 	return n.d.Reload(ctx, cfg)
@@ -113,6 +121,14 @@ func (a *App) Engine() control.Engine { return a.node.Engine() }
 func (a *App) Crypto() control.Crypto {
 	if cs, ok := a.node.(interface{ Crypto() control.Crypto }); ok {
 		return cs.Crypto()
+	}
+	return nil
+}
+
+// Uplinks implements control.UplinksSource.
+func (a *App) Uplinks() control.Uplinks {
+	if us, ok := a.node.(interface{ Uplinks() control.Uplinks }); ok {
+		return us.Uplinks()
 	}
 	return nil
 }

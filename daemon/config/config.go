@@ -58,6 +58,9 @@ type Config struct {
 	IPsecOff bool
 	// Firewall is the node's nftables policy; nil runs without it.
 	Firewall *Firewall
+	// Uplinks are the ISP uplinks failed over and balanced; nil without
+	// the section.
+	Uplinks *Uplinks
 	// Logging, Metrics and Control configure the program around the
 	// daemon.
 	Logging Logging
@@ -271,10 +274,12 @@ func ParseWith(data []byte, name string, o Options) (*Config, error) {
 		d.mapping(doc.Content[0], "", sections(d, c))
 		c.defaults(d)
 		c.ipsecDefaults(d)
+		c.uplinksDefaults(d)
 		c.check(d)
 		c.ipsecChecks(d)
 		c.checkProtection(d)
 		c.firewallChecks(d)
+		c.uplinksChecks(d)
 	}
 	if len(d.errs) > 0 {
 		sortErrors(d.errs)

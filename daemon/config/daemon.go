@@ -76,6 +76,7 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		ShortcutRulePriority: t.ShortcutRulePriority,
 		Forwarding:           c.Forwarding,
 		IPsec:                c.IPsec.ipsecConfig(),
+		Uplinks:              c.Uplinks.failoverConfig(),
 		IPsecOff:             c.IPsecOff,
 		Firewall:             c.Firewall.FirewallConfig(),
 		ManagementPorts:      c.managementPorts(),

@@ -126,8 +126,8 @@ func (c *Config) firewallChecks(d *decoder) {
 	if f == nil {
 		return
 	}
-	if len(f.Internet) == 0 && !d.has("firewall.zones.internet") {
-		d.errorAt("firewall.zones.internet", "missing: list the internet (uplink) interfaces")
+	if len(f.Internet) == 0 && !d.has("firewall.zones.internet") && (c.Uplinks == nil || len(c.Uplinks.List) == 0) {
+		d.errorAt("firewall.zones.internet", "missing: list the internet (uplink) interfaces, or configure uplinks")
 	}
 	zone := map[string]string{}
 	if c.Tunnel.Interface != "" {

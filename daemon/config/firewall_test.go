@@ -103,7 +103,7 @@ func TestFirewallSectionErrors(t *testing.T) {
 		want       []string
 	}{
 		{"no internet zone", base + "firewall:\n  zones:\n    lan: [eth1]\n",
-			[]string{"line 11: firewall.zones.internet: missing: list the internet (uplink) interfaces"}},
+			[]string{"line 11: firewall.zones.internet: missing: list the internet (uplink) interfaces, or configure uplinks"}},
 		{"interface twice", base + "firewall:\n  zones:\n    internet: [eth0]\n    lan: [eth1, eth0]\n",
 			[]string{"line 13: firewall.zones.lan[1]: eth0 is also in the internet zone"}},
 		{"tunnel in a zone", base + "firewall:\n  zones:\n    internet: [gre1]\n",

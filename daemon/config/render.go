@@ -118,6 +118,9 @@ func (c *Config) render(mask bool) []byte {
 	if c.Firewall != nil {
 		root.add("firewall", renderFirewall(c.Firewall))
 	}
+	if c.Uplinks != nil {
+		root.add("uplinks", renderUplinks(c.Uplinks))
+	}
 	root.add("logging", mapNode("level", str(c.Logging.Level), "format", str(c.Logging.Format)).Node)
 	root.add("metrics", mapNode("enabled", boolean(c.Metrics.Enabled), "listen", str(c.Metrics.Listen)).Node)
 	ctl := mapNode("socket", str(c.Control.Socket))

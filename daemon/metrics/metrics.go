@@ -4,7 +4,8 @@
 // installed and expired, data-plane packets and bytes per direction,
 // neighbour misses, with IPsec its SAs, failures, refusals, charon and
 // certificate expiry (ipsec.go), and with the firewall every rule's
-// counter, its applies and rollbacks (firewall.go).
+// counter, its applies and rollbacks (firewall.go), and with uplinks their
+// states, round trips, losses and transitions (uplinks.go).
 //
 // Event counts come from the engine's events (Metrics is an nhrp.Observer);
 // everything the engine and the data plane already count is read from
@@ -151,6 +152,9 @@ func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range firewallDescs {
 		ch <- d
 	}
+	for _, d := range uplinkDescs {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector: it reads the snapshots.
@@ -195,6 +199,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		collectIPsec(ch, st)
 	}
 	collectFirewall(ch, s.src)
+	collectUplinks(ch, s.src)
 }
 
 // engine emits the engine's snapshots; false when the engine did not
