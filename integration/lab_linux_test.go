@@ -163,7 +163,7 @@ func testLabCycle(t *testing.T, l *labEnv) {
 
 	t.Run("up again", func(t *testing.T) {
 		out, err := l.run(t, "up")
-		if err != nil || !strings.Contains(out, "The lab is already up (topology alpine, 10 namespaces, IPsec on") {
+		if err != nil || !strings.Contains(out, "The lab is already up (topology alpine, 11 namespaces, IPsec on") {
 			t.Errorf("second up: %v\n%s", err, out)
 		}
 	})
@@ -207,10 +207,11 @@ func testLabCycle(t *testing.T, l *labEnv) {
 	})
 
 	t.Run("forged", func(t *testing.T) { testLabForged(t, l) })
+	t.Run("fail and restore an ISP", func(t *testing.T) { testLabFailover(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
 
 	out, err = l.run(t, "down")
-	if err != nil || !strings.Contains(out, "Lab down: 4 dmvpnd stopped (and 4 charon), 10 namespaces removed") {
+	if err != nil || !strings.Contains(out, "Lab down: 4 dmvpnd stopped (and 4 charon), 11 namespaces removed") {
 		t.Errorf("down: %v\n%s", err, out)
 	}
 	assertNothingLeft(t, l)
@@ -301,7 +302,7 @@ func testLabPlain(t *testing.T, l *labEnv) {
 		t.Errorf("status: %v\n%s", err, out)
 	}
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
-	if out, err := l.run(t, "down"); err != nil || !strings.Contains(out, "Lab down: 4 dmvpnd stopped, 10 namespaces removed") {
+	if out, err := l.run(t, "down"); err != nil || !strings.Contains(out, "Lab down: 4 dmvpnd stopped, 11 namespaces removed") {
 		t.Errorf("down: %v\n%s", err, out)
 	}
 	assertNothingLeft(t, l)

@@ -21,6 +21,7 @@ import (
 	"strings"
 
 	"github.com/opendmvpn/dmvpn/ctl"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // Defaults.
@@ -58,6 +59,11 @@ const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
                        injected in clear at hub1 is shown dropped by it
   down                 stop every daemon and remove every namespace
   status               nodes, namespaces and daemons
+  fail NODE ISP [--link]
+                       cut a node's ISP (isp1 or isp2: spoke1 has both) and
+                       follow the failover: an nftables drop on the ISP's
+                       router with the link up, or --link: the link down
+  restore NODE ISP     undo fail and follow the node back to its preferred ISP
   exec NODE -- CMD…    run a command in a node (hub1, spoke1, spoke1-h1, inet…)
   shell NODE           open dmvpnctl on a hub or spoke
   topologies           list the topologies
@@ -102,6 +108,26 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	case "topologies":
 		for _, t := range Topologies {
 			fmt.Fprintf(stdout, "%-8s %s\n", t.Name, t.About)
+		}
+	case "fail", "restore":
+		mode := testbed.CutDrop
+		var pos []string
+		for _, a := range rest {
+			switch a {
+			case "--link", "-link":
+				mode = testbed.CutLink
+			default:
+				pos = append(pos, a)
+			}
+		}
+		if len(pos) != 2 || (cmd == "restore" && mode != testbed.CutDrop) {
+			fs.Usage()
+			return 2
+		}
+		if cmd == "fail" {
+			err = l.Fail(ctx, pos[0], pos[1], mode)
+		} else {
+			err = l.Restore(ctx, pos[0], pos[1])
 		}
 	case "exec":
 		if len(rest) < 1 {

@@ -280,7 +280,7 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 
 func kindOf(t Topology, name string) string {
 	switch {
-	case name == "inet":
+	case name == "inet", name == "inet2":
 		return "internet"
 	case strings.HasSuffix(name, "-nat"):
 		return "nat"

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"io"
+
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 var errLinux = errors.New("dmvpn-lab needs Linux network namespaces")
@@ -26,3 +28,11 @@ func (l *Lab) Exec(ctx context.Context, node string, args []string, stdin io.Rea
 
 // Shell fails outside Linux.
 func (l *Lab) Shell(node string) error { return errLinux }
+
+// Fail fails outside Linux.
+func (l *Lab) Fail(ctx context.Context, node, isp string, mode testbed.CutMode) error {
+	return errLinux
+}
+
+// Restore fails outside Linux.
+func (l *Lab) Restore(ctx context.Context, node, isp string) error { return errLinux }

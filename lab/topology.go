@@ -60,6 +60,13 @@ func spoke(name, nbma, tunnel, lan string, nat bool, as uint32) Node {
 	}
 }
 
+// twoISPs gives a node a second ISP (its wan1 on the second internet
+// router at nbma2): its dmvpnd fails over between the two (uplinks).
+func twoISPs(n Node, nbma2 string) Node {
+	n.Site.NBMA2 = netip.MustParsePrefix(nbma2)
+	return n
+}
+
 // rogue is the spoke dmvpn-lab up --rogue adds: a certificate from the
 // lab's CA that names the first spoke's tunnel address, while it
 // registers its own.
@@ -88,7 +95,7 @@ var Topologies = []Topology{
 		Nodes: []Node{
 			hub("hub1", "192.0.2.1/28", "172.16.0.1/16", 65000),
 			hub("hub2", "192.0.2.17/28", "172.16.0.2/16", 65000),
-			spoke("spoke1", "198.51.100.1/28", "172.16.1.1/16", "10.1.0.1/24", false, 65001),
+			twoISPs(spoke("spoke1", "198.51.100.1/28", "172.16.1.1/16", "10.1.0.1/24", false, 65001), "203.0.113.65/28"),
 			spoke("spoke2", "198.51.100.17/28", "172.16.2.1/16", "10.2.0.1/24", false, 65002),
 			spoke("spoke3", "203.0.113.1/28", "172.16.3.1/16", "10.3.0.1/24", true, 65003),
 		},
@@ -99,7 +106,7 @@ var Topologies = []Topology{
 		Key:   0x12345678,
 		Nodes: []Node{
 			hub("hub1", "192.0.2.1/28", "172.16.0.1/16", 65000),
-			spoke("spoke1", "198.51.100.1/28", "172.16.1.1/16", "10.1.0.1/24", false, 65001),
+			twoISPs(spoke("spoke1", "198.51.100.1/28", "172.16.1.1/16", "10.1.0.1/24", false, 65001), "203.0.113.65/28"),
 			spoke("spoke2", "198.51.100.17/28", "172.16.2.1/16", "10.2.0.1/24", false, 65002),
 		},
 	},
@@ -159,6 +166,9 @@ func (t Topology) config(n Node, socket, ipsec string) string {
 		}
 		fmt.Fprintf(&b, "  shortcut: true\nnetworks:\n  - %s\n", n.Site.LAN.Masked())
 	}
+	if n.Site.NBMA2.IsValid() {
+		b.WriteString(uplinksSection(n))
+	}
 	fmt.Fprintf(&b, "logging:\n  level: info\n  format: console\nmetrics:\n  listen: 127.0.0.1:9474\ncontrol:\n  socket: %s\n", socket)
 	if ipsec == "" {
 		ipsec = "ipsec: off\n"
@@ -190,4 +200,33 @@ func (t Topology) routes(n Node) []string {
 		out = append(out, fmt.Sprintf("route append 10.0.0.0/8 via %s dev gre1 metric %d", h.Tunnel.Addr(), 10*(i+1)))
 	}
 	return out
+}
+
+// uplinksSection is the uplinks section of a node with two ISPs: isp1 on
+// wan0 preferred (its gateway learnt from the default route the lab put
+// there), isp2 on wan1 standing by (its gateway written: no default route
+// goes through it). Both probe the hosts on the internet routers'
+// loopbacks; the one only the second ISP reaches never answers through
+// isp1, so isp1 holds on the other two.
+func uplinksSection(n Node) string {
+	var probes []string
+	for _, a := range append(slices.Clone(testbed.ProbeHosts), testbed.ISP2Host) {
+		probes = append(probes, a.String())
+	}
+	list := "[" + strings.Join(probes, ", ") + "]"
+	var b strings.Builder
+	b.WriteString("uplinks:\n")
+	fmt.Fprintf(&b, "  - name: isp1\n    interface: wan0\n    probes: %s\n    masquerade: true\n", list)
+	fmt.Fprintf(&b, "  - name: isp2\n    interface: wan1\n    gateway: %s\n    probes: %s\n    preference: 1\n    masquerade: true\n",
+		lastHost(n.Site.NBMA2), list)
+	return b.String()
+}
+
+// lastHost is the highest usable address of an IPv4 prefix (the internet
+// router's end of a site's link).
+func lastHost(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v += uint32(1)<<(32-p.Bits()) - 2
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

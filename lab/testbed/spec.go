@@ -46,7 +46,26 @@ type Site struct {
 	// UplinkMTU sets the MTU of the internet router's link toward the site
 	// (both ends); zero keeps 1500.
 	UplinkMTU int
+	// NBMA2, when valid, gives the site a second ISP: an interface wan1
+	// with this address on a second internet router (inet2, gateway the
+	// last usable address), which reaches the first through a transit
+	// link. The site's main table keeps its default through wan0.
+	NBMA2 netip.Prefix
 }
+
+// Probe hosts: addresses on the internet routers' loopbacks that uplink
+// failover can probe. ProbeHosts answer through either ISP; ISP2Host only
+// through the second (the first internet router has no route to it).
+var (
+	ProbeHosts = []netip.Addr{netip.MustParseAddr("192.0.2.253"), netip.MustParseAddr("192.0.2.254")}
+	ISP2Host   = netip.MustParseAddr("203.0.113.253")
+)
+
+// The transit link between the two internet routers.
+var (
+	transitInet  = netip.MustParsePrefix("192.0.2.249/30")
+	transitInet2 = netip.MustParsePrefix("192.0.2.250/30")
+)
 
 // Spec declares a topology.
 type Spec struct {
@@ -56,7 +75,7 @@ type Spec struct {
 }
 
 func (s *Spec) validate() error {
-	seen := map[string]bool{"inet": true}
+	seen := map[string]bool{"inet": true, "inet2": true}
 	for i, st := range s.Sites {
 		if st.Name == "" || len(st.Name) > 8 {
 			return fmt.Errorf("testbed: site %d: name %q must be 1-8 characters", i, st.Name)
@@ -78,6 +97,9 @@ func (s *Spec) validate() error {
 		}
 		if st.LAN.IsValid() && !privNet(st.LAN.Addr()) {
 			return fmt.Errorf("testbed: site %q: LAN %v is outside 10/8 and 172.16/12", st.Name, st.LAN)
+		}
+		if st.NBMA2.IsValid() && (!st.NBMA2.Addr().Is4() || st.NBMA2.Bits() > 30 || !docNet(st.NBMA2.Addr()) || st.NAT) {
+			return fmt.Errorf("testbed: site %q: NBMA2 %v must be an IPv4 documentation prefix of at most /30, without NAT", st.Name, st.NBMA2)
 		}
 		if st.Hosts > 0 && !st.LAN.IsValid() {
 			return fmt.Errorf("testbed: site %q: hosts need a LAN", st.Name)
@@ -119,6 +141,20 @@ func nthHost(p netip.Prefix, n int) netip.Prefix {
 	v += uint32(n)
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), p.Bits())
 }
+
+// CutMode is how an ISP stops carrying a site's traffic.
+type CutMode string
+
+// Cut modes.
+const (
+	// CutDrop: the internet router drops everything to and from the
+	// site's link (an nftables rule); the link stays up, so only probes
+	// can tell.
+	CutDrop CutMode = "drop"
+	// CutLink: the router's end of the link goes down; the site's
+	// interface loses its carrier.
+	CutLink CutMode = "link"
+)
 
 // Logger receives a line per action when set (testing.T satisfies it).
 type Logger interface {

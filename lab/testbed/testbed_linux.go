@@ -33,6 +33,11 @@ type Node struct {
 	// next hop.
 	Uplink  string
 	Gateway netip.Addr
+	// Addr2, Uplink2 ("wan1") and Gateway2 are a site's second ISP
+	// (Site.NBMA2), when it has one.
+	Addr2    netip.Addr
+	Uplink2  string
+	Gateway2 netip.Addr
 
 	tb *Testbed
 }
@@ -147,6 +152,17 @@ func (tb *Testbed) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := inet.probeHosts(ProbeHosts...); err != nil {
+		return err
+	}
+	var inet2 *Node
+	for _, st := range tb.Spec.Sites {
+		if st.NBMA2.IsValid() && inet2 == nil {
+			if inet2, err = tb.secondISP(inet); err != nil {
+				return err
+			}
+		}
+	}
 	for i, st := range tb.Spec.Sites {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -194,6 +210,22 @@ func (tb *Testbed) build(ctx context.Context) error {
 		} else {
 			upNode.Uplink, upNode.Gateway = "wan0", gw
 		}
+		if st.NBMA2.IsValid() {
+			gw2 := lastHost(st.NBMA2)
+			if err := tb.veth(site, "wan1", inet2, "to-"+st.Name, st.UplinkMTU); err != nil {
+				return err
+			}
+			if err := site.batch("addr add " + st.NBMA2.String() + " dev wan1"); err != nil {
+				return err
+			}
+			if err := inet2.batch(fmt.Sprintf("addr add %s/%d dev to-%s", gw2, st.NBMA2.Bits(), st.Name)); err != nil {
+				return err
+			}
+			if err := inet.batch(fmt.Sprintf("route add %s via %s", st.NBMA2.Masked(), transitInet2.Addr())); err != nil {
+				return err
+			}
+			site.Addr2, site.Uplink2, site.Gateway2 = st.NBMA2.Addr(), "wan1", gw2
+		}
 		if st.LAN.IsValid() {
 			site.LAN = st.LAN
 			if err := tb.lan(site, st); err != nil {
@@ -202,6 +234,39 @@ func (tb *Testbed) build(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// secondISP creates inet2, the second ISP's router, linked to inet by a
+// transit link: inet2 routes everything else through inet, inet reaches
+// the second ISP's sites through it (routes added per site) but not its
+// own probe host (ISP2Host), which answers only through the second ISP.
+func (tb *Testbed) secondISP(inet *Node) (*Node, error) {
+	inet2, err := tb.addNode("inet2")
+	if err != nil {
+		return nil, err
+	}
+	if err := tb.veth(inet, "to-inet2", inet2, "to-inet", 0); err != nil {
+		return nil, err
+	}
+	if err := inet.batch("addr add " + transitInet.String() + " dev to-inet2"); err != nil {
+		return nil, err
+	}
+	if err := inet2.batch("addr add "+transitInet2.String()+" dev to-inet", "route add default via "+transitInet.Addr().String()); err != nil {
+		return nil, err
+	}
+	if err := inet2.probeHosts(ISP2Host); err != nil {
+		return nil, err
+	}
+	return inet2, nil
+}
+
+// probeHosts puts addresses on the node's loopback.
+func (n *Node) probeHosts(as ...netip.Addr) error {
+	var lines []string
+	for _, a := range as {
+		lines = append(lines, "addr add "+netip.PrefixFrom(a, 32).String()+" dev lo")
+	}
+	return n.batch(lines...)
 }
 
 // lan attaches the site's hosts: one host by a direct veth, several

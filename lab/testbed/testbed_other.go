@@ -20,3 +20,13 @@ func New(ctx context.Context, spec Spec, opts ...Option) (*Testbed, error) {
 
 // Close does nothing.
 func (tb *Testbed) Close() error { return nil }
+
+// Cut fails: network namespaces need Linux.
+func Cut(ctx context.Context, ns, dev string, mode CutMode) error {
+	return errors.New("testbed: needs Linux network namespaces")
+}
+
+// Restore fails: network namespaces need Linux.
+func Restore(ctx context.Context, ns, dev string) error {
+	return errors.New("testbed: needs Linux network namespaces")
+}
