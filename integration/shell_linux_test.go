@@ -193,7 +193,7 @@ func testShell(t *testing.T, l *labEnv) {
 	tm.expect("spoke1# ")
 
 	tm.send("?")
-	tm.expect("  clear   Reset functions", "  show    Show running system information", "spoke1# ")
+	tm.expect("  clear     Reset functions", "  show      Show running system information", "spoke1# ")
 	tm.send("sh ip nh ?")
 	tm.expect("  shortcut  Shortcut routes", "  traffic   NHRP packet counters", "  detail    Show detailed information", "  <cr>", "spoke1# sh ip nh ")
 	tm.send("\x15") // Ctrl-U: clear the line
