@@ -38,7 +38,9 @@ func (m *Manager) watchedCerts() []certExpiry {
 			if subj == cs.own.Subject {
 				whose = "this node"
 			}
-			out = append(out, certExpiry{key: whose + "|" + subj, whose: whose, subject: subj, notAfter: t})
+			// Keyed by expiry too: a renewed certificate of the same
+			// subject is warned about afresh.
+			out = append(out, certExpiry{key: whose + "|" + subj + "|" + t.UTC().String(), whose: whose, subject: subj, notAfter: t})
 		}
 		for i := range out {
 			if out[i].whose == "this node" {
