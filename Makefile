@@ -59,6 +59,7 @@ fuzz:
 	$(GO) test ./gre/userspace -run '^$$' -fuzz '^FuzzReceive$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./daemon/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ipsec -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ipsec -run '^$$' -fuzz '^FuzzCheckCredentials$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./failover -run '^$$' -fuzz '^FuzzParseEchoReply$$' -fuzztime $(FUZZTIME)
 
 # The BPF programs of the ebpf data plane (gre/ebpf/dataplane.c): `make bpf`
