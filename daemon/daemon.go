@@ -19,6 +19,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/firewall"
+	"github.com/opendmvpn/dmvpn/firewall/redirect"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
 	"github.com/opendmvpn/dmvpn/host"
@@ -357,7 +358,14 @@ func (d *Daemon) up(ctx context.Context) error {
 	d.mu.Unlock()
 
 	if cfg.NHRP.Role == nhrp.RoleHub && cfg.NHRP.Redirect {
-		w, err := startRedirect(ctx, cfg, eng)
+		// The rule's table is host state: its own client puts it in the
+		// kernel (and removes it last, with the others).
+		rc, err := d.host.Client(host.Owner{Name: "redirect", Tables: []host.TableID{{Family: host.TableINet, Name: redirect.TableName(cfg.Tunnel.Name)}}})
+		if err != nil {
+			return err
+		}
+		d.hostClients = append(d.hostClients, rc)
+		w, err := startRedirect(ctx, cfg, eng, redirectTable{c: rc, id: host.TableID{Family: host.TableINet, Name: redirect.TableName(cfg.Tunnel.Name)}})
 		if err != nil {
 			return err
 		}

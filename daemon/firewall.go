@@ -13,6 +13,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -191,3 +192,17 @@ func (d *Daemon) firewallStep(old, cfg Config) *step {
 		undo: func(ctx context.Context) error { return put(ctx, old) },
 	}
 }
+
+// redirectTable is the redirect rule's table as its host client keeps it.
+type redirectTable struct {
+	c  *host.Client
+	id host.TableID
+}
+
+// Replace implements redirect.TableOwner.
+func (r redirectTable) Replace(ctx context.Context, build host.NFTBuilder) error {
+	return r.c.Set(ctx, &host.Config{Tables: []host.NFTable{{TableID: r.id, Build: build}}})
+}
+
+// Remove implements redirect.TableOwner.
+func (r redirectTable) Remove(ctx context.Context) error { return r.c.Set(ctx, &host.Config{}) }

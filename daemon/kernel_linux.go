@@ -159,8 +159,8 @@ func neighLimitsExist(k host.Kernel, fam string) bool {
 }
 
 // startRedirect starts the hub's redirect detection.
-func startRedirect(ctx context.Context, cfg Config, eng *nhrp.Engine) (redirect.Watcher, error) {
-	w, err := redirect.Start(context.WithoutCancel(ctx), redirect.Config{Interface: cfg.Tunnel.Name, Group: cfg.RedirectGroup}, eng.Relayed)
+func startRedirect(ctx context.Context, cfg Config, eng *nhrp.Engine, table redirect.TableOwner) (redirect.Watcher, error) {
+	w, err := redirect.Start(context.WithoutCancel(ctx), redirect.Config{Interface: cfg.Tunnel.Name, Group: cfg.RedirectGroup, Table: table}, eng.Relayed)
 	if err != nil {
 		return nil, err
 	}

@@ -27,6 +27,6 @@ func (r *kernelRouter) Route(context.Context, netip.Addr) (nhrp.RouteInfo, error
 }
 
 func neighLimitsExist(host.Kernel, string) bool { return false }
-func startRedirect(context.Context, Config, *nhrp.Engine) (redirect.Watcher, error) {
+func startRedirect(context.Context, Config, *nhrp.Engine, redirect.TableOwner) (redirect.Watcher, error) {
 	return nil, errLinux
 }

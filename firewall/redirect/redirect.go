@@ -10,6 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/opendmvpn/dmvpn/host"
 )
 
 // Config describes the watcher.
@@ -21,6 +23,17 @@ type Config struct {
 	// Rate limits the packets logged per second (in the kernel); the
 	// engine limits indications per source and destination on top.
 	Rate uint64
+	// Table, when set, puts the rule's table in the kernel for the
+	// watcher (host, the one owner of kernel host state); without it the
+	// watcher writes its table itself (tests).
+	Table TableOwner
+}
+
+// TableOwner keeps the watcher's table in the kernel: Replace puts the
+// table build fills in force in one transaction, Remove deletes it.
+type TableOwner interface {
+	Replace(ctx context.Context, build host.NFTBuilder) error
+	Remove(ctx context.Context) error
 }
 
 // ErrConfig wraps configuration errors.

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	nflog "github.com/florianl/go-nflog/v2"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/opendmvpn/dmvpn/host"
 )
 
 func ifname(n string) []byte {
@@ -33,24 +36,50 @@ func ruleExprs(cfg Config) []expr.Any {
 	}
 }
 
-// install replaces the watcher's table atomically: add, delete and add
-// again in one batch, so a leftover from a crash is replaced.
-func install(c *nftables.Conn, cfg Config) error {
+// build fills the watcher's table: a forward chain at ChainPriority with
+// the rule.
+func build(cfg Config) host.NFTBuilder {
+	return func(c *nftables.Conn, t *nftables.Table) error {
+		accept := nftables.ChainPolicyAccept
+		prio := nftables.ChainPriority(ChainPriority)
+		ch := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: &prio, Policy: &accept})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ruleExprs(cfg)})
+		return nil
+	}
+}
+
+// install puts the watcher's table in force: through its owner, or
+// itself — add, delete and add again in one batch, so a leftover from a
+// crash is replaced.
+func install(ctx context.Context, cfg Config) error {
+	if cfg.Table != nil {
+		return cfg.Table.Replace(ctx, build(cfg))
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(cfg.Interface)}
 	c.AddTable(t)
 	c.DelTable(t)
 	t = c.AddTable(t)
-	accept := nftables.ChainPolicyAccept
-	prio := nftables.ChainPriority(ChainPriority)
-	ch := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: &prio, Policy: &accept})
-	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ruleExprs(cfg)})
+	if err := build(cfg)(c, t); err != nil {
+		return err
+	}
 	return c.Flush()
 }
 
 // uninstall removes the table; a missing table is not an error.
-func uninstall(c *nftables.Conn, iface string) error {
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(iface)}
+func uninstall(ctx context.Context, cfg Config) error {
+	if cfg.Table != nil {
+		return cfg.Table.Remove(ctx)
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(cfg.Interface)}
 	c.AddTable(t)
 	c.DelTable(t)
 	return c.Flush()
@@ -65,10 +94,6 @@ type watcher struct {
 }
 
 func start(ctx context.Context, cfg Config, fn func([]byte)) (Watcher, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return nil, fmt.Errorf("redirect: nftables: %w", err)
-	}
 	nf, err := nflog.Open(&nflog.Config{Group: cfg.Group, Copymode: nflog.CopyPacket, Bufsize: 128,
 		// Deliver each packet at once: the kernel batches NFLOG messages for up
 		// to a second by default, which would delay the redirect.
@@ -76,7 +101,7 @@ func start(ctx context.Context, cfg Config, fn func([]byte)) (Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redirect: NFLOG group %d: %w", cfg.Group, err)
 	}
-	if err := install(c, cfg); err != nil {
+	if err := install(ctx, cfg); err != nil {
 		nf.Close()
 		return nil, fmt.Errorf("redirect: installing the nftables rule: %w", err)
 	}
@@ -97,7 +122,7 @@ func start(ctx context.Context, cfg Config, fn func([]byte)) (Watcher, error) {
 	if err := nf.RegisterWithErrorFunc(ctx, hook, errFn); err != nil {
 		cancel()
 		nf.Close()
-		uninstall(c, cfg.Interface)
+		uninstall(context.WithoutCancel(ctx), cfg)
 		return nil, fmt.Errorf("redirect: NFLOG: %w", err)
 	}
 	return w, nil
@@ -108,13 +133,9 @@ func (w *watcher) Close() error {
 	w.once.Do(func() {
 		w.cancel()
 		errNF := w.nf.Close()
-		var errT error
-		if c, err := nftables.New(); err != nil {
-			errT = err
-		} else {
-			errT = uninstall(c, w.cfg.Interface)
-		}
-		w.err = errors.Join(errNF, errT)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		w.err = errors.Join(errNF, uninstall(ctx, w.cfg))
 	})
 	return w.err
 }
