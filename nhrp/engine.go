@@ -93,6 +93,7 @@ type Engine struct {
 	rx           wire.Packet // reused for decoding
 	txBuf        []byte
 	stopping     bool
+	movePurges   *movePurges     // purges waiting for a registration from a new NBMA address
 	mcastPending bool            // a multicast list update is scheduled
 	ctx          context.Context // the Run context, for hook calls
 	wg           sync.WaitGroup  // hook goroutines

@@ -3,6 +3,7 @@ package nhrp
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,21 +32,71 @@ func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason s
 			dropQueue(p, "local NBMA address moved")
 		}
 		e.reregisterAll("local NBMA address moved to " + nbma.String())
-		purged := 0
+		// The peers that learnt a binding of this node are purged of it
+		// and of this node's tunnel address (their next hop toward it),
+		// once a server has this node's new address: the peers resolve
+		// again at once, through the servers.
+		mp := &movePurges{peers: map[netip.Addr]*movePurge{}}
 		for _, en := range e.cache.all() {
 			if en.typ != TypeLocal || len(en.told) == 0 {
 				continue
 			}
 			for to, proto := range en.told {
-				e.sendPurge(to, proto, []netip.Prefix{en.proto}, false)
-				purged++
+				p := mp.peers[to]
+				if p == nil {
+					p = &movePurge{proto: proto, prefixes: []netip.Prefix{hostPrefix(e.own)}}
+					mp.peers[to] = p
+				}
+				if !slices.Contains(p.prefixes, en.proto) {
+					p.prefixes = append(p.prefixes, en.proto)
+				}
 			}
 			en.told = nil
 		}
-		if purged > 0 {
-			e.log.Info("bindings of this node purged at the peers that learnt them", zap.Int("purges", purged))
+		if e.movePurges != nil {
+			e.movePurges.timer.Stop()
+			for to, p := range e.movePurges.peers {
+				if mp.peers[to] == nil {
+					mp.peers[to] = p
+				}
+			}
 		}
+		if len(mp.peers) == 0 {
+			e.movePurges = nil
+			return
+		}
+		e.movePurges = mp
+		mp.timer = e.sched.after(e.now, movePurgeWait, func() { e.flushMovePurges("no server answered yet") })
 	})
+}
+
+// movePurgeWait is how long the purges of a move wait for a server to
+// register this node at its new NBMA address.
+const movePurgeWait = 2 * time.Second
+
+// movePurges are the purges of an NBMA move, by peer.
+type movePurges struct {
+	peers map[netip.Addr]*movePurge
+	timer *timer
+}
+
+type movePurge struct {
+	proto    netip.Addr
+	prefixes []netip.Prefix
+}
+
+// flushMovePurges sends the purges of an NBMA move, if any wait.
+func (e *Engine) flushMovePurges(why string) {
+	mp := e.movePurges
+	if mp == nil {
+		return
+	}
+	e.movePurges = nil
+	mp.timer.Stop()
+	for to, p := range mp.peers {
+		e.sendPurge(to, p.proto, p.prefixes, false)
+	}
+	e.log.Info("bindings of this node purged at the peers that learnt them", zap.Int("peers", len(mp.peers)), zap.String("when", why))
 }
 
 // moveBinding moves a client's unique binding to the NBMA address a
@@ -92,4 +143,23 @@ func (e *Engine) freeUnique(nbma netip.Addr, reason string) {
 			e.log.Info("unique binding freed: its SA is gone", zap.Stringer("proto", en.proto), zap.Stringer("nbma", nbma), zap.String("reason", reason))
 		}
 	}
+}
+
+// resolveAgain resolves a purged shortcut or resolved binding again at
+// once when traffic was using it: its owner moved to another NBMA address
+// (uplink failover) or withdrew it, and the traffic should not wait for
+// the next redirect, which the hub rate-limits per pair, to learn where it
+// is now. An idle one is left to be resolved on its next use.
+func (e *Engine) resolveAgain(en *entry) {
+	if en.typ != TypeShortcut && en.typ != TypeCached {
+		return
+	}
+	last := en.used
+	if en.created.After(last) {
+		last = en.created
+	}
+	if e.now.Sub(last) > 2*e.scanInterval() {
+		return
+	}
+	e.resolve(en.proto.Addr(), "purged while in use", nil)
 }

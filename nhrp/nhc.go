@@ -363,6 +363,7 @@ func (e *Engine) registrationReply(n *nhsClient, p *wire.Packet, from netip.Addr
 		}
 	}
 	e.setNHSState(n, NHSUp, "")
+	e.flushMovePurges("registered from the new NBMA address")
 	interval := e.cfg.RegistrationInterval
 	if interval >= hold {
 		interval = hold / 3

@@ -121,6 +121,7 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 	// address) gave: its identity proves them, by the tunnel address they
 	// belong to.
 	byOwner := map[netip.Addr][]*entry{}
+	var again []*entry // purged, to resolve again if traffic uses them
 	for _, c := range p.CIEs {
 		addr := c.Proto
 		if !addr.IsValid() {
@@ -176,21 +177,30 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 			owned++
 			e.limits.forgetRedirect(en.proto)
 			e.removeEntry(en, CausePurged)
+			again = append(again, en)
 		}
 		if notOwned > 0 {
 			refused++
 			e.refuse(RefusedPurge, from, pf, fmt.Sprintf("%d entries under %s are not %s's", notOwned, pf, from))
 		}
 	}
+	for _, en := range again {
+		e.resolveAgain(en)
+	}
 	for o, ens := range byOwner {
 		pending++
 		c := Claim{NBMA: from, Proto: o, Packet: "purge request", From: from}
 		e.verifyClaim(c, false, func() {
+			var again []*entry
 			for _, en := range ens {
 				if e.cache.get(en.proto) == en {
 					e.limits.forgetRedirect(en.proto)
 					e.removeEntry(en, CausePurged)
+					again = append(again, en)
 				}
+			}
+			for _, en := range again {
+				e.resolveAgain(en)
 			}
 		}, func(reason string, identity bool) {
 			if identity {
