@@ -22,7 +22,7 @@ import (
 // internet router, the GRE data packets from one NBMA address to another;
 // on a hub, what it relays from its tunnel back into it.
 type nftCounters struct {
-	t     *testing.T
+	t     testing.TB
 	node  *testbed.Node
 	table string
 }
@@ -32,7 +32,14 @@ const countTable = "dmvt_count"
 
 // countForwarded installs a counter per rule (name → nft match) in the
 // forward hook of a node.
-func countForwarded(t *testing.T, n *testbed.Node, rules map[string]string) *nftCounters {
+func countForwarded(t testing.TB, n *testbed.Node, rules map[string]string) *nftCounters {
+	t.Helper()
+	return countAt(t, n, "forward", countTable, rules)
+}
+
+// countAt installs a counter per rule (name → nft match) in a hook of a
+// node (forward, input, output), in a table of its own.
+func countAt(t testing.TB, n *testbed.Node, hook, table string, rules map[string]string) *nftCounters {
 	t.Helper()
 	names := make([]string, 0, len(rules))
 	for name := range rules {
@@ -40,11 +47,11 @@ func countForwarded(t *testing.T, n *testbed.Node, rules map[string]string) *nft
 	}
 	slices.Sort(names)
 	var b strings.Builder
-	fmt.Fprintf(&b, "table inet %s {\n", countTable)
+	fmt.Fprintf(&b, "table inet %s {\n", table)
 	for _, name := range names {
 		fmt.Fprintf(&b, "\tcounter %s {}\n", name)
 	}
-	b.WriteString("\tchain count {\n\t\ttype filter hook forward priority -10; policy accept;\n")
+	fmt.Fprintf(&b, "\tchain count {\n\t\ttype filter hook %s priority -10; policy accept;\n", hook)
 	for _, name := range names {
 		fmt.Fprintf(&b, "\t\t%s counter name %q\n", rules[name], name)
 	}
@@ -58,7 +65,7 @@ func countForwarded(t *testing.T, n *testbed.Node, rules map[string]string) *nft
 	if out, err := n.Run(ctx, "nft", "-f", path); err != nil {
 		t.Fatalf("%s: counters: %v\n%s\n%s", n.Name, err, out, b.String())
 	}
-	return &nftCounters{t: t, node: n, table: countTable}
+	return &nftCounters{t: t, node: n, table: table}
 }
 
 // greData matches GRE data packets (anything but NHRP) from one NBMA

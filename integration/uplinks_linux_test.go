@@ -1,0 +1,170 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opendmvpn/dmvpn/integration/vm"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
+)
+
+// TestUplinkFailover: s1 loses isp1 both ways — an nftables drop on the
+// internet router with the link up, then the link down — and gets it
+// back, with IPsec (userspace ESP) and s1's firewall in force:
+//   - the default route moves to isp2 and s1's LAN reaches the internet
+//     through isp2;
+//   - s1's SAs are set up from its isp2 address, it registers from it (the
+//     hub moves its unique binding, proven by the certificate), and s2's
+//     shortcut to s1's LAN comes back at that address;
+//   - the probe host only isp2 reaches never answers through isp1;
+//   - restored, isp1 carries the default again and s1 registers from it,
+//     while a flow established through isp2 during the outage stays on
+//     isp2 (connection marks) and a new one takes isp1;
+//   - no GRE crosses either internet router in clear, all along.
+func TestUplinkFailover(t *testing.T) {
+	r := newFailoverRig(t, false)
+	wire1 := startFullCapture(t, r.tb.Node("inet"))
+	wire2 := startTcpdump(t, r.tb.Node("inet2"), "tcpdump-all2", "all2.pcap", "any", "ip")
+
+	t.Run("probe host only through isp2", func(t *testing.T) {
+		waitFor(t, 10*time.Second, "isp2 to hear from the isp2-only host", func() bool {
+			return r.uplinks().Uplinks[1].Hosts[2].Received > 3
+		})
+		u := r.uplinks().Uplinks
+		if u[0].State != "up" || u[0].Hosts[2].Address != testbed.ISP2Host || u[0].Hosts[2].Received != 0 || u[0].Hosts[0].Received == 0 {
+			t.Errorf("isp1 heard from the host only isp2 reaches: %+v", u[0])
+		}
+	})
+
+	for _, mode := range []testbed.CutMode{testbed.CutDrop, testbed.CutLink} {
+		t.Run("cut "+string(mode), func(t *testing.T) {
+			r.t = t
+			defer func() { r.t = nil }()
+			ft := r.failover(mode)
+			t.Logf("isp1 cut (%s): %v", mode, ft)
+			if !slices.Equal(r.via(), []string{"isp2"}) {
+				t.Errorf("default via %v, want isp2", r.via())
+			}
+			for _, sa := range r.s1.crypto().SAs {
+				if sa.Up() && sa.LocalHost != foS1ISP2 {
+					t.Errorf("an SA up from %s (with %s) after the failover", sa.LocalHost, sa.RemoteHost)
+				}
+			}
+			if !r.hub.saUpWith(foS1ISP2) {
+				t.Error("the hub has no SA with s1's isp2 address")
+			}
+			if ttl, err := pingTTL(t, r.tb.Node("s2-h1"), r.tb.Node("s1-h1").Addr); err != nil || ttl != 62 {
+				t.Errorf("s2's LAN to s1's over the new shortcut: TTL %d, %v", ttl, err)
+			}
+			// The probes go on through isp1's own table while it is down.
+			rounds := r.uplinks().Uplinks[0].Rounds
+			waitFor(t, 5*time.Second, "isp1 probed while down", func() bool { return r.uplinks().Uplinks[0].Rounds > rounds+4 })
+
+			// A flow started through isp2 during the outage.
+			during := pingEvery(t, r.tb.Node("s1-h1"), foServer, "0.05")
+			defer during.Stop()
+			b2 := r.server.value("isp2")
+			waitFor(t, 5*time.Second, "the outage's flow to reach the server through isp2", func() bool { return r.server.value("isp2") > b2+5 })
+
+			r.restore("isp1")
+			r.settleOnISP1()
+			waitFor(t, 10*time.Second, "s2's shortcut back at s1's isp1 address", func() bool { return r.shortcutNBMA() == foS1ISP1 })
+			// The outage's flow stays on isp2; a new one takes isp1.
+			a1, a2 := r.server.value("isp1"), r.server.value("isp2")
+			if err := pingOut(r.tb.Node("s1-h1"), foServer); err != nil {
+				t.Errorf("a new flow after the restore: %v", err)
+			}
+			waitFor(t, 5*time.Second, "the outage's flow to go on through isp2", func() bool { return r.server.value("isp2") > a2+10 })
+			if got := r.server.value("isp1"); got < a1+1 {
+				t.Errorf("the new flow did not reach the server through isp1 (%d → %d)", a1, got)
+			}
+			during.Stop()
+			if out := during.Output(); strings.Count(out, "bytes from") < 20 {
+				t.Errorf("the outage's flow lost its replies across the restore:\n%s", out)
+			}
+			checkNoLoss(t, during.Output(), 2)
+		})
+	}
+
+	t.Run("no GRE in clear", func(t *testing.T) {
+		for name, path := range map[string]string{"inet": wire1.stop(), "inet2": wire2.stop()} {
+			wc := countWire(t, path, []byte("none"), foS1ISP2, foS2NBMA)
+			t.Logf("%s saw %d IKE/ESP packets, %d GRE, %d other", name, wc.ike, wc.gre, wc.other)
+			if wc.gre != 0 {
+				t.Errorf("%s: %d GRE packets in clear", name, wc.gre)
+			}
+			if wc.ike == 0 {
+				t.Errorf("%s: no IKE/ESP at all", name)
+			}
+		}
+	})
+}
+
+// checkNoLoss fails when a ping's output shows more than n replies
+// missing in a row (its icmp_seq numbers jump).
+func checkNoLoss(t testing.TB, out string, n int) {
+	t.Helper()
+	last := -1
+	for _, line := range strings.Split(out, "\n") {
+		i := strings.Index(line, "icmp_seq=")
+		if i < 0 || !strings.Contains(line, "bytes from") {
+			continue
+		}
+		var seq int
+		fmt.Sscanf(line[i+len("icmp_seq="):], "%d", &seq)
+		if last >= 0 && seq-last-1 > n {
+			t.Errorf("%d replies missing in a row (icmp_seq %d → %d)", seq-last-1, last, seq)
+		}
+		last = seq
+	}
+}
+
+// TestUplinkBalance: both uplinks preferred alike, weighted 3:1 — new
+// flows from s1's LAN spread over both (about three in four through
+// isp1), each masqueraded to its uplink's address; with isp2 cut, every
+// new flow takes isp1.
+func TestUplinkBalance(t *testing.T) {
+	r := newFailoverRig(t, true)
+	waitFor(t, 10*time.Second, "a multipath default over both uplinks", func() bool {
+		return slices.Equal(r.via(), []string{"isp1", "isp2"})
+	})
+	flows := vm.GoBuild(t, "./integration/cmd/udpflows")
+	counts := countAt(t, r.tb.Node("inet"), "input", "dmvt_flows", map[string]string{
+		"isp1": fmt.Sprintf("ip saddr %s udp dport 9", foS1ISP1),
+		"isp2": fmt.Sprintf("ip saddr %s udp dport 9", foS1ISP2),
+	})
+	const n = 400
+	send := func() (uint64, uint64) {
+		t.Helper()
+		b1, b2 := counts.value("isp1"), counts.value("isp2")
+		if out, err := r.tb.Node("s1-h1").Run(context.Background(), flows, "-dst", netip.AddrPortFrom(foServer, 9).String(), "-n", fmt.Sprint(n)); err != nil {
+			t.Fatalf("udpflows: %v: %s", err, out)
+		}
+		var d1, d2 uint64
+		waitFor(t, 10*time.Second, "every flow at the server", func() bool {
+			d1, d2 = counts.value("isp1")-b1, counts.value("isp2")-b2
+			return d1+d2 >= n
+		})
+		return d1, d2
+	}
+	d1, d2 := send()
+	share := float64(d1) / float64(d1+d2)
+	t.Logf("%d new flows: %d through isp1, %d through isp2 (%.0f%% through isp1, weights 3:1)", n, d1, d2, 100*share)
+	if share < 0.6 || share > 0.9 {
+		t.Errorf("isp1 took %.0f%% of the new flows, want about 75%% (weights 3:1)", 100*share)
+	}
+	r.cut("isp2", testbed.CutDrop)
+	waitFor(t, 10*time.Second, "the default through isp1 alone", func() bool { return slices.Equal(r.via(), []string{"isp1"}) })
+	if u := r.uplinks(); u.NBMA[0] != foS1ISP1 {
+		t.Errorf("the NBMA address moved when the other uplink went down: %v", u.NBMA)
+	}
+	d1, d2 = send()
+	if d2 != 0 {
+		t.Errorf("%d new flows through isp2 while it is cut", d2)
+	}
+}
