@@ -4,7 +4,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BIN      ?= bin
 
-.PHONY: all build test deps vet unit fuzz bench bench-nhrp clean
+.PHONY: all build test deps vet unit fuzz bench bench-nhrp bench-failover clean
 
 all: build
 
@@ -119,6 +119,16 @@ bench-dataplane:
 bench-nhrp: deps
 	$(GO) build -o $(BIN)/benchnhrp ./integration/cmd/benchnhrp
 	$(BIN)/benchnhrp -n $(or $(N),10000) -rounds $(or $(ROUNDS),3)
+
+# Uplink failover (root, strongSwan): a spoke with two ISPs loses the
+# preferred one (nftables drop with the link up, then link down) under LAN
+# traffic, ROUNDS times each way; prints the medians from the cut to the
+# default route moved, the first LAN packet through the other ISP, the
+# registration through it and the shortcut working again, beside the goals
+# and pingu's defaults.
+.PHONY: bench-failover
+bench-failover: deps
+	$(GO) test ./integration -run '^$$' -bench '^BenchmarkFailover$$' -benchtime $(or $(ROUNDS),5)x -count 1
 
 # NHRP over IPsec (root, strongSwan): one spoke's initiate → registration,
 # 50 spokes (real IKE peers from one namespace) at once, the hub's charon

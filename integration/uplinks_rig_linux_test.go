@@ -90,7 +90,11 @@ func newFailoverRig(t testing.TB, balanced bool) *failoverRig {
 			LAN: netip.MustParsePrefix("10.1.0.1/24"), Hosts: 1},
 		{Name: "s2", Kind: testbed.Spoke, NBMA: netip.MustParsePrefix("198.51.100.17/28"), LAN: netip.MustParsePrefix("10.2.0.1/24"), Hosts: 1},
 	}}
-	tb, err := testbed.New(context.Background(), spec, testbed.WithLogger(t))
+	var opts []testbed.Option
+	if _, bench := t.(*testing.B); !bench {
+		opts = append(opts, testbed.WithLogger(t)) // a benchmark prints its log: only its figures
+	}
+	tb, err := testbed.New(context.Background(), spec, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
