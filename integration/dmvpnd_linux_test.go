@@ -27,6 +27,7 @@ type daemonNode struct {
 	node   *testbed.Node
 	bin    string
 	args   []string // more command-line arguments
+	env    []string // more environment variables
 	config string   // the YAML file
 	socket string
 	proc   *testbed.Proc
@@ -41,8 +42,14 @@ type daemonNode struct {
 // it (and args); it returns once the control socket answers.
 func startDaemon(t testing.TB, bin string, n *testbed.Node, yaml string, args ...string) *daemonNode {
 	t.Helper()
+	return startDaemonEnv(t, bin, n, yaml, nil, args...)
+}
+
+// startDaemonEnv is startDaemon with more environment variables.
+func startDaemonEnv(t testing.TB, bin string, n *testbed.Node, yaml string, env []string, args ...string) *daemonNode {
+	t.Helper()
 	dir := t.TempDir()
-	d := &daemonNode{t: t, name: n.Name, node: n, bin: bin, args: args,
+	d := &daemonNode{t: t, name: n.Name, node: n, bin: bin, args: args, env: env,
 		config: filepath.Join(dir, n.Name+".yaml"), socket: filepath.Join(dir, n.Name+".sock")}
 	yaml = strings.ReplaceAll(yaml, "@SOCKET@", d.socket)
 	if err := os.WriteFile(d.config, []byte(yaml), 0o600); err != nil {
@@ -66,7 +73,7 @@ func startDaemon(t testing.TB, bin string, n *testbed.Node, yaml string, args ..
 
 func (d *daemonNode) start() {
 	d.t.Helper()
-	p, err := d.node.Start(testbed.ProcSpec{Name: "dmvpnd-" + d.name, Args: append([]string{d.bin, "-c", d.config}, d.args...)})
+	p, err := d.node.Start(testbed.ProcSpec{Name: "dmvpnd-" + d.name, Args: append([]string{d.bin, "-c", d.config}, d.args...), Env: d.env})
 	if err != nil {
 		d.t.Fatal(err)
 	}
