@@ -28,7 +28,7 @@ var failoverGoals = failoverTimes{
 // of the drop cut misses its goal. Run it with -benchtime 5x (make
 // bench-failover).
 func BenchmarkFailover(b *testing.B) {
-	r := newFailoverRig(b, false)
+	r := newFailoverRig(b, "userspace", false)
 	runs := map[testbed.CutMode][]failoverTimes{}
 	modes := []testbed.CutMode{testbed.CutDrop, testbed.CutLink}
 	for b.Loop() {

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"net/netip"
 	"slices"
 	"strings"
@@ -27,7 +28,7 @@ import (
 //     isp2 (connection marks) and a new one takes isp1;
 //   - no GRE crosses either internet router in clear, all along.
 func TestUplinkFailover(t *testing.T) {
-	r := newFailoverRig(t, false)
+	r := newFailoverRig(t, "userspace", false)
 	wire1 := startFullCapture(t, r.tb.Node("inet"))
 	wire2 := startTcpdump(t, r.tb.Node("inet2"), "tcpdump-all2", "all2.pcap", "any", "ip")
 
@@ -129,7 +130,7 @@ func checkNoLoss(t testing.TB, out string, n int) {
 // isp1), each masqueraded to its uplink's address; with isp2 cut, every
 // new flow takes isp1.
 func TestUplinkBalance(t *testing.T) {
-	r := newFailoverRig(t, true)
+	r := newFailoverRig(t, "userspace", true)
 	waitFor(t, 10*time.Second, "a multipath default over both uplinks", func() bool {
 		return slices.Equal(r.via(), []string{"isp1", "isp2"})
 	})
@@ -166,5 +167,58 @@ func TestUplinkBalance(t *testing.T) {
 	d1, d2 = send()
 	if d2 != 0 {
 		t.Errorf("%d new flows through isp2 while it is cut", d2)
+	}
+}
+
+// TestUplinkFailoverKernelInVM runs the failover on the production path —
+// the kernel data plane (ip_gre) with kernel ESP (xfrm, transport mode) —
+// in a VM with Debian's kernel when this one lacks ip_gre: isp1 cut with
+// its link up under LAN traffic, then restored; the default route, the SAs
+// and the registration move to isp2's address and back, s2's shortcut
+// follows, and no GRE crosses either internet router in clear.
+func TestUplinkFailoverKernelInVM(t *testing.T) {
+	t.Parallel() // boots a VM: let it overlap the other VM tests
+	if needVM(t) {
+		requireCharon(t)
+		startGuest(t, vmConfig()).wait()
+		return
+	}
+	needKernelGRE(t)
+	requireCharon(t)
+	// Loaded up front: autoloading them one by one from the firewall's
+	// first apply takes more than dmvpnd's start is given under TCG.
+	for _, m := range []string{"esp4", "xfrm_user", "nf_conntrack_netlink", "nf_tables", "nft_ct", "nft_chain_nat",
+		"nft_masq", "nft_nat", "nft_reject_inet", "nft_limit", "nft_log", "nft_xfrm", "nft_fib_inet", "nfnetlink_log"} {
+		if out, err := exec.Command("modprobe", m).CombinedOutput(); err != nil {
+			t.Fatalf("modprobe %s: %v: %s", m, err, out)
+		}
+	}
+	r := newFailoverRig(t, "kernel", false)
+	wire1 := startFullCapture(t, r.tb.Node("inet"))
+	wire2 := startTcpdump(t, r.tb.Node("inet2"), "tcpdump-all2", "all2.pcap", "any", "ip")
+	ft := r.failover(testbed.CutDrop)
+	t.Logf("isp1 cut (kernel data plane, kernel ESP, in a VM under TCG): %v", ft)
+	for _, sa := range r.s1.crypto().SAs {
+		if sa.Up() && sa.LocalHost != foS1ISP2 {
+			t.Errorf("an SA up from %s (with %s) after the failover", sa.LocalHost, sa.RemoteHost)
+		}
+	}
+	if ttl, err := pingTTL(t, r.tb.Node("s2-h1"), r.tb.Node("s1-h1").Addr); err != nil || ttl != 62 {
+		t.Errorf("s2's LAN to s1's over the new shortcut: TTL %d, %v", ttl, err)
+	}
+	r.restore("isp1")
+	r.settleOnISP1()
+	if err := pingOut(r.tb.Node("s1-h1"), foServer); err != nil {
+		t.Errorf("s1's LAN to the internet after the restore: %v", err)
+	}
+	for name, path := range map[string]string{"inet": wire1.stop(), "inet2": wire2.stop()} {
+		wc := countWire(t, path, []byte("none"), foS1ISP2, foS2NBMA)
+		t.Logf("%s saw %d ESP, %d IKE, %d GRE, %d other", name, wc.esp, wc.ike, wc.gre, wc.other)
+		if wc.gre != 0 {
+			t.Errorf("%s: %d GRE packets in clear", name, wc.gre)
+		}
+		if wc.esp == 0 {
+			t.Errorf("%s: no ESP at all", name)
+		}
 	}
 }

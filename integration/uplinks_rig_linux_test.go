@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/integration/vm"
 	"github.com/opendmvpn/dmvpn/lab/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -53,13 +54,13 @@ type failoverRig struct {
 
 // s1YAML is s1's configuration: two uplinks (isp2 standing by unless
 // balanced: then both carry new flows, weighted 3:1) and a firewall.
-func s1YAML(balanced bool) string {
+func s1YAML(dataplane string, balanced bool) string {
 	pref2, w1 := 1, 1
 	if balanced {
 		pref2, w1 = 0, 3
 	}
 	probes := "[192.0.2.253, 192.0.2.254, 203.0.113.253]"
-	return spokeYAML("s1", "userspace", foS1Tunnel.String(), foS1LAN.String()) + fmt.Sprintf(`uplinks:
+	return spokeYAML("s1", dataplane, foS1Tunnel.String(), foS1LAN.String()) + fmt.Sprintf(`uplinks:
   - name: isp1
     interface: wan0
     probes: %s
@@ -77,9 +78,10 @@ firewall:
 `, probes, w1, probes, pref2)
 }
 
-// newFailoverRig builds the topology and starts the hub and both spokes;
-// it returns once both are registered and s2 has a shortcut to s1's LAN.
-func newFailoverRig(t testing.TB, balanced bool) *failoverRig {
+// newFailoverRig builds the topology and starts the hub and both spokes on
+// a data plane (userspace, or kernel with kernel ESP); it returns once
+// both are registered.
+func newFailoverRig(t testing.TB, dataplane string, balanced bool) *failoverRig {
 	t.Helper()
 	requireTestbed(t)
 	requireCharon(t)
@@ -100,6 +102,9 @@ func newFailoverRig(t testing.TB, balanced bool) *failoverRig {
 	}
 	t.Cleanup(func() { tb.Close() })
 	r := &failoverRig{t: t, tb: tb, pki: newTestPKI(t)}
+	if dataplane == "kernel" {
+		r.pki.mode = "kernel"
+	}
 	t.Cleanup(r.pki.dumpLogs)
 	if err := tb.Node("inet").IP("addr add " + foServer.String() + "/32 dev lo"); err != nil {
 		t.Fatal(err)
@@ -108,7 +113,7 @@ func newFailoverRig(t testing.TB, balanced bool) *failoverRig {
 		"isp1": fmt.Sprintf("ip saddr %s ip daddr %s", foS1ISP1, foServer),
 		"isp2": fmt.Sprintf("ip saddr %s ip daddr %s", foS1ISP2, foServer),
 	})
-	r.hub = startDaemon(t, bin, tb.Node("hub"), hubYAML("userspace")+
+	r.hub = startDaemon(t, bin, tb.Node("hub"), hubYAML(dataplane)+
 		r.pki.node("hub", "C=FI, O=Example, OU=GRE=10.0.0.1, OU=AS=65000, CN=hub", ""))
 	var routes []string
 	for i, lan := range []string{"10.1.0.0/24", "10.2.0.0/24"} {
@@ -118,16 +123,16 @@ func newFailoverRig(t testing.TB, balanced bool) *failoverRig {
 		t.Fatal(err)
 	}
 	r.routes = watchRoutes(t, tb.Node("s1").NS)
-	r.s1 = startDaemon(t, bin, tb.Node("s1"), s1YAML(balanced)+
+	r.s1 = startDaemon(t, bin, tb.Node("s1"), s1YAML(dataplane, balanced)+
 		r.pki.node("s1", "C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.1.0.0/24, CN=s1", ""))
-	r.s2 = startDaemon(t, bin, tb.Node("s2"), spokeYAML("s2", "userspace", "10.0.0.12", "10.2.0.0/24")+
+	r.s2 = startDaemon(t, bin, tb.Node("s2"), spokeYAML("s2", dataplane, "10.0.0.12", "10.2.0.0/24")+
 		r.pki.node("s2", "C=FI, O=Example, OU=GRE=10.0.0.12, OU=AS=65012, OU=NET=10.2.0.0/24, CN=s2", ""))
 	for _, n := range []string{"s1", "s2"} {
 		if err := tb.Node(n).IP("route add 10.0.0.0/8 via 10.0.0.1 dev gre1 onlink"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 30*time.Second, "both spokes registered", func() bool {
+	waitFor(t, slowVM(30*time.Second), "both spokes registered", func() bool {
 		return r.registeredAt(foS1Tunnel).IsValid() && r.registeredAt(netip.MustParseAddr("10.0.0.12")).IsValid()
 	})
 	return r
@@ -334,12 +339,12 @@ func (r *failoverRig) failover(mode testbed.CutMode) failoverTimes {
 	defer p1.Stop()
 	defer p2.Stop()
 	before := r.server.value("isp1")
-	waitFor(t, 10*time.Second, "LAN traffic through isp1 and a shortcut from s2 to s1 at its isp1 address", func() bool {
+	waitFor(t, slowVM(10*time.Second), "LAN traffic through isp1 and a shortcut from s2 to s1 at its isp1 address", func() bool {
 		return r.server.value("isp1") > before+5 && r.shortcutNBMA() == foS1ISP1
 	})
 	cut := r.cut("isp1", mode)
 	var ft failoverTimes
-	waitFor(t, 15*time.Second, "every step of the failover", func() bool {
+	waitFor(t, slowVM(15*time.Second), "every step of the failover", func() bool {
 		if ft.defaultMoved == 0 {
 			if at, ok := r.routes.mainDefaultVia(cut, netip.MustParseAddr("203.0.113.78")); ok {
 				ft.defaultMoved = at.Sub(cut)
@@ -374,7 +379,7 @@ func (r *failoverRig) failover(mode testbed.CutMode) failoverTimes {
 // default route, NBMA address, the hub's registration.
 func (r *failoverRig) settleOnISP1() {
 	r.t.Helper()
-	waitFor(r.t, 15*time.Second, "s1 back on isp1, registered from its address", func() bool {
+	waitFor(r.t, slowVM(15*time.Second), "s1 back on isp1, registered from its address", func() bool {
 		u := r.uplinks()
 		return slices.Equal(r.via(), []string{"isp1"}) && len(u.NBMA) > 0 && u.NBMA[0] == foS1ISP1 && r.registeredAt(foS1Tunnel) == foS1ISP1
 	})
@@ -387,4 +392,13 @@ func pingOut(n *testbed.Node, dst netip.Addr) error {
 		return fmt.Errorf("%v: %s", err, strings.TrimSpace(out))
 	}
 	return nil
+}
+
+// slowVM stretches a deadline in the VM: under TCG every process start and
+// IKE exchange takes many times longer.
+func slowVM(d time.Duration) time.Duration {
+	if vm.InGuest() {
+		return 4 * d
+	}
+	return d
 }
