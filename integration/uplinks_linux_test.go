@@ -3,8 +3,8 @@ package integration
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
