@@ -167,7 +167,7 @@ func (t Topology) config(n Node, socket, ipsec string) string {
 		fmt.Fprintf(&b, "  shortcut: true\nnetworks:\n  - %s\n", n.Site.LAN.Masked())
 	}
 	if n.Site.NBMA2.IsValid() {
-		b.WriteString(uplinksSection(n))
+		b.WriteString(uplinksSection(n, !t.NoFirewall))
 	}
 	fmt.Fprintf(&b, "logging:\n  level: info\n  format: console\nmetrics:\n  listen: 127.0.0.1:9474\ncontrol:\n  socket: %s\n", socket)
 	if ipsec == "" {
@@ -202,13 +202,14 @@ func (t Topology) routes(n Node) []string {
 	return out
 }
 
-// uplinksSection is the uplinks section of a node with two ISPs: isp1 on
+// uplinksSection is the uplinks section of a node with two ISPs (the LAN
+// masqueraded behind each when the node runs its firewall): isp1 on
 // wan0 preferred (its gateway learnt from the default route the lab put
 // there), isp2 on wan1 standing by (its gateway written: no default route
 // goes through it). Both probe the hosts on the internet routers'
 // loopbacks; the one only the second ISP reaches never answers through
 // isp1, so isp1 holds on the other two.
-func uplinksSection(n Node) string {
+func uplinksSection(n Node, masquerade bool) string {
 	var probes []string
 	for _, a := range append(slices.Clone(testbed.ProbeHosts), testbed.ISP2Host) {
 		probes = append(probes, a.String())
@@ -216,9 +217,9 @@ func uplinksSection(n Node) string {
 	list := "[" + strings.Join(probes, ", ") + "]"
 	var b strings.Builder
 	b.WriteString("uplinks:\n")
-	fmt.Fprintf(&b, "  - name: isp1\n    interface: wan0\n    probes: %s\n    masquerade: true\n", list)
-	fmt.Fprintf(&b, "  - name: isp2\n    interface: wan1\n    gateway: %s\n    probes: %s\n    preference: 1\n    masquerade: true\n",
-		lastHost(n.Site.NBMA2), list)
+	fmt.Fprintf(&b, "  - name: isp1\n    interface: wan0\n    probes: %s\n    masquerade: %t\n", list, masquerade)
+	fmt.Fprintf(&b, "  - name: isp2\n    interface: wan1\n    gateway: %s\n    probes: %s\n    preference: 1\n    masquerade: %t\n",
+		lastHost(n.Site.NBMA2), list, masquerade)
 	return b.String()
 }
 

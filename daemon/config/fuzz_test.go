@@ -26,7 +26,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(minimal))
 	f.Add([]byte(minimal + "tunnel: {}\n"))
-	f.Add([]byte(inClear(minimal + twoISPs)))
+	f.Add([]byte(inClear(minimal+twoISPs) + "firewall:\n  zones:\n    lan: [lan0]\n"))
 	f.Add([]byte("a: &x [*x]\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b, "fuzz.yaml")

@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,7 +30,7 @@ const twoISPs = `uplinks:
 `
 
 func TestUplinks(t *testing.T) {
-	c, err := Parse([]byte(inClear(minimal+twoISPs)), "test.yaml")
+	c, err := Parse([]byte(inClear(minimal+twoISPs)+"firewall:\n  zones:\n    lan: [lan0]\n"), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +51,11 @@ func TestUplinks(t *testing.T) {
 	}
 	if d := cmp.Diff(got, again.Daemon(Runtime{}).Uplinks, addrs); d != "" {
 		t.Errorf("running config reads back differently (-first +again):\n%s", d)
+	}
+	// Without a firewall section: a warning, the marks are not kept.
+	c, err = Parse([]byte(inClear(minimal+"uplinks:\n  - interface: eth0\n    probes: [198.51.100.99]\n")), "test.yaml")
+	if err != nil || len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0].Error(), "connection marks are not kept") {
+		t.Errorf("uplinks without a firewall: %v, warnings %v", err, c.Warnings)
 	}
 	// The mapping form, with its settings.
 	c, err = Parse([]byte(inClear(minimal+"uplinks:\n  rule_priority: 2000\n  mark_mask: 0xff0000\n  list:\n    - interface: eth0\n      probes: [198.51.100.99]\n")), "test.yaml")
@@ -86,6 +92,8 @@ func TestBadUplinks(t *testing.T) {
 			"line 11: uplinks[0].probes[0]: 224.0.0.1: a probe host is a unicast IPv4 address"}},
 		{"hosts required", "uplinks:\n  - interface: wan0\n    hosts_required: 2\n    probes: [192.0.2.1]\n", []string{
 			"line 11: uplinks[0].hosts_required: 2 of 1 probe hosts"}},
+		{"masquerade without the firewall", "uplinks:\n  - interface: wan0\n    masquerade: true\n    probes: [192.0.2.1]\n", []string{
+			"line 11: uplinks[0].masquerade: the firewall section holds the NAT rules: add one (masquerade is done there)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := errorLines(t, inClear(minimal+tc.file))
