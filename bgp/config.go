@@ -109,6 +109,12 @@ type Config struct {
 	// RestartTime is the graceful restart time announced and granted; 0
 	// turns graceful restart off.
 	RestartTime time.Duration
+	// HelperOnly keeps the neighbours' routes through their restarts but
+	// does not ask them to keep ours: set when this node's forwarding does
+	// not survive dmvpnd (a userspace or ebpf data plane, a tunnel
+	// removed on stop), so a lost hub's routes go at once instead of
+	// black-holing traffic for the restart time.
+	HelperOnly bool
 	// Spokes and DefaultSpoke give the AS and networks of spokes without
 	// IPsec (by tunnel address, else the default); with IPsec the
 	// certificate says.

@@ -73,6 +73,7 @@ type Controller struct {
 	have    map[netip.Addr]Neighbor
 	refNbr  map[netip.Addr]refusedNeighbor
 	refused map[netip.Addr]map[netip.Prefix]string
+	states  map[netip.Addr]string // the sessions' last states
 	stats   Stats
 	wake    chan struct{}
 	fibWake chan struct{}
@@ -122,9 +123,9 @@ func NewController(cfg Config, deps Deps) (*Controller, error) {
 		cfg: cfg, deps: deps, log: deps.Log,
 		pending: map[netip.Addr]change{}, dirty: map[netip.Addr]bool{},
 		have: map[netip.Addr]Neighbor{}, refNbr: map[netip.Addr]refusedNeighbor{},
-		refused: map[netip.Addr]map[netip.Prefix]string{},
-		stats:   Stats{PrefixesRefused: map[netip.Addr]uint64{}},
-		wake:    make(chan struct{}, 1), fibWake: make(chan struct{}, 1),
+		refused: map[netip.Addr]map[netip.Prefix]string{}, states: map[netip.Addr]string{},
+		stats: Stats{PrefixesRefused: map[netip.Addr]uint64{}},
+		wake:  make(chan struct{}, 1), fibWake: make(chan struct{}, 1),
 		started: make(chan struct{}), done: make(chan struct{}),
 	}
 	c.fib = newFIB(c)
@@ -192,13 +193,19 @@ func (c *Controller) notify(ev SpeakerEvent) {
 // peerState reacts to a session's state: a spoke whose session to a
 // server went down asks NHRP to register again.
 func (c *Controller) peerState(ev SpeakerEvent) {
-	if ev.State == StateEstablished {
-		return
-	}
 	c.mu.Lock()
 	n, ok := c.have[ev.Peer]
+	was := c.states[ev.Peer]
+	c.states[ev.Peer] = ev.State
 	c.mu.Unlock()
-	if ok && n.Kind == KindServer && c.deps.Reregister != nil && ev.Reason != "" {
+	switch {
+	case ev.State == StateEstablished:
+		c.log.Info("BGP session established", zap.Stringer("peer", ev.Peer), zap.String("kind", n.Kind.String()), zap.Uint32("as", n.AS))
+		return
+	case was == StateEstablished:
+		c.log.Info("BGP session down", zap.Stringer("peer", ev.Peer), zap.String("kind", n.Kind.String()), zap.String("reason", ev.Reason))
+	}
+	if ok && was == StateEstablished && n.Kind == KindServer && c.deps.Reregister != nil {
 		c.deps.Reregister("BGP session to " + ev.Peer.String() + " went down: " + ev.Reason)
 	}
 }

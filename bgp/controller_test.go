@@ -245,6 +245,13 @@ func TestSpokePeersWithServersThatAreUp(t *testing.T) {
 
 	// A session to a server that is up going down asks NHRP to register
 	// again (the server may have restarted).
+	h.sp.notify(SpeakerEvent{Kind: PeerState, Peer: addr("172.16.0.2"), State: StateActive, Reason: "idle-hold-timer-expired"})
+	h.sp.notify(SpeakerEvent{Kind: PeerState, Peer: addr("172.16.0.2"), State: StateEstablished})
+	select {
+	case r := <-h.rereg:
+		t.Errorf("re-registration asked before the session was ever up: %s", r)
+	default:
+	}
 	h.sp.notify(SpeakerEvent{Kind: PeerState, Peer: addr("172.16.0.2"), State: StateIdle, Reason: "hold-timer-expired"})
 	select {
 	case <-h.rereg:

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -31,6 +32,31 @@ type GoBGP struct {
 	nbrs   map[netip.Addr]Neighbor
 	// lastErr is why each session last went down.
 	lastErr map[netip.Addr]string
+	// stopping silences GoBGP's complaint that a stopped server is not
+	// running.
+	stopping atomic.Bool
+}
+
+// quietHandler drops GoBGP's "failed to stop" record once the speaker
+// stops on purpose.
+type quietHandler struct {
+	slog.Handler
+	stopping *atomic.Bool
+}
+
+func (h *quietHandler) Handle(ctx context.Context, r slog.Record) error {
+	if h.stopping.Load() && r.Message == "failed to stop BGP server" {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *quietHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &quietHandler{Handler: h.Handler.WithAttrs(as), stopping: h.stopping}
+}
+
+func (h *quietHandler) WithGroup(name string) slog.Handler {
+	return &quietHandler{Handler: h.Handler.WithGroup(name), stopping: h.stopping}
 }
 
 // NewGoBGP returns a speaker that logs through log.
@@ -48,7 +74,9 @@ var v4uc = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
 func (g *GoBGP) Start(ctx context.Context, cfg Config, notify func(SpeakerEvent)) error {
 	lvl := &slog.LevelVar{}
 	lvl.Set(slog.LevelWarn)
-	logger := slog.New(zapslog.NewHandler(g.log.Core()))
+	// GoBGP logs every peer configuration and state change at info; the
+	// controller logs what matters, GoBGP's warnings and errors stay.
+	logger := slog.New(&quietHandler{Handler: zapslog.NewHandler(g.log.WithOptions(zap.IncreaseLevel(zap.WarnLevel)).Core()), stopping: &g.stopping})
 	s := server.NewBgpServer(server.LoggerOption(logger, lvl))
 	go s.Serve()
 	global := &api.Global{
@@ -119,8 +147,12 @@ func (g *GoBGP) Stop(ctx context.Context, graceful bool) error {
 	if cancel != nil {
 		cancel()
 	}
+	// StopBgp ends the sessions (gracefully or not); Stop then ends the
+	// BFD server StartBgp started, and logs that BGP is not running
+	// (dropped: it is stopped on purpose).
 	err := s.StopBgp(ctx, &api.StopBgpRequest{AllowGracefulRestart: graceful})
-	s.Stop() // already stopped: only logs; ends BFD and the API server
+	g.stopping.Store(true)
+	s.Stop()
 	return err
 }
 
@@ -152,7 +184,7 @@ func (g *GoBGP) peer(cfg Config, n Neighbor) *api.Peer {
 		p.Transport.RemotePort = uint32(cfg.Port)
 	}
 	if cfg.RestartTime > 0 {
-		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second)}
+		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second), HelperOnly: cfg.HelperOnly}
 		af.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
 	if n.RRClient {

@@ -18,6 +18,7 @@ const (
 	setHubs        = "dmvpn-hubs"
 	setSummary     = "dmvpn-summary"
 	setSummarised  = "dmvpn-summarised"
+	stmtLocal      = "dmvpn-local"
 	stmtRefuse     = "dmvpn-refuse"
 	stmtFromHubs   = "dmvpn-from-hubs"
 	stmtOwn        = "dmvpn-own"
@@ -93,6 +94,8 @@ func (g *GoBGP) setPolicies(ctx context.Context, cfg Config) error {
 	accept := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}
 	reject := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_REJECT}
 	imp := &api.Policy{Name: policyImport, Statements: []*api.Statement{
+		// GoBGP runs this node's own routes through the import policy too.
+		{Name: stmtLocal, Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL}, Actions: accept},
 		{Name: stmtRefuse, Conditions: &api.Conditions{PrefixSet: matchSet(setRefused, api.MatchSet_TYPE_ANY)}, Actions: reject},
 		{Name: stmtFromHubs, Conditions: &api.Conditions{NeighborSet: matchSet(setHubs, api.MatchSet_TYPE_ANY)}, Actions: accept},
 	}}

@@ -121,7 +121,7 @@ func TestTwoSpeakersRefusals(t *testing.T) {
 		s, err := c.Summary(ctx)
 		return err == nil && len(s.Neighbors) == 3
 	})
-	rawSpeaker(t, 65001, spokeAddr, hubAddr, 65000, port,
+	spoke := rawSpeaker(t, 65001, spokeAddr, hubAddr, 65000, port,
 		"10.1.0.0/24", "10.1.0.64/26", // inside NET=, up to /26: accepted
 		"10.1.0.128/27", // longer than /26
 		"10.9.0.0/24",   // outside NET=
@@ -166,6 +166,20 @@ func TestTwoSpeakersRefusals(t *testing.T) {
 	if d := cmp.Diff(wantWhy, refusedWhy); d != "" {
 		t.Errorf("refusals (-want +got):\n%s", d)
 	}
+
+	// The spoke gets the hub's summary (phase 3), not its own routes back.
+	waitFor(t, "the summary at the spoke", 10*time.Second, func() bool {
+		var got []string
+		_ = spoke.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: bgp.RF_IPv4_UC},
+			func(p bgp.NLRI, paths []*apiutil.Path) {
+				for _, x := range paths {
+					if x.PeerAddress == hubAddr {
+						got = append(got, p.String())
+					}
+				}
+			})
+		return slices.Equal(got, []string{"10.0.0.0/8"})
+	})
 
 	// The received table shows the refusals; the summary counts them.
 	got, err := c.Routes(ctx, RouteQuery{Table: TableReceived, Neighbor: spokeAddr})

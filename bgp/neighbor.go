@@ -35,6 +35,21 @@ func (k Kind) String() string {
 // MarshalText names the kind in JSON.
 func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
+// UnmarshalText reads the name MarshalText writes.
+func (k *Kind) UnmarshalText(b []byte) error {
+	for _, c := range []Kind{KindSpoke, KindServer, KindHub} {
+		if c.String() == string(b) {
+			*k = c
+			return nil
+		}
+	}
+	if len(b) == 0 || string(b) == "unknown" {
+		*k = 0
+		return nil
+	}
+	return fmt.Errorf("bgp: unknown neighbour kind %q", b)
+}
+
 // Neighbor is a neighbour the speaker should have, with what it may
 // announce.
 type Neighbor struct {

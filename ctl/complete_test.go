@@ -19,7 +19,7 @@ func TestComplete(t *testing.T) {
 		want string
 	}{
 		{[]string{"__complete", ""}, "clear\tReset functions\ndebug\t"},
-		{[]string{"__completeNoDesc", "sh", "ip", ""}, "nhrp\n:4\n"},
+		{[]string{"__completeNoDesc", "sh", "ip", ""}, "bgp\nnhrp\n:4\n"},
 		{[]string{"__completeNoDesc", "show", "dmvpn", ""}, "detail\njson\n:4\n"},
 		{[]string{"__completeNoDesc", "show", "dmvpn", "detail", "j"}, "json\n:4\n"},
 		{[]string{"__completeNoDesc", "decode", ""}, ":0\n"},     // a file name

@@ -22,6 +22,7 @@ const (
 	annArg      = "arg"      // name of the free argument ("ADDRESS")
 	annArgHelp  = "arg-help" // its description
 	annGroup    = "group"    // set on commands that only hold subcommands
+	annOptArg   = "opt-arg"  // name of an optional free argument among subcommands and keywords
 )
 
 // keywordHelp describes the trailing keywords.
@@ -29,6 +30,9 @@ var keywordHelp = map[string]string{
 	"detail":  "Show detailed information",
 	"json":    "Machine-readable output (JSON)",
 	"packets": "Include every NHRP packet sent and received",
+
+	"received-routes":   "Routes the neighbour sent, refused ones marked",
+	"advertised-routes": "Routes sent to the neighbour",
 }
 
 // withKeywords annotates a command with the keywords it takes and makes
@@ -62,6 +66,55 @@ func withArg(c *cobra.Command, name, help string) *cobra.Command {
 	c.Annotations[annArg] = name
 	c.Annotations[annArgHelp] = help
 	return c
+}
+
+// withOptArg annotates a command that takes, beside its subcommands and
+// trailing keywords, one optional free argument: a word that is neither
+// (`show ip bgp 10.1.0.0/24 json` beside `show ip bgp summary`). cobra
+// accepts the keywords and at most one other word, which RunE reads with
+// freeArg.
+func withOptArg(c *cobra.Command, name, help string, kws ...string) *cobra.Command {
+	withKeywords(c, kws...)
+	c.Annotations[annOptArg] = name
+	c.Annotations[annArgHelp] = help
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		seen := map[string]bool{}
+		free := 0
+		for _, a := range args {
+			if !slices.Contains(kws, a) {
+				if free++; free > 1 {
+					return fmt.Errorf("unexpected %q after %q (expected one %s, then: %s)", a, pathOf(cmd), name, strings.Join(kws, ", "))
+				}
+				continue
+			}
+			if seen[a] {
+				return fmt.Errorf("%q given twice", a)
+			}
+			seen[a] = true
+		}
+		return nil
+	}
+	return c
+}
+
+// freeArg returns the free argument of a withOptArg command, or "".
+func freeArg(cmd *cobra.Command, args []string) string {
+	for _, a := range args {
+		if !slices.Contains(keywords(cmd), a) {
+			return a
+		}
+	}
+	return ""
+}
+
+// optArgWord reports whether w is taken as c's optional free argument:
+// c has one, none was given yet, and w names no subcommand or keyword.
+func optArgWord(c *cobra.Command, w string, taken int) bool {
+	if c.Annotations[annOptArg] == "" || taken > 0 {
+		return false
+	}
+	_, _, err := next(c, w)
+	return errors.Is(err, ErrUnknown)
 }
 
 // has reports whether a keyword was given.
@@ -146,6 +199,7 @@ func next(c *cobra.Command, w string) (*cobra.Command, string, error) {
 func Expand(root *cobra.Command, args []string) ([]string, error) {
 	c := root
 	out := make([]string, 0, len(args))
+	optTaken := 0
 	for i := 0; i < len(args); i++ {
 		w := args[i]
 		if strings.HasPrefix(w, "-") {
@@ -160,9 +214,17 @@ func Expand(root *cobra.Command, args []string) ([]string, error) {
 			out = append(out, args[i:]...)
 			break
 		}
+		if optArgWord(c, w, optTaken) {
+			out = append(out, w)
+			optTaken++
+			continue
+		}
 		sub, word, err := next(c, w)
 		if err != nil {
 			return nil, err
+		}
+		if sub != nil && optTaken > 0 {
+			return nil, fmt.Errorf("%w %q after the %s of %q", ErrUnknown, w, c.Annotations[annOptArg], pathOf(c))
 		}
 		out = append(out, word)
 		if sub != nil {
@@ -190,12 +252,16 @@ func commandAt(root *cobra.Command, words []string) (*cobra.Command, []string, i
 			free++
 			continue
 		}
+		if optArgWord(c, w, free) {
+			free++
+			continue
+		}
 		sub, word, err := next(c, w)
 		if err != nil {
 			return nil, nil, 0, err
 		}
 		if sub != nil {
-			c, used = sub, nil
+			c, used, free = sub, nil, 0
 		} else {
 			used = append(used, word)
 		}
@@ -222,8 +288,11 @@ func Candidates(root *cobra.Command, words []string, partial string) ([]Item, er
 		}
 		return out, nil
 	}
+	if arg := c.Annotations[annOptArg]; arg != "" && free == 0 && len(used) == 0 {
+		out = append(out, Item{Word: "<" + arg + ">", Help: c.Annotations[annArgHelp]})
+	}
 	for _, s := range children(c) {
-		if strings.HasPrefix(s.Name(), partial) {
+		if (c.Annotations[annOptArg] == "" || free == 0 && len(used) == 0) && strings.HasPrefix(s.Name(), partial) {
 			out = append(out, Item{Word: s.Name(), Help: s.Short})
 		}
 	}

@@ -39,6 +39,18 @@ func TestExpand(t *testing.T) {
 		{"cl c s 192.0.2.1", "clear crypto sa 192.0.2.1", nil},
 
 		{"sh ip nhrp cache x", "", ErrUnknown},
+		{"sh ip b", "show ip bgp", nil},
+		{"sh ip bgp su", "show ip bgp summary", nil},
+		{"sh ip bgp su j", "show ip bgp summary json", nil},
+		{"sh ip bgp 10.1.0.0/24", "show ip bgp 10.1.0.0/24", nil},
+		{"sh ip bgp 10.1.0.0/24 j", "show ip bgp 10.1.0.0/24 json", nil},
+		{"sh ip bgp 10.1.0.0/24 summary", "", ErrUnknown},
+		{"sh ip bgp 10.1.0.0/24 10.2.0.0/24", "", ErrUnknown},
+		{"sh ip bgp nei", "show ip bgp neighbors", nil},
+		{"sh ip bgp nei 172.16.1.1 rec", "show ip bgp neighbors 172.16.1.1 received-routes", nil},
+		{"sh ip bgp nei 172.16.1.1 ad js", "show ip bgp neighbors 172.16.1.1 advertised-routes json", nil},
+		{"cl ip bgp *", "clear ip bgp *", nil},
+		{"cl ip bgp 172.16.1.1 soft", "clear ip bgp 172.16.1.1 soft", nil},
 	}
 	for _, tt := range tests {
 		got, err := Expand(root, strings.Fields(tt.in))

@@ -101,7 +101,7 @@ with one it runs it and exits: dmvpnctl show dmvpn`,
 func commands(e *env) []*cobra.Command {
 	cs := []*cobra.Command{
 		group("show", "Show running system information", showCommands(e)...),
-		group("clear", "Reset functions", group("ip", "IP", newClearNHRP(e)), newClearCrypto(e)),
+		group("clear", "Reset functions", group("ip", "IP", newClearNHRP(e), newClearBGP(e)), newClearCrypto(e)),
 		group("debug", "Debugging functions (stream events until interrupted)", newDebugNHRP(e), newDebugCrypto(e)),
 		newReload(e),
 		newFirewall(e),
@@ -138,7 +138,7 @@ func showCommands(e *env) []*cobra.Command {
 
 // ipShowCommands are the children of "show ip".
 func ipShowCommands(e *env) []*cobra.Command {
-	return []*cobra.Command{newShowNHRP(e)}
+	return []*cobra.Command{newShowNHRP(e), newShowBGP(e)}
 }
 
 // group is a command that only holds subcommands.

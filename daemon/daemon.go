@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/opendmvpn/dmvpn/bgp"
 	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/firewall/redirect"
@@ -71,6 +72,10 @@ type Config struct {
 	// Uplinks fails over and balances the ISP uplinks; nil: the kernel's
 	// routes are left as they are.
 	Uplinks *failover.Config
+	// BGP runs the embedded speaker (nil: none); its routes carry
+	// BGPProtocol in the kernel.
+	BGP         *bgp.Config
+	BGPProtocol int
 }
 
 // Policy is the registration policy of a hub: every client in the tunnel
@@ -139,6 +144,7 @@ type Daemon struct {
 	fw         *firewall.Manager
 	fwRollback func(src any)
 	uplinks    *failover.Monitor // nil without uplinks
+	bgp        *bgp.Controller
 }
 
 // Option adjusts a Daemon.
@@ -330,6 +336,13 @@ func (d *Daemon) up(ctx context.Context) error {
 	if mon := d.Uplinks(); mon != nil {
 		deps.Tunnel = uplinkTunnel{Device: dev, mon: mon}
 	}
+	var bgpc *bgp.Controller
+	if cfg.BGP != nil {
+		if bgpc, err = d.newBGP(cfg, dev.Info()); err != nil {
+			return fmt.Errorf("bgp: %w", err)
+		}
+		deps.Observers = append(deps.Observers, bgpc)
+	}
 	if cfg.NHRP.Role == nhrp.RoleHub {
 		p := cfg.Policy
 		d.policy.Store(&p)
@@ -356,6 +369,9 @@ func (d *Daemon) up(ctx context.Context) error {
 	d.mu.Lock()
 	d.eng, d.engCtx = eng, cancel
 	d.mu.Unlock()
+	if bgpc != nil {
+		d.runBGP(ctx, bgpc)
+	}
 
 	if cfg.NHRP.Role == nhrp.RoleHub && cfg.NHRP.Redirect {
 		// The rule's table is host state: its own client puts it in the

@@ -128,12 +128,12 @@ func testLabCycle(t *testing.T, l *labEnv) {
 	t.Logf("up with IPsec took %v; %s", time.Since(start).Round(time.Millisecond), firstLine(out, "Converged in"))
 	for _, want := range []string{
 		"Converged in", "over IPsec, authorised by its certificate", "======== hub1: show dmvpn ========", "======== spoke3: show dmvpn ========",
-		"Type:Hub, NHRP Peers:3,", "203.0.113.1          172.16.3.1    UP", // spoke3 behind NAT, seen at its public address
+		"Type:Hub, NHRP Peers:4,", // three spokes and the other hub (static) "203.0.113.1          172.16.3.1    UP", // spoke3 behind NAT, seen at its public address
 		"spoke1  C=FI, O=dmvpn-lab, OU=GRE=172.16.1.1, OU=AS=65001, OU=NET=10.1.0.0/24, CN=spoke1",
 		"======== IPsec: SAs and the certificate of every registration ========",
 		"172.16.3.1/32   via 203.0.113.1     CN=spoke3,", "The resolution brought up an IPsec SA between spoke1 and spoke2",
 		"first reply: ttl=61", "spoke1# show ip nhrp shortcut", "10.2.0.0/24 via 172.16.2.1",
-		"via 172.16.2.1 dev gre1 table 42", "replies with ttl=62", "received 0 data packets", "Spoke-to-spoke traffic goes direct.",
+		"via 172.16.2.1 dev gre1 table 42", "replies with ttl=62", "forwarded 0 packets", "Spoke-to-spoke traffic goes direct.",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up output lacks %q", want)
@@ -208,6 +208,7 @@ func testLabCycle(t *testing.T, l *labEnv) {
 
 	t.Run("forged", func(t *testing.T) { testLabForged(t, l) })
 	t.Run("fail and restore an ISP", func(t *testing.T) { testLabFailover(t, l) })
+	t.Run("bgp", func(t *testing.T) { testLabBGP(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
 
 	out, err = l.run(t, "down")
@@ -269,6 +270,15 @@ func testLabRogue(t *testing.T, l *labEnv) {
 	if e, ok := labEntry(t, l, "hub1", "172.16.1.1"); !ok || e.NBMA.String() != "198.51.100.1" || !strings.Contains(e.Identity, "CN=spoke1") {
 		t.Errorf("spoke1's binding at hub1: %+v", e)
 	}
+	// The rogue never becomes a BGP neighbour; the legitimate spokes are
+	// (the summary would have listed it).
+	var nbrs []string
+	for _, n := range bgpSummary(t, l, "hub1").Neighbors {
+		nbrs = append(nbrs, n.Address.String()+" "+n.State)
+	}
+	if want := []string{"172.16.1.1 established", "172.16.2.1 established"}; !slices.Equal(nbrs, want) {
+		t.Errorf("hub1's BGP neighbours %v, want %v (never the rogue's 172.16.4.1)", nbrs, want)
+	}
 	if out, err := l.run(t, "status"); err != nil || !strings.Contains(out, "rogue      rogue    198.51.100.33") ||
 		!strings.Contains(out, "registered with 0/1 hubs") || !strings.Contains(out, "with the rogue spoke") {
 		t.Errorf("status: %v\n%s", err, out)
@@ -301,8 +311,10 @@ func testLabPlain(t *testing.T, l *labEnv) {
 	if out, err := l.run(t, "status"); err != nil || !strings.Contains(out, "IPsec: off") {
 		t.Errorf("status: %v\n%s", err, out)
 	}
+	t.Run("bgp", func(t *testing.T) { testLabBGP(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
-	if out, err := l.run(t, "down"); err != nil || !strings.Contains(out, "Lab down: 4 dmvpnd stopped, 11 namespaces removed") {
+	t.Run("hub1 lost", func(t *testing.T) { testHubLost(t, l) })
+	if out, err := l.run(t, "down"); err != nil || !strings.Contains(out, "Lab down: 3 dmvpnd stopped, 11 namespaces removed") {
 		t.Errorf("down: %v\n%s", err, out)
 	}
 	assertNothingLeft(t, l)
@@ -620,7 +632,9 @@ func testLabStop(t *testing.T, l *labEnv) {
 	}
 	deadline = time.Now().Add(3 * time.Second)
 	for _, hub := range []string{"hub1", "hub2"} {
-		for strings.Contains(l.ctl(t, hub, "show", "ip", "nhrp"), "172.16.3.1/32") {
+		// A negative entry may follow (BGP tries the gone spoke's address):
+		// only the registration counts.
+		for registered(l.ctl(t, hub, "show", "ip", "nhrp"), "172.16.3.1/32") {
 			if time.Now().Before(deadline) {
 				time.Sleep(50 * time.Millisecond)
 				continue
@@ -632,6 +646,9 @@ func testLabStop(t *testing.T, l *labEnv) {
 			}
 			break
 		}
+	}
+	if !st.IPsec {
+		checkWithdrawn(t, l, "10.3.0.0/24")
 	}
 	if out, err := exec.Command("ip", "-n", ns, "link", "show", "gre1").CombinedOutput(); err == nil {
 		t.Errorf("spoke3's tunnel interface is still there:\n%s", out)
@@ -650,4 +667,16 @@ func testLabStop(t *testing.T, l *labEnv) {
 			}
 		}
 	}
+}
+
+// registered reports whether show ip nhrp lists a dynamic entry (a
+// registration) for proto.
+func registered(out, proto string) bool {
+	lines := strings.Split(out, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, proto+" ") && i+1 < len(lines) && strings.Contains(lines[i+1], "Type: dynamic") {
+			return true
+		}
+	}
+	return false
 }

@@ -226,10 +226,10 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 		charons = ", each with its own charon"
 	}
 	fmt.Fprintf(l.Out, "dmvpnd runs in %d nodes (userspace data plane%s); waiting for the tunnels and registrations…\n", len(t.Nodes), charons)
-	if err := l.routes(ctx, t, st); err != nil {
+	if err := l.converge(ctx, t, st, started, 30*time.Second); err != nil {
 		return fail(err)
 	}
-	if err := l.converge(ctx, t, st, started, 30*time.Second); err != nil {
+	if err := l.bgpConverge(ctx, t, st, 30*time.Second); err != nil {
 		return fail(err)
 	}
 	for _, n := range t.Nodes {
@@ -239,6 +239,11 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 		ns, _ := st.node(n.Site.Name)
 		fmt.Fprintf(l.Out, "\n======== %s: show dmvpn ========\n", n.Site.Name)
 		l.ctl(ctx, ns.Daemon.Socket, "show", "dmvpn")
+	}
+	if hubs := t.hubs(); len(hubs) > 0 {
+		ns, _ := st.node(hubs[0].Site.Name)
+		fmt.Fprintf(l.Out, "\n======== %s: show ip bgp summary ========\n", hubs[0].Site.Name)
+		l.ctl(ctx, ns.Daemon.Socket, "show", "ip", "bgp", "summary")
 	}
 	stay := func(what string, err error) error {
 		fmt.Fprintf(l.Out, "\n%s failed: %v\nThe lab stays up for you to look: %s status; %s down.\n", what, err, l.Self, l.Self)
@@ -360,22 +365,6 @@ func (l *Lab) ready(ctx context.Context, ns *NodeState) error {
 		return true, nil
 	}); err != nil {
 		return fmt.Errorf("%s: dmvpnd did not come up: %w\n%s", ns.Name, err, tail(ns.Daemon.Log))
-	}
-	return nil
-}
-
-// routes adds the static routes of every node, once it is ready.
-func (l *Lab) routes(ctx context.Context, t Topology, st *State) error {
-	for _, n := range t.Nodes {
-		ns, _ := st.node(n.Site.Name)
-		if err := l.ready(ctx, ns); err != nil {
-			return err
-		}
-		if rs := t.routes(n); len(rs) > 0 {
-			if err := ipBatch(ns.NS, rs); err != nil {
-				return err
-			}
-		}
 	}
 	return nil
 }

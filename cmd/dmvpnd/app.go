@@ -70,6 +70,14 @@ func (n daemonNode) Uplinks() control.Uplinks {
 	return nil
 }
 
+// BGP returns the BGP speaker, or a nil interface without BGP.
+func (n daemonNode) BGP() control.Routing {
+	if c := n.d.BGP(); c != nil {
+		return c
+	}
+	return nil
+}
+
 // Reload applies a configuration through the daemon.
 func (n daemonNode) Reload(ctx context.Context, cfg daemon.Config) ([]string, error) {
 	return n.d.Reload(ctx, cfg)
@@ -129,6 +137,14 @@ func (a *App) Crypto() control.Crypto {
 func (a *App) Uplinks() control.Uplinks {
 	if us, ok := a.node.(interface{ Uplinks() control.Uplinks }); ok {
 		return us.Uplinks()
+	}
+	return nil
+}
+
+// BGP implements control.RoutingSource.
+func (a *App) BGP() control.Routing {
+	if rs, ok := a.node.(interface{ BGP() control.Routing }); ok {
+		return rs.BGP()
 	}
 	return nil
 }

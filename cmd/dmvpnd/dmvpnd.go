@@ -249,6 +249,15 @@ func (s metricsSource) Crypto() control.Crypto {
 	return (*s.app).Crypto()
 }
 
+// BGP implements control.RoutingSource: the BGP metrics (nil while
+// starting and without BGP).
+func (s metricsSource) BGP() control.Routing {
+	if *s.app == nil {
+		return nil
+	}
+	return (*s.app).BGP()
+}
+
 // serveMetrics serves /metrics on addr; the returned function stops it.
 func serveMetrics(addr string, m *metrics.Metrics, log *zap.Logger) (func(), error) {
 	l, err := net.Listen("tcp", addr)

@@ -52,6 +52,8 @@ type Config struct {
 	Networks []netip.Prefix
 	// Forwarding turns IP forwarding on.
 	Forwarding bool
+	// BGP runs the embedded speaker; nil runs none.
+	BGP *BGP
 	// IPsec protects the tunnel. Without it the file must say so
 	// (`ipsec: off`, IPsecOff): NHRP and GRE then run in clear.
 	IPsec    *IPsec
@@ -275,11 +277,13 @@ func ParseWith(data []byte, name string, o Options) (*Config, error) {
 		c.defaults(d)
 		c.ipsecDefaults(d)
 		c.uplinksDefaults(d)
+		c.bgpDefaults(d)
 		c.check(d)
 		c.ipsecChecks(d)
 		c.checkProtection(d)
 		c.firewallChecks(d)
 		c.uplinksChecks(d)
+		c.bgpChecks(d)
 	}
 	if len(d.errs) > 0 {
 		sortErrors(d.errs)

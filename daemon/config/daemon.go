@@ -77,6 +77,8 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		Forwarding:           c.Forwarding,
 		IPsec:                c.IPsec.ipsecConfig(),
 		Uplinks:              c.Uplinks.failoverConfig(),
+		BGP:                  c.bgpConfig(),
+		BGPProtocol:          c.bgpProtocol(),
 		IPsecOff:             c.IPsecOff,
 		Firewall:             c.Firewall.FirewallConfig(),
 		ManagementPorts:      c.managementPorts(),

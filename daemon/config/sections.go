@@ -36,6 +36,7 @@ func sections(d *decoder, c *Config) fields {
 		"ipsec":      func(n *yaml.Node, p string) { d.ipsecSection(n, p, c) },
 		"firewall":   func(n *yaml.Node, p string) { d.firewallSection(n, p, c) },
 		"uplinks":    func(n *yaml.Node, p string) { d.uplinksSection(n, p, c) },
+		"bgp":        func(n *yaml.Node, p string) { d.bgpSection(n, p, c) },
 		"logging": func(n *yaml.Node, p string) {
 			d.mapping(n, p, fields{
 				"level":  func(n *yaml.Node, p string) { d.oneOf(n, p, &c.Logging.Level, "debug", "info", "warn", "error") },

@@ -67,6 +67,9 @@ func NewServer(d Daemon, log *zap.Logger) *Server {
 	mux.HandleFunc("POST "+PathFirewallConfirm, s.firewallConfirm)
 	mux.HandleFunc("GET "+PathFirewallTranslate, s.firewallTranslate)
 	mux.HandleFunc("GET "+PathUplinks, s.uplinks)
+	mux.HandleFunc("GET "+PathBGPSummary, s.bgpSummary)
+	mux.HandleFunc("GET "+PathBGPRoutes, s.bgpRoutes)
+	mux.HandleFunc("POST "+PathBGPClear, s.bgpClear)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
 	})

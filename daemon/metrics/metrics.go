@@ -155,6 +155,9 @@ func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range uplinkDescs {
 		ch <- d
 	}
+	for _, d := range bgpDescs {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector: it reads the snapshots.
@@ -200,6 +203,9 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	collectFirewall(ch, s.src)
 	collectUplinks(ch, s.src)
+	if b := routingOf(s.src); b != nil {
+		collectBGP(ch, b)
+	}
 }
 
 // engine emits the engine's snapshots; false when the engine did not
