@@ -109,6 +109,11 @@ type Config struct {
 	// RestartTime is the graceful restart time announced and granted; 0
 	// turns graceful restart off.
 	RestartTime time.Duration
+	// Multipath installs paths of equal rank through several neighbours
+	// as one ECMP route; off, every node picks one (the lowest router ID
+	// among equals, so all spokes use the same hub and the return traffic
+	// meets the same stateful firewall).
+	Multipath bool
 	// HelperOnly keeps the neighbours' routes through their restarts but
 	// does not ask them to keep ours: set when this node's forwarding does
 	// not survive dmvpnd (a userspace or ebpf data plane, a tunnel

@@ -81,7 +81,8 @@ func (g *GoBGP) Start(ctx context.Context, cfg Config, notify func(SpeakerEvent)
 	go s.Serve()
 	global := &api.Global{
 		Asn: cfg.AS, RouterId: cfg.RouterID.String(), ListenPort: int32(cfg.Port),
-		ListenAddresses: []string{cfg.Tunnel.Addr().String()}, UseMultiplePaths: true,
+		ListenAddresses: []string{cfg.Tunnel.Addr().String()}, UseMultiplePaths: cfg.Multipath,
+		RouteSelectionOptions: &api.RouteSelectionOptionsConfig{ExternalCompareRouterId: true},
 	}
 	if cfg.RestartTime > 0 {
 		global.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second)}

@@ -58,8 +58,9 @@ func pingOnce(ns, dst string) error {
 
 // testLabBGP checks the alpine lab's routing: every hub has a session with
 // the other hub and every spoke, each spoke's LAN in its kernel with BGP's
-// protocol through the spoke; every spoke has the summary through both
-// hubs (ECMP); every LAN reaches every other.
+// protocol through the spoke; every spoke has the summary through hub1
+// (one path: the hubs' stateful firewalls must see both directions);
+// every LAN reaches every other.
 func testLabBGP(t *testing.T, l *labEnv) {
 	for _, hub := range []string{"hub1", "hub2"} {
 		s := bgpSummary(t, l, hub)
@@ -84,9 +85,8 @@ func testLabBGP(t *testing.T, l *labEnv) {
 	}
 	for _, spoke := range []string{"spoke1", "spoke2", "spoke3"} {
 		rs := strings.Join(bgpRoutes(t, l.prefix+"-"+spoke), " ")
-		if !strings.Contains(rs, "10.0.0.0/8") || !strings.Contains(rs, "nexthop via 172.16.0.1 dev gre1 weight 1 onlink") ||
-			!strings.Contains(rs, "nexthop via 172.16.0.2 dev gre1 weight 1 onlink") {
-			t.Errorf("%s: the summary is not through both hubs: %s", spoke, rs)
+		if !strings.HasPrefix(rs, "10.0.0.0/8 via 172.16.0.1 dev gre1") {
+			t.Errorf("%s: the summary is not through hub1 (the lowest router ID): %s", spoke, rs)
 		}
 	}
 	hosts := map[string]string{"spoke1": "10.1.0.2", "spoke2": "10.2.0.2", "spoke3": "10.3.0.2"}
@@ -95,7 +95,15 @@ func testLabBGP(t *testing.T, l *labEnv) {
 			if from == to {
 				continue
 			}
-			if err := pingOnce(l.prefix+"-"+from+"-h1", dst); err != nil {
+			// A first packet may be lost while a shortcut (and its SA) comes
+			// up: a few tries.
+			var err error
+			for try := 0; try < 5; try++ {
+				if err = pingOnce(l.prefix+"-"+from+"-h1", dst); err == nil {
+					break
+				}
+			}
+			if err != nil {
 				t.Errorf("LAN to LAN: %v", err)
 			}
 		}

@@ -206,9 +206,9 @@ func testLabCycle(t *testing.T, l *labEnv) {
 		}
 	})
 
+	t.Run("bgp", func(t *testing.T) { testLabBGP(t, l) })
 	t.Run("forged", func(t *testing.T) { testLabForged(t, l) })
 	t.Run("fail and restore an ISP", func(t *testing.T) { testLabFailover(t, l) })
-	t.Run("bgp", func(t *testing.T) { testLabBGP(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
 
 	out, err = l.run(t, "down")

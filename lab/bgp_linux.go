@@ -52,7 +52,7 @@ func (l *Lab) bgpConverge(ctx context.Context, t Topology, st *State, timeout ti
 			return fmt.Errorf("%s: BGP did not converge (%s): %w\n%s", n.Site.Name, last, err, tail(ns.Daemon.Log))
 		}
 	}
-	fmt.Fprintf(l.Out, "BGP converged in %.1f s: every hub routes every spoke's LAN, every spoke has the summary %s from every hub.\n",
+	fmt.Fprintf(l.Out, "BGP converged in %.1f s: every hub routes every spoke's LAN, every spoke has the summary %s.\n",
 		time.Since(started).Seconds(), summary)
 	return nil
 }

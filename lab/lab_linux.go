@@ -262,7 +262,7 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 			return stay("The rogue spoke's demonstration", err)
 		}
 	}
-	if st.Firewall {
+	if st.Firewall && st.IPsec { // without IPsec GRE from the internet is accepted by design
 		if err := l.firewallDemo(ctx, t, st); err != nil {
 			return stay("The firewall's demonstration", err)
 		}

@@ -44,6 +44,9 @@ type BGP struct {
 	HoldTime        time.Duration
 	ConnectRetry    time.Duration
 	GracefulRestart time.Duration
+	// Multipath installs equal paths through several neighbours as one
+	// ECMP route.
+	Multipath bool
 	// Protocol is the kernel route protocol number of BGP's routes.
 	Protocol int
 	// Port is the TCP port.
@@ -136,6 +139,7 @@ func (d *decoder) bgpSection(n *yaml.Node, p string, c *Config) {
 		"connect_retry":       func(n *yaml.Node, p string) { d.duration(n, p, time.Second, time.Hour, &s.ConnectRetry) },
 		"graceful_restart":    func(n *yaml.Node, p string) { d.duration(n, p, 0, time.Hour, &s.GracefulRestart) },
 		"protocol":            func(n *yaml.Node, p string) { d.intField(n, p, 5, 255, &s.Protocol) },
+		"multipath":           func(n *yaml.Node, p string) { d.boolean(n, p, &s.Multipath) },
 		"port":                func(n *yaml.Node, p string) { d.intField(n, p, 1, 65535, &s.Port) },
 		"protect":             addrs(&s.Protect),
 		"spokes": func(n *yaml.Node, p string) {
@@ -287,7 +291,7 @@ func (c *Config) bgpConfig() *bgp.Config {
 		Phase2: s.Phase == 2, Redistribute: slices.Clone(s.Redistribute), RedistributeWithin: slices.Clone(s.RedistributeWithin),
 		MaxPrefixLen: s.MaxPrefixLength, MaxPrefixes: s.MaxPrefixes,
 		Keepalive: s.Keepalive, Hold: s.HoldTime, ConnectRetry: s.ConnectRetry, RestartTime: s.GracefulRestart,
-		UseCertificates: c.IPsec != nil,
+		UseCertificates: c.IPsec != nil, Multipath: s.Multipath,
 	}
 	if c.Role == "hub" {
 		b.Role = bgp.RoleHub
@@ -357,6 +361,7 @@ func renderBGP(s *BGP) *yaml.Node {
 	m.add("connect_retry", raw(durationString(s.ConnectRetry)))
 	m.add("graceful_restart", raw(durationString(s.GracefulRestart)))
 	m.add("protocol", num(s.Protocol))
+	m.add("multipath", boolean(s.Multipath))
 	m.add("port", num(s.Port))
 	if len(s.Protect) > 0 {
 		m.add("protect", addrList(s.Protect))
