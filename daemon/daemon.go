@@ -76,6 +76,12 @@ type Config struct {
 	// BGPProtocol in the kernel.
 	BGP         *bgp.Config
 	BGPProtocol int
+	// HostStateFile keeps, across a crash, what the host state's owner
+	// must put back (sysctls' values from before, routes replaced) and
+	// the identifiers each part of dmvpnd owns, so that the next start
+	// removes what sits at identifiers no longer used (host.Options
+	// StateFile); "" keeps it in memory only.
+	HostStateFile string
 }
 
 // Policy is the registration policy of a hub: every client in the tunnel
@@ -217,7 +223,7 @@ func (d *Daemon) hostManager() (*host.Manager, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.host == nil {
-		m, err := host.New(host.Options{Changed: func(owner, change string) {
+		m, err := host.New(host.Options{StateFile: d.cfg.HostStateFile, Changed: func(owner, change string) {
 			d.log.Info("host: "+change, zap.String("owner", owner))
 		}})
 		if err != nil {
@@ -386,6 +392,12 @@ func (d *Daemon) up(ctx context.Context) error {
 			return err
 		}
 		d.stopFn = append(d.stopFn, w.Close)
+	}
+	// Every part with host state has its client now: what an earlier run
+	// of a part this configuration no longer has (uplinks, IPsec, the
+	// firewall, the redirect rule) left in the kernel goes.
+	if err := d.host.Sweep(ctx); err != nil {
+		d.log.Warn("host: removing what an earlier run left", zap.Error(err))
 	}
 	return nil
 }

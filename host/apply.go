@@ -25,9 +25,15 @@ type present struct {
 	tables map[TableID]bool
 }
 
-// read lists what the kernel has under the client's identifiers.
-func (c *Client) read(ctx context.Context) (present, error) {
-	k, o := c.m.k, c.owner
+// read lists what the kernel has under the identifiers of o and of
+// stale (whose route protocol may differ from o's).
+func (c *Client) read(ctx context.Context, o, stale Owner) (present, error) {
+	k := c.m.k
+	protocols := []int{o.RouteProtocol}
+	if stale.RouteProtocol != 0 && stale.RouteProtocol != o.RouteProtocol {
+		protocols = append(protocols, stale.RouteProtocol)
+	}
+	o = o.with(stale)
 	var p present
 	var errs []error
 	if len(o.RulePriorities) > 0 {
@@ -43,9 +49,12 @@ func (c *Client) read(ctx context.Context) (present, error) {
 			}
 		}
 	}
-	if o.RouteProtocol != 0 {
+	for _, proto := range protocols {
+		if proto == 0 {
+			continue
+		}
 		for _, f := range []Family{IPv4, IPv6} {
-			rs, err := k.Routes(ctx, f, o.RouteProtocol)
+			rs, err := k.Routes(ctx, f, proto)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("listing %v routes: %w", f, err))
 			}
@@ -83,7 +92,13 @@ func (c *Client) apply(ctx context.Context, cfg *Config, closing bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	have, err := c.read(ctx)
+	// The client's identifiers and those an earlier run of it left
+	// entries at: the latter's entries are never desired.
+	c.m.mu.Lock()
+	stale, staleSysctls := c.stale, c.staleSysctls
+	c.m.mu.Unlock()
+	owned := c.owner.with(stale)
+	have, err := c.read(ctx, c.owner, stale)
 	if err != nil {
 		return err
 	}
@@ -146,7 +161,7 @@ func (c *Client) apply(ctx context.Context, cfg *Config, closing bool) error {
 		for _, h := range have.routes {
 			if h.key() == r.key() {
 				ours = true
-				same = same || h.same(r)
+				same = same || (h.Protocol == r.Protocol && h.same(r)) // a stale protocol's route is replaced
 			}
 		}
 		if same {
@@ -209,7 +224,7 @@ func (c *Client) apply(ctx context.Context, cfg *Config, closing bool) error {
 			return nil
 		}})
 	}
-	for _, id := range c.owner.Tables {
+	for _, id := range owned.Tables {
 		if have.tables[id] && !twant[id] {
 			dels = append(dels, change{"delete " + id.String(), func(ctx context.Context) error {
 				delete(c.revs, id)
@@ -218,7 +233,7 @@ func (c *Client) apply(ctx context.Context, cfg *Config, closing bool) error {
 		}
 	}
 
-	sadds, sdels, serrs := c.planSysctls(cfg, closing)
+	sadds, sdels, serrs := c.planSysctls(cfg, closing, staleSysctls)
 	adds, dels, errs = append(adds, sadds...), append(dels, sdels...), append(errs, serrs...)
 
 	failed := len(errs) > 0
@@ -245,7 +260,20 @@ func (c *Client) apply(ctx context.Context, cfg *Config, closing bool) error {
 		}
 		c.m.note(c.owner.Name, ch.note)
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if !stale.none() || len(staleSysctls) > 0 {
+		// What the earlier run left is settled: only the client's own
+		// identifiers are recorded from now on.
+		c.m.mu.Lock()
+		c.stale, c.staleSysctls = Owner{}, nil
+		c.m.mu.Unlock()
+		if err := c.m.origs.setIdentifiers(c.owner.Name, recordOf(c.owner)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (m *Manager) note(owner, change string) {
@@ -272,8 +300,9 @@ func (c *Client) resolve(r Route) (Route, error) {
 }
 
 // planSysctls plans the writes of the desired sysctls and the restores of
-// those no longer desired (or all of them, closing).
-func (c *Client) planSysctls(cfg *Config, closing bool) (adds, dels []change, errs []error) {
+// those no longer desired (or all of them, closing), among them the keys
+// an earlier run of the client set with Restore (stale).
+func (c *Client) planSysctls(cfg *Config, closing bool, stale []string) (adds, dels []change, errs []error) {
 	k, origs := c.m.k, c.m.origs
 	want := map[string]Sysctl{}
 	for _, s := range cfg.Sysctls {
@@ -292,7 +321,7 @@ func (c *Client) planSysctls(cfg *Config, closing bool) (adds, dels []change, er
 		}
 		adds = append(adds, change{fmt.Sprintf("set sysctl %s = %s (was %s)", s.Key, s.Value, cur), func(context.Context) error {
 			if s.Restore {
-				if err := origs.record(s.Key, cur); err != nil {
+				if err := origs.record(c.owner.Name, s.Key, cur); err != nil {
 					return err
 				}
 			}
@@ -300,9 +329,14 @@ func (c *Client) planSysctls(cfg *Config, closing bool) (adds, dels []change, er
 		}})
 	}
 	c.m.mu.Lock()
-	old := c.sysctls
+	old := maps.Clone(c.sysctls)
 	c.sysctls = want
 	c.m.mu.Unlock()
+	for _, key := range stale {
+		if _, ok := old[key]; !ok {
+			old[key] = Sysctl{Key: key, Restore: true}
+		}
+	}
 	for _, key := range slices.Sorted(maps.Keys(old)) {
 		s := old[key]
 		if _, ok := want[key]; ok && !closing {
@@ -312,11 +346,18 @@ func (c *Client) planSysctls(cfg *Config, closing bool) (adds, dels []change, er
 		if !s.Restore || !ok {
 			continue
 		}
+		if other := c.m.sysctlOwner(c, key); other != "" {
+			// Set by another client now, which keeps the original.
+			dels = append(dels, change{fmt.Sprintf("leave sysctl %s to %s", key, other), func(context.Context) error {
+				return origs.disown(c.owner.Name, key)
+			}})
+			continue
+		}
 		dels = append(dels, change{fmt.Sprintf("restore sysctl %s = %s", key, orig), func(context.Context) error {
 			if err := k.WriteSysctl(key, orig); err != nil {
 				return err
 			}
-			return origs.forget(key)
+			return origs.forget(c.owner.Name, key)
 		}})
 	}
 	return adds, dels, errs

@@ -32,6 +32,16 @@
 // leaves its state in the kernel for the next run to adopt (dmvpnd
 // --keep-routes: the tunnel and the protection of GRE stay).
 //
+// With a state file (Options.StateFile) what must be put back survives a
+// crash (the sysctls' earlier values, the other programs' routes a route
+// replaced), and so does, per client name, every identifier the client
+// may have left entries at. A client whose identifiers changed between
+// runs (another rule priority, route protocol, xfrm priority or table)
+// has its first Set remove what sits at the old ones, after the
+// additions; Manager.Sweep removes, as Close would, what the clients of
+// an earlier run that did not register in this one left. Identifiers
+// another client owns now are never touched.
+//
 // nftables: the firewall supplies a whole table as an NFTable whose Build
 // adds its chains, sets and rules to a Conn; the Manager replaces the
 // table in one transaction (add table, delete table, add table, Build,

@@ -98,6 +98,18 @@ func (m *Manager) Client(o Owner) (*Client, error) {
 		return nil, fmt.Errorf("host: client %s: %w", o.Name, err)
 	}
 	c := &Client{m: m, owner: o, revs: map[TableID]string{}, sysctls: map[string]Sysctl{}}
+	// What an earlier run of this client left elsewhere goes with its
+	// first Set; the identifiers of both are recorded before that, so a
+	// crash in between forgets neither. The newcomer's identifiers are no
+	// longer another client's leftovers.
+	rec := m.origs.owner(o.Name)
+	c.stale, c.staleSysctls = m.staleFor(o), slices.Clone(rec.Sysctls)
+	for _, x := range m.clients {
+		x.stale = x.stale.without(o)
+	}
+	if err := m.origs.setIdentifiers(o.Name, rec.union(o)); err != nil {
+		return nil, fmt.Errorf("host: client %s: %w", o.Name, err)
+	}
 	m.clients[o.Name] = c
 	return c, nil
 }
@@ -128,6 +140,12 @@ type Client struct {
 	closed  bool
 	revs    map[TableID]string // nftables revisions applied
 	sysctls map[string]Sysctl  // the sysctls desired now (guarded by m.mu as well for reads across clients)
+	// stale are the identifiers an earlier run of this client left
+	// entries at and it no longer owns, staleSysctls the keys whose
+	// originals that run kept: both settled by the first Set or Close
+	// that succeeds (guarded by m.mu).
+	stale        Owner
+	staleSysctls []string
 }
 
 // ErrClosed is returned by a Client's methods after Close or Leave.
@@ -181,6 +199,10 @@ func (c *Client) Close(ctx context.Context) error {
 		return fmt.Errorf("host: %s: %w", c.owner.Name, err)
 	}
 	c.release()
+	// Nothing of it is left in the kernel.
+	if err := c.m.origs.setIdentifiers(c.owner.Name, record{}); err != nil {
+		return fmt.Errorf("host: %s: %w", c.owner.Name, err)
+	}
 	return nil
 }
 

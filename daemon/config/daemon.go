@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strconv"
 
@@ -82,7 +83,17 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		IPsecOff:             c.IPsecOff,
 		Firewall:             c.Firewall.FirewallConfig(),
 		ManagementPorts:      c.managementPorts(),
+		HostStateFile:        hostStateFile(c.Control.Socket, t.Interface),
 	}
+}
+
+// hostStateFile is the host state's file: INTERFACE.host beside the
+// control socket (/run/dmvpnd/gre1.host by default).
+func hostStateFile(socket, iface string) string {
+	if socket == "" || iface == "" {
+		return ""
+	}
+	return filepath.Join(filepath.Dir(socket), iface+".host")
 }
 
 // managementPorts are the TCP ports the control API and the metrics
