@@ -2,7 +2,9 @@ package nhrp
 
 import (
 	"context"
+	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -173,10 +175,19 @@ func (e *Engine) bind(r *regCIE, reqID uint32) wire.CIECode {
 		// A refresh.
 		cur.flags = flags | cur.flags&FlagUsed
 		cur.claimed, cur.holding, cur.mtu, cur.reqID = r.reg.ClaimedNBMA, uint16(r.holding/time.Second), r.mtu, reqID
+		renewed := false
 		if r.verdict.Identity != "" {
+			renewed = cur.identity != r.verdict.Identity || !sameAttrs(cur.attrs, r.verdict.Attrs)
 			cur.identity, cur.attrs, cur.nets = r.verdict.Identity, r.verdict.Attrs, r.verdict.Networks
 		}
 		e.expireAt(cur, e.now.Add(r.holding))
+		if renewed {
+			// A renewed certificate with other fields (AS, networks):
+			// observers such as BGP update the neighbour now, not at
+			// their next resynchronisation.
+			e.emit(Event{Kind: EventRegistered, Proto: cur.proto, NBMA: cur.nbma, ClaimedNBMA: cur.claimed,
+				HoldingTime: r.holding, Identity: cur.identity, Attrs: cur.attrs, Cause: CauseRenewed})
+		}
 		return wire.CIESuccess
 	}
 	if cur != nil {
@@ -192,4 +203,9 @@ func (e *Engine) bind(r *regCIE, reqID uint32) wire.CIECode {
 	e.emit(Event{Kind: EventRegistered, Proto: en.proto, NBMA: en.nbma, ClaimedNBMA: en.claimed,
 		HoldingTime: r.holding, Identity: en.identity, Attrs: en.attrs})
 	return wire.CIESuccess
+}
+
+// sameAttrs reports whether two sets of identity fields are equal.
+func sameAttrs(a, b map[string][]string) bool {
+	return maps.EqualFunc(a, b, slices.Equal[[]string])
 }
