@@ -42,6 +42,37 @@ func TestUplinkFailover(t *testing.T) {
 		}
 	})
 
+	t.Run("no flap at 20% loss", func(t *testing.T) {
+		// 20% of the packets to and from s1 through isp1 dropped at random,
+		// each way, for 60 probe rounds: isp1 stays up (its outages are
+		// found by the cuts below, so the monitor would have seen one).
+		inet := r.tb.Node("inet")
+		rules := `table inet dmvt_loss {
+	counter dropped {}
+	chain pre { type filter hook prerouting priority -300; policy accept; iifname "to-s1" numgen random mod 5 == 0 counter name "dropped" drop; }
+	chain post { type filter hook postrouting priority 300; policy accept; oifname "to-s1" numgen random mod 5 == 0 counter name "dropped" drop; }
+}
+`
+		cmd := exec.Command("ip", "netns", "exec", inet.NS, "nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(rules)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v: %s", err, out)
+		}
+		defer inet.Run(context.Background(), "nft", "delete", "table", "inet", "dmvt_loss")
+		u := r.uplinks().Uplinks[0]
+		waitFor(t, 60*time.Second, "60 probe rounds under loss", func() bool { return r.uplinks().Uplinks[0].Rounds >= u.Rounds+60 })
+		after := r.uplinks().Uplinks[0]
+		out, _ := inet.Run(context.Background(), "nft", "list", "counter", "inet", "dmvt_loss", "dropped")
+		t.Logf("isp1 after 60 rounds at 20%% loss each way: %s, %d changes, hosts' loss %.0f%%/%.0f%%; %s", after.State,
+			after.Transitions-u.Transitions, after.Hosts[0].Loss, after.Hosts[1].Loss, strings.Join(strings.Fields(out), " "))
+		if strings.Contains(out, "packets 0 ") {
+			t.Fatal("nothing was dropped: the loss was not applied")
+		}
+		if after.Transitions != u.Transitions || after.State != "up" {
+			t.Errorf("isp1 flapped at 20%% loss: %d changes, now %s (%s)", after.Transitions-u.Transitions, after.State, after.Reason)
+		}
+	})
+
 	for _, mode := range []testbed.CutMode{testbed.CutDrop, testbed.CutLink} {
 		t.Run("cut "+string(mode), func(t *testing.T) {
 			r.t = t
@@ -88,7 +119,7 @@ func TestUplinkFailover(t *testing.T) {
 			if out := during.Output(); strings.Count(out, "bytes from") < 20 {
 				t.Errorf("the outage's flow lost its replies across the restore:\n%s", out)
 			}
-			checkNoLoss(t, during.Output(), 2)
+			checkNoLoss(t, during.Output(), 3)
 		})
 	}
 
