@@ -27,9 +27,13 @@ const (
 //     zone, ping and IPv6 neighbour discovery, the user's rules to the
 //     router, everything from the LAN.
 //   - forward (policy drop): the MSS of TCP SYNs clamped to the tunnel's
-//     path MTU both ways, established, the user's rules, then the default
-//     zone policy: LAN ↔ tunnel, LAN → internet, LAN ↔ LAN, and on hubs
-//     tunnel → tunnel.
+//     path MTU both ways, established, invalid dropped, the user's rules,
+//     then the default zone policy: LAN ↔ tunnel, LAN → internet, LAN ↔
+//     LAN, and on hubs tunnel → tunnel. A hub does not drop tunnel →
+//     tunnel as invalid: with several hubs a flow's request and its reply
+//     may cross different hubs (Cisco's zone-based firewall likewise
+//     passes traffic within one zone uninspected, and awall accepts by
+//     zone whatever the connection state).
 //   - output (policy accept): with IPsec, GRE leaves only under it.
 //   - the uplinks' marks and NAT (see Uplinks).
 func Build(p Policy) (*Ruleset, error) {
@@ -203,7 +207,19 @@ func (b *builder) forward() Chain {
 		add(r)
 	}
 	add(rule("fwd_established", "replies and related ICMP", Accept, ctState(CtStateEstablished|CtStateRelated)))
-	add(rule("fwd_invalid", "no connection state", Drop, ctState(CtStateInvalid)))
+	if p.Hub {
+		// Tunnel to tunnel is not judged by connection state on a hub:
+		// with two hubs a request may cross one and its reply the other,
+		// and a reply whose request this hub never saw (a SYN-ACK, an
+		// echo reply) is invalid to conntrack. Only what enters or leaves
+		// through another interface must have a connection.
+		add(rule("fwd_invalid", "no connection state (not spoke to spoke: a hub may see one direction only)", Drop,
+			notIIF(p.Tunnel), ctState(CtStateInvalid)))
+		add(rule("fwd_invalid_out", "no connection state, into the tunnel from another interface", Drop,
+			notOIF(p.Tunnel), ctState(CtStateInvalid)))
+	} else {
+		add(rule("fwd_invalid", "no connection state", Drop, ctState(CtStateInvalid)))
+	}
 	for i, r := range p.Rules {
 		if r.To != ZoneLocal {
 			add(b.userRule(i, r))
