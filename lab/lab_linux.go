@@ -272,6 +272,11 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 	if st.IPsec {
 		hints = append(hints, [2]string{"shell hub1", "the shell of hub1 (show ip nhrp detail: the certificate of each registration)"})
 	}
+	for _, n := range t.Nodes {
+		if n.Site.NBMA2.IsValid() {
+			hints = append(hints, [2]string{"fail " + n.Site.Name + " isp1", n.Site.Name + " loses its first ISP: watch it fail over (restore " + n.Site.Name + " isp1 brings it back)"})
+		}
+	}
 	hints = append(hints, [][2]string{
 		{"exec spoke1-h1 -- ping 10.2.0.2", "a command in a node"},
 		{"status", "nodes and daemons"},
