@@ -4,7 +4,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BIN      ?= bin
 
-.PHONY: all build test deps vet unit fuzz bench bench-nhrp bench-failover clean
+.PHONY: all build test deps vet unit fuzz bench bench-nhrp bench-nhrp-frr bench-failover clean
 
 all: build
 
@@ -126,6 +126,20 @@ bench-nhrp: deps
 # default route moved, the first LAN packet through the other ISP, the
 # registration through it and the shortcut working again, beside the goals
 # and pingu's defaults.
+# Side by side with FRR on the production path (root, QEMU, FRR): FRR's
+# nhrpd and dmvpnd, each as the hub on ip_gre in one VM boot (Debian's
+# kernel), one after the other, registered by the same spoke simulator on
+# the host behind the VM's TAP; SIZES spokes (default 2000,10000), ROUNDS
+# rounds, then the runs where the kernel refuses neighbours. Prints rate,
+# p50/p99 latency, memory per spoke, kernel neighbours, and the ratios
+# measured in the same run. BENCHFLAGS, e.g. "-profile-dir DIR" (perf of
+# each hub: kernel and user stacks), "-window 512".
+.PHONY: bench-nhrp-frr
+bench-nhrp-frr: deps
+	$(GO) build -o $(BIN)/benchnhrp ./integration/cmd/benchnhrp
+	$(GO) build -o $(BIN)/dmvpnd ./cmd/dmvpnd
+	$(BIN)/benchnhrp -frr -sizes $(or $(SIZES),2000,10000) -rounds $(or $(ROUNDS),3) $(BENCHFLAGS)
+
 .PHONY: bench-failover
 bench-failover: deps
 	$(GO) test ./integration -run '^$$' -bench '^BenchmarkFailover$$' -benchtime $(or $(ROUNDS),5)x -count 1

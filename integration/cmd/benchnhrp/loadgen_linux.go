@@ -30,15 +30,15 @@ type loadgen struct {
 }
 
 // spokeNBMA and spokeProto number the simulated spokes: NBMA addresses in
-// 198.18.0.0/15 (the benchmarking range), tunnel addresses in 10.0.0.0/16
-// from 10.0.0.2.
+// 198.18.0.0/15 (the benchmarking range), tunnel addresses in 10.0.0.0/8
+// from 10.0.0.2 (10.1.0.0 and up past 65,534 spokes).
 func spokeNBMA(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{198, 18 + byte((i+1)>>16), byte((i + 1) >> 8), byte(i + 1)})
 }
 
 func spokeProto(i int) netip.Addr {
 	n := i + 2
-	return netip.AddrFrom4([4]byte{10, 0, byte(n >> 8), byte(n)})
+	return netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
 func newLoadgen(hub, hubProto netip.Addr, key uint32) (*loadgen, error) {

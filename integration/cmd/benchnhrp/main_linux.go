@@ -4,6 +4,10 @@
 // another. It reports registrations per second, the time until all N are
 // registered, the hub's memory per registered spoke and the resolution
 // round trip through the hub. Root only; `make bench-nhrp` runs it.
+//
+// With -frr it compares FRR's nhrpd and dmvpnd as the hub on the kernel
+// data plane, side by side in one VM boot, against the same simulator
+// (`make bench-nhrp-frr`; frr_linux.go).
 package main
 
 import (
@@ -14,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -42,13 +47,44 @@ func main() {
 		os.Exit(runHub())
 	case "load":
 		os.Exit(runLoad())
+	case "frrguest":
+		os.Exit(runGuest())
+	case "frrload":
+		os.Exit(runFRRLoad())
 	}
 	n := flag.Int("n", 10000, "simulated spokes")
 	rounds := flag.Int("rounds", 3, "rounds (a fresh hub each round); medians are reported")
 	samples := flag.Int("rtt", 1000, "resolution round trips measured per round")
 	flag.StringVar(&profile, "profile", "", "write a CPU profile of the hub to this file")
 	withIPsec := flag.Bool("ipsec", false, "IPsec: real IKE peers (one charon, a certificate per spoke) against a hub with its own charon; measures initiate → registration, all spokes at once, the hub's charon memory and recovery after the hub's charon is killed (-n 50 is the reference)")
+	withFRR := flag.Bool("frr", false, "side by side with FRR: FRR's nhrpd and dmvpnd as the hub on the kernel data plane (ip_gre in a VM), one after the other in the same VM boot, against the same simulator on the host")
+	sizes := flag.String("sizes", "2000,10000", "-frr: the numbers of spokes")
+	window := flag.Int("window", 256, "-frr: registrations outstanding at once")
+	limits := flag.Bool("limits", true, "-frr: also the runs where the kernel refuses neighbours (gc_thresh3 1024, and a table already full)")
+	profDir := flag.String("profile-dir", "", "-frr: perf profiles of each hub into this directory")
+	dmvpnd := flag.String("dmvpnd", "", "-frr: dmvpnd binary (default: beside this one)")
+	cpus := flag.Int("cpus", 2, "-frr: the VM's CPUs")
 	flag.Parse()
+	if *withFRR {
+		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, CPUs: *cpus}
+		for _, f := range strings.Split(*sizes, ",") {
+			v, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || v < 1 || v > 120000 {
+				fmt.Fprintf(os.Stderr, "bench-nhrp: -sizes: %q is not a number of spokes (1-120000)\n", f)
+				os.Exit(2)
+			}
+			o.Sizes = append(o.Sizes, v)
+		}
+		if o.Dmvpnd == "" {
+			exe, _ := os.Executable()
+			o.Dmvpnd = filepath.Join(filepath.Dir(exe), "dmvpnd")
+		}
+		if err := runFRRBench(o); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *withIPsec {
 		if err := runIPsec(*n, *rounds); err != nil {
 			fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
