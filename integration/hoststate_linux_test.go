@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +14,8 @@ import (
 )
 
 // TestHostStateAcrossRuns: dmvpnd keeps what it must put back and what it
-// owns in its host state file (INTERFACE.host beside the control socket),
+// owns in its host state file (SOCKET.INTERFACE.host beside the control
+// socket),
 // so that a crash loses neither. One spoke with an uplink (its monitor
 // sets sysctls it restores on stop: fib_multipath_hash_policy and the
 // uplink's rp_filter), in clear, runs four times:
@@ -82,7 +82,7 @@ func TestHostStateAcrossRuns(t *testing.T) {
 	}
 
 	d := startDaemon(t, bin, n, base+uplinks)
-	state := filepath.Join(filepath.Dir(d.socket), "gre1.host")
+	state := strings.TrimSuffix(d.socket, ".sock") + ".gre1.host"
 	run := func(yaml string) {
 		t.Helper()
 		if err := os.WriteFile(d.config, []byte(strings.ReplaceAll(yaml, "@SOCKET@", d.socket)), 0o600); err != nil {

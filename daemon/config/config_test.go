@@ -311,7 +311,7 @@ networks: [10.1.0.0/24]
 		ShortcutRulePriority: 1000,
 		Forwarding:           true,
 		IPsecOff:             true,
-		HostStateFile:        "/run/dmvpnd/gre1.host", // beside the control socket
+		HostStateFile:        "/run/dmvpnd/dmvpnd.gre1.host", // beside the control socket
 	}
 	if diff := cmp.Diff(want, got, append(cmpNet, cmp.Comparer(func(a, b func(int) bool) bool { return a == nil && b == nil }))...); diff != "" {
 		t.Errorf("daemon config (-want +got):\n%s", diff)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/opendmvpn/dmvpn/daemon"
 	"github.com/opendmvpn/dmvpn/gre"
@@ -87,13 +88,14 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 	}
 }
 
-// hostStateFile is the host state's file: INTERFACE.host beside the
-// control socket (/run/dmvpnd/gre1.host by default).
+// hostStateFile is the host state's file: beside the control socket,
+// named after it and the tunnel (/run/dmvpnd/dmvpnd.gre1.host by
+// default), unique per node wherever several share a directory.
 func hostStateFile(socket, iface string) string {
 	if socket == "" || iface == "" {
 		return ""
 	}
-	return filepath.Join(filepath.Dir(socket), iface+".host")
+	return strings.TrimSuffix(socket, filepath.Ext(socket)) + "." + iface + ".host"
 }
 
 // managementPorts are the TCP ports the control API and the metrics

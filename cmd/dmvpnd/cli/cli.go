@@ -39,7 +39,7 @@ var Files = []Item{
 	{"/etc/dmvpn/pki/", "where the examples expect the CA certificate, this node's certificate and its key (ipsec.ca, ipsec.cert, ipsec.key)"},
 	{"/run/dmvpnd/dmvpnd.sock", "the control socket dmvpnctl talks to (control.socket), mode 0600"},
 	{"/run/dmvpnd/ipsec/", "the managed charon's strongswan.conf, VICI socket and charon.log (ipsec.state_dir)"},
-	{"/run/dmvpnd/gre1.host", "the host state file (INTERFACE.host beside the control socket): what dmvpnd must put back and the kernel identifiers it owns, kept across a crash"},
+	{"/run/dmvpnd/dmvpnd.gre1.host", "the host state file (SOCKET.INTERFACE.host beside the control socket): what dmvpnd must put back and the kernel identifiers it owns, kept across a crash"},
 	{"/var/log/dmvpn/audit.jsonl", "the examples' audit log: every registration accepted or refused, one JSON object per line (ipsec.audit_log)"},
 }
 
