@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -335,6 +336,16 @@ func testNoClearGRE(t *testing.T, dataplane string) {
 			if n == s1 {
 				// The stale fast path alone: without the rules of the
 				// protection, with charon gone, GRE must still not leave.
+				// A charon that outlived dmvpnd dies now as well.
+				if charonUp {
+					dir := filepath.Join(p.dir, "state-"+n.d.name)
+					syscall.Kill(charonPID(t, dir), syscall.SIGKILL)
+					waitFor(t, wait, n.d.name+"'s charon to die", func() bool { return !charonRunning(dir) })
+					waitFor(t, wait, "the peers' SAs with "+n.d.name+" to end", func() bool {
+						return !hub.d.saUpWith(n.nbma) && !s2.d.saUpWith(n.nbma)
+					})
+					charonUp = false
+				}
 				filters, _ := n.d.node.Run(context.Background(), "tc", "filter", "show", "dev", "gre1", "egress")
 				if !strings.Contains(filters, "dmvpn:gre1") {
 					t.Errorf("%s: no clsact filter left on its kept TUN: the stale fast path is not met\n%s", st.what, filters)
