@@ -124,15 +124,31 @@ func (s *rawSender) set(i int, b []byte) {
 	s.names[i].Addr = [4]byte(b[16:20])
 }
 
+// An ICMP error about any GRE packet this node sent (protocol
+// unreachable from a peer whose dmvpnd died, host unreachable,
+// fragmentation needed) reaches every raw GRE socket of the namespace, the
+// sender included, and is left there as the socket's pending error
+// (sk_err: a hard error, or any error with IP_RECVERR), which the next
+// send returns instead of sending — whatever that datagram's destination.
+// The failed call consumes the error, so a datagram is tried once more
+// before it counts as refused: otherwise a dead peer answering every
+// packet sent to it with an ICMP error made the sends to live peers that
+// followed fail (a spoke's registration and BGP keepalives to the
+// surviving hub, sent just after those to the dead one).
+
 // send transmits messages [from, k). It returns how many went out before
-// an error; the message at from+sent is the one that failed.
+// an error; the message at from+sent is the one that failed (twice).
 func (s *rawSender) send(from, k int) (int, error) {
+	retried := false
 	for {
 		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.hdrs[from])), uintptr(k-from), 0, 0, 0)
-		if e == unix.EINTR {
+		switch {
+		case e == unix.EINTR:
 			continue
-		}
-		if e != 0 {
+		case e != 0 && !retried:
+			retried = true
+			continue
+		case e != 0:
 			return 0, e
 		}
 		return int(r), nil
@@ -140,13 +156,20 @@ func (s *rawSender) send(from, k int) (int, error) {
 }
 
 // sendOne sends one IPv4 datagram to the destination in its header; safe
-// for concurrent use with the batch path.
+// for concurrent use with the batch path. Like send, it tries once more
+// after an error (a pending one about an earlier datagram).
 func (s *rawSender) sendOne(b []byte) error {
+	retried := false
 	for {
 		err := unix.Sendmsg(s.fd, b, s.oob, &unix.SockaddrInet4{Addr: [4]byte(b[16:20])}, 0)
-		if err != unix.EINTR {
-			return err
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil && !retried:
+			retried = true
+			continue
 		}
+		return err
 	}
 }
 
