@@ -51,6 +51,8 @@ type Device struct {
 	created bool
 	nhrp    PacketConn
 	stats   gre.Stats
+	// uplinks follows the uplink addresses (Info.NBMA) without Local.
+	uplinks *nlops.Uplinks
 
 	mcast   atomic.Pointer[[]netip.Addr]
 	mcConn  mcastConn
@@ -188,6 +190,9 @@ func (d *Device) setup() error {
 	if d.nhrp, err = d.env.listenNHRP(d.index); err != nil {
 		return fmt.Errorf("kernel: NHRP socket on %s: %w", d.cfg.Name, err)
 	}
+	if _, real := n.(nlops.Real); real && !d.cfg.Local.IsValid() {
+		d.uplinks = nlops.WatchUplinks(d.index)
+	}
 	return nil
 }
 
@@ -203,6 +208,9 @@ func (d *Device) teardown() error {
 		d.mcConn = nil
 	}
 	d.mcMu.Unlock()
+	if d.uplinks != nil {
+		d.uplinks.Close()
+	}
 	if d.created && !d.cfg.KeepState && d.link != nil {
 		if err := d.env.nl.LinkDel(d.link); err != nil {
 			errs = append(errs, fmt.Errorf("kernel: delete %s: %w", d.cfg.Name, err))
@@ -242,8 +250,8 @@ func (d *Device) Info() gre.Info {
 	}
 	if d.cfg.Local.IsValid() {
 		info.NBMA = []netip.Addr{d.cfg.Local}
-	} else if _, real := d.env.nl.(nlops.Real); real {
-		info.NBMA = nlops.UplinkAddrs(d.index)
+	} else if d.uplinks != nil {
+		info.NBMA = slices.Clone(d.uplinks.Addrs())
 	}
 	return info
 }

@@ -56,6 +56,8 @@ type Device struct {
 	rbuf [][]byte
 	nlh  *netlink.Handle
 	nlOp nlops.Netlink
+	// uplinks follows the uplink addresses (Info.NBMA) without Local.
+	uplinks *nlops.Uplinks
 
 	stats        gre.Stats
 	routeGen     atomic.Uint64
@@ -185,6 +187,9 @@ func (d *Device) open() error {
 		return fmt.Errorf("userspace: netlink handle: %w", err)
 	}
 	d.refreshLocals()
+	if !d.cfg.Local.IsValid() {
+		d.uplinks = nlops.WatchUplinks(d.tunIndex)
+	}
 	return nil
 }
 
@@ -259,6 +264,9 @@ func (d *Device) release() {
 	if d.nlh != nil {
 		d.nlh.Close()
 	}
+	if d.uplinks != nil {
+		d.uplinks.Close()
+	}
 	d.icmp6Mu.Lock()
 	if d.icmp6 != nil {
 		d.icmp6.close()
@@ -324,8 +332,14 @@ func (d *Device) Info() gre.Info {
 	return info
 }
 
-// localNBMA lists the node's uplink addresses.
-func (d *Device) localNBMA() []netip.Addr { return nlops.UplinkAddrs(d.tunIndex) }
+// localNBMA lists the node's uplink addresses, as the watcher last saw
+// them (no netlink dump per call).
+func (d *Device) localNBMA() []netip.Addr {
+	if d.uplinks == nil {
+		return nil
+	}
+	return slices.Clone(d.uplinks.Addrs())
+}
 
 // Counters returns the data-plane counters.
 func (d *Device) Counters() gre.Counters { return d.stats.Snapshot() }

@@ -8,12 +8,15 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/internal/netnstest"
 )
 
 var addrCmp = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
@@ -156,4 +159,63 @@ func TestUplinkAddrs(t *testing.T) {
 	if len(r.excluded) != 0 {
 		t.Errorf("the excluded interface's address listed: %v", r.excluded)
 	}
+}
+
+// TestWatchUplinks, in a scratch network namespace (root): the watched
+// list follows default routes and addresses as they come and go, without
+// a dump per question.
+func TestWatchUplinks(t *testing.T) {
+	if !netnstest.Run(t, "nlup") {
+		return
+	}
+	wan := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "wan0"}, PeerName: "wan0p"}
+	if err := netlink.LinkAdd(wan); err != nil {
+		t.Fatal(err)
+	}
+	l, err := netlink.LinkByName("wan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, _ := netlink.ParseAddr("192.0.2.13/24")
+	if err := netlink.AddrAdd(l, a1); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	u := WatchUplinks(0)
+	defer u.Close()
+	want := func(what string, addrs ...string) {
+		t.Helper()
+		var w []netip.Addr
+		for _, a := range addrs {
+			w = append(w, netip.MustParseAddr(a))
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := u.Addrs()
+			if cmp.Diff(w, got, addrCmp, cmpopts.EquateEmpty()) == "" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: uplinks %v, want %v", what, got, w)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	want("no default route")
+	gw := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP("192.0.2.254")}
+	if err := netlink.RouteAdd(gw); err != nil {
+		t.Fatal(err)
+	}
+	want("default route via wan0", "192.0.2.13")
+	a2, _ := netlink.ParseAddr("192.0.2.14/24")
+	if err := netlink.AddrAdd(l, a2); err != nil {
+		t.Fatal(err)
+	}
+	want("a second address", "192.0.2.13", "192.0.2.14")
+	if err := netlink.RouteDel(gw); err != nil {
+		t.Fatal(err)
+	}
+	want("default route gone")
 }
