@@ -32,6 +32,44 @@ type kernelRouter struct {
 	uplinkIfs []string
 	mu        sync.Mutex
 	networks  []netip.Prefix
+	src       srcCache
+}
+
+// srcCache keeps the kernel's answers to Source while the routing tables
+// do not change (host.RouteCache's generation: address changes come with
+// their local routes): the engine asks for its NBMA address toward a peer
+// on every packet it builds when no uplink carries a default route, and
+// one route request per reply was a tenth of a hub's time (bench-nhrp-frr).
+type srcCache struct {
+	mu  sync.Mutex
+	gen uint64
+	m   map[netip.Addr]netip.Addr
+}
+
+// srcCacheMax bounds the cache: beyond it, it starts over.
+const srcCacheMax = 1 << 17
+
+func (c *srcCache) get(gen uint64, dst netip.Addr) (netip.Addr, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen || c.m == nil {
+		c.gen, c.m = gen, make(map[netip.Addr]netip.Addr)
+		return netip.Addr{}, false
+	}
+	a, ok := c.m[dst]
+	return a, ok
+}
+
+func (c *srcCache) put(gen uint64, dst, src netip.Addr) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen || c.m == nil {
+		return // the tables changed meanwhile
+	}
+	if len(c.m) >= srcCacheMax {
+		clear(c.m)
+	}
+	c.m[dst] = src
 }
 
 func newKernelRouter(ctx context.Context, info gre.Info, cfg Config) (*kernelRouter, error) {
@@ -135,11 +173,25 @@ func (r *kernelRouter) Route(ctx context.Context, dst netip.Addr) (nhrp.RouteInf
 
 // Source returns the local address the kernel uses toward dst: this
 // node's NBMA address toward a peer. It asks the kernel (one route
-// request, the kernel's source address selection), not a table dump.
+// request, the kernel's source address selection), not a table dump, and
+// remembers the answer until the routing tables change.
 func (r *kernelRouter) Source(ctx context.Context, dst netip.Addr) (netip.Addr, error) {
 	if err := ctx.Err(); err != nil {
 		return netip.Addr{}, err
 	}
+	gen := r.cache.Generation()
+	if a, ok := r.src.get(gen, dst); ok {
+		return a, nil
+	}
+	a, err := r.source(dst)
+	if err == nil {
+		r.src.put(gen, dst, a)
+	}
+	return a, err
+}
+
+// source asks the kernel.
+func (r *kernelRouter) source(dst netip.Addr) (netip.Addr, error) {
 	rs, err := netlink.RouteGet(net.IP(dst.AsSlice()))
 	if err != nil || len(rs) == 0 {
 		return netip.Addr{}, fmt.Errorf("route to %s: %w", dst, err)

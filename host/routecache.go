@@ -13,7 +13,8 @@ import (
 type RouteCache struct {
 	mu     sync.RWMutex
 	tables map[int]map[netip.Prefix][]Route // by table, then destination; sorted by metric
-	events uint64                           // route events applied (tests wait on it)
+	events uint64                           // route events applied
+	gen    uint64                           // changes applied: events and reloads
 
 	stop chan struct{}
 	done chan struct{}
@@ -73,6 +74,17 @@ func (c *RouteCache) Routes(ctx context.Context, table int, dst netip.Prefix) ([
 	return out, nil
 }
 
+// Generation counts the changes the cache applied (route events, reloads
+// after a lost subscription). What is derived from the routing tables —
+// the kernel's source address toward a destination, which follows the
+// address and route changes that come with local routes — stays valid
+// while it does not move.
+func (c *RouteCache) Generation() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.gen
+}
+
 func cloneRoute(r Route) Route {
 	r.NextHops = slices.Clone(r.NextHops)
 	return r
@@ -83,6 +95,7 @@ func (c *RouteCache) update(r Route, deleted bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.events++
+	c.gen++
 	c.put(r, deleted)
 }
 
@@ -124,6 +137,7 @@ func (c *RouteCache) put(r Route, deleted bool) {
 func (c *RouteCache) reset(dump []Route) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen++
 	c.tables = map[int]map[netip.Prefix][]Route{}
 	for _, r := range dump {
 		c.put(r, false)

@@ -1,0 +1,73 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/internal/netnstest"
+)
+
+// TestSourceFollowsRoutes, in a scratch namespace (root): the router's
+// answer for the source address toward a peer is remembered, and a route
+// change that moves the source is seen at once (the cache follows the
+// route cache's generation).
+func TestSourceFollowsRoutes(t *testing.T) {
+	if !netnstest.Run(t, "dmsrc") {
+		return
+	}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "wan0"}, PeerName: "wan0p"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := netlink.LinkByName("wan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"192.0.2.1/24", "192.0.2.2/24"} {
+		addr, _ := netlink.ParseAddr(a)
+		if err := netlink.AddrAdd(l, addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r, err := newKernelRouter(ctx, gre.Info{Index: 999}, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.close()
+	peer := netip.MustParseAddr("192.0.2.9")
+	want := func(src string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got, err := r.Source(ctx, peer)
+			if err == nil && got == netip.MustParseAddr(src) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("source toward %s: %v, %v; want %s", peer, got, err, src)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	want("192.0.2.1")
+	// The answer is remembered: asking again costs no route request.
+	gen := r.cache.Generation()
+	if a, ok := r.src.get(gen, peer); !ok || a != netip.MustParseAddr("192.0.2.1") {
+		t.Fatalf("not remembered: %v %v", a, ok)
+	}
+	_, dst, _ := net.ParseCIDR("192.0.2.0/24")
+	rt := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: dst, Src: net.ParseIP("192.0.2.2"), Scope: netlink.SCOPE_LINK, Protocol: 2}
+	if err := netlink.RouteReplace(rt); err != nil {
+		t.Fatal(err)
+	}
+	want("192.0.2.2")
+}
