@@ -312,6 +312,7 @@ tunnel:
   holding_time: 7200
 policy:
   allow: all
+ipsec: off
 logging:
   level: warn
 metrics:
