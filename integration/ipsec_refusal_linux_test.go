@@ -194,7 +194,7 @@ func TestIPsecRefusals(t *testing.T) {
 	}
 	var rogueLogged int
 	for _, line := range strings.Split(hub.proc.Output(), "\n") {
-		if strings.Contains(line, "WARN\tdaemon.ipsec\tregistration refused") && strings.Contains(line, "198.51.100.65") {
+		if strings.Contains(line, "WARN\tdaemon.nhrp\tregistration refused") && strings.Contains(line, "198.51.100.65") {
 			rogueLogged++
 		}
 	}

@@ -40,10 +40,10 @@ func (m *Manager) Authorize(ctx context.Context, r nhrp.Registration) nhrp.Verdi
 		return v
 	}
 	m.stats.refuse(kind)
+	// The audit line carries the certificate; the warning in the log is
+	// the NHRP engine's, once a minute per client and reason, for every
+	// refusal (this one, the policy's, its own).
 	m.audit.Info("registration refused", append(fields, zap.String("reason", v.Reason), zap.String("kind", kind))...)
-	if m.limitLog(r.NBMA, v.Reason) {
-		m.log.Warn("registration refused", append(fields, zap.String("reason", v.Reason))...)
-	}
 	if sa != nil {
 		m.terminateAfterReply(sa.IKEID)
 	}
@@ -329,7 +329,8 @@ func (m *Manager) certWorker(ctx context.Context) {
 	}
 }
 
-// limitLog allows one log line per peer and reason a minute.
+// limitLog allows one log line per peer and reason a minute (SA
+// refusals and aliases).
 func (m *Manager) limitLog(nbma netip.Addr, reason string) bool {
 	m.logMu.Lock()
 	defer m.logMu.Unlock()

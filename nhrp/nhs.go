@@ -133,7 +133,12 @@ func (e *Engine) completeRegistration(p *wire.Packet, from netip.Addr, regs []re
 			e.stats.drop("refused")
 			e.emit(Event{Kind: EventRegistrationRefused, Proto: r.reg.Proto, NBMA: r.reg.NBMA,
 				ClaimedNBMA: r.reg.ClaimedNBMA, Code: uint8(code), Reason: reason, Identity: r.verdict.Identity})
-			e.logLimited("registration refused", zap.Stringer("proto", r.reg.Proto), zap.Stringer("nbma", from), zap.String("reason", reason))
+			if e.limits.allowLog(e.now, from, reason) {
+				// A warning (journald priority 4), once a minute per
+				// client and reason: every refusal is counted and emitted.
+				e.log.Warn("registration refused", zap.Stringer("proto", r.reg.Proto), zap.Stringer("nbma", from),
+					zap.Stringer("code", code), zap.String("reason", reason))
+			}
 		}
 		c := p.CIEs[i]
 		c.Code = code

@@ -153,12 +153,42 @@ type limits struct {
 	errInd     map[netip.Addr]*bucket
 	errIndAll  bucket
 	lastPruned time.Time
+
+	// logged is when a warning was last logged per peer and reason.
+	logged map[logKey]time.Time
 }
+
+// logKey identifies a warning for its rate limit: the peer and the reason.
+type logKey struct {
+	peer   netip.Addr
+	reason string
+}
+
+// maxLogged bounds the warnings' rate-limit table; beyond it a new peer
+// and reason is not logged until the table is pruned (it is counted all
+// the same).
+const maxLogged = 4096
 
 func (l *limits) init(maxSend int) {
 	l.maxSend = maxSend
 	l.redirect = make(map[[2]netip.Addr]*bucket)
 	l.errInd = make(map[netip.Addr]*bucket)
+	l.logged = make(map[logKey]time.Time)
+}
+
+// allowLog reports whether a warning about peer for reason may be logged
+// now: one a minute per peer and reason.
+func (l *limits) allowLog(now time.Time, peer netip.Addr, reason string) bool {
+	l.prune(now)
+	k := logKey{peer, reason}
+	if last, ok := l.logged[k]; ok && now.Sub(last) < time.Minute {
+		return false
+	}
+	if _, ok := l.logged[k]; !ok && len(l.logged) >= maxLogged {
+		return false
+	}
+	l.logged[k] = now
+	return true
 }
 
 // allowSend applies the global send limit and counts the packet.
@@ -249,6 +279,11 @@ func (l *limits) prune(now time.Time) {
 	for k, b := range l.errInd {
 		if now.Sub(b.last) > time.Minute {
 			delete(l.errInd, k)
+		}
+	}
+	for k, last := range l.logged {
+		if now.Sub(last) >= time.Minute {
+			delete(l.logged, k)
 		}
 	}
 }
