@@ -22,8 +22,7 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-	yamlv4 "go.yaml.in/yaml/v4"
+	"go.yaml.in/yaml/v4"
 
 	"github.com/opendmvpn/dmvpn/daemon/control"
 	"github.com/opendmvpn/dmvpn/gre/backend"
@@ -262,7 +261,7 @@ func Parse(data []byte, name string) (*Config, error) { return ParseWith(data, n
 func ParseWith(data []byte, name string, o Options) (*Config, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &Errors{File: name, List: []Error{syntaxError(data, err)}}
+		return nil, &Errors{File: name, List: []Error{syntaxError(err)}}
 	}
 	d := newDecoder()
 	d.opts = o
@@ -295,15 +294,11 @@ func ParseWith(data []byte, name string, o Options) (*Config, error) {
 }
 
 // syntaxError turns a YAML syntax error into an Error at the line and
-// column where the problem is. yaml.v3's message carries only a line,
-// and for a parser error the line where the construct it was parsing
-// began (0-based: one line early), so the position comes from the same
-// library's v4, whose LoadError has the problem's mark and its context.
-// Should v4 accept what v3 refused, v3's message is kept as it is.
-func syntaxError(data []byte, err error) Error {
-	var n yamlv4.Node
-	var le *yamlv4.LoadError
-	if err4 := yamlv4.Unmarshal(data, &n); errors.As(err4, &le) && le.Mark.Line > 0 {
+// column where the problem is, with the construct it was parsing when
+// that helps (yaml's LoadError carries both marks).
+func syntaxError(err error) Error {
+	var le *yaml.LoadError
+	if errors.As(err, &le) && le.Mark.Line > 0 {
 		msg := "YAML syntax: " + le.Message
 		if le.ContextMsg != "" && le.ContextMark.Line > 0 && le.ContextMark != le.Mark {
 			msg += fmt.Sprintf(" (%s at line %d, column %d)", le.ContextMsg, le.ContextMark.Line, le.ContextMark.Column)

@@ -68,7 +68,7 @@ func TestBadFiles(t *testing.T) {
 	}{
 		{"empty", ``, []string{"the file is empty"}},
 		{"syntax", "node: a\n  role: [\n", []string{"line 2, column 7: YAML syntax: mapping values are not allowed in this context"}},
-		// yaml.v3 alone said "line 5: did not find expected key": the
+		// yaml v3 said "line 5: did not find expected key": the
 		// line where the mapping began, counted from 0.
 		{"syntax: a key indented wrong", "node: a\nrole: hub\ntunnel:\n  interface: gre1\n  address: 172.16.0.1/16\n key: 5\n", []string{
 			"line 6, column 2: YAML syntax: did not find expected key (while parsing a block mapping at line 1, column 1)"}},

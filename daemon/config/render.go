@@ -6,7 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 
-	"go.yaml.in/yaml/v3"
+	"go.yaml.in/yaml/v4"
 )
 
 // Masked stands for a secret in the running configuration.
