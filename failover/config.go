@@ -79,8 +79,9 @@ type Uplink struct {
 	// host only when every request or reply of it is lost.
 	Retries int
 	// DownAfter is how many rounds in a row without enough replies take
-	// the uplink down; RepliesRequired how many rounds in a row with
-	// enough replies bring it back (the hysteresis).
+	// the uplink down (after such a round the next starts at once, without
+	// waiting for the interval); RepliesRequired how many rounds in a row
+	// with enough replies bring it back (the hysteresis).
 	DownAfter       int
 	RepliesRequired int
 	// HostsRequired is how many probe hosts must answer in a round for

@@ -186,6 +186,10 @@ func (p *prober) endRound(now time.Time) bool {
 	} else {
 		p.bad++
 		p.good = 0
+		// A round without enough replies is followed at once by the next
+		// (its timeout is spent): an outage is confirmed in DownAfter
+		// timeouts rather than intervals.
+		p.nextRound = now
 	}
 	switch {
 	case p.state == StateUp && p.bad >= p.cfg.DownAfter:
