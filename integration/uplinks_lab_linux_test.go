@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -16,7 +17,12 @@ import (
 // the cut to its registration with both hubs from its second ISP's address,
 // and back; spoke2's LAN reaches spoke1's in between; at the far end the
 // hubs' BGP routes to spoke1's LAN are unchanged and their sessions with
-// spoke1 (over the tunnel address) established.
+// spoke1 (over the tunnel address) established. spoke1 and spoke3 (behind
+// NAT), with shortcuts to each other's LAN before each cut, go straight to
+// each other again after it and after the restore: spoke1's purge cannot
+// reach spoke3 from its new address (the NAT has no mapping for it),
+// which once left spoke3's shortcut at the dead address for its holding
+// time.
 func testLabFailover(t *testing.T, l *labEnv) {
 	lanRoutes := func() map[string][]string {
 		m := map[string][]string{}
@@ -55,7 +61,26 @@ func testLabFailover(t *testing.T, l *labEnv) {
 		}
 		t.Logf("dmvpn-lab %s:\n%s", strings.Join(args, " "), firstLines(out, 7))
 	}
+	// straight waits until from's LAN host reaches to's over a shortcut
+	// (TTL 62: two routers, no hub between them).
+	straight := func(when, from, to string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			out, err := l.run(t, "exec", from, "--", "ping", "-n", "-c", "1", "-W", "1", to)
+			if err == nil && strings.Contains(out, "ttl=62") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s: %s does not reach %s over a shortcut within 15 s:\n%s", when, from, to, out)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 	for _, mode := range [][]string{nil, {"--link"}} {
+		straight("before the cut", "spoke3-h1", "10.1.0.2")
+		straight("before the cut", "spoke1-h1", "10.3.0.2")
 		expect(append([]string{"fail", "spoke1", "isp1"}, mode...),
 			"uplink isp1 down", "default route via isp2", "NBMA address 203.0.113.65",
 			"registered with hub1 from 203.0.113.65", "registered with hub2 from 203.0.113.65",
@@ -72,9 +97,13 @@ func testLabFailover(t *testing.T, l *labEnv) {
 			}
 		}
 		t.Logf("hub1's BGP session with spoke1: %d flaps across the failover", session("hub1").Flaps-flaps)
+		straight("after the cut", "spoke3-h1", "10.1.0.2")
+		straight("after the cut", "spoke1-h1", "10.3.0.2")
 		expect([]string{"restore", "spoke1", "isp1"},
 			"uplink isp1 up", "default route via isp1", "NBMA address 198.51.100.1",
 			"registered with hub1 from 198.51.100.1", "registered with hub2 from 198.51.100.1")
+		straight("after the restore", "spoke3-h1", "10.1.0.2")
+		straight("after the restore", "spoke1-h1", "10.3.0.2")
 	}
 }
 

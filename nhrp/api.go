@@ -124,13 +124,27 @@ func (e *Engine) Clear(ctx context.Context, r ClearRequest) (int, error) {
 // was deleted): the next use brings it up again, a lost server is
 // registered with again at once rather than at the next refresh, and a
 // hub frees the unique bindings of a client at that address (another
-// address may take them over).
+// address may take them over). The shortcuts and bindings this node
+// resolved at that address go (traffic takes the routed path at once) and
+// the ones in use are resolved again: the peer may have moved to another
+// NBMA address and been unable to tell this node (its old uplink dead, or
+// this node behind NAT, which it cannot reach first).
 func (e *Engine) PeerLost(ctx context.Context, nbma netip.Addr, reason string) error {
 	return e.do(ctx, func() {
 		e.now = time.Now()
 		if p := e.peers[nbma]; p != nil && p.state != peerConnecting {
 			p.state, p.since = peerIdle, e.now
 			p.gen++
+			var again []*entry
+			for _, en := range e.cache.all() {
+				if (en.typ == TypeShortcut || en.typ == TypeCached) && en.nbma == nbma {
+					e.removeEntry(en, CauseProtectionLost)
+					again = append(again, en)
+				}
+			}
+			for _, en := range again {
+				e.resolveAgain(en)
+			}
 		}
 		e.freeUnique(nbma, reason)
 		n := e.nhsByNBMA(nbma)

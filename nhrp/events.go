@@ -144,6 +144,12 @@ const (
 	// identity or other fields (a renewed certificate), on
 	// EventRegistered.
 	CauseRenewed
+	// CauseProtectionLost: the SA of the peer it points to went away
+	// (the peer is dead, or moved to another NBMA address).
+	CauseProtectionLost
+	// CauseMoved: this node's NBMA address moved (uplink failover); what
+	// it resolved from the old address is resolved again.
+	CauseMoved
 )
 
 var causeNames = [...]string{
@@ -151,7 +157,7 @@ var causeNames = [...]string{
 	CauseCleared: "cleared", CauseShutdown: "shutting down", CauseIdle: "idle",
 	CauseConfig: "removed from the configuration", CauseRestored: "restored",
 	CauseRevoked: "certificate revoked", CauseRefused: "no longer proven",
-	CauseRenewed: "renewed",
+	CauseRenewed: "renewed", CauseProtectionLost: "peer's protection lost", CauseMoved: "local NBMA address moved",
 }
 
 func (c Cause) String() string {

@@ -15,7 +15,11 @@ import (
 // brought up again on its next use (from the new address), every server
 // is registered with at once, and the peers that learnt a binding of this
 // node (its tunnel address or a network behind it) are purged, so they
-// resolve it again and reach the new address.
+// resolve it again and reach the new address. What this node resolved
+// (its shortcuts and cached bindings) goes too: their SAs were set up
+// from the old address, and a peer this node cannot reach first (behind
+// NAT) would otherwise keep them dead until they expire; the ones in use
+// are resolved again from the new address once a server has it.
 func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason string) error {
 	return e.do(ctx, func() {
 		e.now = time.Now()
@@ -32,11 +36,17 @@ func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason s
 			dropQueue(p, "local NBMA address moved")
 		}
 		e.reregisterAll("local NBMA address moved to " + nbma.String())
+		mp := &movePurges{peers: map[netip.Addr]*movePurge{}}
+		for _, en := range e.cache.all() {
+			if en.typ == TypeShortcut || en.typ == TypeCached {
+				e.removeEntry(en, CauseMoved)
+				mp.again = append(mp.again, en)
+			}
+		}
 		// The peers that learnt a binding of this node are purged of it
 		// and of this node's tunnel address (their next hop toward it),
 		// once a server has this node's new address: the peers resolve
 		// again at once, through the servers.
-		mp := &movePurges{peers: map[netip.Addr]*movePurge{}}
 		for _, en := range e.cache.all() {
 			if en.typ != TypeLocal || len(en.told) == 0 {
 				continue
@@ -60,8 +70,9 @@ func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason s
 					mp.peers[to] = p
 				}
 			}
+			mp.again = append(e.movePurges.again, mp.again...)
 		}
-		if len(mp.peers) == 0 {
+		if len(mp.peers) == 0 && len(mp.again) == 0 {
 			e.movePurges = nil
 			return
 		}
@@ -74,9 +85,11 @@ func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason s
 // register this node at its new NBMA address.
 const movePurgeWait = 2 * time.Second
 
-// movePurges are the purges of an NBMA move, by peer.
+// movePurges are the purges of an NBMA move, by peer, and the bindings
+// this node resolved before it, to resolve again.
 type movePurges struct {
 	peers map[netip.Addr]*movePurge
+	again []*entry
 	timer *timer
 }
 
@@ -96,7 +109,13 @@ func (e *Engine) flushMovePurges(why string) {
 	for to, p := range mp.peers {
 		e.sendPurge(to, p.proto, p.prefixes, false)
 	}
-	e.log.Info("bindings of this node purged at the peers that learnt them", zap.Int("peers", len(mp.peers)), zap.String("when", why))
+	for _, en := range mp.again {
+		if e.cache.get(en.proto) == nil {
+			e.resolveAgain(en)
+		}
+	}
+	e.log.Info("bindings of this node purged at the peers that learnt them", zap.Int("peers", len(mp.peers)),
+		zap.Int("resolved_again", len(mp.again)), zap.String("when", why))
 }
 
 // moveBinding moves a client's unique binding to the NBMA address a

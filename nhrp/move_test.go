@@ -7,6 +7,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/opendmvpn/dmvpn/gre/gretest"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
 
@@ -101,6 +102,137 @@ func TestNBMAMoveUnproven(t *testing.T) {
 		settle(10 * time.Second) // the spoke's next attempt, after its backoff
 		if e, _ := hub.entry(t, hostPrefix(spokeAddr(1))); e.NBMA != moved {
 			t.Fatalf("binding after its SA went away: %+v", e)
+		}
+	})
+}
+
+// natFilter models a NAT router in front of public: what leaves through
+// it opens a mapping to its destination, and only a destination with a
+// mapping gets in (nobody reaches the node behind it first).
+type natFilter struct {
+	public netip.Addr
+	open   map[netip.Addr]bool
+}
+
+// pass is a gretest filter (called under the internet's lock).
+func (n *natFilter) pass(from, to netip.Addr, _ []byte) bool {
+	switch {
+	case from == n.public:
+		n.open[to] = true
+		return true
+	case to == n.public:
+		return n.open[from]
+	}
+	return true
+}
+
+// natMoveLab is a hub, spoke1 (which moves to another ISP) and spoke3
+// behind NAT, every binding proven by a certificate.
+func natMoveLab(t *testing.T) (l *lab, hub, s1, s3 *node, public, moved netip.Addr) {
+	l = newLab(t)
+	hub = l.addHub(1, hubConfig(), 1, 3)
+	hub.deps.Authorizer = certAuthorizer
+	l.start(hub)
+	moved, public = netip.MustParseAddr("203.0.113.65"), netip.MustParseAddr("203.0.113.20")
+	certs := labCerts()
+	certs.m[moved], certs.m[public] = certs.m[spokeNBMA(1)], certs.m[spokeNBMA(3)]
+	l.inet.SetFilter((&natFilter{public: public, open: map[netip.Addr]bool{}}).pass)
+	s1 = l.addSpoke(1, 1, spokeConfig(1))
+	s1.deps.Verifier = certs
+	s1.router.setLocal(spokeLAN(1))
+	l.start(s1)
+	s3 = l.addSpoke(3, 1, spokeConfig(1))
+	s3.dev.Close()
+	dev, err := l.inet.NewDevice(gretest.Config{Name: "gre-spoke3", NBMA: public, Prefix: netip.PrefixFrom(spokeAddr(3), 24), Key: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	if err := dev.ReplaceRoute(context.Background(), s3.routes[0]); err != nil {
+		t.Fatal(err)
+	}
+	s3.dev, s3.tun = dev, natTunnel{Device: dev, private: netip.MustParseAddr("192.168.1.2")}
+	s3.deps.Verifier = certs
+	s3.router.setLocal(spokeLAN(3))
+	l.start(s3)
+	settle(time.Second)
+	return l, hub, s1, s3, public, moved
+}
+
+// move moves spoke1 to the other ISP and tells its engine.
+func moveSpoke1(t *testing.T, s1 *node, moved netip.Addr) {
+	t.Helper()
+	if err := s1.dev.Move(moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.eng.NBMAChanged(context.Background(), spokeNBMA(1), moved, "test"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNBMAMoveNATPeer: spoke1 and spoke3 (behind NAT) have shortcuts to
+// each other's LAN when spoke1 moves. Its purge cannot reach spoke3 (the
+// NAT has no mapping for the new address), but spoke1 resolves its own
+// shortcut to spoke3 again from the new address: spoke3 answers it
+// directly, which opens its NAT, and learns spoke1's new address from the
+// request, so both directions go straight again. The lab's spoke3 lost
+// spoke1's LAN this way (its shortcut stayed at the dead address for its
+// holding time) before the moved node resolved again what it had resolved.
+func TestNBMAMoveNATPeer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _, s1, s3, public, moved := natMoveLab(t)
+		l.send(s3, lanHost(3), lanHost(1))
+		l.send(s1, lanHost(1), lanHost(3))
+		settle(time.Second)
+		if nbma, err := s3.dev.Forward(lanHost(1)); err != nil || nbma != spokeNBMA(1) {
+			t.Fatalf("spoke3's shortcut before the move goes to %v (%v)", nbma, err)
+		}
+		if nbma, err := s1.dev.Forward(lanHost(3)); err != nil || nbma != public {
+			t.Fatalf("spoke1's shortcut before the move goes to %v (%v)", nbma, err)
+		}
+		moveSpoke1(t, s1, moved)
+		settle(time.Second)
+		if nbma, err := s1.dev.Forward(lanHost(3)); err != nil || nbma != public {
+			t.Errorf("spoke1's shortcut after the move goes to %v (%v), want %v", nbma, err, public)
+		}
+		if nbma, err := s3.dev.Forward(lanHost(1)); err != nil || nbma != moved {
+			t.Errorf("spoke3's traffic to spoke1's LAN after the move goes to %v (%v), want %v", nbma, err, moved)
+		}
+	})
+}
+
+// TestPeerLostResolvesAgain: spoke3 (behind NAT) sends to spoke1's LAN
+// over a shortcut, spoke1 sends nothing back, when spoke1 moves: spoke1's
+// purge cannot reach spoke3 and spoke1 has nothing in use to resolve
+// again, so spoke3's shortcut stays at the dead address until its IPsec
+// finds the SA with that address gone (PeerLost): the shortcut then goes,
+// and, in use, is resolved again at spoke1's new address.
+func TestPeerLostResolvesAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _, s1, s3, _, moved := natMoveLab(t)
+		l.send(s3, lanHost(3), lanHost(1))
+		// spoke1's binding of spoke3 (it answered its request) idles out
+		// of what spoke1 would resolve again; spoke3's shortcut is in use.
+		for range 20 {
+			settle(2 * time.Second)
+			l.send(s3, lanHost(3), lanHost(1))
+		}
+		moveSpoke1(t, s1, moved)
+		settle(time.Second)
+		// The purge did not get through: nothing else told spoke3.
+		if nbma, err := s3.dev.Forward(lanHost(1)); err != nil || nbma != spokeNBMA(1) {
+			t.Fatalf("spoke3's shortcut after the move goes to %v (%v), want the old %v (no purge can reach it)", nbma, err, spokeNBMA(1))
+		}
+		if err := s3.eng.PeerLost(context.Background(), spokeNBMA(1), "SA down"); err != nil {
+			t.Fatal(err)
+		}
+		settle(time.Second)
+		if nbma, err := s3.dev.Forward(lanHost(1)); err != nil || nbma != moved {
+			t.Errorf("spoke3's shortcut after its SA went goes to %v (%v), want %v", nbma, err, moved)
+		}
+		downs := s3.eventsOf(EventShortcutDown)
+		if len(downs) == 0 || downs[len(downs)-1].Cause != CauseProtectionLost {
+			t.Errorf("shortcut down events %+v, want the last for the lost protection", downs)
 		}
 	})
 }
