@@ -62,7 +62,16 @@ func printFirewall(w io.Writer, r control.FirewallResponse, now time.Time) {
 	if lan == "" {
 		lan = "every other interface"
 	}
-	fmt.Fprintf(w, "Tunnel %s (MTU %d), IPsec %s\nZones: internet %s; lan %s\n", p.Tunnel, p.TunnelMTU, ipsecMode, strings.Join(p.Internet, ", "), lan)
+	fmt.Fprintf(w, "Tunnel %s (MTU %d), IPsec %s\n", p.Tunnel, p.TunnelMTU, ipsecMode)
+	if p.Baseline {
+		inet := strings.Join(p.Internet, ", ")
+		if inet == "" {
+			inet = "none"
+		}
+		fmt.Fprintf(w, "Baseline (no firewall section): GRE only under IPsec, BGP only on the tunnel, everything else accepted; uplinks %s\n", inet)
+	} else {
+		fmt.Fprintf(w, "Zones: internet %s; lan %s\n", strings.Join(p.Internet, ", "), lan)
+	}
 	if !p.ConfirmBy.IsZero() {
 		fmt.Fprintf(w, "Pending: rolls back at %s (in %s) unless confirmed (firewall confirm)\n",
 			p.ConfirmBy.Local().Format("15:04:05"), clock(p.ConfirmBy.Sub(now)))

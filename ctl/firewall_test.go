@@ -45,6 +45,12 @@ Data plane ebpf: its fast path forwards outer GRE past netfilter and drops GRE i
 		t.Errorf("show firewall:\n%s\nwant:\n%s", got, want)
 	}
 	b.Reset()
+	r.Policy.Baseline, r.Policy.Internet = true, nil
+	printFirewall(&b, r, now)
+	if !strings.Contains(b.String(), "\nBaseline (no firewall section): GRE only under IPsec, BGP only on the tunnel, everything else accepted; uplinks none\n") {
+		t.Errorf("baseline:\n%s", b.String())
+	}
+	b.Reset()
 	printFirewall(&b, control.FirewallResponse{}, now)
 	if !strings.HasPrefix(b.String(), "Firewall: off") {
 		t.Errorf("off: %s", b.String())

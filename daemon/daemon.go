@@ -64,8 +64,8 @@ type Config struct {
 	// omission.
 	IPsec    *ipsec.Config
 	IPsecOff bool
-	// Firewall is the nftables policy (firewall section); nil runs
-	// without it. ManagementPorts are the TCP ports of the control API
+	// Firewall is the nftables policy (the firewall section, or the
+	// baseline of a node with IPsec and no section); nil runs without it. ManagementPorts are the TCP ports of the control API
 	// and metrics beyond loopback, never accepted from the internet.
 	Firewall        *firewall.Config
 	ManagementPorts []uint16

@@ -34,7 +34,7 @@ type fwSource struct {
 }
 
 // Firewall returns the firewall's manager, nil when the node runs
-// without a firewall section (or before Ready).
+// without a firewall (Config.Firewall nil) or before Ready.
 func (d *Daemon) Firewall() *firewall.Manager {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -47,8 +47,11 @@ func (d *Daemon) Firewall() *firewall.Manager {
 // is not known yet, so no GRE at all until refreshFirewall finds it.
 func (d *Daemon) startFirewall(ctx context.Context, cfg Config, info gre.Info) error {
 	if cfg.Firewall == nil {
-		d.log.Warn("no firewall section: the node runs without its nftables policy")
+		d.log.Warn("no firewall: the node runs without its nftables policy")
 		return nil
+	}
+	if cfg.Firewall.Baseline {
+		d.log.Warn("no firewall section: only the baseline policy runs (GRE only under IPsec, BGP only on the tunnel)")
 	}
 	c, err := d.host.Client(firewall.Owner())
 	if err != nil {

@@ -36,13 +36,19 @@ const (
 //     zone whatever the connection state).
 //   - output (policy accept): with IPsec, GRE leaves only under it.
 //   - the uplinks' marks and NAT (see Uplinks).
+//
+// The baseline (Config.Baseline) keeps only the protective part: input
+// and forward accept by policy, input holds the management, GRE and BGP
+// rules, forward the MSS clamp.
 func Build(p Policy) (*Ruleset, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	b := &builder{p: &p, inet: p.internet()}
 	rs := &Ruleset{}
-	rs.Sets = append(rs.Sets, Set{Name: setInternet, Names: b.inet})
+	if len(b.inet) > 0 {
+		rs.Sets = append(rs.Sets, Set{Name: setInternet, Names: b.inet})
+	}
 	if len(p.LAN) > 0 {
 		rs.Sets = append(rs.Sets, Set{Name: setLAN, Names: p.LAN})
 	} else {
@@ -52,7 +58,11 @@ func Build(p Policy) (*Ruleset, error) {
 		}
 		rs.Sets = append(rs.Sets, Set{Name: setNotLAN, Names: not})
 	}
-	rs.Chains = append(rs.Chains, b.input(), b.forward())
+	if p.Baseline {
+		rs.Chains = append(rs.Chains, b.baselineInput(), b.baselineForward())
+	} else {
+		rs.Chains = append(rs.Chains, b.input(), b.forward())
+	}
 	if out := b.output(); len(out.Rules) > 0 {
 		rs.Chains = append(rs.Chains, out)
 	}
@@ -144,15 +154,12 @@ func (b *builder) to(z Zone) []Match {
 	return nil
 }
 
-func (b *builder) input() Chain {
+// protect adds the input rules that keep DMVPN's own traffic safe: the
+// management ports never from the internet zone, GRE only under IPsec,
+// BGP only on the tunnel.
+func (b *builder) protect(add func(Rule)) {
 	p := b.p
-	c := Chain{Name: "input", Type: "filter", Hook: "input", Priority: PriorityFilter, Drop: true}
-	add := func(r Rule) { c.Rules = append(c.Rules, r) }
-	// GRE, BGP and the management ports are judged before the connection
-	// state: conntrack takes GRE injected in clear for a reply of the
-	// router's own GRE to that peer (established), whatever IPsec did.
-	add(rule("in_loopback", "the router's own loopback", Accept, iif("lo")))
-	if len(p.ManagementPorts) > 0 {
+	if len(p.ManagementPorts) > 0 && len(b.inet) > 0 {
 		add(rule("in_management", "control API and metrics never from the internet", Drop,
 			fromInternet(), dport(ProtoTCP, ports(p.ManagementPorts)...)))
 	}
@@ -164,11 +171,63 @@ func (b *builder) input() Chain {
 			add(rule("in_gre_ipsec", "GRE out of charon's TUN (decrypted by libipsec)", Accept, iif(p.IPsecTUN), l4(ProtoGRE)))
 		}
 	default:
+		if len(b.inet) == 0 {
+			// The baseline without IPsec: GRE from anywhere.
+			break
+		}
 		add(rule("in_gre", "GRE from the internet (no IPsec configured)", Accept, fromInternet(), l4(ProtoGRE)))
 	}
-	add(rule("in_gre_clear", "GRE without IPsec", Drop, l4(ProtoGRE)))
+	if p.IPsec != IPsecOff || len(b.inet) > 0 {
+		add(rule("in_gre_clear", "GRE without IPsec", Drop, l4(ProtoGRE)))
+	}
 	add(rule("in_bgp", "BGP on the tunnel", Accept, iif(p.Tunnel), dport(ProtoTCP, PortBGP)))
 	add(rule("in_bgp_other", "BGP only on the tunnel", Drop, dport(ProtoTCP, PortBGP)))
+}
+
+// clamp adds the forward rules that clamp the MSS of TCP SYNs to the
+// tunnel's path MTU both ways (awall's clampmss).
+func (b *builder) clamp(add func(Rule)) {
+	p := b.p
+	syn := Match{Kind: MatchTCPSyn}
+	add(rule("fwd_mss_out", "clamp the MSS into the tunnel to its path MTU", ClampMSSToRoute, oif(p.Tunnel), syn))
+	for _, f := range []struct {
+		name, what string
+		proto      uint32
+		hdrs       int
+	}{{"fwd_mss_in", "IPv4", NFProtoIPv4, 40}, {"fwd_mss_in6", "IPv6", NFProtoIPv6, 60}} {
+		mss := uint32(p.TunnelMTU - f.hdrs)
+		r := rule(f.name, fmt.Sprintf("clamp the MSS out of the tunnel to its MTU %d less %d (%s)", p.TunnelMTU, f.hdrs, f.what), ClampMSS,
+			iif(p.Tunnel), Match{Kind: MatchNFProto, Values: []uint32{f.proto}}, syn, Match{Kind: MatchMSSAbove, Value: mss})
+		r.Action.Value = mss
+		add(r)
+	}
+}
+
+// baselineInput is the baseline's input chain: the protective rules, and
+// everything else accepted by policy.
+func (b *builder) baselineInput() Chain {
+	c := Chain{Name: "input", Type: "filter", Hook: "input", Priority: PriorityFilter}
+	b.protect(func(r Rule) { c.Rules = append(c.Rules, r) })
+	return c
+}
+
+// baselineForward is the baseline's forward chain: the MSS clamp, and
+// everything accepted by policy.
+func (b *builder) baselineForward() Chain {
+	c := Chain{Name: "forward", Type: "filter", Hook: "forward", Priority: PriorityFilter}
+	b.clamp(func(r Rule) { c.Rules = append(c.Rules, r) })
+	return c
+}
+
+func (b *builder) input() Chain {
+	p := b.p
+	c := Chain{Name: "input", Type: "filter", Hook: "input", Priority: PriorityFilter, Drop: true}
+	add := func(r Rule) { c.Rules = append(c.Rules, r) }
+	// GRE, BGP and the management ports are judged before the connection
+	// state: conntrack takes GRE injected in clear for a reply of the
+	// router's own GRE to that peer (established), whatever IPsec did.
+	add(rule("in_loopback", "the router's own loopback", Accept, iif("lo")))
+	b.protect(add)
 	add(rule("in_established", "replies and related ICMP", Accept, ctState(CtStateEstablished|CtStateRelated)))
 	add(rule("in_invalid", "no connection state", Drop, ctState(CtStateInvalid)))
 	add(rule("in_ike", "IKE and NAT-T from the internet", Accept, fromInternet(), dport(ProtoUDP, PortIKE, PortIKENATT)))
@@ -193,19 +252,7 @@ func (b *builder) forward() Chain {
 	p := b.p
 	c := Chain{Name: "forward", Type: "filter", Hook: "forward", Priority: PriorityFilter, Drop: true}
 	add := func(r Rule) { c.Rules = append(c.Rules, r) }
-	syn := Match{Kind: MatchTCPSyn}
-	add(rule("fwd_mss_out", "clamp the MSS into the tunnel to its path MTU", ClampMSSToRoute, oif(p.Tunnel), syn))
-	for _, f := range []struct {
-		name, what string
-		proto      uint32
-		hdrs       int
-	}{{"fwd_mss_in", "IPv4", NFProtoIPv4, 40}, {"fwd_mss_in6", "IPv6", NFProtoIPv6, 60}} {
-		mss := uint32(p.TunnelMTU - f.hdrs)
-		r := rule(f.name, fmt.Sprintf("clamp the MSS out of the tunnel to its MTU %d less %d (%s)", p.TunnelMTU, f.hdrs, f.what), ClampMSS,
-			iif(p.Tunnel), Match{Kind: MatchNFProto, Values: []uint32{f.proto}}, syn, Match{Kind: MatchMSSAbove, Value: mss})
-		r.Action.Value = mss
-		add(r)
-	}
+	b.clamp(add)
 	add(rule("fwd_established", "replies and related ICMP", Accept, ctState(CtStateEstablished|CtStateRelated)))
 	if p.Hub {
 		// Tunnel to tunnel is not judged by connection state on a hub:

@@ -46,6 +46,17 @@ func spokePolicy() Policy {
 	}
 }
 
+// baselinePolicy is a hub with kernel ESP and no firewall section: the
+// baseline, its uplinks' interfaces the only zone (marks, no NAT).
+func baselinePolicy() Policy {
+	p := hubPolicy()
+	p.Config = Config{Baseline: true}
+	for i := range p.Uplinks.List {
+		p.Uplinks.List[i].Masquerade = false
+	}
+	return p
+}
+
 // clearPolicy runs without IPsec, one uplink masqueraded without marks.
 func clearPolicy() Policy {
 	return Policy{
@@ -56,7 +67,7 @@ func clearPolicy() Policy {
 }
 
 func TestBuildGolden(t *testing.T) {
-	for name, p := range map[string]Policy{"hub_kernel": hubPolicy(), "spoke_userspace": spokePolicy(), "clear": clearPolicy()} {
+	for name, p := range map[string]Policy{"hub_kernel": hubPolicy(), "spoke_userspace": spokePolicy(), "clear": clearPolicy(), "hub_baseline": baselinePolicy()} {
 		t.Run(name, func(t *testing.T) {
 			rs, err := Build(p)
 			if err != nil {
@@ -206,6 +217,7 @@ func TestBuildRefuses(t *testing.T) {
 		{"from local", func(p *Policy) { p.Rules[1].From = ZoneLocal }, "from local"},
 		{"bad action", func(p *Policy) { p.Rules[1].Action = "log" }, `action "log"`},
 		{"bad MTU", func(p *Policy) { p.TunnelMTU = 0 }, "tunnel MTU 0"},
+		{"baseline with zones and rules", func(p *Policy) { p.Baseline = true }, "the baseline policy has no zones or rules"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -238,6 +250,55 @@ func TestBuildZoneSets(t *testing.T) {
 	want = []Set{{Name: "internet", Names: []string{"wan0", "wan2", "wan1"}}, {Name: "lan", Names: []string{"lan0"}}}
 	if d := cmp.Diff(want, rs.Sets); d != "" {
 		t.Errorf("sets (-want +got):\n%s", d)
+	}
+}
+
+// The baseline (IPsec, no firewall section) holds only the protective
+// rules, in the same words as the full policy's, and accepts the rest by
+// policy; without uplinks it has no internet zone and no management rule.
+func TestBuildBaseline(t *testing.T) {
+	full, err := Build(hubPolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := Build(baselinePolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range rs.Chains {
+		if (c.Name == "input" || c.Name == "forward") && c.Drop {
+			t.Errorf("chain %s drops by policy", c.Name)
+		}
+		for _, r := range c.Rules {
+			names = append(names, r.Name)
+			if fr, _, ok := full.Rule(r.Name); !ok || fr.Text() != r.Text() {
+				t.Errorf("rule %s is not the full policy's: %s", r.Name, r.Text())
+			}
+		}
+	}
+	want := []string{"in_management", "in_gre_ipsec", "in_gre_clear", "in_bgp", "in_bgp_other", "fwd_mss_out", "fwd_mss_in", "fwd_mss_in6",
+		"out_gre_clear", "mark_new_isp1", "mark_new_isp2", "mark_restore_isp1", "mark_restore_isp2", "mark_out_isp1", "mark_out_isp2",
+		"mark_save_isp1", "mark_save_isp2"}
+	if d := cmp.Diff(want, names); d != "" {
+		t.Errorf("baseline rules (-want +got):\n%s", d)
+	}
+	p := spokePolicy()
+	p.Config = Config{Baseline: true}
+	p.ManagementPorts = []uint16{9474}
+	if rs, err = Build(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := rs.Rule("in_management"); ok {
+		t.Error("a management rule without an internet zone")
+	}
+	for _, st := range rs.Sets {
+		if st.Name == setInternet {
+			t.Errorf("an internet set without uplinks: %v", st)
+		}
+	}
+	if got := ruleText(t, rs, "in_gre_ipsec"); !strings.HasPrefix(got, `iifname "ipsec0" meta l4proto gre`) {
+		t.Errorf("in_gre_ipsec = %s", got)
 	}
 }
 

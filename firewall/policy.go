@@ -64,6 +64,13 @@ type Config struct {
 	LAN []string
 	// Rules are the user's rules, tried in order before the defaults.
 	Rules []UserRule
+	// Baseline is the policy of a node with IPsec and no firewall
+	// section: no zones of its own (the uplinks' interfaces, if any, are
+	// the internet zone) and no user rules; every chain's policy accepts,
+	// and only what keeps DMVPN's own traffic safe is enforced — GRE only
+	// under IPsec in and out, BGP only on the tunnel, the management
+	// ports never from the uplinks — with the MSS clamp.
+	Baseline bool
 }
 
 // UserRule is one rule of the configuration: traffic from one zone to
@@ -246,7 +253,10 @@ func (p *Policy) Validate() error {
 		errs = append(errs, fmt.Errorf("firewall: charon's TUN %q", p.IPsecTUN))
 	}
 	internet := p.internet()
-	if len(internet) == 0 {
+	switch {
+	case p.Baseline && (len(p.LAN) > 0 || len(p.Rules) > 0 || len(p.Internet) > 0):
+		errs = append(errs, errors.New("firewall: the baseline policy has no zones or rules of its own"))
+	case len(internet) == 0 && !p.Baseline:
 		errs = append(errs, errors.New("firewall: the internet zone has no interface (list the uplinks' interfaces)"))
 	}
 	seen := map[string]Zone{p.Tunnel: ZoneTunnel}

@@ -22,9 +22,12 @@ type Status struct {
 	IPsecTUN  string    `json:"ipsec_tun,omitempty"`
 	Internet  []string  `json:"internet"`
 	// LAN is the LAN zone; empty means every other interface.
-	LAN    []string      `json:"lan"`
-	Chains []ChainStatus `json:"chains"`
-	Stats  Stats         `json:"stats"`
+	LAN []string `json:"lan"`
+	// Baseline is true when the node runs the baseline (no firewall
+	// section): no zones of its own, every other packet accepted.
+	Baseline bool          `json:"baseline,omitempty"`
+	Chains   []ChainStatus `json:"chains"`
+	Stats    Stats         `json:"stats"`
 	// CountersError says why the counters could not be read.
 	CountersError string `json:"counters_error,omitempty"`
 }
@@ -59,7 +62,7 @@ func (m *Manager) Status(ctx context.Context) Status {
 		return st
 	}
 	p.Config = m.cur.cfg
-	st.Internet, st.LAN = p.internet(), p.LAN
+	st.Internet, st.LAN, st.Baseline = p.internet(), p.LAN, p.Baseline
 	st.Active, st.AppliedAt, st.ApplyTook = true, m.cur.at, m.cur.took
 	cs, err := m.table.Counters(ctx)
 	if err != nil {

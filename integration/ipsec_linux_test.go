@@ -276,7 +276,16 @@ func TestIPsecEndToEnd(t *testing.T) {
 	p := newTestPKI(t)
 	t.Cleanup(func() { p.dumpLogs() })
 	var all *capture
-	x := newE2EWith(t, "userspace", p.ipsecExtra(), func(tb *testbed.Testbed) { all = startFullCapture(t, tb.Node("inet")) })
+	// The hub says firewall: off — what is tested there is the data
+	// plane's own refusal of GRE in clear, which the baseline policy
+	// would stop before it; the spokes run the baseline (no section).
+	ipsecYAML := p.ipsecExtra()
+	x := newE2EWith(t, "userspace", func(n string) string {
+		if n == "hub" {
+			return ipsecYAML(n) + "firewall: off\n"
+		}
+		return ipsecYAML(n)
+	}, func(tb *testbed.Testbed) { all = startFullCapture(t, tb.Node("inet")) })
 
 	d := waitFor(t, 30*time.Second, "all spokes registered over IPsec", x.allRegistered)
 	t.Logf("all three spokes registered over IPsec (%v more after the last daemon answered)", d.Round(time.Millisecond))
@@ -341,6 +350,24 @@ func TestIPsecEndToEnd(t *testing.T) {
 	})
 	if _, ok := x.hub.entry(netip.MustParsePrefix("10.0.0.99/32")); ok {
 		t.Error("plaintext GRE created a binding")
+	}
+	// Spoke 1 runs the baseline: its GRE under IPsec passed it, GRE in
+	// clear is dropped and counted before the data plane sees it.
+	fw := x.spokes[0].firewall()
+	if fw.Policy == nil || !fw.Policy.Active || !fw.Policy.Baseline || ruleCount(fw, "in_gre_ipsec") == 0 {
+		t.Errorf("spoke 1's baseline firewall: %s", jsonString(fw))
+	}
+	s1Drops := x.spokes[0].traffic().Dataplane.Drops["ingress"]
+	clear0 := ruleCount(fw, "in_gre_clear")
+	if out, err := x.tb.Node("inet").Run(context.Background(), inj, "-src", "192.0.2.1", "-dst", "198.51.100.1",
+		"-key", "42", "-proto", "0x2001", "-payload", hex.EncodeToString(reg), "-n", "20"); err != nil {
+		t.Fatalf("greinject: %v: %s", err, out)
+	}
+	waitFor(t, 5*time.Second, "spoke 1's baseline to drop the plaintext GRE", func() bool {
+		return ruleCount(x.spokes[0].firewall(), "in_gre_clear") >= clear0+20
+	})
+	if d := x.spokes[0].traffic().Dataplane.Drops["ingress"] - s1Drops; d != 0 {
+		t.Errorf("%d of the GRE in clear reached spoke 1's data plane past its baseline", d)
 	}
 
 	// The hub's charon killed: it is restarted, and every spoke is

@@ -41,8 +41,8 @@ type Topology struct {
 	Nodes []Node
 	// Key is the GRE key of the cloud.
 	Key uint32
-	// NoFirewall leaves the firewall section out of the nodes' files
-	// (up --no-firewall); by default every node runs the firewall.
+	// NoFirewall writes `firewall: off` in the nodes' files (up
+	// --no-firewall); by default every node runs the firewall.
 	NoFirewall bool
 }
 
@@ -193,6 +193,8 @@ func (t Topology) config(n Node, socket, ipsec string) string {
 		if n.Site.LAN.IsValid() {
 			b.WriteString("    lan: [lan0]\n")
 		}
+	} else {
+		b.WriteString("firewall: off\n")
 	}
 	return b.String()
 }

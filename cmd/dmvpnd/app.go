@@ -202,14 +202,26 @@ func warnings(c *config.Config) []string {
 	if c.IPsecOff {
 		out = append(out, WarnIPsecOff)
 	}
-	if c.Firewall == nil {
+	switch {
+	case c.FirewallOff:
 		out = append(out, WarnFirewallOff)
+	case c.FirewallPolicy() == nil:
+		out = append(out, WarnFirewallNone)
+	case c.Firewall == nil:
+		out = append(out, WarnFirewallBaseline)
 	}
 	return out
 }
 
-// WarnFirewallOff is the warning of a node without a firewall section.
-const WarnFirewallOff = "the firewall is off (no firewall section): no nftables policy guards GRE, BGP and the management ports"
+// The warnings of a node without a firewall section.
+const (
+	// WarnFirewallOff: the file says firewall: off.
+	WarnFirewallOff = "the firewall is off (firewall: off): no nftables policy guards GRE, BGP and the management ports"
+	// WarnFirewallNone: no section, and no IPsec (so no baseline).
+	WarnFirewallNone = "the firewall is off (no firewall section): no nftables policy guards GRE, BGP and the management ports"
+	// WarnFirewallBaseline: IPsec and no section: the baseline runs.
+	WarnFirewallBaseline = "no firewall section: only the baseline policy runs (GRE only under IPsec, BGP only on the tunnel); no zones guard the router"
+)
 
 // Config returns the configuration in force.
 func (a *App) Config() *config.Config { return a.cfg.Load() }

@@ -192,10 +192,19 @@ func TestReloadApplies(t *testing.T) {
 // has no such warning.
 func TestInfoWarnsIPsecOff(t *testing.T) {
 	a, _, _, _ := newTestApp(t)
-	if diff := cmp.Diff([]string{WarnIPsecOff, WarnFirewallOff}, a.Info().Warnings); diff != "" {
+	if diff := cmp.Diff([]string{WarnIPsecOff, WarnFirewallNone}, a.Info().Warnings); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
 	c := *a.Config()
+	c.IPsecOff, c.IPsec = false, &config.IPsec{}
+	if diff := cmp.Diff([]string{WarnFirewallBaseline}, warnings(&c)); diff != "" {
+		t.Errorf("IPsec without a firewall section: warnings (-want +got):\n%s", diff)
+	}
+	c.FirewallOff = true
+	if diff := cmp.Diff([]string{WarnFirewallOff}, warnings(&c)); diff != "" {
+		t.Errorf("firewall: off: warnings (-want +got):\n%s", diff)
+	}
+	c = *a.Config()
 	c.IPsecOff, c.IPsec, c.Firewall = false, &config.IPsec{}, &config.Firewall{}
 	if w := warnings(&c); len(w) != 0 {
 		t.Errorf("a node with IPsec and a firewall warns %q", w)

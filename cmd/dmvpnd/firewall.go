@@ -61,7 +61,7 @@ func (f appFirewall) Apply(ctx context.Context, confirm time.Duration) (control.
 	if err != nil {
 		return control.FirewallApplyResponse{}, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
-	res, err := f.n.ApplyFirewall(ctx, nc.Firewall.FirewallConfig(), nc.Firewall, confirm)
+	res, err := f.n.ApplyFirewall(ctx, nc.FirewallPolicy(), nc.Firewall, confirm)
 	if err != nil {
 		return control.FirewallApplyResponse{}, fmt.Errorf("%w: %w", ErrRefused, err)
 	}

@@ -57,8 +57,11 @@ type Config struct {
 	// (`ipsec: off`, IPsecOff): NHRP and GRE then run in clear.
 	IPsec    *IPsec
 	IPsecOff bool
-	// Firewall is the node's nftables policy; nil runs without it.
-	Firewall *Firewall
+	// Firewall is the firewall section (zones and rules); without it a
+	// node with IPsec runs the baseline policy (FirewallPolicy), unless
+	// the file says `firewall: off` (FirewallOff).
+	Firewall    *Firewall
+	FirewallOff bool
 	// Uplinks are the ISP uplinks failed over and balanced; nil without
 	// the section.
 	Uplinks *Uplinks

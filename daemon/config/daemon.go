@@ -82,7 +82,7 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		BGP:                  c.bgpConfig(),
 		BGPProtocol:          c.bgpProtocol(),
 		IPsecOff:             c.IPsecOff,
-		Firewall:             c.Firewall.FirewallConfig(),
+		Firewall:             c.FirewallPolicy(),
 		ManagementPorts:      c.managementPorts(),
 		HostStateFile:        hostStateFile(c.Control.Socket, t.Interface),
 	}

@@ -13,8 +13,9 @@ import (
 )
 
 // Firewall is the firewall section: awall's zones by interface and the
-// user's rules. Without the section the node runs without its nftables
-// policy (show dmvpn warns).
+// user's rules. Without the section a node with IPsec runs the baseline
+// policy (GRE only under IPsec, BGP only on the tunnel: FirewallPolicy),
+// one without IPsec or with `firewall: off` none (show dmvpn warns).
 type Firewall struct {
 	// Internet and LAN are the zones' interfaces; an empty LAN is every
 	// interface that is not the tunnel, an internet one or loopback.
@@ -46,6 +47,14 @@ var protocols = map[string]uint8{"tcp": firewall.ProtoTCP, "udp": firewall.Proto
 
 // firewallSection decodes the firewall section.
 func (d *decoder) firewallSection(n *yaml.Node, p string, c *Config) {
+	if rn := resolve(n); rn.Kind == yaml.ScalarNode && rn.ShortTag() != "!!null" {
+		if (rn.ShortTag() == "!!str" && rn.Value == "off") || (rn.ShortTag() == "!!bool" && strings.EqualFold(rn.Value, "false")) {
+			c.FirewallOff = true
+			return
+		}
+		d.errorf(rn, p, "want a mapping (zones, rules) or off, got %s", kindName(rn))
+		return
+	}
 	f := &Firewall{}
 	c.Firewall = f
 	ifaces := func(out *[]string) func(*yaml.Node, string) {
@@ -165,6 +174,20 @@ func (c *Config) firewallChecks(d *decoder) {
 			d.errorAt(p+".destination", "%s and the source %s are of different families", r.Destination, r.Source)
 		}
 	}
+}
+
+// FirewallPolicy is the firewall the node runs: its section's, or
+// without one the baseline when IPsec is on (the rules that keep GRE
+// under IPsec and BGP on the tunnel, everything else accepted); nil with
+// `firewall: off` or without IPsec and a section.
+func (c *Config) FirewallPolicy() *firewall.Config {
+	switch {
+	case c.Firewall != nil:
+		return c.Firewall.FirewallConfig()
+	case c.IPsec != nil && !c.FirewallOff:
+		return &firewall.Config{Baseline: true}
+	}
+	return nil
 }
 
 // FirewallConfig returns the firewall package's configuration of the

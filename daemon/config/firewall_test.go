@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -93,6 +94,37 @@ func TestFirewallSection(t *testing.T) {
 	}
 	if d := c.Daemon(Runtime{}); d.Firewall != nil || len(d.ManagementPorts) != 0 {
 		t.Errorf("firewall %v, ports %v", d.Firewall, d.ManagementPorts)
+	}
+}
+
+// Without a firewall section a node with IPsec runs the baseline; the
+// file turns even that off with `firewall: off`, which renders back.
+func TestFirewallBaselineAndOff(t *testing.T) {
+	c := &Config{IPsec: &IPsec{}}
+	if d := cmp.Diff(&firewall.Config{Baseline: true}, c.FirewallPolicy()); d != "" {
+		t.Errorf("IPsec without a section (-want +got):\n%s", d)
+	}
+	c.FirewallOff = true
+	if p := c.FirewallPolicy(); p != nil {
+		t.Errorf("firewall: off runs %+v", p)
+	}
+	c, err := Parse([]byte(minimal+"ipsec: off\nfirewall: off\n"), "off.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.FirewallOff || c.Firewall != nil || c.Daemon(Runtime{}).Firewall != nil {
+		t.Errorf("firewall: off parsed as off %v, section %v", c.FirewallOff, c.Firewall)
+	}
+	if !strings.Contains(string(c.YAML()), "\nfirewall: \"off\"\n") && !strings.Contains(string(c.YAML()), "\nfirewall: off\n") {
+		t.Errorf("rendered without firewall: off:\n%s", c.YAML())
+	}
+	back, err := Parse(c.YAML(), "rendered")
+	if err != nil || !back.FirewallOff {
+		t.Errorf("rendered file: %v, off %v", err, back != nil && back.FirewallOff)
+	}
+	got := errorLines(t, minimal+"ipsec: off\nfirewall: on\n")
+	if d := cmp.Diff([]string{`line 10: firewall: want a mapping (zones, rules) or off, got the string "on"`}, got); d != "" {
+		t.Errorf("firewall: on (-want +got):\n%s", d)
 	}
 }
 

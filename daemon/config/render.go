@@ -117,6 +117,8 @@ func (c *Config) render(mask bool) []byte {
 	}
 	if c.Firewall != nil {
 		root.add("firewall", renderFirewall(c.Firewall))
+	} else if c.FirewallOff {
+		root.add("firewall", str("off"))
 	}
 	if c.Uplinks != nil {
 		root.add("uplinks", renderUplinks(c.Uplinks))

@@ -187,8 +187,8 @@ func (c *Config) uplinksChecks(d *decoder) {
 	if u.RouteProtocol == t.ShortcutProtocol {
 		d.errorAt("uplinks.route_protocol", "%d is tunnel.shortcut_protocol", u.RouteProtocol)
 	}
-	if c.Firewall == nil && len(u.List) > 0 {
-		d.warnAt("uplinks", "no firewall section: the uplinks' connection marks are not kept, so established flows follow the default route when it moves")
+	if c.FirewallPolicy() == nil && len(u.List) > 0 {
+		d.warnAt("uplinks", "no firewall (no firewall section and no IPsec, or firewall: off): the uplinks' connection marks are not kept, so established flows follow the default route when it moves")
 	}
 	names, ifs, tables, marks := map[string]int{}, map[string]int{}, map[int]int{}, map[uint32]int{}
 	for i, x := range u.List {
@@ -222,8 +222,8 @@ func (c *Config) uplinksChecks(d *decoder) {
 			d.errorAt(at(i, "mark"), "%#x is also uplink %d's mark", x.Mark, j)
 		}
 		marks[x.Mark] = i
-		if x.Masquerade && c.Firewall == nil {
-			d.errorAt(at(i, "masquerade"), "the firewall section holds the NAT rules: add one (masquerade is done there)")
+		if x.Masquerade && c.FirewallPolicy() == nil {
+			d.errorAt(at(i, "masquerade"), "the firewall holds the NAT rules, and this node runs none (no firewall section and no IPsec, or firewall: off): add a firewall section")
 		}
 		if len(x.Probes) == 0 && !d.failed(at(i, "probes")) {
 			d.errorAt(at(i, "probes"), "no probe hosts (the addresses probed through the uplink)")

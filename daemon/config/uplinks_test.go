@@ -93,7 +93,7 @@ func TestBadUplinks(t *testing.T) {
 		{"hosts required", "uplinks:\n  - interface: wan0\n    hosts_required: 2\n    probes: [192.0.2.1]\n", []string{
 			"line 11: uplinks[0].hosts_required: 2 of 1 probe hosts"}},
 		{"masquerade without the firewall", "uplinks:\n  - interface: wan0\n    masquerade: true\n    probes: [192.0.2.1]\n", []string{
-			"line 11: uplinks[0].masquerade: the firewall section holds the NAT rules: add one (masquerade is done there)"}},
+			"line 11: uplinks[0].masquerade: the firewall holds the NAT rules, and this node runs none (no firewall section and no IPsec, or firewall: off): add a firewall section"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := errorLines(t, inClear(minimal+tc.file))
