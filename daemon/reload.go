@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"time"
 
+	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -51,9 +52,11 @@ type reloadPlan struct {
 
 // planReload validates cfg against old and prepares everything a reload
 // needs, changing nothing: the configuration is checked, settings that
-// need a restart refuse the whole reload, and the credential files are
-// read and checked (a rotated certificate is a change).
-func planReload(old, cfg Config, creds credentialLoader) (*reloadPlan, error) {
+// need a restart refuse the whole reload, the firewall section is built
+// with the node's facts (when fw, the node's firewall, is not nil), and
+// the credential files are read and checked (a rotated certificate is a
+// change).
+func planReload(old, cfg Config, creds credentialLoader, fw *firewall.Manager) (*reloadPlan, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.NHRP.Validate(); err != nil {
 		return nil, err
@@ -64,6 +67,11 @@ func planReload(old, cfg Config, creds credentialLoader) (*reloadPlan, error) {
 	changes, restart := diff(old, cfg)
 	if len(restart) > 0 {
 		return nil, &RestartError{Settings: restart}
+	}
+	if fw != nil && cfg.Firewall != nil {
+		if _, err := fw.Translate(*cfg.Firewall); err != nil {
+			return nil, err
+		}
 	}
 	p := &reloadPlan{cfg: cfg, changes: changes, engine: !reflect.DeepEqual(old.NHRP, cfg.NHRP)}
 	if creds != nil {
@@ -183,17 +191,7 @@ func (e *RestartError) Reasons() []string {
 func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	d.mu.Lock()
-	old, eng, mgr := d.cfg, d.eng, d.ipsecMgr
-	d.mu.Unlock()
-	if eng == nil {
-		return nil, errors.New("daemon not running")
-	}
-	var creds credentialLoader
-	if mgr != nil {
-		creds = mgr
-	}
-	p, err := planReload(old, cfg, creds)
+	old, eng, creds, p, err := d.plan(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -222,19 +220,30 @@ func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 func (d *Daemon) CheckReload(ctx context.Context, cfg Config) ([]string, error) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
+	_, _, _, p, err := d.plan(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return p.changes, nil
+}
+
+// plan validates and prepares a reload to cfg against the configuration
+// in force (the caller holds reloadMu), the firewall section built with
+// the node's facts too: what a reload would do, or why it is refused.
+func (d *Daemon) plan(cfg Config) (Config, *nhrp.Engine, credentialLoader, *reloadPlan, error) {
 	d.mu.Lock()
-	old, eng, mgr := d.cfg, d.eng, d.ipsecMgr
+	old, eng, mgr, fw := d.cfg, d.eng, d.ipsecMgr, d.fw
 	d.mu.Unlock()
 	if eng == nil {
-		return nil, errors.New("daemon not running")
+		return old, nil, nil, nil, errors.New("daemon not running")
 	}
 	var creds credentialLoader
 	if mgr != nil {
 		creds = mgr
 	}
-	p, err := planReload(old, cfg, creds)
+	p, err := planReload(old, cfg, creds, fw)
 	if err != nil {
-		return nil, err
+		return old, nil, nil, nil, err
 	}
-	return p.changes, nil
+	return old, eng, creds, p, nil
 }

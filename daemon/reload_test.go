@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
@@ -72,7 +73,7 @@ func commit(t *testing.T, old, cfg Config, eng *fakeEngine, creds *fakeCreds) ([
 	if creds != nil {
 		cl = creds
 	}
-	p, err := planReload(old, cfg, cl)
+	p, err := planReload(old, cfg, cl, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +113,26 @@ func TestReloadPlanRefusesWholly(t *testing.T) {
 	}
 	if len(eng.got) != 0 || len(creds.loads) != 0 {
 		t.Errorf("a refused reload applied something: engine %v, credential loads %d", eng.got, len(creds.loads))
+	}
+
+	// A firewall section the policy builder refuses with the node's facts
+	// (the LAN zone naming an uplink's interface) refuses the plan, and
+	// with it the dry run, before anything is applied.
+	tbl := firewall.NewMemTable()
+	fw := firewall.NewManager(tbl, firewall.Facts{Tunnel: "gre1", TunnelMTU: 1400,
+		Uplinks: firewall.Uplinks{List: []firewall.Uplink{{Name: "isp1", Interface: "wan0"}}}}, nil)
+	old.Firewall = &firewall.Config{Baseline: true}
+	cfg = old
+	cfg.Firewall = &firewall.Config{LAN: []string{"wan0"}}
+	if _, err := planReload(old, cfg, nil, fw); err == nil || !strings.Contains(err.Error(), "wan0 is also in the internet zone") {
+		t.Errorf("a firewall the builder refuses: %v", err)
+	}
+	if cur, n := tbl.Current(); cur != nil || n != 0 {
+		t.Errorf("the refused plan applied a firewall")
+	}
+	cfg.Firewall = &firewall.Config{LAN: []string{"lan0"}}
+	if p, err := planReload(old, cfg, nil, fw); err != nil || !slices.Contains(p.changes, "firewall") {
+		t.Errorf("a firewall that builds: %v", err)
 	}
 }
 

@@ -350,3 +350,20 @@ func (d *decoder) oneOf(n *yaml.Node, path string, out *string, choices ...strin
 	*out = s
 	return true
 }
+
+// offSection decodes a section that may be `off` (also `false`) instead
+// of a mapping: it sets *off for it, reports any other scalar (keys names
+// the section's keys), and returns true when n was a scalar: the section
+// has nothing more to decode.
+func (d *decoder) offSection(n *yaml.Node, p, keys string, off *bool) bool {
+	rn := resolve(n)
+	if rn.Kind != yaml.ScalarNode || rn.ShortTag() == "!!null" {
+		return false
+	}
+	if (rn.ShortTag() == "!!str" && rn.Value == "off") || (rn.ShortTag() == "!!bool" && strings.EqualFold(rn.Value, "false")) {
+		*off = true
+		return true
+	}
+	d.errorf(rn, p, "want a mapping (%s) or off, got %s", keys, kindName(rn))
+	return true
+}

@@ -47,12 +47,7 @@ var protocols = map[string]uint8{"tcp": firewall.ProtoTCP, "udp": firewall.Proto
 
 // firewallSection decodes the firewall section.
 func (d *decoder) firewallSection(n *yaml.Node, p string, c *Config) {
-	if rn := resolve(n); rn.Kind == yaml.ScalarNode && rn.ShortTag() != "!!null" {
-		if (rn.ShortTag() == "!!str" && rn.Value == "off") || (rn.ShortTag() == "!!bool" && strings.EqualFold(rn.Value, "false")) {
-			c.FirewallOff = true
-			return
-		}
-		d.errorf(rn, p, "want a mapping (zones, rules) or off, got %s", kindName(rn))
+	if d.offSection(n, p, "zones, rules", &c.FirewallOff) {
 		return
 	}
 	f := &Firewall{}

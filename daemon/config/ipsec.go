@@ -2,7 +2,6 @@ package config
 
 import (
 	"os"
-	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v4"
@@ -45,12 +44,7 @@ const DefaultIPsecStateDir = "/run/dmvpnd/ipsec"
 // ipsecSection decodes the ipsec section: a mapping, or `off` (also
 // `false`) to run without IPsec on purpose.
 func (d *decoder) ipsecSection(n *yaml.Node, p string, c *Config) {
-	if rn := resolve(n); rn.Kind == yaml.ScalarNode && rn.ShortTag() != "!!null" {
-		if (rn.ShortTag() == "!!str" && rn.Value == "off") || (rn.ShortTag() == "!!bool" && strings.EqualFold(rn.Value, "false")) {
-			c.IPsecOff = true
-			return
-		}
-		d.errorf(rn, p, "want a mapping (mode, ca, cert, key, …) or off, got %s", kindName(rn))
+	if d.offSection(n, p, "mode, ca, cert, key, …", &c.IPsecOff) {
 		return
 	}
 	s := &IPsec{}
