@@ -50,25 +50,28 @@ type RuleStatus struct {
 	Counter
 }
 
-// Status returns the policy in force with its counters.
+// Status returns the policy in force with its counters. The counters are
+// read from the kernel without holding the manager's lock, so that a slow
+// read never delays an apply or a rollback.
 func (m *Manager) Status(ctx context.Context) Status {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	p := Policy{Facts: m.facts}
 	st := Status{Tunnel: p.Tunnel, TunnelMTU: p.TunnelMTU, IPsec: p.IPsec, IPsecTUN: p.IPsecTUN,
 		Stats: m.stats, Chains: []ChainStatus{}, ConfirmBy: m.deadline}
-	if m.cur == nil {
+	cur := m.cur
+	m.mu.Unlock()
+	if cur == nil {
 		st.Internet = p.internet()
 		return st
 	}
-	p.Config = m.cur.cfg
+	p.Config = cur.cfg
 	st.Internet, st.LAN, st.Baseline = p.internet(), p.LAN, p.Baseline
-	st.Active, st.AppliedAt, st.ApplyTook = true, m.cur.at, m.cur.took
+	st.Active, st.AppliedAt, st.ApplyTook = true, cur.at, cur.took
 	cs, err := m.table.Counters(ctx)
 	if err != nil {
 		st.CountersError = err.Error()
 	}
-	for _, c := range m.cur.rs.Chains {
+	for _, c := range cur.rs.Chains {
 		cst := ChainStatus{Name: c.Name, Type: c.Type, Hook: c.Hook, Priority: c.Priority, Policy: "accept", Rules: []RuleStatus{}}
 		if c.Drop {
 			cst.Policy = "drop"

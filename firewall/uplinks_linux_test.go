@@ -64,8 +64,10 @@ func uplinkLab(t *testing.T) (lan, inet string) {
 	return lan, inet
 }
 
-// tcpdumpIn captures on an interface of a namespace until stop.
-func tcpdumpIn(t *testing.T, ns, iface string) (stop func() string) {
+// tcpdumpIn captures on an interface of a namespace. stop waits until the
+// capture holds what done accepts (tcpdump -U writes each packet as it
+// reads it; at most 10 s), ends tcpdump and returns what it captured.
+func tcpdumpIn(t *testing.T, ns, iface string) (stop func(done func([]seen) bool) []seen) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "cap.pcap")
 	cmd := exec.Command("ip", "netns", "exec", ns, "tcpdump", "-n", "-U", "-i", iface, "-w", path, "ip")
@@ -94,11 +96,19 @@ func tcpdumpIn(t *testing.T, ns, iface string) (stop func() string) {
 		cmd.Process.Kill()
 		t.Fatal("tcpdump did not start")
 	}
-	return func() string {
-		time.Sleep(200 * time.Millisecond) // let -U flush the last packets
+	return func(done func([]seen) bool) []seen {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if got, err := scanCapture(path); err == nil && done(got) {
+				break
+			}
+		}
 		cmd.Process.Signal(unix.SIGINT)
 		cmd.Wait()
-		return path
+		got, err := scanCapture(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
 	}
 }
 
@@ -109,16 +119,17 @@ type seen struct {
 	srcPort int
 }
 
-func readCapture(t *testing.T, path string) []seen {
-	t.Helper()
+// scanCapture reads the IPv4 packets of a capture file, as far as it is
+// written.
+func scanCapture(path string) ([]seen, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	defer f.Close()
 	r, err := pcapgo.NewReader(f)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	var out []seen
 	for p := range gopacket.NewPacketSource(r, r.LinkType()).Packets() {
@@ -133,7 +144,7 @@ func readCapture(t *testing.T, path string) []seen {
 		}
 		out = append(out, s)
 	}
-	return out
+	return out, nil
 }
 
 // The uplinks' part of the table in a kernel: the LAN is masqueraded
@@ -256,9 +267,23 @@ func TestUplinksMasqueradeAndMarks(t *testing.T) {
 	}
 
 	// On the wire: the router's IKE and ESP left with its own address and
-	// port, the LAN's ping with the uplink's address.
+	// port, the LAN's ping with the uplink's address. The capture is read
+	// once it holds the last packet sent, the answer from port 4500: it
+	// has seen everything before it.
 	var ike, espSeen, icmp bool
-	for _, s := range readCapture(t, stop()) {
+	last := func(got []seen) bool {
+		for _, s := range got {
+			if s.proto == layers.IPProtocolUDP && s.srcPort == 4500 {
+				return true
+			}
+		}
+		return false
+	}
+	got := stop(last)
+	if !last(got) {
+		t.Fatal("the capture never saw the last packet sent (the answer from port 4500)")
+	}
+	for _, s := range got {
 		switch {
 		case s.proto == layers.IPProtocolUDP && s.srcPort == 500:
 			ike = s.src == netip.MustParseAddr("192.0.2.1")

@@ -14,6 +14,7 @@ import (
 var actionNames = map[RuleAction]string{Lookup: "lookup", Goto: "goto", Nop: "nop",
 	Blackhole: "blackhole", Unreachable: "unreachable", Prohibit: "prohibit"}
 
+// String names the family as the Manager prints it ("ipv4").
 func (f Family) String() string {
 	switch f {
 	case IPv4:
@@ -24,6 +25,7 @@ func (f Family) String() string {
 	return fmt.Sprintf("family(%d)", uint8(f))
 }
 
+// String writes the rule as `ip rule` shows it.
 func (r Rule) String() string {
 	r = r.normal()
 	var b strings.Builder
@@ -84,6 +86,7 @@ func tableName(t int) string {
 var routeTypeNames = map[RouteType]string{BlackholeRoute: "blackhole", UnreachableRoute: "unreachable",
 	ProhibitRoute: "prohibit", ThrowRoute: "throw"}
 
+// String writes the route as `ip route` shows it.
 func (r Route) String() string {
 	r = r.normal()
 	var b strings.Builder
@@ -118,6 +121,7 @@ func (r Route) String() string {
 	return b.String()
 }
 
+// String writes one next hop of a route.
 func (h NextHop) String() string {
 	var b strings.Builder
 	if h.Gw.IsValid() {
@@ -137,6 +141,7 @@ func (h NextHop) String() string {
 
 var dirNames = map[XfrmDir]string{XfrmIn: "in", XfrmOut: "out", XfrmFwd: "fwd"}
 
+// String writes the policy as `ip xfrm policy` shows it.
 func (p XfrmPolicy) String() string {
 	p = p.normal()
 	action := "allow"
@@ -150,6 +155,7 @@ func (p XfrmPolicy) String() string {
 	return fmt.Sprintf("xfrm src %v dst %v%s dir %s action %s priority %d", p.Src, p.Dst, proto, dirNames[p.Dir], action, p.Priority)
 }
 
+// String names the nftables table as nft does ("table inet dmvpn").
 func (t TableID) String() string {
 	names := map[uint8]string{1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 	f := names[uint8(t.Family)]

@@ -80,8 +80,12 @@ func (s *Server) cryptoClear(w http.ResponseWriter, r *http.Request) {
 	var req CryptoClearRequest
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || !req.Peer.IsValid() {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("clear crypto: a peer address is required: %v", err))
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("clear crypto: bad request: %w", err))
+		return
+	}
+	if !req.Peer.IsValid() {
+		writeError(w, http.StatusBadRequest, errors.New("clear crypto: a peer address is required"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
