@@ -82,6 +82,9 @@ type Config struct {
 	// removes what sits at identifiers no longer used (host.Options
 	// StateFile); "" keeps it in memory only.
 	HostStateFile string
+	// StateFile keeps the NHRP engine's registrations, bindings and
+	// shortcuts across a restart or a crash; "" keeps nothing.
+	StateFile string
 }
 
 // Policy is the registration policy of a hub: every client in the tunnel
@@ -348,6 +351,9 @@ func (d *Daemon) up(ctx context.Context) error {
 			return fmt.Errorf("bgp: %w", err)
 		}
 		deps.Observers = append(deps.Observers, bgpc)
+	}
+	if cfg.StateFile != "" {
+		deps.State = stateFile{path: cfg.StateFile}
 	}
 	if cfg.NHRP.Role == nhrp.RoleHub {
 		p := cfg.Policy

@@ -66,6 +66,9 @@ func diff(old, cfg Config) (changes, restart []string) {
 	if old.Tunnel.Key != cfg.Tunnel.Key {
 		restart = append(restart, "GRE key")
 	}
+	if old.StateFile != cfg.StateFile {
+		restart = append(restart, "state file")
+	}
 	if old.Tunnel.Prefix != cfg.Tunnel.Prefix {
 		restart = append(restart, "tunnel address")
 	}

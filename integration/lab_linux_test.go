@@ -209,6 +209,7 @@ func testLabCycle(t *testing.T, l *labEnv) {
 	t.Run("bgp", func(t *testing.T) { testLabBGP(t, l) })
 	t.Run("forged", func(t *testing.T) { testLabForged(t, l) })
 	t.Run("fail and restore an ISP", func(t *testing.T) { testLabFailover(t, l) })
+	t.Run("crash", func(t *testing.T) { testLabCrash(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
 
 	out, err = l.run(t, "down")
@@ -312,6 +313,7 @@ func testLabPlain(t *testing.T, l *labEnv) {
 		t.Errorf("status: %v\n%s", err, out)
 	}
 	t.Run("bgp", func(t *testing.T) { testLabBGP(t, l) })
+	t.Run("crash", func(t *testing.T) { testLabCrash(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
 	t.Run("hub1 lost", func(t *testing.T) { testHubLost(t, l) })
 	if out, err := l.run(t, "down"); err != nil || !strings.Contains(out, "Lab down: 3 dmvpnd stopped, 11 namespaces removed") {

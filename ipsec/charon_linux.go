@@ -63,8 +63,8 @@ type charon struct {
 	log  *zap.Logger
 
 	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{}
+	proc    int           // its process id (also its process group's)
+	exited  chan struct{} // closed when it exits
 	stopped bool
 	restart chan struct{} // signalled after a restart
 }
@@ -79,6 +79,11 @@ func newCharon(cfg Config, mode Mode, log *zap.Logger) *charon {
 // charon started by strongswan-starter) are errors before it starts; when
 // it does not serve, its log says why.
 func (c *charon) start(ctx context.Context) error {
+	conf := filepath.Join(c.cfg.Dir, "strongswan.conf")
+	confData := []byte(strongswanConf(c.cfg, c.mode))
+	if c.adopt(conf, confData) {
+		return nil
+	}
 	if err := CheckInstalled(c.cfg.Charon, c.mode); err != nil {
 		return fmt.Errorf("ipsec: %w", err)
 	}
@@ -88,8 +93,7 @@ func (c *charon) start(ctx context.Context) error {
 	if err := os.MkdirAll(c.cfg.Dir, 0o700); err != nil {
 		return fmt.Errorf("ipsec: %w", err)
 	}
-	conf := filepath.Join(c.cfg.Dir, "strongswan.conf")
-	if err := os.WriteFile(conf, []byte(strongswanConf(c.cfg, c.mode)), 0o600); err != nil {
+	if err := os.WriteFile(conf, confData, 0o600); err != nil {
 		return fmt.Errorf("ipsec: %w", err)
 	}
 	if c.mode == ModeUserspace {
@@ -108,7 +112,9 @@ func (c *charon) start(ctx context.Context) error {
 		return fmt.Errorf("ipsec: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// No parent-death signal: a charon whose dmvpnd crashed keeps its
+	// SAs (and the traffic they carry) until the next dmvpnd adopts it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	wait, err := startPrivateRun(cmd, stateDirOf(c.cfg.Dir))
 	if err != nil {
 		out.Close()
@@ -117,13 +123,14 @@ func (c *charon) start(ctx context.Context) error {
 	exited := make(chan struct{})
 	go func() { <-wait; out.Close(); close(exited) }()
 	c.mu.Lock()
-	c.cmd, c.exited = cmd, exited
+	c.proc, c.exited = cmd.Process.Pid, exited
 	c.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if conn, err := net.Dial("unix", c.cfg.Socket); err == nil {
 			conn.Close()
 			c.log.Info("charon started", zap.Int("pid", cmd.Process.Pid), zap.String("vici", c.cfg.Socket), zap.String("mode", string(c.mode)))
+			c.writePID(cmd.Process.Pid)
 			return nil
 		}
 		select {
@@ -206,25 +213,26 @@ func (c *charon) supervise(ctx context.Context) {
 func (c *charon) stop() {
 	c.mu.Lock()
 	c.stopped = true
-	cmd, exited := c.cmd, c.exited
+	pid, exited := c.proc, c.exited
 	c.mu.Unlock()
-	if cmd == nil {
+	if pid == 0 {
 		return
 	}
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	syscall.Kill(-pid, syscall.SIGTERM)
 	select {
 	case <-exited:
 	case <-time.After(3 * time.Second):
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		syscall.Kill(-pid, syscall.SIGKILL)
 		<-exited
 	}
+	os.Remove(c.pidFile())
 }
 
 // pid returns charon's process id, 0 when it is not running.
 func (c *charon) pid() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cmd == nil || c.cmd.Process == nil {
+	if c.proc == 0 {
 		return 0
 	}
 	select {
@@ -232,7 +240,7 @@ func (c *charon) pid() int {
 		return 0
 	default:
 	}
-	return c.cmd.Process.Pid
+	return c.proc
 }
 
 // waitIPsecTUNsGone waits until the ipsec* TUN of a charon that died is

@@ -66,6 +66,9 @@ const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
   restore NODE ISP     undo fail and follow the node back to its preferred ISP
   exec NODE -- CMD…    run a command in a node (hub1, spoke1, spoke1-h1, inet…)
   shell NODE           open dmvpnctl on a hub or spoke
+  restart [--kill] NODE
+                       stop a hub's or spoke's dmvpnd (--kill: SIGKILL, as a
+                       crash would) and start it again with the same file
   topologies           list the topologies
 
 `
@@ -143,6 +146,16 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			fmt.Fprintf(stderr, "dmvpn-lab: %v\n", err)
 		}
 		return code
+	case "restart":
+		kill := len(rest) == 2 && rest[0] == "--kill"
+		if kill {
+			rest = rest[1:]
+		}
+		if len(rest) != 1 {
+			fs.Usage()
+			return 2
+		}
+		err = l.Restart(ctx, rest[0], kill)
 	case "shell":
 		if len(rest) != 1 {
 			fs.Usage()

@@ -329,33 +329,44 @@ func (l *Lab) startDaemon(t Topology, n Node, ns, dmvpnd string, creds map[strin
 	if err := os.WriteFile(d.Config, []byte(t.config(n, d.Socket, section)), 0o644); err != nil {
 		return nil, err
 	}
-	logf, err := os.OpenFile(d.Log, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	args := []string{"netns", "exec", ns, dmvpnd, "-c", d.Config}
+	var extra []string
 	if n.Rogue() {
 		// Its certificate names another node's address: dmvpnd would
 		// refuse it, as it should; the rogue plays an attacker whose
 		// node does not check.
-		args = append(args, "--unchecked-credentials")
+		extra = append(extra, "--unchecked-credentials")
 	}
+	if err := spawn(d, n.Site.Name, ns, dmvpnd, extra, os.O_TRUNC); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// spawn starts dmvpnd for d in namespace ns, its output appended to (or,
+// with os.O_TRUNC, replacing) d.Log, and records its pid in d.
+func spawn(d *DaemonState, name, ns, dmvpnd string, extra []string, mode int) error {
+	logf, err := os.OpenFile(d.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND|mode, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := append([]string{"netns", "exec", ns, dmvpnd, "-c", d.Config}, extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting dmvpnd in %s: %w", n.Site.Name, err)
+		return fmt.Errorf("starting dmvpnd in %s: %w", name, err)
 	}
-	d.Pid = cmd.Process.Pid
+	pid := cmd.Process.Pid
+	d.Pid = pid
 	go func() { // reap it if it dies while we run, and say how in its log
 		_ = cmd.Wait()
 		if f, err := os.OpenFile(d.Log, os.O_WRONLY|os.O_APPEND, 0); err == nil {
-			fmt.Fprintf(f, "dmvpn-lab: dmvpnd (pid %d) exited: %v\n", d.Pid, cmd.ProcessState)
+			fmt.Fprintf(f, "dmvpn-lab: dmvpnd (pid %d) exited: %v\n", pid, cmd.ProcessState)
 			f.Close()
 		}
 	}()
-	return d, nil
+	return nil
 }
 
 // ready waits until a node's dmvpnd answers on its control socket: its

@@ -36,3 +36,6 @@ func (l *Lab) Fail(ctx context.Context, node, isp string, mode testbed.CutMode) 
 
 // Restore fails outside Linux.
 func (l *Lab) Restore(ctx context.Context, node, isp string) error { return errLinux }
+
+// Restart needs Linux.
+func (l *Lab) Restart(ctx context.Context, node string, kill bool) error { return errLinux }

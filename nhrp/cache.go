@@ -42,6 +42,10 @@ type entry struct {
 	// replies, so they can be purged when it goes away.
 	told map[netip.Addr]netip.Addr // requester NBMA → requester tunnel address
 
+	// unconfirmed: restored from the state of a previous run and not yet
+	// proven again by its peer's identity.
+	unconfirmed bool
+
 	// kernel says what the entry installed: a neighbour entry, a route.
 	neigh bool
 	route bool

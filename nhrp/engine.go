@@ -40,6 +40,9 @@ type Deps struct {
 	Peers PeerHandler
 	// Observers receive events.
 	Observers []Observer
+	// State keeps the engine's bindings across a restart; nil keeps
+	// nothing.
+	State StateStore
 	// Resolver resolves NHS host names; nil uses net.DefaultResolver.
 	Resolver Resolver
 	// Logger; nil logs nothing.
@@ -87,6 +90,9 @@ type Engine struct {
 	fwdOrder     []fwdKey          // forwarded, oldest first
 	recent       [recentIDs]uint32 // request IDs answered lately
 	recentNext   int
+	restored     bool        // the kept state was restored: changes are saved
+	saveTimer    *timer      // the next save of the state
+	saveCh       chan *State // snapshots for the saver goroutine
 	kern         *kernel
 	stats        stats
 	limits       limits
@@ -138,6 +144,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 		resolves:    make(map[netip.Addr]*resolution),
 		authorizing: make(map[authKey]bool),
 		forwarded:   make(map[fwdKey]fwdRec),
+		saveCh:      make(chan *State, 1),
 	}
 	var seed [32]byte
 	if _, err := crand.Read(seed[:]); err != nil {
@@ -170,6 +177,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	go e.readLoop(readCtx)
 	kernDone := make(chan struct{})
 	go func() { defer close(kernDone); e.kern.run() }()
+	stopSaver, saverDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(saverDone); e.saver(stopSaver) }()
 
 	e.start()
 	close(e.running)
@@ -202,6 +211,8 @@ func (e *Engine) Run(ctx context.Context) error {
 				}
 			}
 			<-kernDone
+			close(stopSaver)
+			<-saverDone
 			e.closeSubscribers()
 			close(e.done)
 			return nil

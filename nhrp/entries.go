@@ -23,6 +23,9 @@ func roleOf(t EntryType) string {
 // neighbour entry once its peer is up, a shortcut route.
 func (e *Engine) addEntry(en *entry) {
 	e.cache.put(en)
+	if kept(en) {
+		e.stateChanged(true)
+	}
 	e.ref(en.nbma)
 	if n, ok := neighborOf(en); ok {
 		e.whenUp(en.nbma, roleOf(en.typ), en.proto.Addr(), func() {
@@ -53,6 +56,9 @@ func (e *Engine) shortcutRoute(en *entry) gre.Route {
 func (e *Engine) removeEntry(en *entry, cause Cause) {
 	reason := cause.String()
 	e.cache.del(en)
+	if kept(en) {
+		e.stateChanged(true)
+	}
 	en.expire.Stop()
 	en.renew.Stop()
 	keep := e.stopping && e.cfg.KeepKernelState
@@ -87,6 +93,9 @@ func (e *Engine) removeEntry(en *entry, cause Cause) {
 func (e *Engine) expireAt(en *entry, when time.Time) {
 	en.expire.Stop()
 	en.expires = when
+	if kept(en) {
+		e.stateChanged(false)
+	}
 	en.expire = e.sched.at(when, func() {
 		if e.cache.get(en.proto) == en {
 			e.removeEntry(en, CauseExpired)

@@ -14,6 +14,7 @@ import (
 func (e *Engine) start() {
 	e.cache.put(&entry{typ: TypeLocal, proto: hostPrefix(e.own), created: e.now})
 	e.applyStatic(nil, e.cfg.StaticMaps)
+	e.restore()
 	e.startNHS()
 	e.updateMulticast()
 	e.scheduleUsageScan()
@@ -62,6 +63,12 @@ const purgeGrace = 300 * time.Millisecond
 // kept for a quick restart).
 func (e *Engine) shutdown() {
 	e.now = time.Now()
+	// What a restart restores: the bindings as they are, before they
+	// come out below.
+	if e.deps.State != nil && e.restored {
+		e.saveTimer.Stop()
+		e.saveState()
+	}
 	e.stopping = true
 	purged := false
 	if e.cfg.PurgeOnShutdown {

@@ -181,6 +181,7 @@ func (e *Engine) bind(r *regCIE, reqID uint32) wire.CIECode {
 		cur.flags = flags | cur.flags&FlagUsed
 		cur.claimed, cur.holding, cur.mtu, cur.reqID = r.reg.ClaimedNBMA, uint16(r.holding/time.Second), r.mtu, reqID
 		renewed := false
+		cur.unconfirmed = false // a restored registration, refreshed by its client
 		if r.verdict.Identity != "" {
 			renewed = cur.identity != r.verdict.Identity || !sameAttrs(cur.attrs, r.verdict.Attrs)
 			cur.identity, cur.attrs, cur.nets = r.verdict.Identity, r.verdict.Attrs, r.verdict.Networks

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/opendmvpn/dmvpn/gre/backend"
@@ -71,6 +72,9 @@ func (c *Config) defaults(d *decoder) {
 	}
 	if c.Control.Group == "" {
 		c.Control.GID = -1
+	}
+	if t.StateFile == "" && t.Interface != "" {
+		t.StateFile = filepath.Join(filepath.Dir(c.Control.Socket), t.Interface+".state")
 	}
 }
 

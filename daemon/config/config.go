@@ -121,6 +121,10 @@ type Tunnel struct {
 	// MaxSend limits NHRP packets sent per second (0: the engine's
 	// default).
 	MaxSend int
+	// StateFile keeps the registrations, bindings and shortcuts across a
+	// restart or a crash ("none": nothing is kept); by default
+	// INTERFACE.state beside the control socket.
+	StateFile string
 }
 
 // NHS is a next hop server.

@@ -85,7 +85,7 @@ func TestBadFiles(t *testing.T) {
 		{"unknown top-level section", minimal + "zebra:\n  asn: 65000\n", []string{
 			`line 9: zebra: unknown key "zebra" (known keys: bgp, control, firewall, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel, uplinks)`}},
 		{"unknown nested key", strings.Replace(minimal, "  interface: gre1\n", "  interface: gre1\n  mode: gre\n", 1), []string{
-			`line 5: tunnel.mode: unknown key "mode" (known keys: address, authentication, dataplane, holding_time, interface, key, max_nhs, max_send, mtu, multicast, multicast_nbma, nhs, no_unique, purge_on_shutdown, redirect, redirect_group, registration_interval, shortcut, shortcut_idle, shortcut_protocol, shortcut_rule_priority, shortcut_table, source, static_maps, ttl)`}},
+			`line 5: tunnel.mode: unknown key "mode" (known keys: address, authentication, dataplane, holding_time, interface, key, max_nhs, max_send, mtu, multicast, multicast_nbma, nhs, no_unique, purge_on_shutdown, redirect, redirect_group, registration_interval, shortcut, shortcut_idle, shortcut_protocol, shortcut_rule_priority, shortcut_table, source, state_file, static_maps, ttl)`}},
 		{"key set twice", minimal + "node: s2\n", []string{"line 9: node: set twice"}},
 		{"missing everything in tunnel", "node: s1\nrole: hub\ntunnel: {}\n", []string{
 			"line 3: tunnel.interface: missing (the tunnel interface name)",
@@ -200,7 +200,7 @@ func TestDefaults(t *testing.T) {
 			Dataplane: backend.Auto, HoldingTime: 7200 * time.Second,
 			NHS:      []NHS{{Address: netip.MustParseAddr("172.16.0.1"), NBMA: netip.MustParseAddr("192.0.2.1")}},
 			Shortcut: true, ShortcutTable: 42, ShortcutProtocol: 42, ShortcutRulePriority: 1000,
-			Multicast: "nhs", PurgeOnShutdown: true, RedirectGroup: 1,
+			Multicast: "nhs", PurgeOnShutdown: true, RedirectGroup: 1, StateFile: "/run/dmvpnd/gre1.state",
 		},
 		Forwarding: true,
 		Logging:    Logging{Level: "info", Format: "console"},
@@ -312,6 +312,7 @@ networks: [10.1.0.0/24]
 		Forwarding:           true,
 		IPsecOff:             true,
 		HostStateFile:        "/run/dmvpnd/dmvpnd.gre1.host", // beside the control socket
+		StateFile:            "/run/dmvpnd/gre1.state",
 	}
 	if diff := cmp.Diff(want, got, append(cmpNet, cmp.Comparer(func(a, b func(int) bool) bool { return a == nil && b == nil }))...); diff != "" {
 		t.Errorf("daemon config (-want +got):\n%s", diff)

@@ -85,6 +85,7 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		Firewall:             c.FirewallPolicy(),
 		ManagementPorts:      c.managementPorts(),
 		HostStateFile:        hostStateFile(c.Control.Socket, t.Interface),
+		StateFile:            stateFile(t.StateFile),
 	}
 }
 
@@ -96,6 +97,14 @@ func hostStateFile(socket, iface string) string {
 		return ""
 	}
 	return strings.TrimSuffix(socket, filepath.Ext(socket)) + "." + iface + ".host"
+}
+
+// stateFile is the path of the state file, "" for none.
+func stateFile(p string) string {
+	if p == "none" {
+		return ""
+	}
+	return p
 }
 
 // managementPorts are the TCP ports the control API and the metrics

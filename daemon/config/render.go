@@ -97,6 +97,9 @@ func (c *Config) render(mask bool) []byte {
 	if t.MaxSend != 0 {
 		tun.add("max_send", num(t.MaxSend))
 	}
+	if t.StateFile != "" {
+		tun.add("state_file", str(t.StateFile))
+	}
 
 	root := mapNode("node", str(c.Node), "role", str(c.Role), "tunnel", tun.Node)
 	if c.Role == "hub" {

@@ -130,6 +130,14 @@ func tunnelFields(d *decoder, t *Tunnel) fields {
 		"purge_on_shutdown": boolf(&t.PurgeOnShutdown),
 		"redirect_group":    intf(&t.RedirectGroup, 1, 65535),
 		"max_send":          intf(&t.MaxSend, 1, 100000),
+		"state_file": func(n *yaml.Node, p string) {
+			var s string
+			if d.str(n, p, &s) && s == "none" {
+				t.StateFile = s
+			} else if s != "" {
+				d.path(n, p, &t.StateFile)
+			}
+		},
 	}
 }
 

@@ -108,8 +108,10 @@ type nhrpPacket struct {
 var _ gre.Device = (*Device)(nil)
 
 // Open creates the TUN device cfg.Name (or attaches to a persistent one
-// of that name), addresses it, opens the raw sockets and starts the
-// forwarding goroutines. It needs CAP_NET_ADMIN and CAP_NET_RAW.
+// of that name: one a crashed run left, with its routes), addresses it,
+// opens the raw sockets and starts the forwarding goroutines. The TUN is
+// persistent while the device is open. It needs CAP_NET_ADMIN and
+// CAP_NET_RAW.
 func Open(cfg gre.Config) (*Device, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -158,10 +160,12 @@ func (d *Device) open() error {
 		return fmt.Errorf("userspace: find %s: %w", d.cfg.Name, err)
 	}
 	d.tunIndex = link.Attrs().Index
-	if d.cfg.KeepState {
-		if err := d.setPersist(true); err != nil {
-			return err
-		}
+	// Persistent while the data plane runs: if the process dies (a
+	// crash, SIGKILL) the TUN stays with every route through it, and the
+	// next run attaches to it. Close takes the persistence back unless
+	// KeepState.
+	if err := d.setPersist(true); err != nil {
+		return err
 	}
 	if p := d.cfg.Prefix; p.IsValid() {
 		ipn := nlops.IPNet(p)

@@ -1,11 +1,16 @@
 package userspace
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -181,5 +186,62 @@ func TestDeviceKeepState(t *testing.T) {
 	d.Close()
 	if _, err := netlink.LinkByName("tunkeep0"); err == nil {
 		t.Fatal("TUN still there after Close without KeepState")
+	}
+}
+
+// TestDeviceSurvivesCrash: a process holding the device is killed (no
+// Close): the TUN stays with its routes, and the next Open attaches to it.
+func TestDeviceSurvivesCrash(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	cfg := gre.Config{Name: "tuncrash0", Key: 5, Prefix: netip.MustParsePrefix("10.0.0.1/24"), MTU: 1400}
+	route := gre.Route{Dst: netip.MustParsePrefix("10.8.0.0/16")}
+	if os.Getenv("DMVU_CRASH") == "1" {
+		// The process that is killed.
+		d, err := Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.ReplaceRoute(context.Background(), route); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Println("ready")
+		select {}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run", "^"+t.Name()+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "DMVU_CRASH=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		cmd.Process.Kill()
+		t.Fatalf("the crashing process: %q %v", line, err)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if _, err := netlink.LinkByName(cfg.Name); err != nil {
+		t.Fatalf("TUN gone with the process that held it: %v", err)
+	}
+	d, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, _ := d.Routes(context.Background(), 0)
+	if !slices.ContainsFunc(rs, func(r gre.Route) bool { return r.Dst == route.Dst }) {
+		t.Errorf("routes of the TUN after the crash: %+v, want %s among them", rs, route.Dst)
+	}
+	d.Close()
+	if _, err := netlink.LinkByName(cfg.Name); err == nil {
+		t.Error("TUN still there after a clean Close")
 	}
 }

@@ -1,0 +1,313 @@
+package nhrp
+
+import (
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// StateVersion is the version of the State format.
+const StateVersion = 1
+
+// State is what an engine keeps across a restart: its clients'
+// registrations (hub) with the identity that proved them and their
+// expiry, and the bindings and shortcuts it resolved (both roles). A crash
+// then loses nothing: the next run restores them at start, programs the
+// kernel for them again and confirms them.
+type State struct {
+	Version int `json:"version"`
+	// Tunnel is the tunnel address the state belongs to: a state of
+	// another address is not restored.
+	Tunnel netip.Prefix `json:"tunnel"`
+	// Saved is when it was written.
+	Saved   time.Time    `json:"saved"`
+	Entries []StateEntry `json:"entries"`
+}
+
+// StateEntry is one binding kept across a restart.
+type StateEntry struct {
+	Type     EntryType           `json:"type"`
+	Proto    netip.Prefix        `json:"proto"`
+	NBMA     netip.Addr          `json:"nbma,omitzero"`
+	Claimed  netip.Addr          `json:"claimed,omitzero"`
+	NextHop  netip.Addr          `json:"next_hop,omitzero"`
+	Source   netip.Addr          `json:"source,omitzero"`
+	Flags    []string            `json:"flags,omitempty"`
+	Created  time.Time           `json:"created"`
+	Expires  time.Time           `json:"expires"`
+	Holding  uint16              `json:"holding"`
+	MTU      uint16              `json:"mtu,omitempty"`
+	ReqID    uint32              `json:"request_id,omitempty"`
+	Identity string              `json:"identity,omitempty"`
+	Attrs    map[string][]string `json:"attrs,omitempty"`
+	Networks []netip.Prefix      `json:"networks,omitempty"`
+}
+
+// StateStore keeps an engine's State. The engine loads it once at start
+// and saves it, from a goroutine of its own, as its bindings change: at
+// once when one comes or goes, within a few seconds when one is only
+// refreshed.
+type StateStore interface {
+	// Load returns the state kept, nil when there is none.
+	Load() (*State, error)
+	Save(*State) error
+}
+
+// Bounds of the state kept.
+const (
+	// MaxStateEntries caps the entries saved and restored.
+	MaxStateEntries = 200000
+	// saveSoon and saveLater are how long a change waits before the
+	// state is saved: a binding that came or went, a refresh.
+	saveSoon  = 20 * time.Millisecond
+	saveLater = 5 * time.Second
+	// confirmWindow is how long a restored binding has to be confirmed
+	// by its peer's identity (with a Verifier) before it is dropped.
+	confirmWindow = 30 * time.Second
+	// confirmRetry is how often a restored binding's identity is asked
+	// for meanwhile.
+	confirmRetry = 2 * time.Second
+)
+
+// kept reports whether an entry is part of the state: a client's
+// registration, a resolved binding, a shortcut.
+func kept(en *entry) bool {
+	switch en.typ {
+	case TypeDynamic, TypeCached, TypeShortcut:
+		return true
+	}
+	return false
+}
+
+// stateChanged schedules a save: soon when a binding came or went,
+// later when one was only refreshed.
+func (e *Engine) stateChanged(soon bool) {
+	if e.deps.State == nil || e.stopping || !e.restored {
+		return
+	}
+	d := saveLater
+	if soon {
+		d = saveSoon
+	}
+	when := e.now.Add(d)
+	if e.saveTimer != nil && e.saveTimer.index >= 0 {
+		if !e.saveTimer.when.After(when) {
+			return
+		}
+		e.saveTimer.Stop()
+	}
+	e.saveTimer = e.sched.at(when, e.saveState)
+}
+
+// snapshotState returns the state to keep.
+func (e *Engine) snapshotState() *State {
+	st := &State{Version: StateVersion, Tunnel: e.ownPfx, Saved: e.now}
+	for _, en := range e.cache.all() {
+		if !kept(en) || en.expires.IsZero() || len(st.Entries) >= MaxStateEntries {
+			continue
+		}
+		st.Entries = append(st.Entries, StateEntry{
+			Type: en.typ, Proto: en.proto, NBMA: en.nbma, Claimed: en.claimed, NextHop: en.nextHop, Source: en.src,
+			Flags: (en.flags &^ (FlagUsed | FlagRIB)).Names(), Created: en.created, Expires: en.expires,
+			Holding: en.holding, MTU: en.mtu, ReqID: en.reqID, Identity: en.identity, Attrs: en.attrs, Networks: en.nets,
+		})
+	}
+	return st
+}
+
+// saveState hands a snapshot to the saver goroutine; a snapshot it has
+// not written yet is replaced (the latest wins).
+func (e *Engine) saveState() {
+	st := e.snapshotState()
+	select {
+	case <-e.saveCh:
+	default:
+	}
+	e.saveCh <- st
+}
+
+// saver writes the snapshots it is handed until stop is closed, then the
+// last one pending.
+func (e *Engine) saver(stop <-chan struct{}) {
+	var lastErr string
+	save := func(st *State) {
+		if err := e.deps.State.Save(st); err != nil {
+			if err.Error() != lastErr {
+				e.log.Warn("saving the NHRP state", zap.Error(err))
+			}
+			lastErr = err.Error()
+			return
+		}
+		lastErr = ""
+	}
+	for {
+		select {
+		case st := <-e.saveCh:
+			save(st)
+		case <-stop:
+			select {
+			case st := <-e.saveCh:
+				save(st)
+			default:
+			}
+			return
+		}
+	}
+}
+
+// flagsOf reads the flag names StateEntry keeps.
+func flagsOf(names []string) Flags {
+	var f Flags
+	for i, n := range flagNames {
+		for _, m := range names {
+			if m == n {
+				f |= 1 << i
+			}
+		}
+	}
+	return f
+}
+
+// restore puts back the bindings a previous run kept: each is checked
+// (its type, addresses and family, not expired, nothing of higher rank in
+// its place), installed with the kernel state it needs, and then
+// confirmed: a client is sent a purge of its own address, which makes our
+// clients (and Cisco's) register again at once; with a Verifier every
+// restored binding must be proven again by its peer's identity (the SA
+// that comes back) within confirmWindow, or it is dropped.
+func (e *Engine) restore() {
+	defer func() { e.restored = true }()
+	if e.deps.State == nil {
+		return
+	}
+	st, err := e.deps.State.Load()
+	if err != nil {
+		e.log.Warn("reading the NHRP state kept by the previous run", zap.Error(err))
+		return
+	}
+	if st == nil {
+		return
+	}
+	if st.Version != StateVersion || st.Tunnel != e.ownPfx {
+		e.log.Info("NHRP state of another tunnel or version not restored", zap.Stringer("tunnel", st.Tunnel), zap.Int("version", st.Version))
+		return
+	}
+	n := 0
+	for i, se := range st.Entries {
+		if i >= MaxStateEntries {
+			break
+		}
+		en, ok := e.restoredEntry(se)
+		if !ok {
+			continue
+		}
+		e.addEntry(en)
+		e.expireAt(en, en.expires)
+		n++
+		switch en.typ {
+		case TypeDynamic:
+			e.emit(Event{Kind: EventRegistered, Proto: en.proto, NBMA: en.nbma, ClaimedNBMA: en.claimed, Cause: CauseRestored,
+				HoldingTime: time.Duration(en.holding) * time.Second, Identity: en.identity, Attrs: en.attrs})
+			e.confirmClient(en)
+		case TypeShortcut:
+			e.emit(Event{Kind: EventShortcutUp, Proto: en.proto, NextHop: en.nextHop, NBMA: en.nbma, Cause: CauseRestored,
+				HoldingTime: time.Duration(en.holding) * time.Second})
+			e.scheduleRenew(en)
+		case TypeCached:
+			if en.flags&FlagImplicit != 0 {
+				e.scheduleRenewQuiet(en)
+			} else {
+				e.scheduleRenew(en)
+			}
+		}
+		if e.deps.Verifier != nil {
+			en.unconfirmed = true
+			e.confirm(en, e.now.Add(confirmWindow))
+		}
+	}
+	if n > 0 {
+		e.log.Info("NHRP state of the previous run restored", zap.Int("entries", n), zap.Time("saved", st.Saved))
+	}
+}
+
+// restoredEntry checks a kept entry and returns it as a cache entry.
+func (e *Engine) restoredEntry(se StateEntry) (*entry, bool) {
+	bits := e.own.BitLen()
+	switch {
+	case se.Type != TypeDynamic && se.Type != TypeCached && se.Type != TypeShortcut,
+		!se.Proto.IsValid() || se.Proto.Addr().BitLen() != bits || se.Proto != se.Proto.Masked(),
+		!se.NBMA.IsValid(),
+		se.Type == TypeShortcut && (!se.NextHop.IsValid() || se.NextHop.BitLen() != bits || e.isOwn(se.NextHop)),
+		se.Type != TypeShortcut && !se.Proto.IsSingleIP(),
+		se.Proto.Contains(e.own),
+		!se.Expires.After(e.now.Add(time.Second)):
+		return nil, false
+	}
+	if cur := e.cache.get(se.Proto); cur != nil {
+		return nil, false
+	}
+	// A holding time never longer than the packet field allows, and an
+	// expiry no later than it from now.
+	hold := time.Duration(se.Holding) * time.Second
+	if max := e.now.Add(hold); se.Type != TypeDynamic && hold > 0 && se.Expires.After(max) {
+		se.Expires = max
+	}
+	if se.Expires.After(e.now.Add(65535 * time.Second)) {
+		se.Expires = e.now.Add(65535 * time.Second)
+	}
+	return &entry{
+		typ: se.Type, proto: se.Proto, nbma: se.NBMA, claimed: se.Claimed, nextHop: se.NextHop, src: se.Source,
+		flags: flagsOf(se.Flags) &^ (FlagUsed | FlagRIB), created: se.Created, expires: se.Expires, holding: se.Holding,
+		mtu: se.MTU, reqID: se.ReqID, identity: se.Identity, attrs: se.Attrs, nets: se.Networks,
+	}, true
+}
+
+// confirmClient asks a restored client to register again at once: a
+// Purge Request (no reply wanted) for its own address, sent once its peer
+// is up again.
+func (e *Engine) confirmClient(en *entry) {
+	e.whenUp(en.nbma, "client", en.proto.Addr(), func() {
+		if e.cache.get(en.proto) != en || e.stopping {
+			return
+		}
+		e.sendPurge(en.nbma, en.proto.Addr(), []netip.Prefix{en.proto}, true)
+	})
+}
+
+// confirm asks the Verifier whether the identity of the peer of a
+// restored binding still proves it, every confirmRetry until deadline;
+// a binding not confirmed by then is dropped. A registration refreshed by
+// its client confirms it too.
+func (e *Engine) confirm(en *entry, deadline time.Time) {
+	if e.cache.get(en.proto) != en || !en.unconfirmed || e.stopping {
+		return
+	}
+	if !e.now.Before(deadline) {
+		e.log.Info("restored binding not confirmed, dropped", zap.Stringer("proto", en.proto), zap.Stringer("nbma", en.nbma))
+		e.removeEntry(en, CauseRefused)
+		return
+	}
+	c := Claim{NBMA: en.nbma, Proto: en.proto.Addr(), Packet: "restored binding", From: en.nbma}
+	bringUp := en.typ != TypeDynamic // a hub waits for its clients' SAs
+	switch en.typ {
+	case TypeShortcut:
+		c.Proto, c.Prefix = en.nextHop, en.proto
+	}
+	retry := func() {
+		e.sched.after(e.now, confirmRetry, func() { e.confirm(en, deadline) })
+	}
+	e.verifyClaim(c, bringUp, func() {
+		if e.cache.get(en.proto) == en {
+			en.unconfirmed = false
+		}
+	}, func(reason string, identity bool) {
+		if identity && bringUp && e.cache.get(en.proto) == en {
+			// The peer is up and its identity says otherwise.
+			e.refuse(RefusedReplyIdentity, en.nbma, en.proto, "restored binding: "+reason)
+			e.removeEntry(en, CauseRefused)
+			return
+		}
+		retry()
+	})
+}
