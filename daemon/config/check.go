@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/opendmvpn/dmvpn/gre/backend"
@@ -74,7 +75,9 @@ func (c *Config) defaults(d *decoder) {
 		c.Control.GID = -1
 	}
 	if t.StateFile == "" && t.Interface != "" {
-		t.StateFile = filepath.Join(filepath.Dir(c.Control.Socket), t.Interface+".state")
+		// Beside the control socket, named after it: unique per node
+		// wherever several share a directory.
+		t.StateFile = strings.TrimSuffix(c.Control.Socket, filepath.Ext(c.Control.Socket)) + "." + t.Interface + ".state"
 	}
 }
 

@@ -122,8 +122,8 @@ type Tunnel struct {
 	// default).
 	MaxSend int
 	// StateFile keeps the registrations, bindings and shortcuts across a
-	// restart or a crash ("none": nothing is kept); by default
-	// INTERFACE.state beside the control socket.
+	// restart or a crash ("none": nothing is kept); by default beside the
+	// control socket: SOCKET-without-extension.INTERFACE.state.
 	StateFile string
 }
 

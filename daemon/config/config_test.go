@@ -200,7 +200,7 @@ func TestDefaults(t *testing.T) {
 			Dataplane: backend.Auto, HoldingTime: 7200 * time.Second,
 			NHS:      []NHS{{Address: netip.MustParseAddr("172.16.0.1"), NBMA: netip.MustParseAddr("192.0.2.1")}},
 			Shortcut: true, ShortcutTable: 42, ShortcutProtocol: 42, ShortcutRulePriority: 1000,
-			Multicast: "nhs", PurgeOnShutdown: true, RedirectGroup: 1, StateFile: "/run/dmvpnd/gre1.state",
+			Multicast: "nhs", PurgeOnShutdown: true, RedirectGroup: 1, StateFile: "/run/dmvpnd/dmvpnd.gre1.state",
 		},
 		Forwarding: true,
 		Logging:    Logging{Level: "info", Format: "console"},
@@ -312,7 +312,7 @@ networks: [10.1.0.0/24]
 		Forwarding:           true,
 		IPsecOff:             true,
 		HostStateFile:        "/run/dmvpnd/dmvpnd.gre1.host", // beside the control socket
-		StateFile:            "/run/dmvpnd/gre1.state",
+		StateFile:            "/run/dmvpnd/dmvpnd.gre1.state",
 	}
 	if diff := cmp.Diff(want, got, append(cmpNet, cmp.Comparer(func(a, b func(int) bool) bool { return a == nil && b == nil }))...); diff != "" {
 		t.Errorf("daemon config (-want +got):\n%s", diff)

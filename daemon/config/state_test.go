@@ -12,7 +12,7 @@ func TestStateFile(t *testing.T) {
 	for _, c := range []struct {
 		extra, want, err string
 	}{
-		{"", "/run/dmvpnd/gre1.state", ""},
+		{"", "/run/dmvpnd/dmvpnd.gre1.state", ""},
 		{"  state_file: /var/lib/dmvpnd/hub.state\n", "/var/lib/dmvpnd/hub.state", ""},
 		{"  state_file: none\n", "", ""},
 		{"  state_file: hub.state\n", "", `tunnel.state_file: "hub.state" is not an absolute path`},
