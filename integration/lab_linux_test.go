@@ -313,7 +313,6 @@ func testLabPlain(t *testing.T, l *labEnv) {
 		t.Errorf("status: %v\n%s", err, out)
 	}
 	t.Run("bgp", func(t *testing.T) { testLabBGP(t, l) })
-	t.Run("crash", func(t *testing.T) { testLabCrash(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
 	t.Run("hub1 lost", func(t *testing.T) { testHubLost(t, l) })
 	if out, err := l.run(t, "down"); err != nil || !strings.Contains(out, "Lab down: 3 dmvpnd stopped, 11 namespaces removed") {
