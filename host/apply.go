@@ -147,22 +147,30 @@ func (c *Client) apply(ctx context.Context, cfg *Config, closing bool) error {
 		}
 	}
 
-	// Routes: replaced in place by key.
-	rwant := map[routeKey]bool{}
+	// Routes: replaced in place by key. Linear in the routes: what is
+	// there is indexed by key once, and the routes of other programs at
+	// the keys of new routes come from one listing per table (a BGP
+	// table of thousands of routes is one Set).
+	haveAt := make(map[routeKey][]Route, len(have.routes))
+	for _, h := range have.routes {
+		haveAt[h.key()] = append(haveAt[h.key()], h)
+	}
+	links := map[string]int{}
+	others := map[tableOf]map[routeKey][]Route{}
+	rwant := make(map[routeKey]bool, len(cfg.Routes))
 	for _, r := range cfg.Routes {
 		r.Protocol = c.owner.RouteProtocol
 		rwant[r.key()] = true
-		r, err := c.resolve(r)
+		r, err := c.resolve(r, links)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		rk := r.key()
 		same, ours := false, false
-		for _, h := range have.routes {
-			if h.key() == r.key() {
-				ours = true
-				same = same || (h.Protocol == r.Protocol && h.same(r)) // a stale protocol's route is replaced
-			}
+		for _, h := range haveAt[rk] {
+			ours = true
+			same = same || (h.Protocol == r.Protocol && h.same(r)) // a stale protocol's route is replaced
 		}
 		if same {
 			continue
@@ -171,13 +179,13 @@ func (c *Client) apply(ctx context.Context, cfg *Config, closing bool) error {
 		if !ours {
 			// Another program's route at this key is kept, to be put
 			// back when ours goes.
-			rs, err := k.RoutesAt(ctx, r.Table, r.Dst)
+			at, err := c.tableRoutes(ctx, others, r)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("route %v: listing the routes there: %w", r, err))
 				continue
 			}
-			for _, x := range rs {
-				if x.key() == r.key() && x.Protocol != r.Protocol {
+			for _, x := range at[rk] {
+				if x.Protocol != r.Protocol {
 					foreign = append(foreign, x)
 				}
 			}
@@ -283,20 +291,52 @@ func (m *Manager) note(owner, change string) {
 }
 
 // resolve returns r with every next hop's device as an index.
-func (c *Client) resolve(r Route) (Route, error) {
+func (c *Client) resolve(r Route, links map[string]int) (Route, error) {
 	r = r.normal()
 	for i := range r.NextHops {
 		h := &r.NextHops[i]
 		if h.Dev == "" {
 			continue
 		}
-		idx, err := c.m.k.LinkIndex(h.Dev)
-		if err != nil {
-			return r, fmt.Errorf("route %v: %w", r, err)
+		idx, ok := links[h.Dev]
+		if !ok {
+			var err error
+			if idx, err = c.m.k.LinkIndex(h.Dev); err != nil {
+				return r, fmt.Errorf("route %v: %w", r, err)
+			}
+			links[h.Dev] = idx
 		}
 		h.Index = idx
 	}
 	return r.normal(), nil
+}
+
+// tableOf names a routing table of a family.
+type tableOf struct {
+	f     Family
+	table int
+}
+
+// tableRoutes returns the routes of r's table by key, listed once per
+// table and Set (cache).
+func (c *Client) tableRoutes(ctx context.Context, cache map[tableOf]map[routeKey][]Route, r Route) (map[routeKey][]Route, error) {
+	t := tableOf{IPv4, r.Table}
+	if r.Dst.Addr().Is6() {
+		t.f = IPv6
+	}
+	if at, ok := cache[t]; ok {
+		return at, nil
+	}
+	rs, err := c.m.k.TableRoutes(ctx, t.f, t.table)
+	if err != nil {
+		return nil, err
+	}
+	at := make(map[routeKey][]Route, len(rs))
+	for _, x := range rs {
+		at[x.key()] = append(at[x.key()], x)
+	}
+	cache[t] = at
+	return at, nil
 }
 
 // planSysctls plans the writes of the desired sysctls and the restores of

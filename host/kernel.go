@@ -24,6 +24,9 @@ type Kernel interface {
 	// RoutesAt lists the routes to exactly dst in a table, whatever their
 	// protocol and metric.
 	RoutesAt(ctx context.Context, table int, dst netip.Prefix) ([]Route, error)
+	// TableRoutes lists every route of a family in a table, whatever its
+	// protocol (one dump, for a Set of many routes).
+	TableRoutes(ctx context.Context, f Family, table int) ([]Route, error)
 	// ReplaceRoute adds r or replaces the route with its key in place.
 	// Next hops carry Index (the Manager resolves Dev).
 	ReplaceRoute(ctx context.Context, r Route) error

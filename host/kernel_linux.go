@@ -250,6 +250,24 @@ func (k *linuxKernel) RoutesAt(ctx context.Context, table int, dst netip.Prefix)
 	return out, nil
 }
 
+func (k *linuxKernel) TableRoutes(ctx context.Context, f Family, table int) ([]Route, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if table == 0 {
+		table = Main
+	}
+	rs, err := k.h.RouteListFiltered(afOf(f), &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, err
+	}
+	out := make([]Route, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, fromNetlinkRoute(r))
+	}
+	return out, nil
+}
+
 // fromNetlinkRoute converts a route of the netlink package.
 func fromNetlinkRoute(r netlink.Route) Route {
 	x := Route{Table: r.Table, Metric: r.Priority, Type: RouteType(r.Type), MTU: r.MTU, Protocol: int(r.Protocol)}

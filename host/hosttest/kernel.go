@@ -239,6 +239,23 @@ func (k *Kernel) RoutesAt(ctx context.Context, table int, dst netip.Prefix) ([]h
 	return out, nil
 }
 
+// TableRoutes implements host.Kernel.
+func (k *Kernel) TableRoutes(ctx context.Context, f host.Family, table int) ([]host.Route, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []host.Route
+	t := kernelRoute(host.Route{Table: table}).Table
+	for _, r := range k.routes {
+		if r.Dst.Addr().Is4() == (f == host.IPv4) && r.Table == t {
+			out = append(out, k.named(r))
+		}
+	}
+	return out, nil
+}
+
 // named returns r with its next hops' device names filled in.
 func (k *Kernel) named(r host.Route) host.Route {
 	r.NextHops = slices.Clone(r.NextHops)
