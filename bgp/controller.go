@@ -268,10 +268,28 @@ func (c *Controller) step(ctx context.Context) {
 	for _, a := range addrs {
 		c.apply(ctx, a, pending[a])
 	}
+	// Neighbour changes come first: judging what a neighbour sent (a
+	// request to the speaker each) waits while registrations are
+	// pending, and runs a few at a time between them.
+	c.mu.Lock()
+	busy := len(c.pending) > 0
+	c.mu.Unlock()
+	judged := 0
 	for a := range dirty {
+		if busy || judged == judgeBatch {
+			c.mu.Lock()
+			c.dirty[a] = true
+			c.mu.Unlock()
+			poke(c.wake)
+			continue
+		}
 		c.judge(ctx, a)
+		judged++
 	}
 }
+
+// judgeBatch is how many neighbours' UPDATEs one step judges.
+const judgeBatch = 32
 
 // resyncAll rebuilds the wanted neighbours from the engine and the
 // configuration (the events still pending win: they are newer), and the

@@ -49,6 +49,13 @@ func (c *Controller) fibStale() []netip.Prefix {
 	return slices.Clone(c.staleNow)
 }
 
+// fibSpacing is the shortest time between two reads of the RIB for the
+// kernel (longer after a slow one).
+const fibSpacing = 50 * time.Millisecond
+
+// fibSpacingMax bounds the wait after a slow read.
+const fibSpacingMax = time.Second
+
 // retryAfter is how soon a failed write is tried again.
 const retryAfter = time.Second
 
@@ -72,7 +79,14 @@ func (f *fib) run(ctx context.Context) {
 	staleTimer := time.NewTimer(time.Until(f.staleUntil))
 	defer staleTimer.Stop()
 	for {
-		if err := f.sync(ctx); err != nil {
+		synced := time.Now()
+		err := f.sync(ctx)
+		// The next read waits fibSpacing, or four times as long as this
+		// one took (up to fibSpacingMax): the RIB read holds GoBGP's
+		// lock, and a large RIB changing fast (a thousand spokes
+		// converging) must leave GoBGP most of its time.
+		spacing := min(max(fibSpacing, 4*time.Since(synced)), fibSpacingMax)
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -85,6 +99,16 @@ func (f *fib) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-c.fibWake:
+			// Changes that come while a sync runs or soon after wait for
+			// the next one: a full RIB read and kernel diff at most every
+			// spacing, however fast best paths change.
+			if d := spacing - time.Since(synced); d > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(d):
+				}
+			}
 		case <-retry:
 		case <-staleTimer.C:
 			if len(f.stale) > 0 {

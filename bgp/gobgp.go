@@ -32,6 +32,8 @@ type GoBGP struct {
 	nbrs   map[netip.Addr]Neighbor
 	// lastErr is why each session last went down.
 	lastErr map[netip.Addr]string
+	// spokePol is what exists of each spoke's policy objects.
+	spokePol map[netip.Addr]spokePolicy
 	// stopping silences GoBGP's complaint that a stopped server is not
 	// running.
 	stopping atomic.Bool
@@ -64,7 +66,8 @@ func NewGoBGP(log *zap.Logger) *GoBGP {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &GoBGP{log: log, origin: map[netip.Prefix]uuid.UUID{}, nbrs: map[netip.Addr]Neighbor{}, lastErr: map[netip.Addr]string{}}
+	return &GoBGP{log: log, origin: map[netip.Prefix]uuid.UUID{}, nbrs: map[netip.Addr]Neighbor{}, lastErr: map[netip.Addr]string{},
+		spokePol: map[netip.Addr]spokePolicy{}}
 }
 
 var v4uc = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
@@ -93,6 +96,7 @@ func (g *GoBGP) Start(ctx context.Context, cfg Config, notify func(SpeakerEvent)
 	}
 	g.mu.Lock()
 	g.s, g.cfg = s, cfg
+	g.spokePol = map[netip.Addr]spokePolicy{} // a new GoBGP has none
 	g.mu.Unlock()
 	if err := g.setPolicies(ctx, cfg); err != nil {
 		s.Stop()

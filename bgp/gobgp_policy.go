@@ -149,6 +149,13 @@ func spokeNames(a netip.Addr) (nbrSet, netSet, stmt string) {
 	return "dmvpn-nbr-" + a.String(), "dmvpn-net-" + a.String(), "dmvpn-spoke-" + a.String()
 }
 
+// spokePolicy records which of a spoke's policy objects exist in GoBGP
+// (its neighbour set, its networks' prefix set, its statement): the
+// speaker made them all, so it knows without asking GoBGP — a list
+// request per neighbour waits for GoBGP's lock behind every session's
+// UPDATE processing, which made a thousand registrations take minutes.
+type spokePolicy struct{ nbr, nets, stmt bool }
+
 // setNeighborPolicy gives a neighbour its place in the policies before its
 // session starts (had: the neighbour exists, only its networks change):
 // a hub or server joins the hubs' set; a spoke gets a statement that
@@ -164,17 +171,20 @@ func (g *GoBGP) setNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg 
 	for _, p := range n.Networks {
 		nets.Prefixes = append(nets.Prefixes, prefixEntry(p, p.Bits(), max(p.Bits(), n.MaxLen)))
 	}
-	if had {
+	g.mu.Lock()
+	cur := g.spokePol[n.Address]
+	g.mu.Unlock()
+	if had && cur.nbr && cur.nets && cur.stmt {
 		if len(nets.Prefixes) == 0 {
 			// GoBGP keeps an emptied set's old entries: take the statement
 			// away instead (nothing is accepted without one).
 			return g.deleteNeighborPolicy(ctx, s, cfg, n)
 		}
-		if err := s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: nets, Replace: true}); err == nil {
-			return g.ensureSpokeStatement(ctx, s, n)
-		}
+		return s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: nets, Replace: true})
 	}
-	_ = g.deleteNeighborPolicy(ctx, s, cfg, n) // a previous run's leftovers
+	if cur != (spokePolicy{}) {
+		_ = g.deleteNeighborPolicy(ctx, s, cfg, n) // what a failed attempt left
+	}
 	if len(nets.Prefixes) == 0 {
 		return nil
 	}
@@ -182,27 +192,38 @@ func (g *GoBGP) setNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg 
 		DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nbrSet, List: []string{host}}}); err != nil {
 		return fmt.Errorf("bgp: neighbour set of %s: %w", n.Address, err)
 	}
+	g.markSpokePolicy(n.Address, func(p *spokePolicy) { p.nbr = true })
 	if err := s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: nets}); err != nil {
 		return fmt.Errorf("bgp: networks of %s: %w", n.Address, err)
 	}
-	return g.ensureSpokeStatement(ctx, s, n)
+	g.markSpokePolicy(n.Address, func(p *spokePolicy) { p.nets = true })
+	return g.addSpokeStatement(ctx, s, n)
 }
 
-// ensureSpokeStatement adds a spoke's accepting statement to the import
-// policy unless it is there.
-func (g *GoBGP) ensureSpokeStatement(ctx context.Context, s *server.BgpServer, n Neighbor) error {
-	nbrSet, netSet, stmt := spokeNames(n.Address)
-	found := false
-	_ = s.ListStatement(ctx, &api.ListStatementRequest{Name: stmt}, func(*api.Statement) { found = true })
-	if found {
-		return nil
+// markSpokePolicy changes what is recorded of a spoke's policy objects.
+func (g *GoBGP) markSpokePolicy(a netip.Addr, f func(*spokePolicy)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	p := g.spokePol[a]
+	f(&p)
+	if p == (spokePolicy{}) {
+		delete(g.spokePol, a)
+	} else {
+		g.spokePol[a] = p
 	}
+}
+
+// addSpokeStatement adds a spoke's accepting statement to the import
+// policy.
+func (g *GoBGP) addSpokeStatement(ctx context.Context, s *server.BgpServer, n Neighbor) error {
+	nbrSet, netSet, stmt := spokeNames(n.Address)
 	st := &api.Statement{Name: stmt,
 		Conditions: &api.Conditions{NeighborSet: matchSet(nbrSet, api.MatchSet_TYPE_ANY), PrefixSet: matchSet(netSet, api.MatchSet_TYPE_ANY)},
 		Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}}
 	if err := s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: policyImport, Statements: []*api.Statement{st}}}); err != nil {
 		return fmt.Errorf("bgp: filter of %s: %w", n.Address, err)
 	}
+	g.markSpokePolicy(n.Address, func(p *spokePolicy) { p.stmt = true })
 	return nil
 }
 
@@ -219,22 +240,34 @@ func (g *GoBGP) deleteNeighborPolicy(ctx context.Context, s *server.BgpServer, c
 			DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: setHubs, List: []string{host}}})
 	}
 	nbrSet, netSet, stmt := spokeNames(n.Address)
+	g.mu.Lock()
+	cur := g.spokePol[n.Address]
+	g.mu.Unlock()
 	var errs []error
-	found := false
-	_ = s.ListStatement(ctx, &api.ListStatementRequest{Name: stmt}, func(*api.Statement) { found = true })
-	if found {
-		errs = append(errs, s.DeletePolicy(ctx, &api.DeletePolicyRequest{
-			Policy: &api.Policy{Name: policyImport, Statements: []*api.Statement{{Name: stmt}}}}))
-	}
-	for _, d := range []*api.DefinedSet{
-		{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nbrSet},
-		{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: netSet},
-	} {
-		exists := false
-		_ = s.ListDefinedSet(ctx, &api.ListDefinedSetRequest{DefinedType: d.DefinedType, Name: d.Name}, func(*api.DefinedSet) { exists = true })
-		if exists {
-			errs = append(errs, s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: d, All: true}))
+	if cur.stmt {
+		if err := s.DeletePolicy(ctx, &api.DeletePolicyRequest{
+			Policy: &api.Policy{Name: policyImport, Statements: []*api.Statement{{Name: stmt}}}}); err != nil {
+			errs = append(errs, err)
+		} else {
+			g.markSpokePolicy(n.Address, func(p *spokePolicy) { p.stmt = false })
 		}
+	}
+	for _, d := range []struct {
+		set   *api.DefinedSet
+		there bool
+		clear func(*spokePolicy)
+	}{
+		{&api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nbrSet}, cur.nbr, func(p *spokePolicy) { p.nbr = false }},
+		{&api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: netSet}, cur.nets, func(p *spokePolicy) { p.nets = false }},
+	} {
+		if !d.there {
+			continue
+		}
+		if err := s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: d.set, All: true}); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		g.markSpokePolicy(n.Address, d.clear)
 	}
 	return errors.Join(errs...)
 }
