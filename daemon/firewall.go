@@ -167,18 +167,23 @@ func (d *Daemon) firewallRolledBack(src any) {
 	}
 }
 
-// firewallStep is the reload's firewall step: the new section and
-// management ports put in force, the old ones back on undo (nil when
-// neither changed or the node runs without a firewall).
+// firewallStep is the reload's firewall step: the new section, management
+// ports and uplinks (interfaces, marks, masquerade) put in force, the old
+// ones back on undo (nil when none changed or the node runs without a
+// firewall).
 func (d *Daemon) firewallStep(old, cfg Config) *step {
 	m := d.Firewall()
-	if m == nil || reflect.DeepEqual(old.Firewall, cfg.Firewall) && slices.Equal(old.ManagementPorts, cfg.ManagementPorts) {
+	if m == nil || reflect.DeepEqual(old.Firewall, cfg.Firewall) && slices.Equal(old.ManagementPorts, cfg.ManagementPorts) &&
+		reflect.DeepEqual(old.Uplinks, cfg.Uplinks) {
 		return nil
 	}
 	put := func(ctx context.Context, c Config) error {
 		f := m.Facts()
 		f.ManagementPorts = c.ManagementPorts
-		if !slices.Equal(m.Facts().ManagementPorts, f.ManagementPorts) {
+		if c.Uplinks != nil {
+			f.Uplinks = firewallUplinks(*c.Uplinks)
+		}
+		if !reflect.DeepEqual(m.Facts(), f) {
 			if err := m.SetFacts(ctx, f); err != nil {
 				return err
 			}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"github.com/opendmvpn/dmvpn/failover"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -118,8 +119,16 @@ func diff(old, cfg Config) (changes, restart []string) {
 	if !slices.Equal(old.ManagementPorts, cfg.ManagementPorts) {
 		changes = append(changes, "management ports")
 	}
-	if !reflect.DeepEqual(old.Uplinks, cfg.Uplinks) {
-		restart = append(restart, "uplinks")
+	switch {
+	case (old.Uplinks == nil) != (cfg.Uplinks == nil):
+		restart = append(restart, "uplinks on or off")
+	case old.Uplinks != nil && !reflect.DeepEqual(*old.Uplinks, *cfg.Uplinks):
+		o, n := old.Uplinks.WithDefaults(), cfg.Uplinks.WithDefaults()
+		if o.RulePriority != n.RulePriority || o.Protocol != n.Protocol || o.MarkMask != n.MarkMask {
+			restart = append(restart, "uplinks' rule priority, route protocol or mark mask")
+		} else {
+			changes = append(changes, uplinkChanges(o, n)...)
+		}
 	}
 	if !reflect.DeepEqual(old.Networks, cfg.Networks) {
 		changes = append(changes, "networks")
@@ -128,4 +137,35 @@ func diff(old, cfg Config) (changes, restart []string) {
 		changes = append(changes, "registration policy")
 	}
 	return changes, restart
+}
+
+// uplinkChanges words the changes between two uplink configurations
+// (defaults filled in), one per uplink added, removed or changed.
+func uplinkChanges(old, cfg failover.Config) []string {
+	var out []string
+	was := map[string]failover.Uplink{}
+	for _, u := range old.Uplinks {
+		was[u.Name] = u
+	}
+	for _, u := range cfg.Uplinks {
+		o, ok := was[u.Name]
+		delete(was, u.Name)
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("uplink %s on %s added", u.Name, u.Interface))
+		case o.Interface != u.Interface:
+			out = append(out, fmt.Sprintf("uplink %s moved from %s to %s", u.Name, o.Interface, u.Interface))
+		case !reflect.DeepEqual(o, u):
+			out = append(out, fmt.Sprintf("uplink %s changed", u.Name))
+		}
+	}
+	for _, u := range old.Uplinks {
+		if _, ok := was[u.Name]; ok {
+			out = append(out, fmt.Sprintf("uplink %s on %s removed", u.Name, u.Interface))
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, "uplinks' order")
+	}
+	return out
 }

@@ -43,8 +43,9 @@ type credentialLoader interface {
 type reloadPlan struct {
 	cfg     Config
 	changes []string
-	// engine says the engine's configuration changed.
-	engine bool
+	// engine says the engine's configuration changed, uplinks the
+	// uplinks'.
+	engine, uplinks bool
 	// creds is the credential set to load (nil: unchanged), oldCreds the
 	// set in force to load back on rollback.
 	creds, oldCreds *ipsec.Credentials
@@ -73,7 +74,13 @@ func planReload(old, cfg Config, creds credentialLoader, fw *firewall.Manager) (
 			return nil, err
 		}
 	}
-	p := &reloadPlan{cfg: cfg, changes: changes, engine: !reflect.DeepEqual(old.NHRP, cfg.NHRP)}
+	if cfg.Uplinks != nil {
+		if err := cfg.Uplinks.WithDefaults().Validate(); err != nil {
+			return nil, err
+		}
+	}
+	p := &reloadPlan{cfg: cfg, changes: changes, engine: !reflect.DeepEqual(old.NHRP, cfg.NHRP),
+		uplinks: !reflect.DeepEqual(old.Uplinks, cfg.Uplinks)}
 	if creds != nil {
 		cur := creds.Credentials()
 		next, err := creds.ReadCredentials()
@@ -185,9 +192,10 @@ func (e *RestartError) Reasons() []string {
 // Reload applies a new configuration, all or nothing: everything is
 // validated and prepared first (the configuration, the settings that
 // would need a restart, the credential files), then committed — the
-// credentials into charon, the engine's configuration, the networks and
-// the registration policy — and what was committed is rolled back when a
-// later step fails. It returns what changed.
+// firewall, the uplinks (routes, rules and probing), the credentials into
+// charon, the engine's configuration, the networks and the registration
+// policy — and what was committed is rolled back when a later step fails.
+// It returns what changed.
 func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
@@ -199,6 +207,15 @@ func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 		return nil, nil
 	}
 	steps := p.commitSteps(old.NHRP, eng, creds)
+	if mon := d.Uplinks(); mon != nil && p.uplinks {
+		// The uplinks' routes and rules before the engine: it takes its
+		// NBMA addresses from them.
+		steps = append([]step{{
+			name: "reconfiguring the uplinks",
+			do:   func(ctx context.Context) error { return mon.Reconfigure(ctx, *p.cfg.Uplinks) },
+			undo: func(ctx context.Context) error { return mon.Reconfigure(ctx, *old.Uplinks) },
+		}}, steps...)
+	}
 	if fw := d.firewallStep(old, p.cfg); fw != nil {
 		// The firewall first: the kernel may refuse its rules.
 		steps = append([]step{*fw}, steps...)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/ipsec"
@@ -238,5 +239,52 @@ func TestRunStepsOrder(t *testing.T) {
 	want := []string{"do a", "do b", "do c", "undo c", "undo b", "undo a"}
 	if diff := cmp.Diff(want, log); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestReloadPlanUplinks: uplinks added, removed or changed are a live
+// change, worded per uplink; what names their kernel state (rule
+// priority, route protocol, mark mask) and turning them on or off need a
+// restart; an invalid list is refused before anything is applied.
+func TestReloadPlanUplinks(t *testing.T) {
+	probes := []netip.Addr{netip.MustParseAddr("192.0.2.253")}
+	old := baseConfig()
+	old.Uplinks = &failover.Config{Uplinks: []failover.Uplink{
+		{Name: "isp1", Interface: "wan0", Probes: probes},
+		{Name: "isp2", Interface: "wan1", Probes: probes, Preference: 1},
+	}}
+	with := func(edit func(*failover.Config)) Config {
+		c := old
+		u := *old.Uplinks
+		u.Uplinks = slices.Clone(u.Uplinks)
+		edit(&u)
+		c.Uplinks = &u
+		return c
+	}
+	p, err := planReload(old, with(func(c *failover.Config) {
+		c.Uplinks[0].Weight = 3
+		c.Uplinks = append(c.Uplinks[:1], failover.Uplink{Name: "isp3", Interface: "wan2", Probes: probes})
+	}), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"uplink isp1 changed", "uplink isp3 on wan2 added", "uplink isp2 on wan1 removed"}; !p.uplinks || !cmp.Equal(p.changes, want) {
+		t.Errorf("plan: uplinks %v, changes %q, want %q", p.uplinks, p.changes, want)
+	}
+	for name, tc := range map[string]struct {
+		cfg  Config
+		want string
+	}{
+		"rule priority": {with(func(c *failover.Config) { c.RulePriority = 2000 }), "uplinks' rule priority, route protocol or mark mask: needs a restart"},
+		"off":           {func() Config { c := old; c.Uplinks = nil; return c }(), "uplinks on or off: needs a restart"},
+	} {
+		_, err := planReload(old, tc.cfg, nil, nil)
+		var re *RestartError
+		if !errors.As(err, &re) || !slices.Equal(re.Reasons(), []string{tc.want}) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+	if _, err := planReload(old, with(func(c *failover.Config) { c.Uplinks[1].Probes = nil }), nil, nil); !errors.Is(err, failover.ErrConfig) {
+		t.Errorf("an uplink without probe hosts: %v", err)
 	}
 }

@@ -34,6 +34,9 @@ const (
 	DefaultMarkMask = 0x0000ff00
 	// MaxWeight is the largest multipath weight the kernel takes.
 	MaxWeight = 256
+	// MaxUplinks is the most uplinks a node has: the rule priorities of
+	// that many are the uplinks' from the start, so a reload can add one.
+	MaxUplinks = 16
 )
 
 // ErrConfig wraps configuration errors.
@@ -173,8 +176,11 @@ func (c Config) Validate() error {
 	if c.MarkMask&0x42 != 0 {
 		bad("mark mask %#x overlaps charon's mark 0x42", c.MarkMask)
 	}
-	if c.RulePriority < 223 || c.RulePriority+rulesPerUplink*len(c.Uplinks)+rulesFirst >= 32766 {
-		bad("rule priority %d: the uplinks' rules must fall between 223 and 32765", c.RulePriority)
+	if c.RulePriority < 223 || c.RulePriority+rulesPerUplink*MaxUplinks+rulesFirst > 32766 {
+		bad("rule priority %d: the uplinks' rules (%d of them) must fall between 223 and 32765", c.RulePriority, rulesPerUplink*MaxUplinks+rulesFirst)
+	}
+	if len(c.Uplinks) > MaxUplinks {
+		bad("%d uplinks: at most %d", len(c.Uplinks), MaxUplinks)
 	}
 	names, ifs, tables, marks := map[string]bool{}, map[string]bool{}, map[int]bool{}, map[uint32]bool{}
 	for i, u := range c.Uplinks {

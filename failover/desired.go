@@ -130,11 +130,12 @@ func (d Desired) HostConfig() *host.Config {
 	return &host.Config{Rules: slices.Clone(d.Rules), Routes: slices.Clone(d.Routes), Sysctls: slices.Clone(d.Sysctls)}
 }
 
-// Owner is what the uplinks own in the kernel: the rule priorities of c
-// (see the table above) and its route protocol.
+// Owner is what the uplinks own in the kernel: the rule priorities of
+// MaxUplinks uplinks from c's (see the table above, so a reload can add
+// uplinks) and its route protocol.
 func (c Config) Owner() host.Owner {
 	o := host.Owner{Name: "failover", RouteProtocol: c.Protocol}
-	for p := c.RulePriority; p < c.RulePriority+rulesFirst+rulesPerUplink*len(c.Uplinks); p++ {
+	for p := c.RulePriority; p < c.RulePriority+rulesFirst+rulesPerUplink*MaxUplinks; p++ {
 		o.RulePriorities = append(o.RulePriorities, p)
 	}
 	return o

@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -153,18 +154,39 @@ func TestDesiredUnusable(t *testing.T) {
 	}
 }
 
-// The owner claims exactly the priorities the rules use.
+// The owner claims the priorities the rules of MaxUplinks uplinks use,
+// whatever the number configured now (a reload may add uplinks), and no
+// other.
 func TestOwner(t *testing.T) {
 	c := twoUplinks(0, 1)
 	o := c.Owner()
-	d := desired(c, views(c, StateUp, StateUp))
-	for _, r := range d.Rules {
+	if o.RouteProtocol != DefaultProtocol {
+		t.Errorf("owner's route protocol %d", o.RouteProtocol)
+	}
+	full := c
+	for i := len(full.Uplinks); i < MaxUplinks; i++ {
+		u := c.Uplinks[0]
+		u.Name, u.Interface, u.Table, u.Mark = fmt.Sprintf("isp%d", i+1), fmt.Sprintf("wan%d", i), 0, 0
+		full.Uplinks = append(full.Uplinks, u)
+	}
+	full = Config{Uplinks: full.Uplinks}.WithDefaults()
+	if err := full.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var vs []view
+	for i, u := range full.Uplinks {
+		vs = append(vs, view{cfg: u, index: 10 + i, addr: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + 16*i)}), 28),
+			gateway: netip.AddrFrom4([4]byte{198, 51, 100, byte(14 + 16*i)})})
+	}
+	used := map[int]bool{}
+	for _, r := range desired(full, vs).Rules {
+		used[r.Priority] = true
 		if !slices.Contains(o.RulePriorities, r.Priority) {
 			t.Errorf("rule %v outside the owner's priorities %v", r, o.RulePriorities)
 		}
 	}
-	if len(o.RulePriorities) != len(d.Rules) || o.RouteProtocol != DefaultProtocol {
-		t.Errorf("owner %+v for %d rules", o, len(d.Rules))
+	if len(used) != len(o.RulePriorities) {
+		t.Errorf("the owner claims %d priorities, %d uplinks use %d", len(o.RulePriorities), MaxUplinks, len(used))
 	}
 }
 

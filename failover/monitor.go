@@ -42,7 +42,11 @@ type Monitor struct {
 	replyCh chan uplinkReply
 	done    chan struct{}
 	running chan struct{}
-	dropped atomic.Uint64 // replies dropped because the loop was behind
+	// applierDone is closed when the applier has stopped.
+	applierDone chan struct{}
+	dropped     atomic.Uint64 // replies dropped because the loop was behind
+
+	cfgNow atomic.Pointer[Config]
 
 	nbma    atomic.Pointer[[]netip.Addr]
 	applied atomic.Pointer[Desired]
@@ -56,6 +60,7 @@ type Monitor struct {
 	posted  Desired
 	hasPost bool
 	downs   []flushTarget // uplinks that went down since the last post
+	gens    uint64        // probers opened
 }
 
 // uplink is one uplink as the loop keeps it.
@@ -64,6 +69,8 @@ type uplink struct {
 	link    Link
 	gateway netip.Addr // configured, learnt, or remembered
 	probe   Prober
+	// gen names the prober: its replies carry it.
+	gen uint64
 	// opened is the link the prober was opened for.
 	opened  Link
 	openErr string
@@ -71,8 +78,8 @@ type uplink struct {
 }
 
 type uplinkReply struct {
-	i int
-	r Reply
+	gen uint64
+	r   Reply
 }
 
 // flushTarget is an uplink whose connections to end.
@@ -87,6 +94,9 @@ type applyReq struct {
 	d      Desired
 	reason string
 	downs  []flushTarget
+	// done get the result of the apply (buffered: the applier does not
+	// wait).
+	done []chan error
 }
 
 // New returns a monitor. Run starts it.
@@ -104,8 +114,10 @@ func New(cfg Config, deps Deps) (*Monitor, error) {
 	m := &Monitor{
 		cfg: cfg, deps: deps, log: deps.Logger,
 		reqCh: make(chan func()), replyCh: make(chan uplinkReply, 1024),
-		done: make(chan struct{}), running: make(chan struct{}), applyWake: make(chan struct{}, 1),
+		done: make(chan struct{}), running: make(chan struct{}), applierDone: make(chan struct{}),
+		applyWake: make(chan struct{}, 1),
 	}
+	m.cfgNow.Store(&cfg)
 	now := time.Now()
 	for _, u := range cfg.Uplinks {
 		m.ups = append(m.ups, &uplink{p: newProber(u, now), gateway: u.Gateway})
@@ -113,8 +125,9 @@ func New(cfg Config, deps Deps) (*Monitor, error) {
 	return m, nil
 }
 
-// Config returns the configuration with its defaults.
-func (m *Monitor) Config() Config { return m.cfg }
+// Config returns the configuration in force, with its defaults. It is
+// safe to call from any goroutine.
+func (m *Monitor) Config() Config { return *m.cfgNow.Load() }
 
 // NBMA returns this node's NBMA addresses as the kernel routes them now:
 // the active uplink's first, then the other usable uplinks'. It is safe to
@@ -135,16 +148,15 @@ func (m *Monitor) Done() <-chan struct{} { return m.done }
 func (m *Monitor) Run(ctx context.Context) error {
 	defer close(m.done)
 	applyCtx, stopApply := context.WithCancel(ctx)
-	applied := make(chan struct{})
-	go func() { defer close(applied); m.applier(applyCtx) }()
+	go func() { defer close(m.applierDone); m.applier(applyCtx) }()
 	defer func() {
 		stopApply()
-		<-applied
+		<-m.applierDone
 	}()
 
 	now := time.Now()
-	for i := range m.ups {
-		m.refresh(ctx, i, now)
+	for _, u := range m.ups {
+		m.refresh(ctx, u, now)
 	}
 	m.publish("starting")
 	close(m.running)
@@ -164,12 +176,16 @@ func (m *Monitor) Run(ctx context.Context) error {
 		case f := <-m.reqCh:
 			f()
 		case r := <-m.replyCh:
-			m.ups[r.i].p.reply(r.r.Host, r.r.Seq, r.r.At)
+			for _, u := range m.ups {
+				if u.gen == r.gen && u.probe != nil {
+					u.p.reply(r.r.Host, r.r.Seq, r.r.At)
+				}
+			}
 		case <-changes:
 			now := time.Now()
 			changed := false
-			for i := range m.ups {
-				changed = m.refresh(ctx, i, now) || changed
+			for _, u := range m.ups {
+				changed = m.refresh(ctx, u, now) || changed
 			}
 			if changed {
 				m.publish("the kernel's links, addresses or routes changed")
@@ -248,21 +264,14 @@ func (m *Monitor) send(u *uplink, hosts []netip.Addr) {
 // refresh reads an uplink's interface from the kernel, blocks or unblocks
 // it, and (re)opens its prober when the interface or address changed. It
 // reports whether anything the desired state depends on changed.
-func (m *Monitor) refresh(ctx context.Context, i int, now time.Time) bool {
-	u := m.ups[i]
+func (m *Monitor) refresh(ctx context.Context, u *uplink, now time.Time) bool {
 	c := u.p.cfg
 	l, err := m.deps.Kernel.Link(ctx, c.Interface)
 	if err != nil {
 		l = Link{}
 		m.log.Debug("reading the uplink's interface", zap.String("uplink", c.Name), zap.Error(err))
 	}
-	gw := c.Gateway
-	if !gw.IsValid() {
-		gw = l.Gateway
-	}
-	if !gw.IsValid() {
-		gw = u.gateway // learnt before, while the default route was there
-	}
+	gw := gatewayOf(c, l, u.gateway)
 	changed := l != u.link || gw != u.gateway
 	u.link, u.gateway = l, gw
 	why := ""
@@ -286,9 +295,11 @@ func (m *Monitor) refresh(ctx context.Context, i int, now time.Time) bool {
 		u.opened = l
 		u.openErr = ""
 		if l.Index > 0 && l.Addr.IsValid() {
+			m.gens++
+			gen := m.gens
 			p, err := m.deps.Probers.Open(c, l, func(r Reply) {
 				select {
-				case m.replyCh <- uplinkReply{i, r}:
+				case m.replyCh <- uplinkReply{gen, r}:
 				default:
 					m.dropped.Add(1)
 				}
@@ -297,11 +308,24 @@ func (m *Monitor) refresh(ctx context.Context, i int, now time.Time) bool {
 				u.openErr = err.Error()
 				m.log.Warn("cannot probe through the uplink", zap.String("uplink", c.Name), zap.Error(err))
 			} else {
-				u.probe = p
+				u.probe, u.gen = p, gen
 			}
 		}
 	}
 	return changed
+}
+
+// gatewayOf is an uplink's gateway: the configured one, else the one the
+// kernel's default route through its interface names, else the one learnt
+// before (while that route was there).
+func gatewayOf(c Uplink, l Link, learnt netip.Addr) netip.Addr {
+	switch {
+	case c.Gateway.IsValid():
+		return c.Gateway
+	case l.Gateway.IsValid():
+		return l.Gateway
+	}
+	return learnt
 }
 
 func (u *uplink) closeProbe() {
@@ -340,9 +364,13 @@ func (m *Monitor) views() []view {
 
 // publish computes the desired state and hands it to the applier when it
 // differs from the last one (or connections must be ended).
-func (m *Monitor) publish(reason string) {
+func (m *Monitor) publish(reason string) { m.post(reason, nil) }
+
+// post is publish; with done set, the state is handed over in any case and
+// done gets the result of its apply.
+func (m *Monitor) post(reason string, done chan error) {
 	d := desired(m.cfg, m.views())
-	if m.hasPost && reflect.DeepEqual(d, m.posted) && len(m.downs) == 0 {
+	if done == nil && m.hasPost && reflect.DeepEqual(d, m.posted) && len(m.downs) == 0 {
 		return
 	}
 	if reason == "" {
@@ -350,10 +378,14 @@ func (m *Monitor) publish(reason string) {
 	}
 	m.posted, m.hasPost = d, true
 	req := &applyReq{d: d, reason: reason, downs: m.downs}
+	if done != nil {
+		req.done = []chan error{done}
+	}
 	m.downs = nil
 	m.applyMu.Lock()
 	if m.applyNext != nil {
 		req.downs = append(m.applyNext.downs, req.downs...)
+		req.done = append(m.applyNext.done, req.done...)
 	}
 	m.applyNext = req
 	m.applyMu.Unlock()
@@ -361,94 +393,6 @@ func (m *Monitor) publish(reason string) {
 	case m.applyWake <- struct{}{}:
 	default:
 	}
-}
-
-// applyRetry is how long a failed apply waits before it is tried again
-// (unless a newer state comes first).
-const applyRetry = time.Second
-
-// applier applies the newest desired state, ends the connections of the
-// uplinks that went down, and reports it, until ctx is done.
-func (m *Monitor) applier(ctx context.Context) {
-	var last *Desired
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
-	defer retry.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-m.applyWake:
-		case <-retry.C:
-		}
-		m.applyMu.Lock()
-		req := m.applyNext
-		m.applyNext = nil
-		m.applyMu.Unlock()
-		if req == nil {
-			continue
-		}
-		if err := m.deps.Host.SetUplinks(ctx, req.d); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			m.log.Warn("applying the uplinks' routes and rules", zap.Error(err))
-			m.applyMu.Lock()
-			if m.applyNext == nil {
-				m.applyNext = req
-			} else {
-				m.applyNext.downs = append(req.downs, m.applyNext.downs...)
-			}
-			m.applyMu.Unlock()
-			retry.Reset(applyRetry)
-			continue
-		}
-		d := req.d
-		m.applied.Store(&d)
-		m.nbma.Store(&d.NBMA)
-		flushed := m.flush(ctx, req.downs, d)
-		a := Applied{Time: time.Now(), Main: d.Main, Flushed: flushed, Reason: req.reason}
-		if len(d.NBMA) > 0 {
-			a.NBMA = d.NBMA[0]
-		}
-		a.Old = a.NBMA
-		if last != nil {
-			a.Old = netip.Addr{}
-			if len(last.NBMA) > 0 {
-				a.Old = last.NBMA[0]
-			}
-		}
-		if last == nil || !slices.Equal(last.Main, d.Main) || a.Old != a.NBMA {
-			m.log.Info("uplinks applied", zap.Strings("default_via", d.Main), zap.Bool("fail_open", d.FailOpen),
-				zap.Stringer("nbma", a.NBMA), zap.Int("connections_ended", flushed), zap.String("reason", req.reason))
-		}
-		last = &d
-		for _, o := range m.deps.Observers {
-			o.Applied(a)
-		}
-	}
-}
-
-// flush ends the connections of the uplinks that went down and do not
-// carry the default route now.
-func (m *Monitor) flush(ctx context.Context, downs []flushTarget, d Desired) int {
-	if m.deps.Conntrack == nil {
-		return 0
-	}
-	n := 0
-	done := map[netip.Addr]bool{}
-	for _, f := range downs {
-		if slices.Contains(d.Main, f.name) || done[f.addr] {
-			continue // fail open: it carries traffic again
-		}
-		done[f.addr] = true
-		c, err := m.deps.Conntrack.Flush(ctx, f.addr, f.mark, m.cfg.MarkMask)
-		if err != nil {
-			m.log.Warn("ending the connections of a failed uplink", zap.String("uplink", f.name), zap.Error(err))
-		}
-		n += c
-	}
-	return n
 }
 
 // Applied returns the desired state the kernel carries now (nil before

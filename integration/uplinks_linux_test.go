@@ -158,8 +158,11 @@ func checkNoLoss(t testing.TB, out string, n int) {
 
 // TestUplinkBalance: both uplinks preferred alike, weighted 3:1 — new
 // flows from s1's LAN spread over both (about three in four through
-// isp1), each masqueraded to its uplink's address; with isp2 cut, every
-// new flow takes isp1.
+// isp1), each masqueraded to its uplink's address. Reloads change the
+// uplinks live: isp2 removed (every new flow through isp1), then back
+// weighted 1:3 (about one in four through isp1 once isp2's probes prove
+// it, masqueraded again: the firewall follows). With isp2 cut, every new
+// flow takes isp1.
 func TestUplinkBalance(t *testing.T) {
 	r := newFailoverRig(t, "userspace", true)
 	waitFor(t, 10*time.Second, "a multipath default over both uplinks", func() bool {
@@ -189,6 +192,31 @@ func TestUplinkBalance(t *testing.T) {
 	t.Logf("%d new flows: %d through isp1, %d through isp2 (%.0f%% through isp1, weights 3:1)", n, d1, d2, 100*share)
 	if share < 0.6 || share > 0.9 {
 		t.Errorf("isp1 took %.0f%% of the new flows, want about 75%% (weights 3:1)", 100*share)
+	}
+
+	// Reloads: isp2 removed, then back with the weights reversed.
+	changes, err := r.s1.reload(s1UplinksYAML("userspace", 1, 0, 0) + r.s1PKI)
+	if err != nil || !slices.Equal(changes, []string{"uplink isp1 changed", "uplink isp2 on wan1 removed"}) {
+		t.Fatalf("reload without isp2: %v, changes %q", err, changes)
+	}
+	if via := r.via(); !slices.Equal(via, []string{"isp1"}) {
+		t.Errorf("default via %v once the reload without isp2 returned, want isp1", via)
+	}
+	if d1, d2 = send(); d2 != 0 {
+		t.Errorf("%d new flows through isp2 after its removal", d2)
+	}
+	changes, err = r.s1.reload(s1UplinksYAML("userspace", 1, 3, 0) + r.s1PKI)
+	if err != nil || !slices.Equal(changes, []string{"uplink isp2 on wan1 added"}) {
+		t.Fatalf("reload with isp2 back: %v, changes %q", err, changes)
+	}
+	waitFor(t, 10*time.Second, "isp2 up and in the multipath default again", func() bool {
+		return slices.Equal(r.via(), []string{"isp1", "isp2"})
+	})
+	d1, d2 = send()
+	share = float64(d1) / float64(d1+d2)
+	t.Logf("after the reloads, %d new flows: %d through isp1, %d through isp2 (%.0f%% through isp1, weights 1:3)", n, d1, d2, 100*share)
+	if share < 0.1 || share > 0.4 {
+		t.Errorf("isp1 took %.0f%% of the new flows, want about 25%% (weights 1:3)", 100*share)
 	}
 	r.cut("isp2", testbed.CutDrop)
 	waitFor(t, 10*time.Second, "the default through isp1 alone", func() bool { return slices.Equal(r.via(), []string{"isp1"}) })

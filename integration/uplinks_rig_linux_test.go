@@ -46,6 +46,8 @@ type failoverRig struct {
 	hub    *daemonNode
 	s1, s2 *daemonNode
 	pki    *testPKI
+	// s1PKI is the IPsec part of s1's configuration.
+	s1PKI string
 	// server counts, on inet's input, what reaches the internet server
 	// through each ISP (by the masqueraded source address).
 	server *nftCounters
@@ -60,27 +62,37 @@ type failoverRig struct {
 // s1YAML is s1's configuration: two uplinks (isp2 standing by unless
 // balanced: then both carry new flows, weighted 3:1) and a firewall.
 func s1YAML(dataplane string, balanced bool) string {
-	pref2, w1 := 1, 1
 	if balanced {
-		pref2, w1 = 0, 3
+		return s1UplinksYAML(dataplane, 3, 1, 0)
 	}
+	return s1UplinksYAML(dataplane, 1, 1, 1)
+}
+
+// s1UplinksYAML is s1's configuration with isp1 weighted w1 and isp2
+// weighted w2 at preference pref2; w2 0: without isp2.
+func s1UplinksYAML(dataplane string, w1, w2, pref2 int) string {
 	probes := "[192.0.2.253, 192.0.2.254, 203.0.113.253]"
-	return spokeYAML("s1", dataplane, foS1Tunnel.String(), foS1LAN.String()) + fmt.Sprintf(`uplinks:
+	y := spokeYAML("s1", dataplane, foS1Tunnel.String(), foS1LAN.String()) + fmt.Sprintf(`uplinks:
   - name: isp1
     interface: wan0
     probes: %s
     weight: %d
     masquerade: true
-  - name: isp2
+`, probes, w1)
+	if w2 > 0 {
+		y += fmt.Sprintf(`  - name: isp2
     interface: wan1
     gateway: 203.0.113.78
     probes: %s
+    weight: %d
     preference: %d
     masquerade: true
-firewall:
+`, probes, w2, pref2)
+	}
+	return y + `firewall:
   zones:
     lan: [lan0]
-`, probes, w1, probes, pref2)
+`
 }
 
 // newFailoverRig builds the topology and starts the hub and both spokes on
@@ -128,8 +140,8 @@ func newFailoverRig(t testing.TB, dataplane string, balanced bool) *failoverRig 
 		t.Fatal(err)
 	}
 	r.routes = watchRoutes(t, tb.Node("s1").NS)
-	r.s1 = startDaemon(t, bin, tb.Node("s1"), s1YAML(dataplane, balanced)+
-		r.pki.node("s1", "C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.1.0.0/24, CN=s1", ""))
+	r.s1PKI = r.pki.node("s1", "C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.1.0.0/24, CN=s1", "")
+	r.s1 = startDaemon(t, bin, tb.Node("s1"), s1YAML(dataplane, balanced)+r.s1PKI)
 	r.s2 = startDaemon(t, bin, tb.Node("s2"), spokeYAML("s2", dataplane, "10.0.0.12", "10.2.0.0/24")+
 		r.pki.node("s2", "C=FI, O=Example, OU=GRE=10.0.0.12, OU=AS=65012, OU=NET=10.2.0.0/24, CN=s2", ""))
 	for _, n := range []string{"s1", "s2"} {
@@ -410,4 +422,23 @@ func slowVM(d time.Duration) time.Duration {
 		return 4 * d
 	}
 	return d
+}
+
+// reload writes a node's new configuration and reloads it (POST
+// /v1/reload); it returns what changed.
+func (d *daemonNode) reload(yaml string) ([]string, error) {
+	d.t.Helper()
+	yaml = strings.ReplaceAll(yaml, "@SOCKET@", d.socket)
+	if err := os.WriteFile(d.config, []byte(yaml), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var rr control.ReloadResponse
+	err := d.client.Post(ctx, control.PathReload, control.ReloadRequest{}, &rr)
+	var ae *control.APIError
+	if errors.As(err, &ae) && len(ae.Reasons) > 0 {
+		err = fmt.Errorf("%w: %s", err, strings.Join(ae.Reasons, "; "))
+	}
+	return rr.Changes, err
 }

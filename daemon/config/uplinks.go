@@ -177,7 +177,12 @@ func (c *Config) uplinksChecks(d *decoder) {
 		d.errorAt("uplinks.mark_mask", "%#x overlaps charon's mark 0x42", u.MarkMask)
 	}
 	t := &c.Tunnel
-	first, last := u.RulePriority, u.RulePriority+2+2*len(u.List)-1
+	// The rules of failover.MaxUplinks uplinks are the uplinks' from the
+	// start, so a reload can add one.
+	first, last := u.RulePriority, u.RulePriority+2+2*failover.MaxUplinks-1
+	if len(u.List) > failover.MaxUplinks {
+		d.errorAt(base, "%d uplinks: at most %d", len(u.List), failover.MaxUplinks)
+	}
 	if t.ShortcutRulePriority >= first && t.ShortcutRulePriority <= last {
 		d.errorAt("uplinks.rule_priority", "the uplinks' rules take %d-%d, which holds tunnel.shortcut_rule_priority %d", first, last, t.ShortcutRulePriority)
 	}

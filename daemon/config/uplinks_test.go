@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -85,13 +86,15 @@ func TestBadUplinks(t *testing.T) {
 		{"mark outside the mask", "uplinks:\n  - interface: wan0\n    mark: 0x10000\n    probes: [192.0.2.1]\n", []string{
 			"line 11: uplinks[0].mark: 0x10000 must be non-zero and within the mark mask 0xff00"}},
 		{"rules over the shortcut rule", "uplinks:\n  rule_priority: 999\n  list:\n    - interface: wan0\n      probes: [192.0.2.1]\n", []string{
-			"line 10: uplinks.rule_priority: the uplinks' rules take 999-1002, which holds tunnel.shortcut_rule_priority 1000"}},
+			"line 10: uplinks.rule_priority: the uplinks' rules take 999-1032, which holds tunnel.shortcut_rule_priority 1000"}},
 		{"bad name", "uplinks:\n  - interface: wan0\n    name: ISP One\n    probes: [192.0.2.1]\n", []string{
 			`line 11: uplinks[0].name: "ISP One": use 1-24 of a-z, 0-9, '_' and '-'`}},
 		{"multicast probe", "uplinks:\n  - interface: wan0\n    probes: [224.0.0.1]\n", []string{
 			"line 11: uplinks[0].probes[0]: 224.0.0.1: a probe host is a unicast IPv4 address"}},
 		{"hosts required", "uplinks:\n  - interface: wan0\n    hosts_required: 2\n    probes: [192.0.2.1]\n", []string{
 			"line 11: uplinks[0].hosts_required: 2 of 1 probe hosts"}},
+		{"too many", "uplinks:\n" + manyUplinks(failover.MaxUplinks+1), []string{
+			fmt.Sprintf("line 9: uplinks: %d uplinks: at most %d", failover.MaxUplinks+1, failover.MaxUplinks)}},
 		{"masquerade without the firewall", "uplinks:\n  - interface: wan0\n    masquerade: true\n    probes: [192.0.2.1]\n", []string{
 			"line 11: uplinks[0].masquerade: the firewall holds the NAT rules, and this node runs none (no firewall section and no IPsec, or firewall: off): add a firewall section"}},
 	} {
@@ -102,4 +105,13 @@ func TestBadUplinks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyUplinks lists n uplinks in the list form.
+func manyUplinks(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "  - interface: wan%d\n    probes: [192.0.2.1]\n", i)
+	}
+	return b.String()
 }

@@ -163,9 +163,10 @@ func (p *prober) Close() error {
 
 // Host records the desired states it is asked to apply.
 type Host struct {
-	mu   sync.Mutex
-	all  []failover.Desired
-	fail error
+	mu     sync.Mutex
+	all    []failover.Desired
+	fail   error
+	refuse func(failover.Desired) error
 }
 
 // SetUplinks implements failover.Host.
@@ -175,8 +176,21 @@ func (h *Host) SetUplinks(_ context.Context, d failover.Desired) error {
 	if h.fail != nil {
 		return h.fail
 	}
+	if h.refuse != nil {
+		if err := h.refuse(d); err != nil {
+			return err
+		}
+	}
 	h.all = append(h.all, d)
 	return nil
+}
+
+// Refuse makes SetUplinks fail for the states f returns an error for, as
+// a kernel refusing one route or rule would (nil: take every state).
+func (h *Host) Refuse(f func(failover.Desired) error) {
+	h.mu.Lock()
+	h.refuse = f
+	h.mu.Unlock()
 }
 
 // Fail makes SetUplinks fail with err (nil: succeed again).
