@@ -155,3 +155,16 @@ bench-ipsec: deps
 	$(BIN)/benchnhrp -ipsec -n $(or $(N),50) -rounds $(or $(ROUNDS),3)
 	$(GO) test -run '^$$' -bench 'IPsecHubRecovery' -benchtime 5x ./integration/
 	$(GO) test -run '^$$' -bench 'IPsecThroughput' -benchtime 1x ./integration/
+
+# BGP on the hub (root, FRR): N spokes simulated by a wire-level BGP
+# generator (GoBGP's packet codec) against our hub (the BGP controller on
+# GoBGP, routes through host) and against FRR's bgpd and zebra, ROUNDS
+# rounds each on fresh namespaces: one spoke from registration to its
+# session and its routes in the kernel, a withdrawal, an expiry, N spokes
+# × 4 prefixes at once, the FIB rate of 5,000 prefixes from one
+# neighbour, memory per neighbour; then hub1 killed on the lab, ROUNDS
+# times. Prints both columns' medians beside the goals and fails when one
+# of ours misses its goal.
+bench-bgp: deps build
+	$(GO) build -o $(BIN)/benchbgp ./integration/cmd/benchbgp
+	$(BIN)/benchbgp -n $(or $(N),1000) -rounds $(or $(ROUNDS),3) -failover $(or $(ROUNDS),3) -bin $(BIN)
