@@ -83,6 +83,10 @@ type Counters struct {
 	FastPath map[string]uint64 `json:",omitempty"`
 	// Drops by reason; absent reasons are zero.
 	Drops map[string]uint64
+	// NeighborFailures counts the neighbour entries the kernel refused,
+	// by reason (NeighborTableFull: its table is at gc_thresh3; absent
+	// where the backend keeps its own table).
+	NeighborFailures map[string]uint64 `json:",omitempty"`
 	// Peers holds per-NBMA counts where the backend keeps them (nil
 	// otherwise).
 	Peers []PeerCounters
@@ -100,6 +104,7 @@ type Stats struct {
 	Misses, MissesSuppressed atomic.Uint64
 	FragNeeded, RxSuper      atomic.Uint64
 	drops                    [numDropReasons]atomic.Uint64
+	neighFail                [len(neighborFailureNames)]atomic.Uint64
 
 	peersMu sync.Mutex
 	peers   atomic.Pointer[map[netip.Addr]*PeerStats]
@@ -112,6 +117,26 @@ const MaxPeerStats = 4096
 // PeerStats are the atomic per-peer counters.
 type PeerStats struct {
 	TxPackets, TxBytes, RxPackets, RxBytes atomic.Uint64
+}
+
+// NeighborTableFull is the NeighborFailures reason of an entry refused
+// because the kernel's neighbour table is full (ENOBUFS at gc_thresh3).
+const NeighborTableFull = "table_full"
+
+// neighborFailureNames are the reasons NeighborFailure counts.
+var neighborFailureNames = [...]string{NeighborTableFull, "no_answer", "error"}
+
+// NeighborFailure counts a neighbour entry refused for reason (one of
+// NeighborTableFull, "no_answer", "error"; anything else counts as
+// "error").
+func (s *Stats) NeighborFailure(reason string) {
+	for i, n := range neighborFailureNames {
+		if n == reason {
+			s.neighFail[i].Add(1)
+			return
+		}
+	}
+	s.neighFail[len(neighborFailureNames)-1].Add(1)
 }
 
 // Drop counts n packets dropped for reason r.
@@ -180,6 +205,14 @@ func (s *Stats) Snapshot() Counters {
 	for i := range s.drops {
 		if v := s.drops[i].Load(); v != 0 {
 			c.Drops[DropReason(i).String()] = v
+		}
+	}
+	for i := range s.neighFail {
+		if v := s.neighFail[i].Load(); v != 0 {
+			if c.NeighborFailures == nil {
+				c.NeighborFailures = map[string]uint64{}
+			}
+			c.NeighborFailures[neighborFailureNames[i]] = v
 		}
 	}
 	if m := s.peers.Load(); m != nil {

@@ -171,3 +171,20 @@ type PeerAliaser interface {
 type IPsecEnforcer interface {
 	RequireIPsec(isIPsec func(ifindex int) bool) error
 }
+
+// NeighborOp is one neighbour change of a batch: Neighbor set (added or
+// replaced), or, with Delete, the entry of Neighbor.Proto removed.
+type NeighborOp struct {
+	Neighbor
+	Delete bool
+}
+
+// NeighborBatcher is implemented by data planes that program many
+// neighbour entries at once for the cost of one (the kernel's: one netlink
+// message and one read of the answers per batch). A hub registering
+// thousands of spokes programs them through it.
+type NeighborBatcher interface {
+	// ApplyNeighbors applies ops in order and returns one error per op
+	// (nil: applied; deleting an absent entry is not an error).
+	ApplyNeighbors(ctx context.Context, ops []NeighborOp) []error
+}

@@ -22,6 +22,14 @@ type Tunnel interface {
 	DeleteRoute(ctx context.Context, r gre.Route) error
 }
 
+// NeighborBatcher is implemented by tunnels that program many neighbour
+// entries for the cost of one (gre.NeighborBatcher: the kernel data
+// plane's one netlink round trip per batch); the engine's kernel writer
+// hands them every queued neighbour change at once.
+type NeighborBatcher interface {
+	ApplyNeighbors(ctx context.Context, ops []gre.NeighborOp) []error
+}
+
 // RouteInfo is how an address is routed on this node.
 type RouteInfo struct {
 	// Prefix is the route that matched.

@@ -1,10 +1,13 @@
 package nhrp
 
 import (
+	"container/heap"
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -13,9 +16,14 @@ import (
 )
 
 // kernel applies neighbour entries and routes to the tunnel in its own
-// goroutine, so a slow netlink call never stalls the engine. Operations
-// on the same key are coalesced: only the latest desired state is applied.
-// A failed operation is retried after a pause.
+// goroutine, so a slow netlink call never stalls the engine and a refusal
+// never delays a reply. Operations on the same key are coalesced: only the
+// latest desired state is applied. Neighbour changes go to the tunnel in
+// batches when it takes them (NeighborBatcher: one netlink round trip for
+// hundreds of entries). A failed operation — a neighbour the kernel
+// refuses because its table is full, say — is retried with a growing pause
+// (up to kernRetryMax) for as long as it is the desired state; failures
+// are counted and logged at most once per kernLogEvery.
 type kernel struct {
 	tun     Tunnel
 	log     *zap.Logger
@@ -24,12 +32,18 @@ type kernel struct {
 	mu      sync.Mutex
 	want    map[kernKey]kernOp
 	order   []kernKey
+	retry   map[kernKey]kernOp // failed, waiting for their next attempt
+	retryQ  retryHeap
 	wake    chan struct{}
 	stop    chan struct{}
 	stopped chan struct{}
-	wg      sync.WaitGroup // retry and poll goroutines
-	// failures counts operations that failed (and were retried).
-	failures uint64
+	wg      sync.WaitGroup // poll goroutines
+	// failures counts operations that failed (each attempt).
+	failures atomic.Uint64
+	// logged is what failures was at the last log line, lastLog when.
+	logged  uint64
+	lastLog time.Time
+	lastErr error
 }
 
 // kernKey identifies a kernel object: a neighbour (by tunnel address) or
@@ -46,13 +60,25 @@ type kernOp struct {
 	neigh gre.Neighbor
 	route gre.Route
 	tries int
+	due   time.Time // next attempt of a failed operation
 }
+
+const (
+	// kernBatch is the most operations applied in one round.
+	kernBatch = 1024
+	// kernRetryMax caps the pause before a failed operation is tried
+	// again; the first is kernRetryMin, doubling after each failure.
+	kernRetryMin = 500 * time.Millisecond
+	kernRetryMax = 30 * time.Second
+	// kernLogEvery is how often failures are logged at most.
+	kernLogEvery = 10 * time.Second
+)
 
 func newKernel(tun Tunnel, log *zap.Logger, async chan<- func()) *kernel {
 	return &kernel{
 		tun: tun, log: log, asyncCh: async,
-		want: make(map[kernKey]kernOp), wake: make(chan struct{}, 1),
-		stop: make(chan struct{}), stopped: make(chan struct{}),
+		want: make(map[kernKey]kernOp), retry: make(map[kernKey]kernOp),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
 }
 
@@ -62,6 +88,7 @@ func (k *kernel) push(key kernKey, op kernOp) {
 		k.order = append(k.order, key)
 	}
 	k.want[key] = op
+	delete(k.retry, key) // superseded: the new desired state is tried now
 	k.mu.Unlock()
 	select {
 	case k.wake <- struct{}{}:
@@ -83,52 +110,138 @@ func (k *kernel) delRoute(r gre.Route) {
 	k.push(kernKey{route: r.Dst, table: r.Table}, kernOp{del: true, route: r})
 }
 
+// take returns the next batch: queued operations first, then failed ones
+// whose pause is over. It waits until there is one or the kernel stops
+// (nil).
+func (k *kernel) take() ([]kernKey, []kernOp) {
+	for {
+		k.mu.Lock()
+		now := time.Now()
+		for len(k.retryQ) > 0 && !k.retryQ[0].due.After(now) {
+			r := heap.Pop(&k.retryQ).(retryItem)
+			op, ok := k.retry[r.key]
+			if !ok || !op.due.Equal(r.due) {
+				continue // superseded
+			}
+			delete(k.retry, r.key)
+			if _, queued := k.want[r.key]; !queued {
+				k.order = append(k.order, r.key)
+				k.want[r.key] = op
+			}
+		}
+		if n := min(len(k.order), kernBatch); n > 0 {
+			keys := slices.Clone(k.order[:n])
+			k.order = k.order[n:]
+			if len(k.order) == 0 {
+				k.order = nil // let a long queue's array go
+			}
+			ops := make([]kernOp, n)
+			for i, key := range keys {
+				ops[i] = k.want[key]
+				delete(k.want, key)
+			}
+			k.mu.Unlock()
+			return keys, ops
+		}
+		var timer <-chan time.Time
+		if len(k.retryQ) > 0 {
+			timer = time.After(time.Until(k.retryQ[0].due))
+		}
+		k.mu.Unlock()
+		select {
+		case <-k.wake:
+		case <-timer:
+		case <-k.stop:
+			return nil, nil
+		}
+	}
+}
+
 // run applies queued operations until close.
 func (k *kernel) run() {
 	defer close(k.stopped)
+	batcher, _ := k.tun.(NeighborBatcher)
 	for {
-		k.mu.Lock()
-		if len(k.order) == 0 {
-			k.mu.Unlock()
-			select {
-			case <-k.wake:
+		keys, ops := k.take()
+		if keys == nil {
+			return
+		}
+		errs := make([]error, len(ops))
+		var nb []gre.NeighborOp
+		var nbIdx []int
+		for i, key := range keys {
+			if key.neigh.IsValid() && batcher != nil {
+				nb = append(nb, gre.NeighborOp{Neighbor: ops[i].neigh, Delete: ops[i].del})
+				nbIdx = append(nbIdx, i)
 				continue
-			case <-k.stop:
-				return
+			}
+			errs[i] = k.apply(key, ops[i])
+		}
+		if len(nb) > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			for j, err := range batcher.ApplyNeighbors(ctx, nb) {
+				errs[nbIdx[j]] = err
+			}
+			cancel()
+		}
+		for i, err := range errs {
+			if err != nil {
+				k.failed(keys[i], ops[i], err)
 			}
 		}
-		key := k.order[0]
-		k.order = k.order[1:]
-		op := k.want[key]
-		delete(k.want, key)
-		k.mu.Unlock()
-
-		if err := k.apply(key, op); err != nil {
-			k.mu.Lock()
-			k.failures++
-			k.mu.Unlock()
-			if op.tries < 5 {
-				k.log.Warn("kernel update failed, retrying", zap.String("op", op.String(key)), zap.Error(err))
-				op.tries++
-				k.wg.Add(1)
-				go func() {
-					defer k.wg.Done()
-					select {
-					case <-time.After(time.Duration(op.tries) * 500 * time.Millisecond):
-						k.mu.Lock()
-						_, newer := k.want[key]
-						k.mu.Unlock()
-						if !newer {
-							k.push(key, op)
-						}
-					case <-k.stop:
-					}
-				}()
-			} else {
-				k.log.Error("kernel update failed", zap.String("op", op.String(key)), zap.Error(err))
-			}
-		}
+		k.logFailures()
 	}
+}
+
+// failed schedules the next attempt of a failed operation, unless a newer
+// desired state was queued meanwhile.
+func (k *kernel) failed(key kernKey, op kernOp, err error) {
+	k.failures.Add(1)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.lastErr = fmt.Errorf("%s: %w", op.String(key), err)
+	if _, newer := k.want[key]; newer {
+		return
+	}
+	op.tries++
+	op.due = time.Now().Add(min(kernRetryMin<<min(op.tries-1, 10), kernRetryMax))
+	k.retry[key] = op
+	heap.Push(&k.retryQ, retryItem{key: key, due: op.due})
+}
+
+// logFailures logs the failures since the last line, at most once per
+// kernLogEvery: a full neighbour table refuses thousands of entries, and
+// each is retried; one line says how many and the last reason.
+func (k *kernel) logFailures() {
+	n := k.failures.Load()
+	if n == k.logged || time.Since(k.lastLog) < kernLogEvery {
+		return
+	}
+	k.mu.Lock()
+	last, pending := k.lastErr, len(k.retry)
+	k.mu.Unlock()
+	k.log.Warn("kernel updates failed; retrying them", zap.Uint64("failed", n-k.logged),
+		zap.Int("waiting", pending), zap.Error(last))
+	k.logged, k.lastLog = n, time.Now()
+}
+
+// retryItem is a failed operation's place in the retry queue.
+type retryItem struct {
+	key kernKey
+	due time.Time
+}
+
+type retryHeap []retryItem
+
+func (h retryHeap) Len() int           { return len(h) }
+func (h retryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h retryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *retryHeap) Push(x any)        { *h = append(*h, x.(retryItem)) }
+func (h *retryHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 func (k *kernel) apply(key kernKey, op kernOp) error {

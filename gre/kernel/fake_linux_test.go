@@ -21,6 +21,10 @@ type fakeNL struct {
 	subs     []chan<- netlink.NeighUpdate
 	subCount int
 	failAdd  error
+	// neighLimit makes NeighSet fail with ENOBUFS past that many entries
+	// (0: no limit), as a full kernel table does.
+	neighLimit int
+	neighSets  int
 }
 
 func newFakeNL() *fakeNL {
@@ -87,6 +91,12 @@ func (f *fakeNL) AddrReplace(l netlink.Link, a *netlink.Addr) error {
 
 func (f *fakeNL) NeighSet(n *netlink.Neigh) error {
 	f.rec("NeighSet link=%d family=%d state=%#x ip=%s lladdr=%x", n.LinkIndex, n.Family, n.State, n.IP, []byte(n.LLIPAddr))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.neighSets++
+	if f.neighLimit > 0 && f.neighSets > f.neighLimit {
+		return syscall.ENOBUFS
+	}
 	return nil
 }
 
@@ -151,28 +161,52 @@ type fakeConn struct {
 }
 
 type fakePkt struct {
-	b    []byte
-	addr net.Addr
+	b     []byte
+	peer  netip.Addr // invalid: a sender without a 4-byte address
+	trunc bool
 }
 
 func newFakeConn() *fakeConn {
 	return &fakeConn{in: make(chan fakePkt, 8), closed: make(chan struct{})}
 }
 
-func (c *fakeConn) ReadFrom(b []byte) (int, net.Addr, error) {
+func (c *fakeConn) ReadBatch(ms []nhrpMsg) (int, error) {
+	n := 0
+	fill := func(p fakePkt) {
+		ms[n].N = copy(ms[n].B, p.b)
+		ms[n].Peer, ms[n].Trunc = p.peer, p.trunc
+		n++
+	}
 	select {
 	case p := <-c.in:
-		return copy(b, p.b), p.addr, nil
+		fill(p)
 	case <-c.closed:
-		return 0, nil, net.ErrClosed
+		return 0, errConnClosed
 	}
+	for n < len(ms) {
+		select {
+		case p := <-c.in:
+			fill(p)
+		default:
+			return n, nil
+		}
+	}
+	return n, nil
 }
 
-func (c *fakeConn) WriteTo(b []byte, a net.Addr) (int, error) {
+func (c *fakeConn) WriteBatch(ms []nhrpMsg) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.sent = append(c.sent, fakePkt{append([]byte(nil), b...), a})
-	return len(b), nil
+	for _, m := range ms {
+		c.sent = append(c.sent, fakePkt{b: append([]byte(nil), m.B...), peer: m.Peer})
+	}
+	return len(ms), nil
+}
+
+func (c *fakeConn) Sent() []fakePkt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]fakePkt(nil), c.sent...)
 }
 
 func (c *fakeConn) Close() error { c.once.Do(func() { close(c.closed) }); return nil }

@@ -23,21 +23,16 @@ import (
 // not a multipoint GRE device with the configured key.
 var ErrNotMGRE = errors.New("kernel: existing link is not a matching multipoint GRE device")
 
-// PacketConn is the NHRP socket: datagrams addressed by a 4-byte NBMA
-// "hardware" address (mdlayher/packet's *packet.Conn).
-type PacketConn interface {
-	ReadFrom(b []byte) (int, net.Addr, error)
-	WriteTo(b []byte, addr net.Addr) (int, error)
-	Close() error
-}
-
 // env is what a Device needs from the system; tests replace it.
 type env struct {
 	nl nlops.Netlink
 	// listenNHRP opens the NHRP socket on the device.
-	listenNHRP func(ifindex int) (PacketConn, error)
+	listenNHRP func(ifindex int) (nhrpConn, error)
 	// listenMulticast opens the multicast capture socket on the device.
 	listenMulticast func(ifindex int, tunnel netip.Prefix) (mcastConn, error)
+	// newNeighWriter opens the batched neighbour writer (nil: entries
+	// are set one request at a time through nl).
+	newNeighWriter func() (neighApplier, error)
 	// now is the clock neighbour ages are read against (nil: time.Now).
 	now func() time.Time
 }
@@ -49,10 +44,16 @@ type Device struct {
 	link    netlink.Link
 	index   int
 	created bool
-	nhrp    PacketConn
+	nhrp    nhrpConn
 	stats   gre.Stats
+	// rxq and txq carry NHRP packets between the engine and the socket's
+	// reader and writer goroutines.
+	rxq chan rxPacket
+	txq chan nhrpMsg
 	// uplinks follows the uplink addresses (Info.NBMA) without Local.
 	uplinks *nlops.Uplinks
+	// nw programs neighbours in batches (nil: one at a time).
+	nw neighApplier
 
 	mcast   atomic.Pointer[[]netip.Addr]
 	mcConn  mcastConn
@@ -62,6 +63,7 @@ type Device struct {
 	closed  atomic.Bool
 	closeMu sync.Mutex
 	wg      sync.WaitGroup
+	txWG    sync.WaitGroup // the writer, which sends what is queued before the socket closes
 }
 
 var _ gre.Device = (*Device)(nil)
@@ -70,21 +72,26 @@ var _ gre.Device = (*Device)(nil)
 // one with the same key, configures it for NHRP and opens the NHRP socket.
 // It needs CAP_NET_ADMIN and CAP_NET_RAW and a kernel with ip_gre.
 func Open(cfg gre.Config) (*Device, error) {
-	return open(cfg, env{nl: nlops.Real{}, listenNHRP: listenNHRP, listenMulticast: listenMulticast})
+	return open(cfg, env{nl: nlops.Real{}, listenNHRP: listenNHRP, listenMulticast: listenMulticast,
+		newNeighWriter: func() (neighApplier, error) { return nlops.NewNeighWriter() }})
 }
 
 func open(cfg gre.Config, e env) (*Device, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Device{cfg: cfg, env: e, misses: make(chan gre.Miss, 256), done: make(chan struct{})}
+	d := &Device{cfg: cfg, env: e, misses: make(chan gre.Miss, 256), done: make(chan struct{}),
+		rxq: make(chan rxPacket, rxQueueLen), txq: make(chan nhrpMsg, txQueueLen)}
 	d.mcast.Store(&[]netip.Addr{})
 	if err := d.setup(); err != nil {
 		d.teardown()
 		return nil, err
 	}
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.missLoop()
+	go d.rxLoop()
+	d.txWG.Add(1)
+	go d.txLoop()
 	return d, nil
 }
 
@@ -190,6 +197,11 @@ func (d *Device) setup() error {
 	if d.nhrp, err = d.env.listenNHRP(d.index); err != nil {
 		return fmt.Errorf("kernel: NHRP socket on %s: %w", d.cfg.Name, err)
 	}
+	if d.env.newNeighWriter != nil {
+		if d.nw, err = d.env.newNeighWriter(); err != nil {
+			return fmt.Errorf("kernel: %w", err)
+		}
+	}
 	if _, real := n.(nlops.Real); real && !d.cfg.Local.IsValid() {
 		d.uplinks = nlops.WatchUplinks(d.index)
 	}
@@ -211,6 +223,9 @@ func (d *Device) teardown() error {
 	if d.uplinks != nil {
 		d.uplinks.Close()
 	}
+	if d.nw != nil {
+		errs = append(errs, d.nw.Close())
+	}
 	if d.created && !d.cfg.KeepState && d.link != nil {
 		if err := d.env.nl.LinkDel(d.link); err != nil {
 			errs = append(errs, fmt.Errorf("kernel: delete %s: %w", d.cfg.Name, err))
@@ -229,6 +244,7 @@ func (d *Device) Close() error {
 		return gre.ErrClosed
 	}
 	close(d.done)
+	d.txWG.Wait()
 	err := d.teardown()
 	d.wg.Wait()
 	close(d.misses)
@@ -275,25 +291,18 @@ func (d *Device) Counters() gre.Counters {
 
 // ReadNHRP blocks until an NHRP packet arrives on the device.
 func (d *Device) ReadNHRP(b []byte) (int, netip.Addr, error) {
-	for {
-		n, from, err := d.nhrp.ReadFrom(b)
-		if d.closed.Load() {
-			return 0, netip.Addr{}, gre.ErrClosed
-		}
-		if err != nil {
-			return 0, netip.Addr{}, fmt.Errorf("kernel: read NHRP: %w", err)
-		}
-		nbma, ok := nbmaOf(from)
-		if !ok {
-			d.stats.Drop(gre.DropMalformed, 1)
-			continue
-		}
-		d.stats.NHRPRx.Add(1)
-		return n, nbma, nil
+	select {
+	case p := <-d.rxq:
+		n := copy(b, p.b)
+		putBuf(p.b)
+		return n, p.from, nil
+	case <-d.done:
+		return 0, netip.Addr{}, gre.ErrClosed
 	}
 }
 
-// WriteNHRP sends an NHRP packet to an NBMA address.
+// WriteNHRP queues an NHRP packet for an NBMA address; the writer sends
+// what is queued in batches. It blocks while the queue is full.
 func (d *Device) WriteNHRP(b []byte, to netip.Addr) error {
 	if d.closed.Load() {
 		return gre.ErrClosed
@@ -301,43 +310,27 @@ func (d *Device) WriteNHRP(b []byte, to netip.Addr) error {
 	if !to.Is4() {
 		return fmt.Errorf("kernel: NHRP to %v: NBMA must be IPv4", to)
 	}
-	if _, err := d.nhrp.WriteTo(b, nbmaAddr(to)); err != nil {
-		d.stats.Drop(gre.DropSendError, 1)
-		return fmt.Errorf("kernel: send NHRP to %s: %w", to, err)
+	if len(b) == 0 || len(b) > rxBufSize {
+		return fmt.Errorf("kernel: NHRP packet of %d bytes", len(b))
 	}
-	d.stats.NHRPTx.Add(1)
-	return nil
+	m := nhrpMsg{B: append(getBuf()[:0], b...), Peer: to}
+	select {
+	case d.txq <- m:
+		return nil
+	case <-d.done:
+		putBuf(m.B)
+		return gre.ErrClosed
+	}
 }
 
 // SetNeighbor adds or replaces a neighbour entry (4-byte lladdr).
 func (d *Device) SetNeighbor(ctx context.Context, n gre.Neighbor) error {
-	if err := d.check(ctx); err != nil {
-		return err
-	}
-	nn, err := nlops.NeighToNetlink(n, d.index)
-	if err != nil {
-		return fmt.Errorf("kernel: %w", err)
-	}
-	if err := d.env.nl.NeighSet(nn); err != nil {
-		return fmt.Errorf("kernel: set neighbour %s: %w", n.Proto, err)
-	}
-	return nil
+	return d.ApplyNeighbors(ctx, []gre.NeighborOp{{Neighbor: n}})[0]
 }
 
 // DeleteNeighbor removes a neighbour entry.
 func (d *Device) DeleteNeighbor(ctx context.Context, proto netip.Addr) error {
-	if err := d.check(ctx); err != nil {
-		return err
-	}
-	fam := netlink.FAMILY_V4
-	if !proto.Is4() {
-		fam = netlink.FAMILY_V6
-	}
-	err := d.env.nl.NeighDel(&netlink.Neigh{LinkIndex: d.index, Family: fam, IP: nlops.IP(proto)})
-	if err = nlops.IgnoreNotFound(err); err != nil {
-		return fmt.Errorf("kernel: delete neighbour %s: %w", proto, err)
-	}
-	return nil
+	return d.ApplyNeighbors(ctx, []gre.NeighborOp{{Neighbor: gre.Neighbor{Proto: proto}, Delete: true}})[0]
 }
 
 // userHZ is the unit of the kernel's neighbour ages (ndm_used, …): clock

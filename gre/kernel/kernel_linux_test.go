@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/net/bpf"
@@ -28,7 +27,7 @@ func openFake(t *testing.T, cfg gre.Config, f *fakeNL) (*Device, *fakeConn, *fak
 	mc := &fakeMcast{in: make(chan []byte, 4), closed: make(chan struct{})}
 	d, err := open(cfg, env{
 		nl:         f,
-		listenNHRP: func(ifindex int) (PacketConn, error) { return conn, nil },
+		listenNHRP: func(ifindex int) (nhrpConn, error) { return conn, nil },
 		listenMulticast: func(ifindex int, tunnel netip.Prefix) (mcastConn, error) {
 			return mc, nil
 		},
@@ -143,7 +142,7 @@ func TestAdopt(t *testing.T) {
 	veth.links["gre1"] = &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "gre1", Index: 3}}
 	bad["not gre"] = veth
 	for name, f := range bad {
-		_, err := open(testCfg, env{nl: f, listenNHRP: func(int) (PacketConn, error) { return newFakeConn(), nil }})
+		_, err := open(testCfg, env{nl: f, listenNHRP: func(int) (nhrpConn, error) { return newFakeConn(), nil }})
 		if !errors.Is(err, ErrNotMGRE) {
 			t.Errorf("%s: err = %v, want ErrNotMGRE", name, err)
 		}
@@ -153,7 +152,7 @@ func TestAdopt(t *testing.T) {
 func TestCreateRefused(t *testing.T) {
 	f := newFakeNL()
 	f.failAdd = errors.New("operation not supported")
-	_, err := open(testCfg, env{nl: f, listenNHRP: func(int) (PacketConn, error) { return newFakeConn(), nil }})
+	_, err := open(testCfg, env{nl: f, listenNHRP: func(int) (nhrpConn, error) { return newFakeConn(), nil }})
 	if err == nil || !errors.Is(err, f.failAdd) {
 		t.Fatalf("err = %v", err)
 	}
@@ -276,29 +275,84 @@ func TestMissesFromKernel(t *testing.T) {
 	}
 }
 
+// TestNHRPSocket: packets written are sent by the writer (in batches)
+// addressed to their NBMA peer; packets read are handed over with their
+// sender, and those without a 4-byte sender or too long are counted and
+// dropped.
 func TestNHRPSocket(t *testing.T) {
 	f := newFakeNL()
 	d, conn, _ := openFake(t, testCfg, f)
 	defer d.Close()
-	if err := d.WriteNHRP([]byte{1, 2}, netip.MustParseAddr("198.51.100.1")); err != nil {
-		t.Fatal(err)
+	peer := netip.MustParseAddr("198.51.100.1")
+	for i := range 3 {
+		if err := d.WriteNHRP([]byte{1, byte(i)}, peer); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if len(conn.sent) != 1 || conn.sent[0].addr.(*packet.Addr).HardwareAddr.String() != "c6:33:64:01" {
-		t.Fatalf("sent %+v", conn.sent)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(conn.Sent()) < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	sent := conn.Sent()
+	if len(sent) != 3 || sent[0].peer != peer || sent[2].b[1] != 2 {
+		t.Fatalf("sent %+v", sent)
 	}
 	if err := d.WriteNHRP([]byte{1}, netip.MustParseAddr("fd00::1")); err == nil {
 		t.Fatal("IPv6 NBMA accepted")
 	}
-	conn.in <- fakePkt{[]byte{9}, &packet.Addr{HardwareAddr: net.HardwareAddr{1, 2, 3, 4, 5, 6}}} // not an NBMA address
-	conn.in <- fakePkt{[]byte{7, 7}, &packet.Addr{HardwareAddr: net.HardwareAddr{203, 0, 113, 1}}}
+	conn.in <- fakePkt{b: []byte{9}}                                                        // not from an NBMA address
+	conn.in <- fakePkt{b: []byte{8}, peer: netip.MustParseAddr("203.0.113.2"), trunc: true} // too long
+	conn.in <- fakePkt{b: []byte{7, 7}, peer: netip.MustParseAddr("203.0.113.1")}
 	b := make([]byte, 10)
 	n, from, err := d.ReadNHRP(b)
 	if err != nil || n != 2 || from != netip.MustParseAddr("203.0.113.1") {
 		t.Fatalf("ReadNHRP = %d %v %v", n, from, err)
 	}
 	c := d.Counters()
-	if c.NHRPTx != 1 || c.NHRPRx != 1 || c.Drops["malformed"] != 1 {
+	if c.NHRPTx != 3 || c.NHRPRx != 1 || c.Drops["malformed"] != 1 || c.Drops["truncated"] != 1 {
 		t.Fatalf("counters %+v", c)
+	}
+}
+
+// TestApplyNeighborsCountsRefusals: a batch applies entry by entry; those
+// the kernel refuses because its table is full fail alone and are counted
+// by reason.
+func TestApplyNeighborsCountsRefusals(t *testing.T) {
+	f := newFakeNL()
+	f.neighLimit = 2
+	d, _, _ := openFake(t, testCfg, f)
+	defer d.Close()
+	var ops []gre.NeighborOp
+	for i := range 4 {
+		ops = append(ops, gre.NeighborOp{Neighbor: gre.Neighbor{Proto: netip.AddrFrom4([4]byte{10, 0, 0, byte(10 + i)}), NBMA: netip.MustParseAddr("198.51.100.1")}})
+	}
+	ops = append(ops, gre.NeighborOp{Neighbor: gre.Neighbor{Proto: netip.MustParseAddr("10.0.0.99")}, Delete: true})
+	errs := d.ApplyNeighbors(context.Background(), ops)
+	for i, err := range errs {
+		if want := i == 2 || i == 3; want != errors.Is(err, syscall.ENOBUFS) {
+			t.Errorf("op %d: %v", i, err)
+		}
+	}
+	if got := d.Counters().NeighborFailures; got[gre.NeighborTableFull] != 2 || len(got) != 1 {
+		t.Errorf("NeighborFailures = %v, want table_full 2", got)
+	}
+}
+
+// TestNHRPWritesFlushedOnClose: what was written before Close goes out
+// before the socket closes (purges at shutdown).
+func TestNHRPWritesFlushedOnClose(t *testing.T) {
+	f := newFakeNL()
+	d, conn, _ := openFake(t, testCfg, f)
+	for i := range 100 {
+		if err := d.WriteNHRP([]byte{byte(i)}, netip.MustParseAddr("198.51.100.1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(conn.Sent()); got != 100 {
+		t.Fatalf("%d of 100 sent before close", got)
 	}
 }
 

@@ -4,42 +4,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 
-	"github.com/mdlayher/packet"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/opendmvpn/dmvpn/gre"
 )
-
-// listenNHRP opens the AF_PACKET datagram socket for GRE protocol 0x2001
-// on the device: the kernel strips and adds the outer IPv4 and GRE headers,
-// and the link-layer address is the peer's NBMA address.
-func listenNHRP(ifindex int) (PacketConn, error) {
-	ifi, err := net.InterfaceByIndex(ifindex)
-	if err != nil {
-		return nil, err
-	}
-	return packet.Listen(ifi, packet.Datagram, gre.ProtoNHRP, nil)
-}
-
-// nbmaAddr is the link-layer address of an NBMA peer on a GRE device.
-func nbmaAddr(a netip.Addr) *packet.Addr {
-	b := a.As4()
-	return &packet.Addr{HardwareAddr: net.HardwareAddr(b[:])}
-}
-
-// nbmaOf extracts the sender's NBMA address from a packet socket address.
-func nbmaOf(a net.Addr) (netip.Addr, bool) {
-	pa, ok := a.(*packet.Addr)
-	if !ok || len(pa.HardwareAddr) != 4 {
-		return netip.Addr{}, false
-	}
-	return netip.AddrFrom4([4]byte(pa.HardwareAddr)), true
-}
 
 // mcastConn captures multicast/broadcast packets leaving the device and
 // sends unicast copies to NBMA addresses.

@@ -219,3 +219,62 @@ func TestWatchUplinks(t *testing.T) {
 	}
 	want("default route gone")
 }
+
+// TestNeighWriter, in a scratch namespace (root): a batch larger than one
+// message sets every entry, a request the kernel refuses fails alone (the
+// rest of its batch applies), and deleting entries, present or not,
+// succeeds.
+func TestNeighWriter(t *testing.T) {
+	if !netnstest.Run(t, "nlnw") {
+		return
+	}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "nw0"}, PeerName: "nw0p"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := netlink.LinkByName("nw0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewNeighWriter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const n = 600
+	var ops []NeighOp
+	for i := range n {
+		ops = append(ops, NeighOp{Neigh: &netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_REACHABLE,
+			IP: net.IPv4(10, 9, byte(i>>8), byte(i)), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)}}})
+	}
+	bad := NeighOp{Neigh: &netlink.Neigh{LinkIndex: 99999, Family: netlink.FAMILY_V4, State: netlink.NUD_REACHABLE,
+		IP: net.IPv4(10, 8, 0, 1), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 1}}}
+	ops = append(ops[:300], append([]NeighOp{bad}, ops[300:]...)...)
+	errs := w.Apply(ops)
+	for i, err := range errs {
+		if (i == 300) != (err != nil) {
+			t.Fatalf("op %d: %v", i, err)
+		}
+	}
+	if !errors.Is(errs[300], syscall.ENODEV) {
+		t.Errorf("refused op: %v, want ENODEV", errs[300])
+	}
+	ns, err := netlink.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ns) != n {
+		t.Fatalf("%d neighbours in the kernel, want %d", len(ns), n)
+	}
+	del := []NeighOp{{Neigh: ops[0].Neigh, Del: true}, {Neigh: &netlink.Neigh{LinkIndex: l.Attrs().Index, IP: net.IPv4(10, 7, 0, 1)}, Del: true}}
+	for i, err := range w.Apply(del) {
+		if err != nil {
+			t.Errorf("delete %d: %v", i, err)
+		}
+	}
+	if ns, _ := netlink.NeighList(l.Attrs().Index, netlink.FAMILY_V4); len(ns) != n-1 {
+		t.Fatalf("%d neighbours after deleting one, want %d", len(ns), n-1)
+	}
+}
