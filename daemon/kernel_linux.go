@@ -35,32 +35,42 @@ type kernelRouter struct {
 	src       srcCache
 }
 
-// srcCache keeps the kernel's answers to Source while the routing tables
-// do not change (host.RouteCache's generation: address changes come with
-// their local routes): the engine asks for its NBMA address toward a peer
-// on every packet it builds when no uplink carries a default route, and
-// one route request per reply was a tenth of a hub's time (bench-nhrp-frr).
+// srcCache keeps the kernel's answers to Source per route while the
+// routing tables do not change (host.RouteCache's generation: address
+// changes come with their local routes): the engine asks for its NBMA
+// address toward a peer on every packet it builds when no uplink carries
+// a default route, and one route request per reply was a fifth of a hub's
+// time (bench-nhrp-frr). The kernel picks the source from the route it
+// uses (its preferred source, else an address of its device toward its
+// gateway), so every destination of one route shares the answer: a hub's
+// thousands of spokes behind one default route cost one request.
 type srcCache struct {
 	mu  sync.Mutex
 	gen uint64
-	m   map[netip.Addr]netip.Addr
+	m   map[srcKey]netip.Addr
+}
+
+// srcKey is the route a destination takes.
+type srcKey struct {
+	table int
+	dst   netip.Prefix
 }
 
 // srcCacheMax bounds the cache: beyond it, it starts over.
-const srcCacheMax = 1 << 17
+const srcCacheMax = 1 << 16
 
-func (c *srcCache) get(gen uint64, dst netip.Addr) (netip.Addr, bool) {
+func (c *srcCache) get(gen uint64, k srcKey) (netip.Addr, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen != gen || c.m == nil {
-		c.gen, c.m = gen, make(map[netip.Addr]netip.Addr)
+		c.gen, c.m = gen, make(map[srcKey]netip.Addr)
 		return netip.Addr{}, false
 	}
-	a, ok := c.m[dst]
+	a, ok := c.m[k]
 	return a, ok
 }
 
-func (c *srcCache) put(gen uint64, dst, src netip.Addr) {
+func (c *srcCache) put(gen uint64, k srcKey, src netip.Addr) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen != gen || c.m == nil {
@@ -69,7 +79,7 @@ func (c *srcCache) put(gen uint64, dst, src netip.Addr) {
 	if len(c.m) >= srcCacheMax {
 		clear(c.m)
 	}
-	c.m[dst] = src
+	c.m[k] = src
 }
 
 func newKernelRouter(ctx context.Context, info gre.Info, cfg Config) (*kernelRouter, error) {
@@ -174,18 +184,26 @@ func (r *kernelRouter) Route(ctx context.Context, dst netip.Addr) (nhrp.RouteInf
 // Source returns the local address the kernel uses toward dst: this
 // node's NBMA address toward a peer. It asks the kernel (one route
 // request, the kernel's source address selection), not a table dump, and
-// remembers the answer until the routing tables change.
+// remembers the answer for the route dst takes until the routing tables
+// change.
 func (r *kernelRouter) Source(ctx context.Context, dst netip.Addr) (netip.Addr, error) {
 	if err := ctx.Err(); err != nil {
 		return netip.Addr{}, err
 	}
 	gen := r.cache.Generation()
-	if a, ok := r.src.get(gen, dst); ok {
-		return a, nil
+	rt, ok, err := r.cache.Lookup(ctx, dst, host.Main)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	key := srcKey{table: host.Main, dst: rt.Dst}
+	if ok {
+		if a, hit := r.src.get(gen, key); hit {
+			return a, nil
+		}
 	}
 	a, err := r.source(dst)
-	if err == nil {
-		r.src.put(gen, dst, a)
+	if err == nil && ok {
+		r.src.put(gen, key, a)
 	}
 	return a, err
 }

@@ -14,7 +14,7 @@ import (
 )
 
 // TestSourceFollowsRoutes, in a scratch namespace (root): the router's
-// answer for the source address toward a peer is remembered, and a route
+// answer for the source address toward a peer is remembered per route, and a route
 // change that moves the source is seen at once (the cache follows the
 // route cache's generation).
 func TestSourceFollowsRoutes(t *testing.T) {
@@ -59,9 +59,10 @@ func TestSourceFollowsRoutes(t *testing.T) {
 		}
 	}
 	want("192.0.2.1")
-	// The answer is remembered: asking again costs no route request.
+	// The answer is remembered for the route: another destination of it
+	// costs no route request.
 	gen := r.cache.Generation()
-	if a, ok := r.src.get(gen, peer); !ok || a != netip.MustParseAddr("192.0.2.1") {
+	if a, ok := r.src.get(gen, srcKey{table: 254, dst: netip.MustParsePrefix("192.0.2.0/24")}); !ok || a != netip.MustParseAddr("192.0.2.1") {
 		t.Fatalf("not remembered: %v %v", a, ok)
 	}
 	_, dst, _ := net.ParseCIDR("192.0.2.0/24")
