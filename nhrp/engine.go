@@ -101,6 +101,7 @@ type Engine struct {
 	stopping     bool
 	movePurges   *movePurges     // purges waiting for a registration from a new NBMA address
 	mcastPending bool            // a multicast list update is scheduled
+	mcast        mcastSet        // clients' NBMA addresses for multicast dynamic
 	ctx          context.Context // the Run context, for hook calls
 	wg           sync.WaitGroup  // hook goroutines
 }

@@ -42,6 +42,7 @@ func (e *Engine) addEntry(en *entry) {
 		en.flags |= FlagRIB
 	}
 	if en.typ == TypeDynamic || en.typ == TypeStatic {
+		e.mcast.ref(en.nbma, 1, e.cfg.Multicast == MulticastDynamic)
 		e.updateMulticast()
 	}
 }
@@ -77,12 +78,14 @@ func (e *Engine) removeEntry(en *entry, cause Cause) {
 	case TypeDynamic:
 		e.emit(Event{Kind: EventExpired, Proto: en.proto, NBMA: en.nbma, ClaimedNBMA: en.claimed,
 			Reason: reason, Cause: cause, Identity: en.identity, Attrs: en.attrs})
+		e.mcast.ref(en.nbma, -1, e.cfg.Multicast == MulticastDynamic)
 		e.updateMulticast()
 	case TypeShortcut:
 		if en.route {
 			e.emit(Event{Kind: EventShortcutDown, Proto: en.proto, NextHop: en.nextHop, NBMA: en.nbma, Reason: reason, Cause: cause})
 		}
 	case TypeStatic:
+		e.mcast.ref(en.nbma, -1, e.cfg.Multicast == MulticastDynamic)
 		e.updateMulticast()
 	}
 	en.route = false

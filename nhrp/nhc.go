@@ -438,7 +438,9 @@ func (e *Engine) updateMulticast() {
 	})
 }
 
-// applyMulticast sets the tunnel's multicast replication list.
+// applyMulticast sets the tunnel's multicast replication list: in
+// dynamic mode from the clients' NBMA addresses the engine counts as
+// entries come and go (mcast.go), as changes when the tunnel takes them.
 func (e *Engine) applyMulticast() {
 	var list []netip.Addr
 	switch e.cfg.Multicast {
@@ -453,12 +455,10 @@ func (e *Engine) applyMulticast() {
 			}
 		}
 	case MulticastDynamic:
-		for _, en := range e.cache.m {
-			if en.typ == TypeDynamic || en.typ == TypeStatic {
-				list = append(list, en.nbma)
-			}
-		}
+		e.applyDynamicMulticast()
+		return
 	}
+	e.mcast.synced = false
 	slices.SortFunc(list, netip.Addr.Compare)
 	list = slices.Compact(list)
 	if err := e.tun.SetMulticast(list); err != nil {

@@ -55,7 +55,7 @@ type Device struct {
 	// nw programs neighbours in batches (nil: one at a time).
 	nw neighApplier
 
-	mcast   atomic.Pointer[[]netip.Addr]
+	mcast   gre.MulticastList
 	mcConn  mcastConn
 	mcMu    sync.Mutex
 	misses  chan gre.Miss
@@ -82,7 +82,6 @@ func open(cfg gre.Config, e env) (*Device, error) {
 	}
 	d := &Device{cfg: cfg, env: e, misses: make(chan gre.Miss, 256), done: make(chan struct{}),
 		rxq: make(chan rxPacket, rxQueueLen), txq: make(chan nhrpMsg, txQueueLen)}
-	d.mcast.Store(&[]netip.Addr{})
 	if err := d.setup(); err != nil {
 		d.teardown()
 		return nil, err

@@ -108,6 +108,25 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // SetMulticast sets the NBMA replication list; the capture socket opens
 // with the first non-empty list.
 func (d *Device) SetMulticast(nbma []netip.Addr) error {
+	if err := d.checkMulticast(nbma); err != nil {
+		return err
+	}
+	d.mcast.Set(nbma)
+	return d.openMulticast()
+}
+
+var _ gre.MulticastUpdater = (*Device)(nil)
+
+// UpdateMulticast implements gre.MulticastUpdater.
+func (d *Device) UpdateMulticast(add, remove []netip.Addr) error {
+	if err := d.checkMulticast(add); err != nil {
+		return err
+	}
+	d.mcast.Update(add, remove)
+	return d.openMulticast()
+}
+
+func (d *Device) checkMulticast(nbma []netip.Addr) error {
 	if d.closed.Load() {
 		return gre.ErrClosed
 	}
@@ -116,9 +135,12 @@ func (d *Device) SetMulticast(nbma []netip.Addr) error {
 			return fmt.Errorf("kernel: multicast NBMA %v is not IPv4", a)
 		}
 	}
-	l := append([]netip.Addr(nil), nbma...)
-	d.mcast.Store(&l)
-	if len(l) == 0 {
+	return nil
+}
+
+// openMulticast opens the capture socket once the list has an address.
+func (d *Device) openMulticast() error {
+	if len(d.mcast.Load()) == 0 {
 		return nil
 	}
 	d.mcMu.Lock()
@@ -163,7 +185,7 @@ func (d *Device) replicate(c mcastConn, pkt []byte) {
 	if pkt[0]>>4 == 6 {
 		proto = gre.ProtoIPv6
 	}
-	for _, nbma := range *d.mcast.Load() {
+	for _, nbma := range d.mcast.Load() {
 		if err := c.Send(pkt, proto, nbma); err != nil {
 			d.stats.Drop(gre.DropSendError, 1)
 			continue

@@ -127,7 +127,7 @@ func (d *Device) tooBig(orig []byte, in inner, mtu int) {
 // replicate sends a multicast or broadcast packet to every NBMA of the
 // multicast list.
 func (d *Device) replicate(pkt []byte, in inner) {
-	for _, nbma := range *d.mcast.Load() {
+	for _, nbma := range d.mcast.Load() {
 		buf := make([]byte, txHeadroom+len(pkt))
 		copy(buf[txHeadroom:], pkt)
 		nb := &neighbor{n: gre.Neighbor{NBMA: nbma}, nbma4: nbma.As4(), peer: d.stats.Peer(nbma)}

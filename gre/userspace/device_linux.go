@@ -66,7 +66,7 @@ type Device struct {
 	nlSock       atomic.Pointer[nl.NetlinkSocket]
 
 	neigh neighTable
-	mcast atomic.Pointer[[]netip.Addr]
+	mcast gre.MulticastList
 	alias atomic.Pointer[aliasTable]
 	pmtu  pmtuTable
 
@@ -130,7 +130,6 @@ func Open(cfg gre.Config) (*Device, error) {
 	if cfg.Local.IsValid() {
 		d.local4 = cfg.Local.As4()
 	}
-	d.mcast.Store(&[]netip.Addr{})
 	if err := d.open(); err != nil {
 		d.release()
 		return nil, err
@@ -390,8 +389,23 @@ func (d *Device) SetMulticast(nbma []netip.Addr) error {
 			return fmt.Errorf("userspace: multicast NBMA %v is not IPv4", a)
 		}
 	}
-	l := slices.Clone(nbma)
-	d.mcast.Store(&l)
+	d.mcast.Set(nbma)
+	return nil
+}
+
+var _ gre.MulticastUpdater = (*Device)(nil)
+
+// UpdateMulticast implements gre.MulticastUpdater.
+func (d *Device) UpdateMulticast(add, remove []netip.Addr) error {
+	if d.isClosed() {
+		return gre.ErrClosed
+	}
+	for _, a := range add {
+		if !a.Is4() {
+			return fmt.Errorf("userspace: multicast NBMA %v is not IPv4", a)
+		}
+	}
+	d.mcast.Update(add, remove)
 	return nil
 }
 
