@@ -362,9 +362,10 @@ func (d *Daemon) up(ctx context.Context) error {
 		if mgr != nil {
 			audit = func(r nhrp.Registration, reason string) { mgr.AuditRefusal(r, "policy", reason) }
 		}
-		deps.Authorizer = policyAuthorizer(cfg.Tunnel.Prefix, &d.policy, audit)
+		policy := policyAuthorizer(cfg.Tunnel.Prefix, &d.policy, audit)
+		deps.Authorizer = policy
 		if mgr != nil {
-			deps.Authorizer = bothAuthorizers(deps.Authorizer, mgr)
+			deps.Authorizer = bothAuthorizers(policy, mgr)
 		}
 	}
 	if mgr != nil {

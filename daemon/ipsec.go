@@ -170,14 +170,34 @@ func (d *Daemon) IPsec() *ipsec.Manager {
 
 // bothAuthorizers accepts a registration only if the policy and the
 // certificate both do.
-func bothAuthorizers(policy, cert nhrp.Authorizer) nhrp.Authorizer {
+func bothAuthorizers(policy nhrp.ImmediateAuthorizer, cert nhrp.Authorizer) nhrp.Authorizer {
 	if policy == nil {
 		return cert
 	}
-	return nhrp.AuthorizerFunc(func(ctx context.Context, r nhrp.Registration) nhrp.Verdict {
-		if v := policy.Authorize(ctx, r); v.Code != 0 {
-			return v
-		}
-		return cert.Authorize(ctx, r)
-	})
+	return both{policy, cert}
+}
+
+// both asks the policy, then the certificate. What the policy refuses is
+// decided at once (an nhrp.ImmediateAuthorizer); the certificate check may
+// block (VICI).
+type both struct {
+	policy nhrp.ImmediateAuthorizer
+	cert   nhrp.Authorizer
+}
+
+// Authorize implements nhrp.Authorizer.
+func (b both) Authorize(ctx context.Context, r nhrp.Registration) nhrp.Verdict {
+	if v := b.policy.Authorize(ctx, r); v.Code != 0 {
+		return v
+	}
+	return b.cert.Authorize(ctx, r)
+}
+
+// AuthorizeNow implements nhrp.ImmediateAuthorizer: a policy refusal is
+// final at once; an acceptance waits for the certificate.
+func (b both) AuthorizeNow(r nhrp.Registration) (nhrp.Verdict, bool) {
+	if v, ok := b.policy.AuthorizeNow(r); ok && v.Code != 0 {
+		return v, true
+	}
+	return nhrp.Verdict{}, false
 }

@@ -24,9 +24,12 @@ import (
 //     empty list (the default) is the tunnel network.
 //
 // The allow list is read through cur, so a reload changes it live.
-func policyAuthorizer(tunnel netip.Prefix, cur *atomic.Pointer[Policy], audit func(nhrp.Registration, string)) nhrp.Authorizer {
+//
+// It never blocks, so it is an nhrp.ImmediateAuthorizer: the engine
+// answers on its own goroutine.
+func policyAuthorizer(tunnel netip.Prefix, cur *atomic.Pointer[Policy], audit func(nhrp.Registration, string)) nhrp.ImmediateAuthorizer {
 	network := tunnel.Masked()
-	return nhrp.AuthorizerFunc(func(ctx context.Context, r nhrp.Registration) nhrp.Verdict {
+	return immediate(func(r nhrp.Registration) nhrp.Verdict {
 		refuse := func(reason string) nhrp.Verdict {
 			if audit != nil {
 				audit(r, reason)
@@ -52,6 +55,15 @@ func policyAuthorizer(tunnel netip.Prefix, cur *atomic.Pointer[Policy], audit fu
 		return refuse(fmt.Sprintf("%s is not in the allow list", r.Proto))
 	})
 }
+
+// immediate is an authorizer that never blocks.
+type immediate func(r nhrp.Registration) nhrp.Verdict
+
+// Authorize implements nhrp.Authorizer.
+func (f immediate) Authorize(_ context.Context, r nhrp.Registration) nhrp.Verdict { return f(r) }
+
+// AuthorizeNow implements nhrp.ImmediateAuthorizer.
+func (f immediate) AuthorizeNow(r nhrp.Registration) (nhrp.Verdict, bool) { return f(r), true }
 
 // inside reports whether prefix p lies within network n.
 func inside(n, p netip.Prefix) bool {

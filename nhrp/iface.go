@@ -91,6 +91,17 @@ type Authorizer interface {
 	Authorize(ctx context.Context, r Registration) Verdict
 }
 
+// ImmediateAuthorizer is an Authorizer that decides some registrations at
+// once, without blocking (a policy held in memory): the engine then answers
+// them on its own goroutine instead of starting one per registration and
+// decoding the packet again.
+type ImmediateAuthorizer interface {
+	Authorizer
+	// AuthorizeNow decides r without blocking; ok is false when it cannot,
+	// and Authorize decides.
+	AuthorizeNow(r Registration) (v Verdict, ok bool)
+}
+
 // AuthorizerFunc adapts a function to an Authorizer.
 type AuthorizerFunc func(ctx context.Context, r Registration) Verdict
 

@@ -20,9 +20,11 @@ type regCIE struct {
 	verdict Verdict
 }
 
-// handleRegistrationRequest serves a client's registration (hub). The
+// handleRegistrationRequest serves a client's registration (hub). What an
+// ImmediateAuthorizer decides at once is answered at once; otherwise the
 // Authorizer runs in its own goroutine so one slow decision never delays
-// the others; duplicate requests while one is being decided are dropped.
+// the others, and duplicate requests while one is being decided are
+// dropped.
 func (e *Engine) handleRegistrationRequest(p *wire.Packet, raw []byte, from netip.Addr) {
 	if e.cfg.Role != RoleHub {
 		e.stats.drop("not-for-us")
@@ -74,6 +76,21 @@ func (e *Engine) handleRegistrationRequest(p *wire.Packet, raw []byte, from neti
 		e.completeRegistration(p, from, regs)
 		return
 	}
+	// What can be decided at once is; the rest in a goroutine.
+	decided := make([]bool, len(regs))
+	pending := len(regs)
+	if ia, ok := e.deps.Authorizer.(ImmediateAuthorizer); ok {
+		for i := range regs {
+			if v, ok := ia.AuthorizeNow(regs[i].reg); ok {
+				regs[i].verdict, decided[i] = v, true
+				pending--
+			}
+		}
+	}
+	if pending == 0 {
+		e.completeRegistration(p, from, regs)
+		return
+	}
 	e.authorizing[key] = true
 	pkt, err := wire.Decode(raw) // p is reused for the next packet
 	if err != nil {
@@ -82,6 +99,9 @@ func (e *Engine) handleRegistrationRequest(p *wire.Packet, raw []byte, from neti
 	}
 	e.goHook(e.cfg.AuthorizeTimeout, func(ctx context.Context) func() {
 		for i := range regs {
+			if decided[i] {
+				continue
+			}
 			regs[i].verdict = e.deps.Authorizer.Authorize(ctx, regs[i].reg)
 			if ctx.Err() != nil && regs[i].verdict.Code == 0 {
 				regs[i].verdict = Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: "authorization timed out"}
