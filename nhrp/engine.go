@@ -103,7 +103,11 @@ type Engine struct {
 	mcastPending bool            // a multicast list update is scheduled
 	mcast        mcastSet        // clients' NBMA addresses for multicast dynamic
 	ctx          context.Context // the Run context, for hook calls
-	wg           sync.WaitGroup  // hook goroutines
+	// callC is the context of Router calls from the loop (callCtx).
+	callC      context.Context
+	callCancel context.CancelFunc
+	callUntil  time.Time
+	wg         sync.WaitGroup // hook goroutines
 }
 
 // rxPacket is a received NHRP packet.
@@ -215,6 +219,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			close(stopSaver)
 			<-saverDone
 			e.closeSubscribers()
+			if e.callCancel != nil {
+				e.callCancel()
+			}
 			close(e.done)
 			return nil
 		case f := <-e.reqCh:
@@ -357,16 +364,28 @@ func (e *Engine) localNBMA(dst netip.Addr) netip.Addr {
 	if info := e.tun.Info(); len(info.NBMA) > 0 && info.NBMA[0].IsValid() {
 		return info.NBMA[0]
 	}
-	if s, ok := e.deps.Router.(interface {
-		Source(ctx context.Context, dst netip.Addr) (netip.Addr, error)
-	}); ok && dst.IsValid() {
-		ctx, cancel := context.WithTimeout(e.ctx, time.Second)
-		defer cancel()
-		if a, err := s.Source(ctx, dst); err == nil {
+	if s, ok := e.deps.Router.(SourceRouter); ok && dst.IsValid() {
+		if a, err := s.Source(e.callCtx(), dst); err == nil {
 			return a
 		}
 	}
 	return netip.Addr{}
+}
+
+// callCtx returns a context for a Router call from the loop, done within
+// one to two seconds. One is made at most every second and shared by the
+// calls meanwhile: a context with its own timer per call (one per reply)
+// woke the runtime's poller each time, a tenth of a hub's time on the
+// kernel data plane.
+func (e *Engine) callCtx() context.Context {
+	if e.callCancel == nil || !e.now.Before(e.callUntil) {
+		if e.callCancel != nil {
+			e.callCancel()
+		}
+		e.callUntil = e.now.Add(time.Second)
+		e.callC, e.callCancel = context.WithTimeout(e.ctx, 2*time.Second)
+	}
+	return e.callC
 }
 
 // isOwn reports whether a is this node's tunnel address.
@@ -377,9 +396,7 @@ func (e *Engine) route(dst netip.Addr) (RouteInfo, bool) {
 	if e.deps.Router == nil {
 		return RouteInfo{}, false
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, time.Second)
-	defer cancel()
-	ri, err := e.deps.Router.Route(ctx, dst)
+	ri, err := e.deps.Router.Route(e.callCtx(), dst)
 	if err != nil {
 		return RouteInfo{}, false
 	}

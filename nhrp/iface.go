@@ -49,6 +49,14 @@ type Router interface {
 	Route(ctx context.Context, dst netip.Addr) (RouteInfo, error)
 }
 
+// SourceRouter is a Router that also tells which local address the
+// kernel uses toward a destination: this node's NBMA address toward a
+// peer, when the tunnel knows no uplink address.
+type SourceRouter interface {
+	Router
+	Source(ctx context.Context, dst netip.Addr) (netip.Addr, error)
+}
+
 // Verdict is the answer of an Authorizer.
 type Verdict struct {
 	// Code is the CIE code of the reply: 0 accepts; any other code refuses

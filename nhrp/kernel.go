@@ -270,6 +270,13 @@ func (op kernOp) String(key kernKey) string {
 	return fmt.Sprintf("%s route %s via %s table %d", verb, op.route.Dst, op.route.Via, op.route.Table)
 }
 
+// pending counts the operations queued and waiting for a retry.
+func (k *kernel) pending() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.order) + len(k.retry)
+}
+
 // flush waits until every queued operation was applied or ctx is done.
 func (k *kernel) flush(ctx context.Context) {
 	for {
