@@ -107,13 +107,13 @@ func (k *NetlinkKernel) Link(_ context.Context, ifname string) (Link, error) {
 		if errors.As(err, &nf) {
 			return Link{}, nil
 		}
-		return Link{}, err
+		return Link{}, fmt.Errorf("failover: link %s: %w", ifname, err)
 	}
 	a := l.Attrs()
 	out := Link{Index: a.Index, Up: a.RawFlags&unix.IFF_UP != 0 && a.RawFlags&unix.IFF_LOWER_UP != 0}
 	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
 	if err != nil {
-		return out, err
+		return out, fmt.Errorf("failover: addresses of %s: %w", ifname, err)
 	}
 	for _, ad := range addrs {
 		ip, ok := netip.AddrFromSlice(ad.IP)
@@ -124,8 +124,10 @@ func (k *NetlinkKernel) Link(_ context.Context, ifname string) (Link, error) {
 		out.Addr = netip.PrefixFrom(ip.Unmap(), ones)
 		break
 	}
-	out.Gateway, err = k.gateway(a.Index)
-	return out, err
+	if out.Gateway, err = k.gateway(a.Index); err != nil {
+		return out, fmt.Errorf("failover: default routes through %s: %w", ifname, err)
+	}
+	return out, nil
 }
 
 // gateway returns the next hop of a default route through the interface:
@@ -170,7 +172,10 @@ type NetlinkConntrack struct{}
 // Flush implements Conntrack.
 func (NetlinkConntrack) Flush(_ context.Context, addr netip.Addr, mark, mask uint32) (int, error) {
 	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, uplinkFlows{addr: addr, mark: mark, mask: mask})
-	return int(n), err
+	if err != nil {
+		return int(n), fmt.Errorf("failover: ending the connections of %s: %w", addr, err)
+	}
+	return int(n), nil
 }
 
 // uplinkFlows matches the connections of an uplink: translated to its

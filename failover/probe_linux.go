@@ -42,7 +42,7 @@ func (ICMPProbers) Open(u Uplink, l Link, deliver func(Reply)) (Prober, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		return nil, err
+		return nil, fmt.Errorf("probing %s: %w", u.Interface, err)
 	}
 	p := &icmpProber{f: f, rc: rc, id: id, deliver: deliver, done: make(chan struct{})}
 	go p.read()
@@ -68,7 +68,7 @@ func setupProbeSocket(fd int, ifname string, src netip.Addr, id uint16) error {
 		bpf.RetConstant{Val: 0},
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("the echo reply filter: %w", err)
 	}
 	filter := make([]unix.SockFilter, len(prog))
 	for i, in := range prog {

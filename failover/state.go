@@ -18,6 +18,7 @@ const (
 	StateDown
 )
 
+// String names the state ("up", "down").
 func (s State) String() string {
 	if s == StateDown {
 		return "down"

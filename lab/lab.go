@@ -90,6 +90,16 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if abs, err := filepath.Abs(l.Dir); err == nil {
 		l.Dir = abs // the generated configurations need absolute paths
 	}
+	// The hints name this lab: a command copied from them must not reach
+	// the default one.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "dir":
+			l.Self += " --dir " + l.Dir
+		case "prefix":
+			l.Self += " --prefix " + l.Prefix
+		}
+	})
 	args = fs.Args()
 	if len(args) == 0 {
 		fs.Usage()

@@ -122,6 +122,8 @@ type prober struct {
 	timers  []*time.Timer
 }
 
+// Send implements failover.Prober: the reply comes back after the path's
+// round trip unless the path loses it.
 func (p *prober) Send(host netip.Addr, seq uint16) error {
 	n := p.net
 	n.mu.Lock()
@@ -151,6 +153,7 @@ func (p *prober) Send(host netip.Addr, seq uint16) error {
 	return nil
 }
 
+// Close implements failover.Prober.
 func (p *prober) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
