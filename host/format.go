@@ -165,7 +165,13 @@ func (t TableID) String() string {
 	return "table " + f + " " + t.Name
 }
 
-// normal returns the rule in the form the kernel reports it.
+// Normal returns the rule in the form the kernel reports it: the
+// defaults filled in (lookup main, a full mask), the fields its action
+// does not use cleared, the prefixes masked. The Manager compares rules
+// in this form; an in-memory kernel stores them so.
+func (r Rule) Normal() Rule { return r.normal() }
+
+// normal is Normal.
 func (r Rule) normal() Rule {
 	if r.Action == 0 {
 		r.Action = Lookup

@@ -133,7 +133,7 @@ func (k *Kernel) Rules(ctx context.Context, f host.Family) ([]host.Rule, error) 
 // AddRule implements host.Kernel: EEXIST for a rule equal to one there,
 // else inserted after the rules of its priority.
 func (k *Kernel) AddRule(ctx context.Context, r host.Rule) error {
-	r = normalRule(r)
+	r = r.Normal()
 	return k.change(ctx, "rule add "+r.String(), func() error {
 		rs := k.rules[r.Family]
 		if slices.Contains(rs, r) {
@@ -147,7 +147,7 @@ func (k *Kernel) AddRule(ctx context.Context, r host.Rule) error {
 
 // DelRule implements host.Kernel: ENOENT when no rule is equal.
 func (k *Kernel) DelRule(ctx context.Context, r host.Rule) error {
-	r = normalRule(r)
+	r = r.Normal()
 	return k.change(ctx, "rule del "+r.String(), func() error {
 		rs := k.rules[r.Family]
 		i := slices.Index(rs, r)
@@ -157,29 +157,6 @@ func (k *Kernel) DelRule(ctx context.Context, r host.Rule) error {
 		k.rules[r.Family] = slices.Delete(rs, i, i+1)
 		return nil
 	})
-}
-
-// normalRule is r as the kernel reports it.
-func normalRule(r host.Rule) host.Rule {
-	if r.Action == 0 {
-		r.Action = host.Lookup
-	}
-	if r.Action != host.Lookup {
-		r.Table = 0
-	} else if r.Table == 0 {
-		r.Table = host.Main
-	}
-	if r.Action != host.Goto {
-		r.Goto = 0
-	}
-	if r.Mask == 0 {
-		r.Mask = 0xffffffff
-	}
-	r.Src, r.Dst = r.Src.Masked(), r.Dst.Masked()
-	if !r.Suppress {
-		r.SuppressPrefixLen = 0
-	}
-	return r
 }
 
 type routeKey struct {
@@ -337,7 +314,7 @@ func (k *Kernel) AddRoute(r host.Route) {
 // AddRuleDirect and AddXfrmDirect add entries as another program would
 // (not logged).
 func (k *Kernel) AddRuleDirect(r host.Rule) {
-	r = normalRule(r)
+	r = r.Normal()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	rs := k.rules[r.Family]
