@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"time"
@@ -78,10 +77,7 @@ func (s *Server) cryptoClear(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req CryptoClearRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("clear crypto: bad request: %w", err))
+	if !decodeRequest(w, r, "clear crypto", &req, false) {
 		return
 	}
 	if !req.Peer.IsValid() {

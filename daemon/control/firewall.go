@@ -2,10 +2,8 @@ package control
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -124,10 +122,7 @@ func (s *Server) firewallApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req FirewallApplyRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("firewall apply: bad request: %w", err))
+	if !decodeRequest(w, r, "firewall apply", &req, true) {
 		return
 	}
 	if req.Confirm < 0 || req.Confirm > 24*time.Hour {

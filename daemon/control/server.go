@@ -202,6 +202,19 @@ func writeError(w http.ResponseWriter, code int, err error) {
 	_ = json.NewEncoder(w).Encode(ErrorResponse{Error: err.Error()})
 }
 
+// decodeRequest reads a call's JSON body into v (64 KiB at most, no
+// unknown fields; an empty body leaves v as it is when emptyOK) and
+// answers 400 naming the call when it cannot: it returns false then.
+func decodeRequest(w http.ResponseWriter, r *http.Request, call string, v any, emptyOK bool) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !(emptyOK && errors.Is(err, io.EOF)) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("%s: bad request: %w", call, err))
+		return false
+	}
+	return true
+}
+
 // errStarting answers while the node is not up yet.
 var errStarting = errors.New("dmvpnd is starting: the tunnel is not up yet")
 
@@ -305,10 +318,7 @@ func (s *Server) traffic(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) clear(w http.ResponseWriter, r *http.Request) {
 	var req ClearRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("clear: bad request: %w", err))
+	if !decodeRequest(w, r, "clear", &req, false) {
 		return
 	}
 	e, ctx, cancel, ok := s.engine(w, r)
@@ -340,10 +350,7 @@ func (s *Server) version(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 	var req ReloadRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("reload: bad request: %w", err))
+	if !decodeRequest(w, r, "reload", &req, true) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
