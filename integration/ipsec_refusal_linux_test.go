@@ -109,7 +109,7 @@ func TestIPsecRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spoke("expired", "10.0.0.24", "10.4.0.0/24", p.section("expired", expired, ""), unchecked)
+	expiredNode := spoke("expired", "10.0.0.24", "10.4.0.0/24", p.section("expired", expired, ""), unchecked)
 	// Another CA: the spoke trusts it, the hub does not.
 	other, err := pki.NewCA("C=FI, O=Elsewhere, CN=Other CA")
 	if err != nil {
@@ -165,9 +165,12 @@ func TestIPsecRefusals(t *testing.T) {
 		return st != nil && st.IKEFailures["negotiation"] > 0
 	})
 	t.Logf("foreign certificate: negotiation failure known %v after the spoke started", time.Since(otherStart).Round(time.Millisecond))
-	// Long enough for the expired and foreign certificates to have tried
-	// (the spokes retry forever).
-	time.Sleep(3 * time.Second)
+	// The expired certificate has been tried and refused as well: only
+	// then does no SA and no registration of either say anything.
+	waitFor(t, 30*time.Second, "the expired spoke's failed negotiation", func() bool {
+		st := expiredNode.crypto().Stats
+		return st != nil && st.IKEFailures["negotiation"] > 0
+	})
 	for _, nbma := range []string{"198.51.100.193", "203.0.113.1"} {
 		if hub.saUpWith(netip.MustParseAddr(nbma)) {
 			t.Errorf("the hub has an SA with %s", nbma)
