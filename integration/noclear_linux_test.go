@@ -179,20 +179,25 @@ func testNoClearGRE(t *testing.T, dataplane, mode string) {
 	if dataplane == "ebpf" {
 		env = []string{ebpf.AttachEnv + "=tc"} // for the spokes: filters that outlive the process
 	}
+	// firewall: off on every node: what is judged is the protection of
+	// the data planes and of host beneath the firewall, which the
+	// baseline's output rule (kept with --keep-routes, alive after a
+	// SIGKILL) would mask — and it would refuse the proof GRE s1 sends.
+	const noFirewall = "firewall: off\n"
 	hub := &ncNode{nbma: e2eHubNB, routes: []string{
 		fmt.Sprintf("route replace %s via %s dev gre1 onlink", e2eLAN[0], e2eTunnel[0]),
 		fmt.Sprintf("route replace %s via %s dev gre1 onlink", e2eLAN[1], e2eTunnel[1]),
 	}}
-	hub.d = startDaemon(t, bin, tb.Node("hub"), hubYAML(dataplane)+p.node("hub", "C=FI, O=Example, OU=GRE=10.0.0.1, OU=AS=65000, CN=hub", ""), "--keep-routes")
+	hub.d = startDaemon(t, bin, tb.Node("hub"), hubYAML(dataplane)+p.node("hub", "C=FI, O=Example, OU=GRE=10.0.0.1, OU=AS=65000, CN=hub", "")+noFirewall, "--keep-routes")
 	spokeRoute := []string{"route replace 10.0.0.0/8 via 10.0.0.1 dev gre1 onlink"}
 	s1 := &ncNode{nbma: ncS1NBMA, routes: spokeRoute}
 	s1.d = startDaemonEnv(t, bin, tb.Node("s1"), spokeYAML("s1", dataplane, e2eTunnel[0].String(), e2eLAN[0].String())+
-		p.node("s1", "C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.1.0.0/24, CN=s1", ""), env, "--keep-routes")
+		p.node("s1", "C=FI, O=Example, OU=GRE=10.0.0.11, OU=AS=65011, OU=NET=10.1.0.0/24, CN=s1", "")+noFirewall, env, "--keep-routes")
 	// Spoke 2 takes no shortcut: what it sends to LAN 1 crosses the hub.
 	s2YAML := strings.Replace(spokeYAML("s2", dataplane, e2eTunnel[1].String(), e2eLAN[1].String()), "shortcut: true", "shortcut: false", 1)
 	s2 := &ncNode{nbma: ncS2NBMA, routes: spokeRoute}
 	s2.d = startDaemonEnv(t, bin, tb.Node("s2"), s2YAML+
-		p.node("s2", "C=FI, O=Example, OU=GRE=10.0.0.12, OU=AS=65012, OU=NET=10.2.0.0/24, CN=s2", ""), env)
+		p.node("s2", "C=FI, O=Example, OU=GRE=10.0.0.12, OU=AS=65012, OU=NET=10.2.0.0/24, CN=s2", "")+noFirewall, env)
 	for _, n := range []*ncNode{hub, s1, s2} {
 		if err := n.d.node.IP(n.routes...); err != nil {
 			t.Fatal(err)
