@@ -26,6 +26,9 @@ type CryptoStatus struct {
 	// whole days until it expires.
 	Certificate *ipsec.CertInfo `json:"certificate,omitempty"`
 	DaysLeft    *int            `json:"certificate_days_left,omitempty"`
+	// CRLs are the certificate revocation lists in force, each marked
+	// stale once its next update is past.
+	CRLs []ipsec.CRLInfo `json:"crls,omitempty"`
 	// Error says why the SAs could not be listed (charon away).
 	Error string `json:"error,omitempty"`
 }
@@ -143,6 +146,10 @@ func cryptoStatus(r control.CryptoResponse, now time.Time) CryptoStatus {
 		if c := r.Stats.Certificate; c != nil && !c.NotAfter.IsZero() {
 			st.Certificate, st.DaysLeft = c, daysLeft(c.NotAfter, now)
 		}
+		for _, l := range r.Stats.CRLs {
+			l.Stale = !l.NextUpdate.IsZero() && now.After(l.NextUpdate)
+			st.CRLs = append(st.CRLs, l)
+		}
 	}
 	return st
 }
@@ -246,6 +253,20 @@ func printCryptoStatus(w io.Writer, st CryptoStatus) bool {
 			left = "EXPIRED"
 		}
 		fmt.Fprintf(w, "Local certificate %s, serial %s, expires %s (%s)\n", c.Subject, c.Serial, c.NotAfter.UTC().Format(time.DateOnly), left)
+	}
+	for _, l := range st.CRLs {
+		num, next := "", "no next update"
+		if l.Number != "" {
+			num = ", number " + l.Number
+		}
+		if !l.NextUpdate.IsZero() {
+			next = "next update " + l.NextUpdate.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "CRL in force: %s%s, issued %s, %s, %d revoked (%s)\n", l.Issuer, num,
+			l.ThisUpdate.UTC().Format(time.RFC3339), next, l.Revoked, l.File)
+		if l.Stale {
+			fmt.Fprintf(w, "%% Warning: the CRL of %s is stale: its next update was due %s\n", l.Issuer, l.NextUpdate.UTC().Format(time.RFC3339))
+		}
 	}
 	if st.Error != "" {
 		fmt.Fprintf(w, "%% %s\n", charonError(st.Error))

@@ -504,3 +504,36 @@ func TestDebugCrypto(t *testing.T) {
 		t.Errorf("without IPsec: exit %d, %q", code, errb)
 	}
 }
+
+// TestPrintCryptoCRL: every show crypto command names the CRLs in force,
+// and warns of one whose next update is past.
+func TestPrintCryptoCRL(t *testing.T) {
+	st := testStats()
+	st.CRLs = []ipsec.CRLInfo{
+		{File: "/etc/dmvpn/pki/ca.crl", Issuer: "C=FI, O=dmvpn, CN=CA", Number: "7", Revoked: 2,
+			ThisUpdate: t0.Add(-48 * time.Hour), NextUpdate: t0.Add(-time.Hour)},
+		{File: "/etc/dmvpn/pki/ca2.crl", Issuer: "C=FI, O=dmvpn, CN=CA2", ThisUpdate: t0.Add(-time.Hour), NextUpdate: t0.Add(time.Hour)},
+	}
+	r := control.CryptoResponse{Enabled: true, Stats: &st}
+	var b bytes.Buffer
+	if err := printCryptoSA(&b, r, t0); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"CRL in force: C=FI, O=dmvpn, CN=CA, number 7, issued " + t0.Add(-48*time.Hour).UTC().Format(time.RFC3339) +
+			", next update " + t0.Add(-time.Hour).UTC().Format(time.RFC3339) + ", 2 revoked (/etc/dmvpn/pki/ca.crl)\n",
+		"% Warning: the CRL of C=FI, O=dmvpn, CN=CA is stale: its next update was due " + t0.Add(-time.Hour).UTC().Format(time.RFC3339) + "\n",
+		"CRL in force: C=FI, O=dmvpn, CN=CA2, issued",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("show crypto sa lacks %q:\n%s", want, b.String())
+		}
+	}
+	if strings.Count(b.String(), "stale") != 1 {
+		t.Errorf("a CRL that is not stale is said to be:\n%s", b.String())
+	}
+	v := cryptoSAView(r, t0)
+	if len(v.CRLs) != 2 || !v.CRLs[0].Stale || v.CRLs[1].Stale {
+		t.Errorf("show crypto sa json CRLs %+v", v.CRLs)
+	}
+}

@@ -124,6 +124,13 @@ func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gat
 				e.PeerLost(c, nbma, reason)
 			}
 		},
+		Revoked: func(nbma netip.Addr, reason string) {
+			if e := d.Engine(); e != nil {
+				c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				e.Revoke(c, nbma, reason)
+			}
+		},
 		Restarted: func(reason string) {
 			// charon's TUN may have another name now (ipsec1).
 			fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -64,6 +64,12 @@ type Config struct {
 	ESPProposals []string
 	// UpTimeout bounds the wait for a CHILD_SA after initiate.
 	UpTimeout time.Duration
+	// CRL lists certificate revocation lists (PEM or DER files) signed
+	// by a CA of CACerts: a certificate they revoke is refused, and the
+	// SAs and registrations of a peer whose certificate a new list
+	// revokes are ended. The files are read again when they change and
+	// on SIGHUP.
+	CRL []string
 	// AuditLog is the file of the registration audit stream (JSON lines);
 	// empty writes it to standard output.
 	AuditLog string
@@ -124,6 +130,11 @@ func (c *Config) Validate() error {
 		}
 		if _, err := os.Stat(f); err != nil {
 			bad("%v", err)
+		}
+	}
+	for _, f := range c.CRL {
+		if _, err := os.Stat(f); err != nil {
+			bad("crl: %v", err)
 		}
 	}
 	if c.Managed && c.Dir == "" {

@@ -75,7 +75,11 @@ func loadConnMessage(spec connSpec, cfg Config, mode Mode, cr creds) *vici.Messa
 	child.Set("close_action", "none")
 	child.Set("start_action", "none")
 	local := msg("auth", "pubkey", "certs", []string{cr.cert})
-	remote := msg("auth", "pubkey", "cacerts", cr.cas)
+	// Revocation: a certificate a loaded CRL (ipsec.crl) revokes is
+	// refused in any case; one that names a CRL distribution point or an
+	// OCSP responder must be shown not revoked by them (charon's
+	// revocation plugin fetches them with curl), or it is refused too.
+	remote := msg("auth", "pubkey", "cacerts", cr.cas, "revocation", "ifuri")
 	if spec.remoteID != "" {
 		remote.Set("id", spec.remoteID)
 	}

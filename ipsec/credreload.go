@@ -82,6 +82,9 @@ func (m *Manager) LoadCredentials(ctx context.Context, c *Credentials) error {
 	m.mu.Lock()
 	m.creds = c.cs
 	m.mu.Unlock()
+	if c.cs.crls != nil {
+		m.revokeSweep(ctx) // peers a new list revokes
+	}
 	renewed := old != nil && old.cert != c.cs.cert
 	m.log.Info("credentials loaded", zap.String("certificate", c.cs.own.Subject), zap.String("serial", c.cs.own.Serial),
 		zap.Time("expires", c.cs.own.NotAfter), zap.Bool("renewed", renewed))

@@ -19,6 +19,7 @@ type credSet struct {
 	mtimes  map[string]time.Time
 	expires map[string]time.Time // subject → NotAfter of every loaded certificate
 	own     CertInfo             // this node's certificate
+	crls    *crlSet              // the CRLs in force (ipsec.crl); nil: none
 }
 
 // CertInfo describes a certificate: its subject as strongSwan prints it,
@@ -64,6 +65,13 @@ func readCreds(cfg Config) (*credSet, error) {
 	}
 	certs, _, _ := certFile.parse()
 	cs.own = CertInfo{Subject: subjectOf(certs[0]), Serial: certs[0].SerialNumber.Text(16), NotAfter: certs[0].NotAfter}
+	if len(cfg.CRL) > 0 {
+		crls, err := readCRLs(cfg.CRL, cs.cas)
+		if err != nil {
+			return nil, err
+		}
+		cs.crls = crls
+	}
 	return cs, nil
 }
 
@@ -95,7 +103,15 @@ func (cs *credSet) noteExpiry(p string) error {
 
 // sameContents reports whether two sets hold the same PEM data.
 func (cs *credSet) sameContents(o *credSet) bool {
-	return o != nil && cs.cert == o.cert && cs.key == o.key && slices.Equal(cs.cas, o.cas)
+	return o != nil && cs.cert == o.cert && cs.key == o.key && slices.Equal(cs.cas, o.cas) && sameCRLs(cs.crls, o.crls)
+}
+
+// sameCRLs reports whether two sets of CRLs hold the same lists.
+func sameCRLs(a, b *crlSet) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return slices.EqualFunc(a.pem, b.pem, func(x, y []byte) bool { return string(x) == string(y) })
 }
 
 // changed reports whether any credential file changed since it was read.
@@ -121,6 +137,20 @@ func loadCreds(ctx context.Context, c *viciConn, cs *credSet) error {
 	}
 	if _, err := c.call(ctx, 5*time.Second, "load-key", msg("type", "any", "data", cs.key)); err != nil {
 		return err
+	}
+	return loadCRLs(ctx, c, cs.crls)
+}
+
+// loadCRLs hands the CRLs to charon, which then refuses the certificates
+// they revoke when a peer authenticates.
+func loadCRLs(ctx context.Context, c *viciConn, crls *crlSet) error {
+	if crls == nil {
+		return nil
+	}
+	for _, p := range crls.pem {
+		if _, err := c.call(ctx, 5*time.Second, "load-cert", msg("type", "X509_CRL", "data", string(p))); err != nil {
+			return fmt.Errorf("loading a CRL: %w", err)
+		}
 	}
 	return nil
 }

@@ -24,6 +24,8 @@ type Identity struct {
 	GRE      []netip.Addr
 	AS       []uint32
 	NET      []netip.Prefix
+
+	cert *x509.Certificate // what it was read from (revocation)
 }
 
 // Attrs returns the fields as the NHRP engine keeps them with a binding.
@@ -61,7 +63,7 @@ func ParseIdentity(der []byte) (*Identity, error) {
 	if rest, err := asn1.Unmarshal(cert.RawSubject, &rdns); err != nil || len(rest) > 0 {
 		return nil, fmt.Errorf("ipsec: certificate subject: %w", ErrAmbiguous)
 	}
-	id := &Identity{Subject: rdns.String(), Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter}
+	id := &Identity{Subject: rdns.String(), Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter, cert: cert}
 	for _, rdn := range rdns {
 		for _, atv := range rdn {
 			v, ok := atv.Value.(string)
@@ -141,8 +143,14 @@ func renderLikeCharon(der []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return renderRDNs(cert.RawSubject)
+}
+
+// renderRDNs renders a DER name (a subject, an issuer) as strongSwan
+// prints an identity.
+func renderRDNs(raw []byte) (string, error) {
 	var rdns pkix.RDNSequence
-	if _, err := asn1.Unmarshal(cert.RawSubject, &rdns); err != nil {
+	if _, err := asn1.Unmarshal(raw, &rdns); err != nil {
 		return "", err
 	}
 	var parts []string

@@ -21,6 +21,10 @@ type Hooks struct {
 	// (charon came back after being away, or this node's certificate was
 	// renewed and its SAs set up again with it).
 	Restarted func(reason string)
+	// Revoked: the certificate of the peer at an NBMA address was revoked
+	// by a CRL now in force and its SAs ended: its registrations and
+	// bindings must end too.
+	Revoked func(nbma netip.Addr, reason string)
 	// Aliases (userspace mode): the inner addresses of peers behind NAT,
 	// by NBMA address, for the data plane (gre.PeerAliaser).
 	Aliases func(map[netip.Addr]netip.Addr) error
@@ -65,6 +69,7 @@ type Manager struct {
 	// once until it changes); expiryWarned the expiry warnings given, by
 	// certificate (expiry.go).
 	rotateErr    string
+	crlErr       string // the last failure of the CRL file watch
 	expiryWarned map[string]int
 
 	aliasMu sync.Mutex
@@ -213,6 +218,8 @@ func (m *Manager) run(ctx context.Context, ev *eventSession) {
 	defer close(m.done)
 	certTick := time.NewTicker(5 * time.Second)
 	defer certTick.Stop()
+	crlTick := time.NewTicker(crlCheck)
+	defer crlTick.Stop()
 	expiryTick := time.NewTicker(time.Hour)
 	defer expiryTick.Stop()
 	m.checkExpiry(time.Now())
@@ -232,6 +239,8 @@ func (m *Manager) run(ctx context.Context, ev *eventSession) {
 				m.handleEvent(ctx, e)
 			case <-certTick.C:
 				m.reloadCredsIfChanged(ctx)
+			case <-crlTick.C:
+				m.reloadCRLsIfChanged(ctx)
 			case now := <-expiryTick.C:
 				m.checkExpiry(now)
 			}

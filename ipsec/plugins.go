@@ -13,8 +13,10 @@ import (
 
 // pluginsBase are the charon plugins a DMVPN node needs (the compiled-in
 // default list without those that change the host: resolve writes
-// resolv.conf, forecast and farp listen on the LAN, dhcp, ha, stroke…).
-var pluginsBase = strings.Fields("pkcs11 aesni aes rc2 sha2 sha1 md5 mgf1 rdrand random nonce x509 revocation constraints pubkey pkcs1 pkcs7 pkcs12 pgp dnskey sshkey pem openssl gcrypt pkcs8 fips-prf gmp curve25519 chapoly xcbc cmac ctr ccm gcm hmac kdf drbg attr")
+// resolv.conf, forecast and farp listen on the LAN, dhcp, ha, stroke…);
+// revocation checks certificates against CRLs and OCSP, which curl
+// fetches from the URIs a certificate names.
+var pluginsBase = strings.Fields("pkcs11 aesni aes rc2 sha2 sha1 md5 mgf1 rdrand random nonce x509 revocation constraints pubkey pkcs1 pkcs7 pkcs12 pgp dnskey sshkey pem openssl gcrypt pkcs8 fips-prf gmp curve25519 chapoly xcbc cmac ctr ccm gcm hmac kdf drbg curl attr")
 
 // pluginsTail follow the base list (and kernel-libipsec in userspace
 // mode): the kernel interface, the IKE socket, VICI, the updown hook,
@@ -44,6 +46,7 @@ var pluginPackages = map[string]string{
 	"counters":        "strongswan-libcharon",
 	"updown":          "strongswan-libcharon",
 	"pkcs11":          "libstrongswan-extra-plugins",
+	"curl":            "libstrongswan-extra-plugins",
 	"rdrand":          "libstrongswan-extra-plugins",
 	"gcrypt":          "libstrongswan-extra-plugins",
 	"curve25519":      "libstrongswan-extra-plugins",

@@ -10,6 +10,7 @@ import (
 // counters are the manager's metrics.
 type counters struct {
 	ikeUp, saDown, restarts atomic.Uint64
+	revoked                 atomic.Uint64 // SAs ended because a CRL revoked the peer's certificate
 	mu                      sync.Mutex
 	refused                 map[string]uint64 // registrations refused, by reason
 	claimsRefused           map[string]uint64 // packet claims refused, by reason
@@ -71,12 +72,23 @@ type Stats struct {
 	// subject.
 	Certificate *CertInfo            `json:"certificate,omitempty"`
 	CertExpires map[string]time.Time `json:"cert_expires"`
+	// CRLs are the certificate revocation lists in force (ipsec.crl),
+	// each marked stale once its next update is past; Revoked counts the
+	// SAs ended because a list revoked the peer's certificate.
+	CRLs    []CRLInfo `json:"crls,omitempty"`
+	Revoked uint64    `json:"revoked_ended"`
 }
 
 // Stats returns a snapshot.
 func (m *Manager) Stats() Stats {
 	st := Stats{Mode: m.mode, SAsByState: map[string]int{}, Refused: map[string]uint64{}, ClaimsRefused: map[string]uint64{},
 		IKEFailures: map[string]uint64{}, CertExpires: map[string]time.Time{}}
+	m.mu.Lock()
+	if m.creds != nil {
+		st.CRLs = m.creds.crls.infos(time.Now())
+	}
+	m.mu.Unlock()
+	st.Revoked = m.stats.revoked.Load()
 	m.mu.Lock()
 	st.Connected = m.connected
 	for _, sa := range m.sas {

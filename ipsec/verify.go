@@ -75,6 +75,10 @@ func (m *Manager) checkIdentity(id *Identity, proto netip.Addr) (nhrp.Verdict, s
 	refuse := func(reason string) nhrp.Verdict {
 		return nhrp.Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: reason}
 	}
+	if r, ok := m.revokedCert(id.cert); ok {
+		return refuse(fmt.Sprintf("certificate revoked (serial %s, on %s's CRL since %s)", id.Serial, r.crl.Issuer,
+			r.at.UTC().Format(time.RFC3339))), RefusedRevoked
+	}
 	switch {
 	case time.Now().After(id.NotAfter):
 		return refuse("certificate expired"), RefusedExpired

@@ -249,3 +249,34 @@ func (e *Engine) Reconfigure(ctx context.Context, cfg Config) error {
 		e.updateMulticast()
 	})
 }
+
+// Revoke ends what the peer at an NBMA address holds: its registrations
+// (hub), the bindings and shortcuts that lead to it, and this node's
+// registration with it when it is a server, which is then tried again
+// only after the backoff. The IPsec layer calls it when a CRL revoked the
+// peer's certificate (and ended its SAs). It returns how many entries
+// went.
+func (e *Engine) Revoke(ctx context.Context, nbma netip.Addr, reason string) (int, error) {
+	n := 0
+	err := e.do(ctx, func() {
+		e.now = time.Now()
+		for _, en := range e.cache.all() {
+			if e.cache.get(en.proto) != en || en.nbma != nbma {
+				continue
+			}
+			switch en.typ {
+			case TypeDynamic, TypeCached, TypeShortcut:
+				e.removeEntry(en, CauseRevoked)
+				n++
+			}
+		}
+		if s := e.nhsByNBMA(nbma); s != nil && !s.removed {
+			e.registrationFailed(s, reason, true)
+		}
+		if p := e.peers[nbma]; p != nil && p.refs == 0 {
+			e.releasePeer(p, reason)
+		}
+		e.log.Warn("peer revoked: its registrations and bindings ended", zap.Stringer("nbma", nbma), zap.Int("entries", n), zap.String("reason", reason))
+	})
+	return n, err
+}

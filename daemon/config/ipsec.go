@@ -36,6 +36,8 @@ type IPsec struct {
 	ESPProposals      []string
 	// AuditLog is the file of the registration audit stream (JSON lines).
 	AuditLog string
+	// CRL are certificate revocation lists (PEM or DER) signed by a CA.
+	CRL []string
 }
 
 // DefaultIPsecStateDir is where a managed charon keeps its files.
@@ -77,6 +79,15 @@ func (d *decoder) ipsecSection(n *yaml.Node, p string, c *Config) {
 			for _, f := range files {
 				if d.checkFile(n, p, f) {
 					s.CA = append(s.CA, f)
+				}
+			}
+		},
+		"crl": func(n *yaml.Node, p string) {
+			var files []string
+			strs(&files)(n, p)
+			for _, f := range files {
+				if d.checkFile(n, p, f) {
+					s.CRL = append(s.CRL, f)
 				}
 			}
 		},
@@ -187,6 +198,11 @@ func (c *Config) checkCredentials(d *decoder) {
 	ps := ipsec.CheckCredentials(ipsec.CredentialCheck{
 		CACerts: s.CA, Cert: s.Cert, Key: s.Key, Tunnel: c.Tunnel.Address.Addr(), Hub: c.Role == "hub",
 	})
+	if len(s.CRL) > 0 && !d.failed("ipsec.crl") {
+		if err := ipsec.CheckCRLs(s.CRL, s.CA); err != nil {
+			d.errorAt("ipsec.crl", "%v", err)
+		}
+	}
 	for _, p := range ps {
 		path := "ipsec." + p.Field
 		if p.Field == "ca" && d.has(index(path, p.Index)) {
@@ -213,7 +229,7 @@ func (s *IPsec) ipsecConfig() *ipsec.Config {
 		HubIdentity: s.HubIdentity, Managed: s.Charon == "managed", Dir: s.StateDir, Socket: s.Socket,
 		DPDDelay: s.DPDDelay, RetransmitTimeout: s.RetransmitTimeout, RetransmitTries: s.RetransmitTries,
 		Proposals: append([]string(nil), s.Proposals...), ESPProposals: append([]string(nil), s.ESPProposals...),
-		AuditLog: s.AuditLog,
+		AuditLog: s.AuditLog, CRL: append([]string(nil), s.CRL...),
 	}
 }
 
@@ -264,6 +280,13 @@ func renderIPsec(s *IPsec) *yaml.Node {
 	}
 	if s.AuditLog != "" {
 		m.add("audit_log", str(s.AuditLog))
+	}
+	if len(s.CRL) > 0 {
+		seq := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, f := range s.CRL {
+			seq.Content = append(seq.Content, str(f))
+		}
+		m.add("crl", seq)
 	}
 	return m.Node
 }

@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"time"
+
 	"slices"
 	"strings"
 
@@ -31,20 +33,24 @@ var (
 		"Times charon was lost and came back (dmvpnd restarts the charon it runs), credentials and connections reloaded.", nil, nil)
 	descIPsecCharonUp = prometheus.NewDesc("dmvpn_ipsec_charon_up",
 		"1 while dmvpnd is connected to charon over VICI.", nil, nil)
+	descIPsecCRLNext = prometheus.NewDesc("dmvpn_ipsec_crl_next_update_seconds",
+		"Seconds until the next update of a CRL in force, by issuer (negative once it is stale).", []string{"issuer"}, nil)
+	descIPsecRevoked = prometheus.NewDesc("dmvpn_ipsec_revoked_total",
+		"SAs ended because a CRL in force revoked the peer's certificate.", nil, nil)
 	descIPsecCertExpiry = prometheus.NewDesc("dmvpn_ipsec_certificate_expiry_timestamp_seconds",
 		"When a loaded certificate (this node's, or a CA's) expires, as a Unix time, by subject: alert on "+
 			"dmvpn_ipsec_certificate_expiry_timestamp_seconds - time() < 30 * 86400.", []string{"subject"}, nil)
 )
 
 var ipsecDescs = []*prometheus.Desc{descIPsecSAs, descIPsecIKEFailures, descIPsecRefused, descIPsecClaimsRefused, descIPsecAccepted,
-	descIPsecSADowns, descIPsecRestarts, descIPsecCharonUp, descIPsecCertExpiry}
+	descIPsecSADowns, descIPsecRestarts, descIPsecCharonUp, descIPsecCertExpiry, descIPsecCRLNext, descIPsecRevoked}
 
 // ikeStates are strongSwan's IKE SA states, always exported (0 when none).
 var ikeStates = []string{"created", "connecting", "established", "passive", "rekeying", "rekeyed", "deleting", "destroying"}
 
 // refusalKinds are the kinds of refusal, always exported (0 when none).
 var refusalKinds = []string{ipsec.RefusedNoSA, ipsec.RefusedIdentities, ipsec.RefusedNoCert, ipsec.RefusedBadIdentity,
-	ipsec.RefusedExpired, ipsec.RefusedNoGRE, ipsec.RefusedWrongGRE}
+	ipsec.RefusedExpired, ipsec.RefusedNoGRE, ipsec.RefusedWrongGRE, ipsec.RefusedRevoked}
 
 // ipsecStats returns the IPsec statistics of src; false when IPsec is off.
 func ipsecStats(src Source) (ipsec.Stats, bool) {
@@ -93,6 +99,12 @@ func collectIPsec(ch chan<- prometheus.Metric, st ipsec.Stats) {
 		counter(descIPsecClaimsRefused, n, k)
 	}
 	counter(descIPsecAccepted, st.Accepted)
+	counter(descIPsecRevoked, st.Revoked)
+	for _, l := range st.CRLs {
+		if !l.NextUpdate.IsZero() {
+			gauge(descIPsecCRLNext, time.Until(l.NextUpdate).Seconds(), l.Issuer)
+		}
+	}
 	counter(descIPsecSADowns, st.SADowns)
 	counter(descIPsecRestarts, st.Restarts)
 	up := 0.0
