@@ -210,6 +210,7 @@ func testLabCycle(t *testing.T, l *labEnv) {
 	t.Run("forged", func(t *testing.T) { testLabForged(t, l) })
 	t.Run("fail and restore an ISP", func(t *testing.T) { testLabFailover(t, l) })
 	t.Run("crash", func(t *testing.T) { testLabCrash(t, l) })
+	t.Run("revoke", func(t *testing.T) { testLabRevoke(t, l) })
 	t.Run("stop", func(t *testing.T) { testLabStop(t, l) })
 
 	out, err = l.run(t, "down")
@@ -342,16 +343,16 @@ func checkLabPKI(t *testing.T, l *labEnv) {
 		t.Errorf("spoke1's OUs: %q, want %q", c.Subject.OrganizationalUnit, want)
 	}
 	keys, _ := filepath.Glob(filepath.Join(dir, "*.key"))
-	if len(keys) != 5 {
-		t.Errorf("%d keys in %s, want 5", len(keys), dir)
+	if len(keys) != 6 {
+		t.Errorf("%d keys in %s, want 6 (the CA's, kept to sign CRLs, and one per node)", len(keys), dir)
 	}
 	for _, k := range keys {
 		if st, err := os.Stat(k); err != nil || st.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v %v", k, st.Mode(), err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "ca.key")); !os.IsNotExist(err) {
-		t.Errorf("the CA's key is kept: %v", err)
+	if _, err := os.Stat(filepath.Join(dir, "ca.crl")); err != nil {
+		t.Errorf("the CA's first CRL: %v", err)
 	}
 }
 

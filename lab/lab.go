@@ -66,6 +66,8 @@ const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
   restore NODE ISP     undo fail and follow the node back to its preferred ISP
   exec NODE -- CMD…    run a command in a node (hub1, spoke1, spoke1-h1, inet…)
   shell NODE           open dmvpnctl on a hub or spoke
+  revoke NODE          revoke a hub's or spoke's certificate: the lab's CA
+                       signs the next CRL with it, the nodes cut it off
   restart [--kill] NODE
                        stop a hub's or spoke's dmvpnd (--kill: SIGKILL, as a
                        crash would) and start it again with the same file
@@ -156,6 +158,12 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			fmt.Fprintf(stderr, "dmvpn-lab: %v\n", err)
 		}
 		return code
+	case "revoke":
+		if len(rest) != 1 {
+			fs.Usage()
+			return 2
+		}
+		err = l.Revoke(ctx, rest[0])
 	case "restart":
 		kill := len(rest) == 2 && rest[0] == "--kill"
 		if kill {

@@ -39,3 +39,6 @@ func (l *Lab) Restore(ctx context.Context, node, isp string) error { return errL
 
 // Restart needs Linux.
 func (l *Lab) Restart(ctx context.Context, node string, kill bool) error { return errLinux }
+
+// Revoke needs Linux.
+func (l *Lab) Revoke(ctx context.Context, node string) error { return errLinux }

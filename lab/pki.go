@@ -1,9 +1,14 @@
 package lab
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/opendmvpn/dmvpn/internal/pki"
 	"github.com/opendmvpn/dmvpn/lab/testbed"
@@ -28,12 +33,17 @@ func (n Node) subject() string {
 
 // credentials are a node's PEM files.
 type credentials struct {
-	CA, Cert, Key string
-	Subject       string
+	CA, Cert, Key, CRL string
+	Subject            string
 }
 
+// crlLifetime is how long the lab's CRLs hold before their next update.
+const crlLifetime = 7 * 24 * time.Hour
+
 // writePKI makes the lab's CA and a certificate per hub and spoke in dir
-// (keys mode 0600). The CA's key is not kept: nothing is issued after up.
+// (keys mode 0600), and the CA's first CRL (number 1, nothing revoked),
+// which every node's file names. The CA's key is kept (mode 0600) for
+// dmvpn-lab revoke to sign the next list.
 func writePKI(dir string, t Topology) (map[string]credentials, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
@@ -46,6 +56,17 @@ func writePKI(dir string, t Topology) (map[string]credentials, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
+	if _, err := ca.WriteKey(dir, "ca"); err != nil {
+		return nil, fmt.Errorf("pki: %w", err)
+	}
+	crl, err := ca.CRL(1, nil, crlLifetime)
+	if err != nil {
+		return nil, err
+	}
+	crlFile := filepath.Join(dir, "ca.crl")
+	if err := os.WriteFile(crlFile, crl, 0o644); err != nil {
+		return nil, fmt.Errorf("pki: %w", err)
+	}
 	out := map[string]credentials{}
 	for _, n := range t.Nodes {
 		is, err := ca.IssueDN(n.subject())
@@ -56,14 +77,15 @@ func writePKI(dir string, t Topology) (map[string]credentials, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pki: %w", err)
 		}
-		out[n.Site.Name] = credentials{CA: caFile, Cert: cert, Key: key, Subject: n.subject()}
+		out[n.Site.Name] = credentials{CA: caFile, Cert: cert, Key: key, CRL: crlFile, Subject: n.subject()}
 	}
 	return out, nil
 }
 
 // ipsecSection is a node's ipsec section: userspace ESP with a charon of
 // its own (files in stateDir), fast dead-peer detection as in the
-// integration tests, and the registration audit stream in auditLog.
+// integration tests, the registration audit stream in auditLog, and the
+// lab CA's CRL.
 func ipsecSection(c credentials, stateDir, auditLog string) string {
 	return fmt.Sprintf(`ipsec:
   mode: userspace
@@ -76,5 +98,52 @@ func ipsecSection(c credentials, stateDir, auditLog string) string {
   retransmit_timeout: 500ms
   retransmit_tries: 3
   audit_log: %s
-`, c.CA, c.Cert, c.Key, stateDir, auditLog)
+  crl: %s
+`, c.CA, c.Cert, c.Key, stateDir, auditLog, c.CRL)
+}
+
+// revokeCert signs the lab's next CRL, revoking the certificate of node
+// besides every one the list in force revokes, and puts it in place of
+// dir/ca.crl at once (written aside, then renamed): the nodes read it
+// within a second. It returns the certificate's serial and the list's
+// number.
+func revokeCert(dir, node string) (serial string, number int64, err error) {
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	if err != nil {
+		return "", 0, fmt.Errorf("the lab's CA: %w", err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, node+".crt"))
+	if err != nil {
+		return "", 0, fmt.Errorf("%s's certificate: %w", node, err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", 0, fmt.Errorf("%s's certificate is not PEM", node)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", 0, err
+	}
+	crlFile := filepath.Join(dir, "ca.crl")
+	last, serials, err := pki.ReadCRL(crlFile)
+	if err != nil {
+		return "", 0, err
+	}
+	for _, s := range serials {
+		if s.Cmp(cert.SerialNumber) == 0 {
+			return cert.SerialNumber.Text(16), last, fmt.Errorf("%s's certificate (serial %s) is revoked already (CRL number %d)", node, cert.SerialNumber.Text(16), last)
+		}
+	}
+	list, err := ca.CRL(last+1, append(serials, new(big.Int).Set(cert.SerialNumber)), crlLifetime)
+	if err != nil {
+		return "", 0, err
+	}
+	tmp := crlFile + ".new"
+	if err := os.WriteFile(tmp, list, 0o644); err != nil {
+		return "", 0, err
+	}
+	if err := os.Rename(tmp, crlFile); err != nil {
+		return "", 0, err
+	}
+	return cert.SerialNumber.Text(16), last + 1, nil
 }

@@ -1,0 +1,126 @@
+package integration
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/nhrp"
+)
+
+// revokeGoal is how soon after the new CRL is in place a revoked spoke's
+// SAs and registrations must be gone.
+const revokeGoal = 5 * time.Second
+
+// testLabRevoke revokes spoke2's certificate while it is registered and
+// carrying traffic to spoke1 over their shortcut: within revokeGoal of
+// the new CRL being in place both hubs have ended its registration and
+// SAs, spoke1 its shortcut and SA, each hub audited the end with the
+// serial; show crypto names the CRL in force; spoke2's attempts to come
+// back are refused; spoke1 and the hubs go on.
+func testLabRevoke(t *testing.T, l *labEnv) {
+	spoke2NBMA := labSpoke2NBMA
+	cb, err := os.ReadFile(filepath.Join(l.dir, "pki", "spoke2.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(cb)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := cert.SerialNumber.Text(16)
+	if out, err := l.run(t, "exec", "spoke1-h1", "--", "ping", "-c", "2", "-i", "0.2", "10.2.0.2"); err != nil || !strings.Contains(out, "ttl=62") {
+		t.Fatalf("spoke1's LAN does not reach spoke2's over a shortcut: %v\n%s", err, out)
+	}
+	for _, hub := range []string{"hub1", "hub2"} {
+		if _, ok := labEntry(t, l, hub, "172.16.2.1"); !ok {
+			t.Fatalf("%s has no registration of spoke2 to begin with", hub)
+		}
+	}
+	saUp := func(node string, peer string) bool {
+		for _, sa := range labCrypto(t, l, node).SAs {
+			if sa.RemoteHost.String() == peer && sa.Up() {
+				return true
+			}
+		}
+		return false
+	}
+	traffic := pingAway(t, l, "spoke1-h1", "10.2.0.2", 30)
+	out, err := l.run(t, "revoke", "spoke2")
+	if err != nil {
+		t.Fatalf("revoke spoke2: %v\n%s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(out))
+	took := waitFor(t, revokeGoal, "spoke2's SAs and registrations ended everywhere", func() bool {
+		for _, hub := range []string{"hub1", "hub2"} {
+			if _, ok := labEntry(t, l, hub, "172.16.2.1"); ok || saUp(hub, spoke2NBMA.String()) {
+				return false
+			}
+		}
+		if saUp("spoke1", spoke2NBMA.String()) {
+			return false
+		}
+		e, ok := labCacheEntry(t, l, "spoke1", labSpoke2)
+		return !ok || e.NBMA != spoke2NBMA
+	})
+	t.Logf("spoke2's certificate revoked: its SAs and registrations ended at both hubs and spoke1 %v after the CRL was in place", took.Round(time.Millisecond))
+	traffic()
+
+	for _, hub := range []string{"hub1", "hub2"} {
+		found := false
+		for _, a := range readAudit(t, filepath.Join(l.dir, hub, "audit.jsonl")) {
+			if a.Event == "certificate revoked: SA ended" && a.Serial == serial && a.NBMA == spoke2NBMA.String() {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s did not audit the end of spoke2's SA with serial %s", hub, serial)
+		}
+		cr := l.ctl(t, hub, "show", "crypto", "sa")
+		if !strings.Contains(cr, "CRL in force: C=FI, O=dmvpn-lab, CN=dmvpn-lab CA, number 2,") || !strings.Contains(cr, ", 1 revoked (") || strings.Contains(cr, "stale") {
+			t.Errorf("%s's show crypto sa does not name the CRL in force:\n%s", hub, cr)
+		}
+	}
+	// spoke2 tries again, and is refused: its requests go out, none is
+	// answered positively.
+	var r control.NHSResponse
+	if err := json.Unmarshal([]byte(l.ctl(t, "spoke2", "show", "ip", "nhrp", "nhs", "json")), &r); err != nil {
+		t.Fatal(err)
+	}
+	sent := map[string]uint64{}
+	for _, s := range r.Servers {
+		sent[s.NBMA.String()] = s.Sent
+	}
+	waitFor(t, 15*time.Second, "spoke2 trying both hubs again", func() bool {
+		if err := json.Unmarshal([]byte(l.ctl(t, "spoke2", "show", "ip", "nhrp", "nhs", "json")), &r); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, s := range r.Servers {
+			if s.Sent > sent[s.NBMA.String()] {
+				n++
+			}
+		}
+		return n == len(r.Servers)
+	})
+	for _, s := range r.Servers {
+		if s.State == nhrp.NHSUp {
+			t.Errorf("spoke2 registered with %s after its certificate was revoked: %+v", s.NBMA, s)
+		}
+	}
+	for _, hub := range []string{"hub1", "hub2"} {
+		if e, ok := labEntry(t, l, hub, "172.16.2.1"); ok {
+			t.Errorf("%s registered the revoked spoke2 again: %+v", hub, e)
+		}
+	}
+	if out, err := l.run(t, "exec", "spoke1-h1", "--", "ping", "-c", "2", "-W", "2", "172.16.0.1"); err != nil {
+		t.Errorf("spoke1 → hub1 after spoke2's revocation: %v\n%s", err, out)
+	}
+}
