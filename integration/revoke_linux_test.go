@@ -57,18 +57,29 @@ func testLabRevoke(t *testing.T, l *labEnv) {
 	if err != nil {
 		t.Fatalf("revoke spoke2: %v\n%s", err, out)
 	}
+	placed := time.Now()
 	t.Logf("%s", strings.TrimSpace(out))
-	took := waitFor(t, revokeGoal, "spoke2's SAs and registrations ended everywhere", func() bool {
+	var left []string
+	took := waitFor(t, revokeGoal, "spoke2's SAs and registrations ended everywhere (left: see below)", func() bool {
+		left = nil
 		for _, hub := range []string{"hub1", "hub2"} {
-			if _, ok := labEntry(t, l, hub, "172.16.2.1"); ok || saUp(hub, spoke2NBMA.String()) {
-				return false
+			if _, ok := labEntry(t, l, hub, "172.16.2.1"); ok {
+				left = append(left, hub+" registration")
+			}
+			if saUp(hub, spoke2NBMA.String()) {
+				left = append(left, hub+" SA")
 			}
 		}
 		if saUp("spoke1", spoke2NBMA.String()) {
-			return false
+			left = append(left, "spoke1 SA")
 		}
-		e, ok := labCacheEntry(t, l, "spoke1", labSpoke2)
-		return !ok || e.NBMA != spoke2NBMA
+		if e, ok := labCacheEntry(t, l, "spoke1", labSpoke2); ok && e.NBMA == spoke2NBMA {
+			left = append(left, "spoke1 binding")
+		}
+		if len(left) > 0 {
+			t.Logf("%v after the CRL: %v", time.Since(placed).Round(100*time.Millisecond), left)
+		}
+		return len(left) == 0
 	})
 	t.Logf("spoke2's certificate revoked: its SAs and registrations ended at both hubs and spoke1 %v after the CRL was in place", took.Round(time.Millisecond))
 	traffic()

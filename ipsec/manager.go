@@ -135,6 +135,9 @@ func (m *Manager) Start(ctx context.Context) error {
 		return err
 	}
 	go m.run(ctx, events)
+	if len(m.cfg.CRL) > 0 {
+		go m.watchCRLs(ctx)
+	}
 	for range certWorkers {
 		go m.certWorker(ctx)
 	}
@@ -218,8 +221,6 @@ func (m *Manager) run(ctx context.Context, ev *eventSession) {
 	defer close(m.done)
 	certTick := time.NewTicker(5 * time.Second)
 	defer certTick.Stop()
-	crlTick := time.NewTicker(crlCheck)
-	defer crlTick.Stop()
 	expiryTick := time.NewTicker(time.Hour)
 	defer expiryTick.Stop()
 	m.checkExpiry(time.Now())
@@ -239,8 +240,6 @@ func (m *Manager) run(ctx context.Context, ev *eventSession) {
 				m.handleEvent(ctx, e)
 			case <-certTick.C:
 				m.reloadCredsIfChanged(ctx)
-			case <-crlTick.C:
-				m.reloadCRLsIfChanged(ctx)
 			case now := <-expiryTick.C:
 				m.checkExpiry(now)
 			}

@@ -28,6 +28,21 @@ func (m *Manager) revokedCert(c *x509.Certificate) (revocation, bool) {
 // force, and the peers it revokes cut off, within a second or two.
 const crlCheck = time.Second
 
+// watchCRLs looks at the CRL files every crlCheck until ctx ends, in a
+// goroutine of its own so that charon's events never delay a revocation.
+func (m *Manager) watchCRLs(ctx context.Context) {
+	t := time.NewTicker(crlCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.reloadCRLsIfChanged(ctx)
+		}
+	}
+}
+
 // reloadCRLsIfChanged is the CRL file watch: when a list changed it is
 // read, verified and loaded into charon, and every peer it revokes is cut
 // off (revokeSweep). A list that does not read or verify (half written,
