@@ -186,8 +186,9 @@ func TestNHRPEndToEnd(t *testing.T) {
 }
 
 func testNHRPEndToEnd(t *testing.T, dataplane string) {
-	x := newE2E(t, dataplane)
-	cap := startCapture(t, x.tb.Node("inet"), "any")
+	// The capture starts before any daemon: the registrations are in it.
+	var cap *capture
+	x := newE2EWith(t, dataplane, nil, func(tb *testbed.Testbed) { cap = startCapture(t, tb.Node("inet"), "any") })
 	s1NBMA, s2NBMA, s3NBMA := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.65"), netip.MustParseAddr("203.0.113.1")
 	// What the underlay carries, whatever the data plane: the GRE data
 	// packets spoke to spoke, and all GRE (bounded: no loop, no storm);
@@ -331,7 +332,9 @@ func testNHRPEndToEnd(t *testing.T, dataplane string) {
 		t.Errorf("the underlay carried %d GRE data packets from spoke 1 straight to the NATed spoke", n)
 	}
 
-	// Restarting the hub makes the spokes register again within seconds.
+	// Restarting the hub: the spokes are registered again within seconds
+	// (the hub restores what it held from its state file, and the spokes'
+	// next registrations confirm it).
 	x.hub.stop()
 	if dataplane == "ebpf" {
 		if left := bpfLeftovers(t, x.tb.Node("hub").NS); len(left) > 0 {
