@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/firewall/redirect"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/host"
@@ -27,11 +28,11 @@ type kernelRouter struct {
 	tunIndex int
 	cache    *host.RouteCache
 	tables   []int // the shortcut table (when shortcuts are on), then main
+	mu       sync.Mutex
+	networks []netip.Prefix
 	// uplinkIfs are the configured uplinks' interfaces: never local,
 	// whether or not the main table's default goes through them now.
 	uplinkIfs []string
-	mu        sync.Mutex
-	networks  []netip.Prefix
 	src       srcCache
 }
 
@@ -92,12 +93,21 @@ func newKernelRouter(ctx context.Context, info gre.Info, cfg Config) (*kernelRou
 		r.tables = append(r.tables, cfg.NHRP.ShortcutTableOrDefault())
 	}
 	r.tables = append(r.tables, host.Main)
-	if cfg.Uplinks != nil {
-		for _, u := range cfg.Uplinks.Uplinks {
-			r.uplinkIfs = append(r.uplinkIfs, u.Interface)
+	r.setUplinks(cfg.Uplinks)
+	return r, nil
+}
+
+// setUplinks takes the configured uplinks' interfaces (none for nil).
+func (r *kernelRouter) setUplinks(c *failover.Config) {
+	var ifs []string
+	if c != nil {
+		for _, u := range c.Uplinks {
+			ifs = append(ifs, u.Interface)
 		}
 	}
-	return r, nil
+	r.mu.Lock()
+	r.uplinkIfs = ifs
+	r.mu.Unlock()
 }
 
 func (r *kernelRouter) close() error { return r.cache.Close() }
@@ -126,7 +136,7 @@ func viaLink(rt host.Route, index int) bool {
 // configured uplink's interface, or one that carries a default route).
 func (r *kernelRouter) Route(ctx context.Context, dst netip.Addr) (nhrp.RouteInfo, error) {
 	r.mu.Lock()
-	nets := r.networks
+	nets, uplinkIfs := r.networks, r.uplinkIfs
 	r.mu.Unlock()
 	for _, p := range nets {
 		if p.Contains(dst) {
@@ -165,7 +175,7 @@ func (r *kernelRouter) Route(ctx context.Context, dst netip.Addr) (nhrp.RouteInf
 		return nhrp.RouteInfo{}, err
 	}
 	uplink := false
-	for _, name := range r.uplinkIfs {
+	for _, name := range uplinkIfs {
 		if l, err := net.InterfaceByName(name); err == nil {
 			uplink = uplink || viaLink(best, l.Index)
 		}

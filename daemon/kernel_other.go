@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/netip"
 
+	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/firewall/redirect"
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/host"
@@ -19,6 +20,7 @@ type kernelRouter struct{}
 
 func newKernelRouter(context.Context, gre.Info, Config) (*kernelRouter, error) { return nil, errLinux }
 func (r *kernelRouter) setNetworks([]netip.Prefix)                             {}
+func (r *kernelRouter) setUplinks(*failover.Config)                            {}
 func (r *kernelRouter) close() error                                           { return nil }
 
 // Route implements nhrp.Router.

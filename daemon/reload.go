@@ -224,6 +224,7 @@ func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 		return nil, err
 	}
 	d.router.setNetworks(p.cfg.Networks)
+	d.router.setUplinks(p.cfg.Uplinks)
 	pol := p.cfg.Policy
 	d.policy.Store(&pol)
 	d.mu.Lock()
