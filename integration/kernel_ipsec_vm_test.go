@@ -47,18 +47,12 @@ func TestKernelIPsecInVM(t *testing.T) {
 	t.Parallel() // boots a VM: let it overlap the other VM tests
 	if needVM(t) {
 		requireCharon(t)
-		cfg := vmConfig()
-		cfg.Env = append(os.Environ(), envGREInject+"="+vm.GoBuild(t, "./integration/cmd/greinject"))
-		startGuest(t, cfg).wait()
+		runGuestWithGREInject(t)
 		return
 	}
 	needKernelGRE(t)
 	requireCharon(t)
-	for _, m := range []string{"esp4", "xfrm_user"} {
-		if out, err := exec.Command("modprobe", m).CombinedOutput(); err != nil {
-			t.Fatalf("modprobe %s: %v: %s", m, err, out)
-		}
-	}
+	modprobe(t, "esp4", "xfrm_user")
 	inj := os.Getenv(envGREInject)
 	if inj == "" {
 		inj = vm.GoBuild(t, "./integration/cmd/greinject")

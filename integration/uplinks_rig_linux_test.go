@@ -48,8 +48,11 @@ type failoverRig struct {
 	pki    *testPKI
 	// s1PKI is the IPsec part of s1's configuration.
 	s1PKI string
+	// greinject is the greinject command, once built.
+	greinject string
 	// server counts, on inet's input, what reaches the internet server
-	// through each ISP (by the masqueraded source address).
+	// through each ISP (by the link it comes in on and the masqueraded
+	// source address).
 	server *nftCounters
 	routes *routeWatch
 	// shortcuts: the failover waits for s2's shortcut to s1 before the cut
@@ -127,8 +130,8 @@ func newFailoverRig(t testing.TB, dataplane string, balanced bool) *failoverRig 
 		t.Fatal(err)
 	}
 	r.server = countAt(t, tb.Node("inet"), "input", "dmvt_server", map[string]string{
-		"isp1": fmt.Sprintf("ip saddr %s ip daddr %s", foS1ISP1, foServer),
-		"isp2": fmt.Sprintf("ip saddr %s ip daddr %s", foS1ISP2, foServer),
+		"isp1": fmt.Sprintf(`iifname "to-s1" ip saddr %s ip daddr %s`, foS1ISP1, foServer),
+		"isp2": fmt.Sprintf(`iifname "to-inet2" ip saddr %s ip daddr %s`, foS1ISP2, foServer),
 	})
 	r.hub = startDaemon(t, bin, tb.Node("hub"), hubYAML(dataplane)+
 		r.pki.node("hub", "C=FI, O=Example, OU=GRE=10.0.0.1, OU=AS=65000, CN=hub", ""))
@@ -331,9 +334,13 @@ func firstPacketFrom(path string, since time.Time, src, dst netip.Addr) (time.Ti
 	}
 }
 
-// failoverTimes are the times from a cut to each step of the failover.
+// failoverTimes are the times from a cut to each step of the failover;
+// flowMoved is when the LAN's flow established through isp1 before the
+// cut got its first reply through isp2 (its connection, masqueraded to
+// isp1's address, deleted: it starts afresh through isp2).
 type failoverTimes struct {
 	defaultMoved, lanThroughISP2, registered, shortcut time.Duration
+	flowMoved                                          time.Duration
 }
 
 func (f failoverTimes) String() string {
@@ -341,8 +348,8 @@ func (f failoverTimes) String() string {
 	if f.shortcut > 0 {
 		sc = f.shortcut.Round(time.Millisecond).String()
 	}
-	return fmt.Sprintf("default route moved %v, first LAN packet through isp2 %v, registered through isp2 %v, shortcut working again %s",
-		f.defaultMoved.Round(time.Millisecond), f.lanThroughISP2.Round(time.Millisecond), f.registered.Round(time.Millisecond), sc)
+	return fmt.Sprintf("default route moved %v, first LAN packet through isp2 %v, established flow answered through isp2 %v, registered through isp2 %v, shortcut working again %s",
+		f.defaultMoved.Round(time.Millisecond), f.lanThroughISP2.Round(time.Millisecond), f.flowMoved.Round(time.Millisecond), f.registered.Round(time.Millisecond), sc)
 }
 
 // failover cuts isp1 in the given mode with LAN traffic running (s1's
@@ -360,8 +367,8 @@ func (r *failoverRig) failover(mode testbed.CutMode) failoverTimes {
 	defer p1.Stop()
 	defer p2.Stop()
 	before := r.server.value("isp1")
-	waitFor(t, slowVM(10*time.Second), "LAN traffic through isp1 and a shortcut from s2 to s1 at its isp1 address", func() bool {
-		return r.server.value("isp1") > before+5 && (r.shortcutNBMA() == foS1ISP1 || !r.shortcuts)
+	waitFor(t, slowVM(10*time.Second), "LAN traffic through isp1, its connection masqueraded to isp1's address, and a shortcut from s2 to s1 at its isp1 address", func() bool {
+		return r.server.value("isp1") > before+5 && r.natted(foS1ISP1) > 0 && (r.shortcutNBMA() == foS1ISP1 || !r.shortcuts)
 	})
 	cut := r.cut("isp1", mode)
 	var ft failoverTimes
@@ -374,6 +381,11 @@ func (r *failoverRig) failover(mode testbed.CutMode) failoverTimes {
 		if ft.lanThroughISP2 == 0 {
 			if at, ok := firstPacketFrom(lan.path, cut, foS1ISP2, foServer); ok {
 				ft.lanThroughISP2 = at.Sub(cut)
+			}
+		}
+		if ft.flowMoved == 0 && ft.defaultMoved > 0 {
+			if at, ok := firstReplyAfter(p1.Output(), cut.Add(ft.defaultMoved)); ok {
+				ft.flowMoved = at.Sub(cut)
 			}
 		}
 		if ft.registered == 0 {
@@ -390,7 +402,7 @@ func (r *failoverRig) failover(mode testbed.CutMode) failoverTimes {
 				ft.shortcut = at.Sub(cut)
 			}
 		}
-		return ft.defaultMoved > 0 && ft.lanThroughISP2 > 0 && ft.registered > 0 && (ft.shortcut > 0 || !r.shortcuts)
+		return ft.defaultMoved > 0 && ft.lanThroughISP2 > 0 && ft.flowMoved > 0 && ft.registered > 0 && (ft.shortcut > 0 || !r.shortcuts)
 	})
 	lan.stop()
 	return ft

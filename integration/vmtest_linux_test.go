@@ -41,6 +41,25 @@ func vmConfig() vm.Config {
 	return vm.Config{Timeout: 4 * time.Minute, Memory: 768, CPUs: 2}
 }
 
+// runGuestWithGREInject runs t's guest half in a VM (vmConfig), with
+// greinject built by this host half for it (envGREInject).
+func runGuestWithGREInject(t *testing.T) {
+	t.Helper()
+	cfg := vmConfig()
+	cfg.Env = append(os.Environ(), envGREInject+"="+vm.GoBuild(t, "./integration/cmd/greinject"))
+	startGuest(t, cfg).wait()
+}
+
+// modprobe loads kernel modules, failing t if one does not load.
+func modprobe(t testing.TB, mods ...string) {
+	t.Helper()
+	for _, m := range mods {
+		if out, err := exec.Command("modprobe", m).CombinedOutput(); err != nil {
+			t.Fatalf("modprobe %s: %v: %s", m, err, out)
+		}
+	}
+}
+
 // guestRun is a VM running one test's guest half.
 type guestRun struct {
 	t     *testing.T
