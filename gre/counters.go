@@ -106,8 +106,12 @@ type Stats struct {
 	drops                    [numDropReasons]atomic.Uint64
 	neighFail                [len(neighborFailureNames)]atomic.Uint64
 
+	// peers maps an NBMA address to its *PeerStats: loads never lock and
+	// an addition costs O(log n) (a copy-on-write map copied the whole
+	// table per new peer); peersMu serialises additions and peersN.
 	peersMu sync.Mutex
-	peers   atomic.Pointer[map[netip.Addr]*PeerStats]
+	peers   sync.Map
+	peersN  int
 }
 
 // MaxPeerStats bounds the per-peer table; traffic of further peers is only
@@ -157,39 +161,21 @@ func (s *Stats) Dropped(r DropReason) uint64 {
 // Peer returns the counters of one NBMA peer, creating them; nil when the
 // table is full.
 func (s *Stats) Peer(nbma netip.Addr) *PeerStats {
-	if m := s.peers.Load(); m != nil {
-		if p, ok := (*m)[nbma]; ok {
-			return p
-		}
+	if p, ok := s.peers.Load(nbma); ok {
+		return p.(*PeerStats)
 	}
 	s.peersMu.Lock()
 	defer s.peersMu.Unlock()
-	old := s.peers.Load()
-	if old != nil {
-		if p, ok := (*old)[nbma]; ok {
-			return p
-		}
-		if len(*old) >= MaxPeerStats {
-			return nil
-		}
+	if p, ok := s.peers.Load(nbma); ok {
+		return p.(*PeerStats)
 	}
-	m := make(map[netip.Addr]*PeerStats, 1+lenMap(old))
-	if old != nil {
-		for k, v := range *old {
-			m[k] = v
-		}
+	if s.peersN >= MaxPeerStats {
+		return nil
 	}
 	p := new(PeerStats)
-	m[nbma] = p
-	s.peers.Store(&m)
+	s.peers.Store(nbma, p)
+	s.peersN++
 	return p
-}
-
-func lenMap(m *map[netip.Addr]*PeerStats) int {
-	if m == nil {
-		return 0
-	}
-	return len(*m)
 }
 
 // Snapshot copies the counters.
@@ -215,14 +201,14 @@ func (s *Stats) Snapshot() Counters {
 			c.NeighborFailures[neighborFailureNames[i]] = v
 		}
 	}
-	if m := s.peers.Load(); m != nil {
-		for k, p := range *m {
-			c.Peers = append(c.Peers, PeerCounters{NBMA: k,
-				TxPackets: p.TxPackets.Load(), TxBytes: p.TxBytes.Load(),
-				RxPackets: p.RxPackets.Load(), RxBytes: p.RxBytes.Load()})
-		}
-		sortPeers(c.Peers)
-	}
+	s.peers.Range(func(k, v any) bool {
+		p := v.(*PeerStats)
+		c.Peers = append(c.Peers, PeerCounters{NBMA: k.(netip.Addr),
+			TxPackets: p.TxPackets.Load(), TxBytes: p.TxBytes.Load(),
+			RxPackets: p.RxPackets.Load(), RxBytes: p.RxBytes.Load()})
+		return true
+	})
+	sortPeers(c.Peers)
 	return c
 }
 
