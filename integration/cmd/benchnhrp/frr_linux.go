@@ -39,6 +39,7 @@ type frrOpts struct {
 	Profile string // directory for a perf profile of each hub
 	Dmvpnd  string
 	CPUs    int
+	Ceiling bool // the null hub too, each round (frrnull_linux.go)
 }
 
 const (
@@ -204,10 +205,7 @@ func (r frrRun) perSpoke() (main, all float64) {
 	if r.Stats.Answered == 0 {
 		return 0, 0
 	}
-	name := "dmvpnd"
-	if r.Impl == "frr" {
-		name = "nhrpd"
-	}
+	name := map[string]string{"frr": "nhrpd", "ours": "dmvpnd", "null": "nullhub"}[r.Impl]
 	var tb, ta int64
 	for k, v := range r.After.RSS {
 		ta += v
@@ -275,6 +273,9 @@ func frrLoad(o frrOpts) error {
 		if r.Before, err = a.do(order{Op: "measure"}); err != nil {
 			return r, err
 		}
+		if oc := r.Before.Ours; oc != nil && oc.Entries > 1 {
+			return r, fmt.Errorf("our hub starts with %d entries, not only the first spoke's: state left by an earlier run", oc.Entries)
+		}
 		if profile {
 			if _, err := a.do(order{Op: "profile-start", Dir: o.Profile}); err != nil {
 				return r, err
@@ -324,6 +325,14 @@ func frrLoad(o frrOpts) error {
 			}
 			for _, impl := range seq {
 				r, err := one(impl, n, nil, false)
+				if err != nil {
+					return err
+				}
+				printRun(round, r)
+				runs = append(runs, r)
+			}
+			if o.Ceiling {
+				r, err := one("null", n, nil, false)
 				if err != nil {
 					return err
 				}
@@ -387,7 +396,7 @@ func printFRRSummary(o frrOpts, runs, limRuns []frrRun) {
 				by[r.Impl] = append(by[r.Impl], r)
 			}
 		}
-		for _, impl := range []string{"frr", "ours"} {
+		for _, impl := range []string{"frr", "ours", "null"} {
 			rs := by[impl]
 			if len(rs) == 0 {
 				continue
@@ -404,8 +413,11 @@ func printFRRSummary(o frrOpts, runs, limRuns []frrRun) {
 				med(func(r frrRun) float64 { return float64(r.cpuPerReg()) / 1e3 }))
 		}
 		// Ratios round by round (the two hubs of a round ran back to back).
-		var rate, mem []float64
-		fr, or := by["frr"], by["ours"]
+		var rate, mem, ceil []float64
+		fr, or, nr := by["frr"], by["ours"], by["null"]
+		for i := range min(len(or), len(nr)) {
+			ceil = append(ceil, or[i].Stats.rate()/nr[i].Stats.rate())
+		}
 		for i := range min(len(fr), len(or)) {
 			rate = append(rate, or[i].Stats.rate()/fr[i].Stats.rate())
 			fm, _ := fr[i].perSpoke()
@@ -417,6 +429,10 @@ func printFRRSummary(o frrOpts, runs, limRuns []frrRun) {
 		if len(rate) > 0 {
 			fmt.Printf("  %-6d ours/FRR: registrations/s %.2f× (goal ≥ 5×), memory per spoke %.2f× (goal ≤ 1×); medians of per-round ratios\n",
 				n, median(rate, func(v float64) float64 { return v }), median(mem, func(v float64) float64 { return v }))
+		}
+		if len(ceil) > 0 {
+			fmt.Printf("  %-6d ours/null hub (the rig's ceiling): registrations/s %.2f×; medians of per-round ratios\n",
+				n, median(ceil, func(v float64) float64 { return v }))
 		}
 	}
 	if len(limRuns) > 0 {

@@ -35,6 +35,7 @@ const (
 	frrSpace   = "bench" // FRR's path space (-N)
 	ourSocket  = "/run/benchnhrp/dmvpnd.sock"
 	ourConfig  = "/run/benchnhrp/hub.yaml"
+	ourState   = "/run/benchnhrp/dmvpnd." + benchTun + ".state" // the default beside ourSocket
 	benchTun   = "gre1"
 	prefillDev = "bnfill0"
 )
@@ -42,7 +43,7 @@ const (
 // order is a request of the load generator to the guest.
 type order struct {
 	Op string `json:"op"` // start, limit, measure, stop, profile-start, profile-stop, exit
-	// Impl is "frr" or "ours".
+	// Impl is "frr", "ours" or "null" (the null hub: frrnull_linux.go).
 	Impl string `json:"impl,omitempty"`
 	// Spokes is how many spokes the run registers (sizes the neighbour
 	// table: gc_thresh3 at least twice that).
@@ -182,6 +183,8 @@ func (g *guest) do(o order) (answer, error) {
 			err = g.startFRR()
 		case "ours":
 			err = g.startOurs(o.Dmvpnd)
+		case "null":
+			err = g.startNull()
 		default:
 			err = fmt.Errorf("no hub %q", o.Impl)
 		}
@@ -321,6 +324,12 @@ control:
   socket: %s
 `, benchTun, ourSocket)
 	if err := os.WriteFile(ourConfig, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	// Each run starts from nothing: the state file the previous run left
+	// (its registrations, restored at start) would make this run's
+	// registrations refreshes of bindings and neighbours already there.
+	if err := os.Remove(ourState); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	cmd := exec.Command(dmvpnd, "-c", ourConfig)

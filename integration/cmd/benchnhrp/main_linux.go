@@ -51,6 +51,8 @@ func main() {
 		os.Exit(runGuest())
 	case "frrload":
 		os.Exit(runFRRLoad())
+	case "nullhub":
+		os.Exit(runNullHub())
 	}
 	n := flag.Int("n", 10000, "simulated spokes")
 	rounds := flag.Int("rounds", 3, "rounds (a fresh hub each round); medians are reported")
@@ -64,9 +66,10 @@ func main() {
 	profDir := flag.String("profile-dir", "", "-frr: perf profiles of each hub into this directory")
 	dmvpnd := flag.String("dmvpnd", "", "-frr: dmvpnd binary (default: beside this one)")
 	cpus := flag.Int("cpus", 2, "-frr: the VM's CPUs")
+	ceiling := flag.Bool("ceiling", true, "-frr: each round also measures the null hub, a responder that only turns each request into its reply (the ceiling of the simulator, the VM's NIC and the guest's GRE path)")
 	flag.Parse()
 	if *withFRR {
-		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, CPUs: *cpus}
+		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, CPUs: *cpus, Ceiling: *ceiling}
 		for _, f := range strings.Split(*sizes, ",") {
 			v, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil || v < 1 || v > 120000 {
