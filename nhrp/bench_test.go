@@ -19,9 +19,14 @@ func (acceptAll) AuthorizeNow(Registration) (Verdict, bool)       { return Verdi
 // registrations from b.N distinct spokes (new bindings: cache, peers,
 // timers, neighbour queue, reply), over an in-memory tunnel.
 func BenchmarkHubRegistrations(b *testing.B) {
+	b.Run("nostate", func(b *testing.B) { benchHubRegistrations(b, nil) })
+	b.Run("state", func(b *testing.B) { benchHubRegistrations(b, &memStore{}) })
+}
+
+func benchHubRegistrations(b *testing.B, st StateStore) {
 	hub := netip.MustParseAddr("10.0.0.1")
 	tun := newBenchTun(netip.PrefixFrom(hub, 8), netip.MustParseAddr("192.0.2.1"), b.N+1)
-	eng, err := New(Config{Role: RoleHub, HoldingTime: 2 * time.Hour, MaxSend: 1 << 30}, Deps{Tunnel: tun, Authorizer: acceptAll{}})
+	eng, err := New(Config{Role: RoleHub, HoldingTime: 2 * time.Hour, MaxSend: 1 << 30}, Deps{Tunnel: tun, Authorizer: acceptAll{}, State: st})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -69,6 +69,10 @@ type Engine struct {
 	subs  map[*subscriber]struct{}
 	// wantPackets says a subscriber wants packet events.
 	wantPackets atomic.Bool
+	// saving says the saver is writing a snapshot; saveTook is how long
+	// its last write took (ns), savedAt when it ended (Unix ns).
+	saving            atomic.Bool
+	saveTook, savedAt atomic.Int64
 
 	// Everything below belongs to the loop goroutine.
 	cfg          Config
@@ -90,9 +94,9 @@ type Engine struct {
 	fwdOrder     []fwdKey          // forwarded, oldest first
 	recent       [recentIDs]uint32 // request IDs answered lately
 	recentNext   int
-	restored     bool        // the kept state was restored: changes are saved
-	saveTimer    *timer      // the next save of the state
-	saveCh       chan *State // snapshots for the saver goroutine
+	restored     bool            // the kept state was restored: changes are saved
+	saveTimer    *timer          // the next save of the state
+	saveCh       chan *stateSnap // snapshots for the saver goroutine
 	kern         *kernel
 	stats        stats
 	limits       limits
@@ -149,7 +153,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 		resolves:    make(map[netip.Addr]*resolution),
 		authorizing: make(map[authKey]bool),
 		forwarded:   make(map[fwdKey]fwdRec),
-		saveCh:      make(chan *State, 1),
+		saveCh:      make(chan *stateSnap, 1),
 	}
 	var seed [32]byte
 	if _, err := crand.Read(seed[:]); err != nil {

@@ -67,7 +67,7 @@ func (e *Engine) shutdown() {
 	// come out below.
 	if e.deps.State != nil && e.restored {
 		e.saveTimer.Stop()
-		e.saveState()
+		e.handSnapshot()
 	}
 	e.stopping = true
 	purged := false

@@ -2,6 +2,7 @@ package nhrp
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -90,7 +91,11 @@ func (e *Engine) stateChanged(soon bool) {
 	if soon {
 		d = saveSoon
 	}
-	when := e.now.Add(d)
+	e.scheduleSave(e.now.Add(d))
+}
+
+// scheduleSave arms the save timer for when, unless it fires earlier.
+func (e *Engine) scheduleSave(when time.Time) {
 	if e.saveTimer != nil && e.saveTimer.index >= 0 {
 		if !e.saveTimer.when.After(when) {
 			return
@@ -100,39 +105,109 @@ func (e *Engine) stateChanged(soon bool) {
 	e.saveTimer = e.sched.at(when, e.saveState)
 }
 
-// snapshotState returns the state to keep.
-func (e *Engine) snapshotState() *State {
-	st := &State{Version: StateVersion, Tunnel: e.ownPfx, Saved: e.now}
-	for _, en := range e.cache.all() {
-		if !kept(en) || en.expires.IsZero() || len(st.Entries) >= MaxStateEntries {
-			continue
-		}
-		st.Entries = append(st.Entries, StateEntry{
-			Type: en.typ, Proto: en.proto, NBMA: en.nbma, Claimed: en.claimed, NextHop: en.nextHop, Source: en.src,
-			Flags: (en.flags &^ (FlagUsed | FlagRIB)).Names(), Created: en.created, Expires: en.expires,
-			Holding: en.holding, MTU: en.mtu, ReqID: en.reqID, Identity: en.identity, Attrs: en.attrs, Networks: en.nets,
-		})
+// saveState hands a snapshot to the saver goroutine when it can take one:
+// while it is still writing the last one, or until as long again as that
+// write took has passed since it ended, the save waits (a snapshot made
+// meanwhile would be replaced unwritten, and writing a large state back
+// to back would take a processor from the engine for as long as
+// registrations keep coming). What is written is then as fresh as
+// before; a state of 10,000 bindings, which took a snapshot of the whole
+// cache every 20 ms on the engine's goroutine, and its encoding and
+// write each time on another, costs one snapshot per write.
+func (e *Engine) saveState() {
+	if e.saving.Load() {
+		e.scheduleSave(e.now.Add(saveSoon))
+		return
 	}
-	return st
+	if next := time.Unix(0, e.savedAt.Load()).Add(time.Duration(e.saveTook.Load())); next.After(e.now) {
+		e.scheduleSave(next)
+		return
+	}
+	e.handSnapshot()
 }
 
-// saveState hands a snapshot to the saver goroutine; a snapshot it has
-// not written yet is replaced (the latest wins).
-func (e *Engine) saveState() {
+// handSnapshot gives the saver a snapshot now; one it has not started
+// writing is replaced (the latest wins).
+func (e *Engine) handSnapshot() {
 	st := e.snapshotState()
 	select {
 	case <-e.saveCh:
 	default:
 	}
+	e.saving.Store(true)
 	e.saveCh <- st
 }
 
+// stateSnap is a snapshot of the entries to keep, made on the loop: their
+// fields copied as they are, the rest (flag names, order) left to the
+// saver goroutine.
+type stateSnap struct {
+	saved   time.Time
+	entries []stateRec
+}
+
+// stateRec is one entry of a snapshot.
+type stateRec struct {
+	typ                         EntryType
+	flags                       Flags
+	holding, mtu                uint16
+	reqID                       uint32
+	proto                       netip.Prefix
+	nbma, claimed, nextHop, src netip.Addr
+	created, expires            time.Time
+	identity                    string
+	attrs                       map[string][]string
+	nets                        []netip.Prefix
+}
+
+// snapshotState returns the entries to keep, in the cache's order.
+func (e *Engine) snapshotState() *stateSnap {
+	sn := &stateSnap{saved: e.now, entries: make([]stateRec, 0, min(len(e.cache.m), MaxStateEntries))}
+	for _, en := range e.cache.m {
+		if !kept(en) || en.expires.IsZero() || len(sn.entries) >= MaxStateEntries {
+			continue
+		}
+		sn.entries = append(sn.entries, stateRec{
+			typ: en.typ, flags: en.flags &^ (FlagUsed | FlagRIB), holding: en.holding, mtu: en.mtu, reqID: en.reqID,
+			proto: en.proto, nbma: en.nbma, claimed: en.claimed, nextHop: en.nextHop, src: en.src,
+			created: en.created, expires: en.expires, identity: en.identity, attrs: en.attrs, nets: en.nets,
+		})
+	}
+	return sn
+}
+
+// state turns a snapshot into the State kept, ordered by address.
+func (e *Engine) state(sn *stateSnap) *State {
+	slices.SortFunc(sn.entries, func(a, b stateRec) int {
+		if c := a.proto.Addr().Compare(b.proto.Addr()); c != 0 {
+			return c
+		}
+		return a.proto.Bits() - b.proto.Bits()
+	})
+	st := &State{Version: StateVersion, Tunnel: e.ownPfx, Saved: sn.saved, Entries: make([]StateEntry, len(sn.entries))}
+	for i, r := range sn.entries {
+		st.Entries[i] = StateEntry{
+			Type: r.typ, Proto: r.proto, NBMA: r.nbma, Claimed: r.claimed, NextHop: r.nextHop, Source: r.src,
+			Flags: r.flags.Names(), Created: r.created, Expires: r.expires,
+			Holding: r.holding, MTU: r.mtu, ReqID: r.reqID, Identity: r.identity, Attrs: r.attrs, Networks: r.nets,
+		}
+	}
+	return st
+}
+
 // saver writes the snapshots it is handed until stop is closed, then the
-// last one pending.
+// last one pending. It says when it is writing (saving) and how long its
+// last write took (saveTook, ending at savedAt), which paces saveState.
 func (e *Engine) saver(stop <-chan struct{}) {
 	var lastErr string
-	save := func(st *State) {
-		if err := e.deps.State.Save(st); err != nil {
+	save := func(sn *stateSnap) {
+		start := time.Now()
+		err := e.deps.State.Save(e.state(sn))
+		end := time.Now()
+		e.saveTook.Store(int64(end.Sub(start)))
+		e.savedAt.Store(end.UnixNano())
+		e.saving.Store(false)
+		if err != nil {
 			if err.Error() != lastErr {
 				e.log.Warn("saving the NHRP state", zap.Error(err))
 			}
@@ -143,12 +218,12 @@ func (e *Engine) saver(stop <-chan struct{}) {
 	}
 	for {
 		select {
-		case st := <-e.saveCh:
-			save(st)
+		case sn := <-e.saveCh:
+			save(sn)
 		case <-stop:
 			select {
-			case st := <-e.saveCh:
-				save(st)
+			case sn := <-e.saveCh:
+				save(sn)
 			default:
 			}
 			return
