@@ -38,8 +38,11 @@ type frrOpts struct {
 	Limits  bool   // also the runs where the kernel refuses neighbours
 	Profile string // directory for a perf profile of each hub
 	Dmvpnd  string
-	CPUs    int
-	Ceiling bool // the null hub too, each round (frrnull_linux.go)
+	// Baseline is another dmvpnd (an earlier build) measured as hub
+	// "base" in each round beside ours, so a change is judged in one run.
+	Baseline string
+	CPUs     int
+	Ceiling  bool // the null hub too, each round (frrnull_linux.go)
 }
 
 const (
@@ -60,6 +63,11 @@ func runFRRBench(o frrOpts) error {
 	}
 	if _, err := os.Stat(o.Dmvpnd); err != nil {
 		return fmt.Errorf("dmvpnd: %w (make bench-nhrp-frr builds it)", err)
+	}
+	if o.Baseline != "" {
+		if _, err := os.Stat(o.Baseline); err != nil {
+			return fmt.Errorf("-baseline: %w", err)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -205,7 +213,7 @@ func (r frrRun) perSpoke() (main, all float64) {
 	if r.Stats.Answered == 0 {
 		return 0, 0
 	}
-	name := map[string]string{"frr": "nhrpd", "ours": "dmvpnd", "null": "nullhub"}[r.Impl]
+	name := map[string]string{"frr": "nhrpd", "ours": "dmvpnd", "base": "dmvpnd", "null": "nullhub"}[r.Impl]
 	var tb, ta int64
 	for k, v := range r.After.RSS {
 		ta += v
@@ -256,7 +264,11 @@ func frrLoad(o frrOpts) error {
 	one := func(impl string, n int, lim *order, profile bool) (frrRun, error) {
 		runID++
 		r := frrRun{Impl: impl, N: n}
-		if _, err := a.do(order{Op: "start", Impl: impl, Spokes: n, Dmvpnd: o.Dmvpnd}); err != nil {
+		bin := o.Dmvpnd
+		if impl == "base" {
+			bin = o.Baseline
+		}
+		if _, err := a.do(order{Op: "start", Impl: impl, Spokes: n, Dmvpnd: bin}); err != nil {
 			return r, err
 		}
 		defer a.do(order{Op: "stop"})
@@ -273,8 +285,8 @@ func frrLoad(o frrOpts) error {
 		if r.Before, err = a.do(order{Op: "measure"}); err != nil {
 			return r, err
 		}
-		if oc := r.Before.Ours; oc != nil && oc.Entries > 1 {
-			return r, fmt.Errorf("our hub starts with %d entries, not only the first spoke's: state left by an earlier run", oc.Entries)
+		if oc := r.Before.Ours; oc != nil && oc.Entries > 2 { // its own and the first spoke's
+			return r, fmt.Errorf("our hub starts with %d entries, not only its own and the first spoke's: state left by an earlier run", oc.Entries)
 		}
 		if profile {
 			if _, err := a.do(order{Op: "profile-start", Dir: o.Profile}); err != nil {
@@ -316,6 +328,9 @@ func frrLoad(o frrOpts) error {
 		return r, nil
 	}
 	impls := []string{"frr", "ours"}
+	if o.Baseline != "" {
+		impls = append(impls, "base")
+	}
 	var runs []frrRun
 	for _, n := range o.Sizes {
 		for round := 1; round <= o.Rounds; round++ {
@@ -345,7 +360,7 @@ func frrLoad(o frrOpts) error {
 	if o.Limits {
 		n := 2000
 		for _, lim := range []order{{Op: "limit", Thresh3: 1024}, {Op: "limit", Thresh3: 1024, Prefill: 1022}} {
-			for _, impl := range impls {
+			for _, impl := range impls[:2] {
 				r, err := one(impl, n, &lim, false)
 				if err != nil {
 					return err
@@ -358,7 +373,7 @@ func frrLoad(o frrOpts) error {
 	}
 	if o.Profile != "" {
 		n := o.Sizes[len(o.Sizes)-1]
-		for _, impl := range impls {
+		for _, impl := range impls[:2] {
 			if _, err := one(impl, n, nil, true); err != nil {
 				return err
 			}
@@ -396,7 +411,7 @@ func printFRRSummary(o frrOpts, runs, limRuns []frrRun) {
 				by[r.Impl] = append(by[r.Impl], r)
 			}
 		}
-		for _, impl := range []string{"frr", "ours", "null"} {
+		for _, impl := range []string{"frr", "ours", "base", "null"} {
 			rs := by[impl]
 			if len(rs) == 0 {
 				continue
@@ -429,6 +444,15 @@ func printFRRSummary(o frrOpts, runs, limRuns []frrRun) {
 		if len(rate) > 0 {
 			fmt.Printf("  %-6d ours/FRR: registrations/s %.2f× (goal ≥ 5×), memory per spoke %.2f× (goal ≤ 1×); medians of per-round ratios\n",
 				n, median(rate, func(v float64) float64 { return v }), median(mem, func(v float64) float64 { return v }))
+		}
+		if br := by["base"]; len(br) > 0 {
+			var brate, orate []float64
+			for i := range min(len(br), len(fr), len(or)) {
+				brate = append(brate, br[i].Stats.rate()/fr[i].Stats.rate())
+				orate = append(orate, or[i].Stats.rate()/br[i].Stats.rate())
+			}
+			fmt.Printf("  %-6d base/FRR: registrations/s %.2f×; ours/base %.2f×; medians of per-round ratios\n",
+				n, median(brate, func(v float64) float64 { return v }), median(orate, func(v float64) float64 { return v }))
 		}
 		if len(ceil) > 0 {
 			fmt.Printf("  %-6d ours/null hub (the rig's ceiling): registrations/s %.2f×; medians of per-round ratios\n",

@@ -43,7 +43,8 @@ const (
 // order is a request of the load generator to the guest.
 type order struct {
 	Op string `json:"op"` // start, limit, measure, stop, profile-start, profile-stop, exit
-	// Impl is "frr", "ours" or "null" (the null hub: frrnull_linux.go).
+	// Impl is "frr", "ours", "base" (ours, another build) or "null" (the
+	// null hub: frrnull_linux.go).
 	Impl string `json:"impl,omitempty"`
 	// Spokes is how many spokes the run registers (sizes the neighbour
 	// table: gc_thresh3 at least twice that).
@@ -181,7 +182,7 @@ func (g *guest) do(o order) (answer, error) {
 		switch o.Impl {
 		case "frr":
 			err = g.startFRR()
-		case "ours":
+		case "ours", "base":
 			err = g.startOurs(o.Dmvpnd)
 		case "null":
 			err = g.startNull()
@@ -386,7 +387,7 @@ func (g *guest) measure() answer {
 	all, _ := netlink.NeighList(0, netlink.FAMILY_V4)
 	a.NeighTotal = len(all)
 	a.TableFulls = tableFulls()
-	if g.impl == "ours" {
+	if g.impl == "ours" || g.impl == "base" {
 		c := control.NewClient(ourSocket)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

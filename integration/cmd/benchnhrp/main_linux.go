@@ -65,11 +65,12 @@ func main() {
 	limits := flag.Bool("limits", true, "-frr: also the runs where the kernel refuses neighbours (gc_thresh3 1024, and a table already full)")
 	profDir := flag.String("profile-dir", "", "-frr: perf profiles of each hub into this directory")
 	dmvpnd := flag.String("dmvpnd", "", "-frr: dmvpnd binary (default: beside this one)")
+	baseline := flag.String("baseline", "", "-frr: another dmvpnd binary (an earlier build), measured beside ours in each round as hub \"base\"")
 	cpus := flag.Int("cpus", 2, "-frr: the VM's CPUs")
 	ceiling := flag.Bool("ceiling", true, "-frr: each round also measures the null hub, a responder that only turns each request into its reply (the ceiling of the simulator, the VM's NIC and the guest's GRE path)")
 	flag.Parse()
 	if *withFRR {
-		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, CPUs: *cpus, Ceiling: *ceiling}
+		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, Baseline: *baseline, CPUs: *cpus, Ceiling: *ceiling}
 		for _, f := range strings.Split(*sizes, ",") {
 			v, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil || v < 1 || v > 120000 {
