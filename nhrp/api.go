@@ -133,7 +133,7 @@ func (e *Engine) PeerLost(ctx context.Context, nbma netip.Addr, reason string) e
 	return e.do(ctx, func() {
 		e.now = time.Now()
 		if p := e.peers[nbma]; p != nil && p.state != peerConnecting {
-			p.state, p.since = peerIdle, e.now
+			e.setPeerState(p, peerIdle)
 			p.gen++
 			var again []*entry
 			for _, en := range e.cache.all() {
@@ -176,7 +176,7 @@ func (e *Engine) Reregister(ctx context.Context, reason string) error {
 		e.now = time.Now()
 		for _, p := range e.peers {
 			if p.state == peerFailed {
-				p.state = peerIdle
+				e.setPeerState(p, peerIdle)
 			}
 		}
 		e.reregisterAll(reason)

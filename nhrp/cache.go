@@ -3,7 +3,10 @@ package nhrp
 import (
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
+
+	"github.com/gaissmai/bart"
 )
 
 // entry is a cache entry. Entries belong to the engine's goroutine.
@@ -49,6 +52,9 @@ type entry struct {
 	// kernel says what the entry installed: a neighbour entry, a route.
 	neigh bool
 	route bool
+
+	// prev and next link the entry in its type's eviction list.
+	prev, next *entry
 }
 
 // host reports whether the entry is for a single address.
@@ -74,14 +80,54 @@ func (e *entry) snapshot(peerState string) CacheEntry {
 	return c
 }
 
-// cache maps protocol prefixes to entries, with longest-prefix lookups.
+// cache maps protocol prefixes to entries, with longest-prefix lookups
+// (a map per prefix length), the entries under a prefix (a trie) and the
+// evictable entries of each type, oldest first (intrusive lists). It
+// counts its entries by type for the metrics, which read the counts
+// without the engine's goroutine.
 type cache struct {
 	m map[netip.Prefix]*entry
 	// lens counts entries per prefix length (index 0-128, IPv6 lengths
 	// offset by 33 for IPv6) so lookups skip empty lengths.
 	lens4 [33]int
 	lens6 [129]int
+	// trie holds the entries by prefix for Subnets (purges of a prefix).
+	trie bart.Table[*entry]
+	// lru lists the entries of the evictable types, oldest first.
+	lru [TypeShortcut + 1]entryList
+	// types counts entries by type.
+	types [TypeLocal + 1]atomic.Int64
 }
+
+// entryList is an intrusive list of entries, oldest first.
+type entryList struct{ head, tail *entry }
+
+func (l *entryList) push(e *entry) {
+	e.prev, e.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = e
+	} else {
+		l.head = e
+	}
+	l.tail = e
+}
+
+func (l *entryList) remove(e *entry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else if l.head == e {
+		l.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else if l.tail == e {
+		l.tail = e.prev
+	}
+	e.prev, e.next = nil, nil
+}
+
+// evictableType reports whether entries of type t may be evicted.
+func evictableType(t EntryType) bool { return t >= TypeIncomplete && t <= TypeShortcut }
 
 func newCache() *cache { return &cache{m: make(map[netip.Prefix]*entry)} }
 
@@ -89,17 +135,87 @@ func (c *cache) get(p netip.Prefix) *entry { return c.m[p.Masked()] }
 
 func (c *cache) put(e *entry) {
 	e.proto = e.proto.Masked()
-	if _, ok := c.m[e.proto]; !ok {
+	old, ok := c.m[e.proto]
+	if ok && old == e {
+		return
+	}
+	if ok {
+		c.unlink(old)
+	} else {
 		c.count(e.proto, 1)
 	}
 	c.m[e.proto] = e
+	c.trie.Insert(e.proto, e)
+	if evictableType(e.typ) {
+		c.lru[e.typ].push(e)
+	}
+	if int(e.typ) < len(c.types) {
+		c.types[e.typ].Add(1)
+	}
 }
 
 func (c *cache) del(e *entry) {
 	if cur, ok := c.m[e.proto]; ok && cur == e {
 		delete(c.m, e.proto)
+		c.trie.Delete(e.proto)
 		c.count(e.proto, -1)
+		c.unlink(e)
 	}
+}
+
+// unlink takes an entry leaving the map out of its list and counts.
+func (c *cache) unlink(e *entry) {
+	if evictableType(e.typ) {
+		c.lru[e.typ].remove(e)
+	}
+	if int(e.typ) < len(c.types) {
+		c.types[e.typ].Add(-1)
+	}
+}
+
+// evictable returns the entry to evict for a new one of type t: the
+// oldest incomplete, then negative, then resolved binding, then shortcut,
+// never one of a higher type than t (incomplete and negative ones always
+// go first); nil when there is none.
+func (c *cache) evictable(t EntryType) *entry {
+	for typ := TypeIncomplete; typ <= TypeShortcut; typ++ {
+		if typ > t && typ > TypeNegative {
+			break
+		}
+		if e := c.lru[typ].head; e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// under calls f for every entry whose prefix is within p (p itself
+// included) until f returns false.
+func (c *cache) under(p netip.Prefix, f func(*entry) bool) {
+	if p.IsSingleIP() {
+		if e := c.m[p]; e != nil {
+			f(e)
+		}
+		return
+	}
+	var found []*entry // f may change the cache
+	for _, e := range c.trie.Subnets(p) {
+		found = append(found, e)
+	}
+	for _, e := range found {
+		if !f(e) {
+			return
+		}
+	}
+}
+
+// countOf returns how many entries of type t the cache holds; safe from
+// any goroutine.
+func (c *cache) countOf(t EntryType) int {
+	if int(t) < len(c.types) {
+		return int(c.types[t].Load())
+	}
+	return 0
 }
 
 func (c *cache) count(p netip.Prefix, d int) {

@@ -147,6 +147,9 @@ type Config struct {
 	// max-send; 0 means 10000, what a hub answering a registration storm
 	// of thousands of spokes needs.
 	MaxSend int
+	// Limits bound the engine's state and the work a sender can make it
+	// do; zero fields take their defaults.
+	Limits Limits
 }
 
 // withDefaults returns c with zero fields set to their defaults.
@@ -184,6 +187,7 @@ func (c Config) withDefaults() Config {
 	if c.MaxSend == 0 {
 		c.MaxSend = 10000
 	}
+	c.Limits = c.Limits.withDefaults()
 	return c
 }
 
@@ -227,6 +231,7 @@ func (c *Config) Validate() error {
 	if c.MinShortcutPrefix < 0 || c.MinShortcutPrefix > 128 {
 		bad("minimum shortcut prefix %d out of range", c.MinShortcutPrefix)
 	}
+	c.Limits.validate(bad)
 	return errors.Join(errs...)
 }
 

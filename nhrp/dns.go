@@ -34,10 +34,12 @@ func (e *Engine) resolveName(d *dnsName) {
 		network = "ip"
 	}
 	host := d.cfg.Hostname
-	e.goHook(5*time.Second, func(ctx context.Context) func() {
+	if !e.goHook(5*time.Second, func(ctx context.Context) func() {
 		addrs, err := e.deps.Resolver.LookupNetIP(ctx, network, host)
 		return func() { e.nameResolved(d, addrs, err) }
-	})
+	}) {
+		e.nameResolved(d, nil, errHooksBusy)
+	}
 }
 
 func (e *Engine) nameResolved(d *dnsName, addrs []netip.Addr, err error) {

@@ -112,6 +112,11 @@ type Engine struct {
 	callCancel context.CancelFunc
 	callUntil  time.Time
 	wg         sync.WaitGroup // hook goroutines
+	hooks      int            // hook goroutines running (MaxHooks)
+	srcLimit   sourceLimiter  // per-source rate limit of received packets
+	peerOrder  []netip.Addr   // peers, oldest first (MaxPeers)
+	// peerStates counts the peers by state for Gauges.
+	peerStates [peerFailed + 1]atomic.Int64
 }
 
 // rxPacket is a received NHRP packet.
@@ -308,18 +313,29 @@ func (e *Engine) do(ctx context.Context, f func()) error {
 }
 
 // goHook runs a hook call in its own goroutine; then, on the loop, runs
-// the continuation it returns. Hook goroutines are waited for on stop.
-func (e *Engine) goHook(timeout time.Duration, call func(ctx context.Context) func()) {
+// the continuation it returns. Hook goroutines are waited for on stop. At
+// most Limits.MaxHooks run at once: beyond, goHook starts nothing and
+// returns false (counted), and the caller takes its failure path.
+func (e *Engine) goHook(timeout time.Duration, call func(ctx context.Context) func()) bool {
+	if e.hooks >= e.cfg.Limits.MaxHooks {
+		e.limited(LimitHooks)
+		return false
+	}
+	e.hooks++
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		ctx, cancel := context.WithTimeout(e.ctx, timeout)
 		cont := call(ctx)
 		cancel()
-		if cont != nil {
-			e.asyncCh <- cont
+		e.asyncCh <- func() {
+			e.hooks--
+			if cont != nil {
+				cont()
+			}
 		}
 	}()
+	return true
 }
 
 // emit sends an event to the observers and subscribers.

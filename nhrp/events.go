@@ -150,6 +150,9 @@ const (
 	// CauseMoved: this node's NBMA address moved (uplink failover); what
 	// it resolved from the old address is resolved again.
 	CauseMoved
+	// CauseEvicted: the cache was full and a more important entry took
+	// its place (Limits.MaxEntries).
+	CauseEvicted
 )
 
 var causeNames = [...]string{
@@ -158,6 +161,7 @@ var causeNames = [...]string{
 	CauseConfig: "removed from the configuration", CauseRestored: "restored",
 	CauseRevoked: "certificate revoked", CauseRefused: "no longer proven",
 	CauseRenewed: "renewed", CauseProtectionLost: "peer's protection lost", CauseMoved: "local NBMA address moved",
+	CauseEvicted: "evicted: cache full",
 }
 
 func (c Cause) String() string {

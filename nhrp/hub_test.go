@@ -174,8 +174,14 @@ func TestMalformed(t *testing.T) {
 		}
 		settle(time.Second)
 		tr, _ := hub.eng.Traffic(context.Background())
-		if tr.Dropped["malformed"] != 250 {
-			t.Errorf("malformed drops %d, want 250", tr.Dropped["malformed"])
+		// 250 at once from one source: the first 200 (its burst) are
+		// decoded and dropped as malformed, the rest by its rate limit.
+		if tr.Dropped["malformed"] != DefaultSourceBurst || tr.Dropped["rate-limited"] != 250-DefaultSourceBurst {
+			t.Errorf("drops: malformed %d, rate-limited %d; want %d and %d", tr.Dropped["malformed"], tr.Dropped["rate-limited"],
+				DefaultSourceBurst, 250-DefaultSourceBurst)
+		}
+		if tr.Limited["rate-limited"] != 250-DefaultSourceBurst {
+			t.Errorf("limited rate-limited %d, want %d", tr.Limited["rate-limited"], 250-DefaultSourceBurst)
 		}
 		if _, ok := hub.entry(t, hostPrefix(netip.MustParseAddr("10.0.0.99"))); ok {
 			t.Error("a corrupted packet created a binding")

@@ -108,14 +108,15 @@ func (e *Engine) verifyClaim(c Claim, bringUp bool, ok func(), fail func(reason 
 		ok()
 		return
 	}
-	if e.verifying >= maxVerifying {
+	if e.verifying >= min(maxVerifying, e.cfg.Limits.MaxPending) {
+		e.limited(LimitPending)
 		e.stats.suppress("verification")
 		fail("too many verifications in flight", false)
 		return
 	}
 	e.verifying++
 	check := func() {
-		e.goHook(e.cfg.AuthorizeTimeout, func(ctx context.Context) func() {
+		started := e.goHook(e.cfg.AuthorizeTimeout, func(ctx context.Context) func() {
 			v := e.deps.Verifier.Verify(ctx, c)
 			if v.Code == 0 && ctx.Err() != nil {
 				v = Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: "verification timed out"}
@@ -132,6 +133,10 @@ func (e *Engine) verifyClaim(c Claim, bringUp bool, ok func(), fail func(reason 
 				fail(v.Reason, true)
 			}
 		})
+		if !started {
+			e.verifying--
+			fail(errHooksBusy.Error(), false)
+		}
 	}
 	if !bringUp {
 		check()
@@ -180,7 +185,8 @@ func (e *Engine) recordForwarded(src netip.Addr, id uint32, to netip.Addr) {
 		e.fwdOrder = append(e.fwdOrder, k)
 	}
 	e.forwarded[k] = fwdRec{to: to, at: e.now}
-	for len(e.forwarded) > maxForwarded {
+	for len(e.forwarded) > min(maxForwarded, e.cfg.Limits.MaxPending) {
+		e.limited(LimitPending)
 		e.dropOldestForwarded()
 	}
 }

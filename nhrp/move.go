@@ -31,7 +31,7 @@ func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason s
 			// A PeerUp in flight answers for the old address: its result
 			// is ignored (gen) and what waited for it is dropped; the
 			// registrations below bring the peer up afresh.
-			p.state, p.since = peerIdle, e.now
+			e.setPeerState(p, peerIdle)
 			p.gen++
 			dropQueue(p, "local NBMA address moved")
 		}

@@ -91,13 +91,19 @@ func (e *Engine) handleRegistrationRequest(p *wire.Packet, raw []byte, from neti
 		e.completeRegistration(p, from, regs)
 		return
 	}
+	if len(e.authorizing) >= e.cfg.Limits.MaxPending {
+		e.limited(LimitPending)
+		busy(regs, decided, "too many registrations being authorised")
+		e.completeRegistration(p, from, regs)
+		return
+	}
 	e.authorizing[key] = true
 	pkt, err := wire.Decode(raw) // p is reused for the next packet
 	if err != nil {
 		delete(e.authorizing, key)
 		return
 	}
-	e.goHook(e.cfg.AuthorizeTimeout, func(ctx context.Context) func() {
+	if !e.goHook(e.cfg.AuthorizeTimeout, func(ctx context.Context) func() {
 		for i := range regs {
 			if decided[i] {
 				continue
@@ -111,7 +117,21 @@ func (e *Engine) handleRegistrationRequest(p *wire.Packet, raw []byte, from neti
 			delete(e.authorizing, key)
 			e.completeRegistration(pkt, from, regs)
 		}
-	})
+	}) {
+		delete(e.authorizing, key)
+		busy(regs, decided, errHooksBusy.Error())
+		e.completeRegistration(pkt, from, regs)
+	}
+}
+
+// busy refuses the registrations not decided yet with code 5
+// (insufficient resources): a limit stopped their authorisation.
+func busy(regs []regCIE, decided []bool, reason string) {
+	for i := range regs {
+		if !decided[i] {
+			regs[i].verdict = Verdict{Code: uint8(wire.CIEInsufficientResources), Reason: reason}
+		}
+	}
 }
 
 // authKey identifies a registration being authorized.
@@ -218,6 +238,8 @@ func (e *Engine) bind(r *regCIE, reqID uint32) wire.CIECode {
 	}
 	if cur != nil {
 		e.removeEntry(cur, CauseReplaced)
+	} else if !e.roomFor(TypeDynamic) {
+		return wire.CIEInsufficientResources
 	}
 	en := &entry{
 		typ: TypeDynamic, proto: r.reg.Proto, nbma: r.reg.NBMA, claimed: r.reg.ClaimedNBMA,

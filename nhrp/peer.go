@@ -71,8 +71,11 @@ const peerIdleTime = 2 * time.Minute
 func (e *Engine) peer(nbma netip.Addr) *peer {
 	p := e.peers[nbma]
 	if p == nil {
+		e.peerRoom()
 		p = &peer{nbma: nbma, since: e.now}
 		e.peers[nbma] = p
+		e.peerStates[peerIdle].Add(1)
+		e.peerOrder = append(e.peerOrder, nbma)
 	}
 	return p
 }
@@ -100,7 +103,7 @@ func (e *Engine) whenUpOr(nbma netip.Addr, role string, proto netip.Addr, ok fun
 	}
 	if e.deps.Peers == nil {
 		if p.state != peerUp {
-			p.state, p.since = peerUp, e.now
+			e.setPeerState(p, peerUp)
 		}
 		ok()
 		return
@@ -129,13 +132,15 @@ func (e *Engine) whenUpOr(nbma netip.Addr, role string, proto netip.Addr, ok fun
 	if p.state == peerConnecting {
 		return
 	}
-	p.state, p.since = peerConnecting, e.now
+	e.setPeerState(p, peerConnecting)
 	gen := p.gen
 	info := Peer{NBMA: nbma, Proto: p.proto, Role: p.role}
-	e.goHook(e.cfg.PeerUpTimeout, func(ctx context.Context) func() {
+	if !e.goHook(e.cfg.PeerUpTimeout, func(ctx context.Context) func() {
 		err := e.deps.Peers.PeerUp(ctx, info)
 		return func() { e.peerUpDone(nbma, gen, err) }
-	})
+	}) {
+		e.peerUpDone(nbma, gen, errHooksBusy)
+	}
 }
 
 // peerUpDone handles the result of PeerUp on the loop.
@@ -147,7 +152,7 @@ func (e *Engine) peerUpDone(nbma netip.Addr, gen uint64, err error) {
 	q := p.queue
 	p.queue = nil
 	if err != nil {
-		p.state, p.since = peerFailed, e.now
+		e.setPeerState(p, peerFailed)
 		identity := errors.Is(err, ErrIdentity)
 		e.log.Info("peer could not be brought up", zap.Stringer("nbma", nbma), zap.String("role", p.role), zap.Error(err))
 		e.emit(Event{Kind: EventPeerDown, NBMA: nbma, Reason: "up failed: " + err.Error()})
@@ -158,7 +163,7 @@ func (e *Engine) peerUpDone(nbma netip.Addr, gen uint64, err error) {
 		}
 		return
 	}
-	p.state, p.since = peerUp, e.now
+	e.setPeerState(p, peerUp)
 	e.emit(Event{Kind: EventPeerUp, NBMA: nbma, Proto: prefixOf(p.proto)})
 	for _, w := range q {
 		w.ok()
@@ -211,6 +216,7 @@ func (e *Engine) unref(nbma netip.Addr, reason string) {
 func (e *Engine) releasePeer(p *peer, reason string) {
 	wasUp := p.state == peerUp || p.state == peerConnecting
 	delete(e.peers, p.nbma)
+	e.peerStates[p.state].Add(-1)
 	p.gen++
 	dropQueue(p, "peer released: "+reason)
 	if !wasUp {
@@ -220,6 +226,15 @@ func (e *Engine) releasePeer(p *peer, reason string) {
 	if e.deps.Peers != nil {
 		e.deps.Peers.PeerDown(Peer{NBMA: p.nbma, Proto: p.proto, Role: p.role}, reason)
 	}
+}
+
+// setPeerState moves a peer to state s, keeping the counts by state.
+func (e *Engine) setPeerState(p *peer, s peerState) {
+	if e.peers[p.nbma] == p {
+		e.peerStates[p.state].Add(-1)
+		e.peerStates[s].Add(1)
+	}
+	p.state, p.since = s, e.now
 }
 
 // peerStateOf returns the state name of an NBMA peer for snapshots.

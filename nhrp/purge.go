@@ -151,9 +151,11 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 			continue
 		}
 		notOwned := 0
-		for _, en := range e.cache.all() {
-			if !pf.Contains(en.proto.Addr()) || en.proto.Bits() < pf.Bits() || e.cache.get(en.proto) != en {
-				continue
+		// Only the entries under the prefix: a trie walk (a map lookup for
+		// a single address), never the whole cache.
+		e.cache.under(pf, func(en *entry) bool {
+			if e.cache.get(en.proto) != en {
+				return true // removed along with another
 			}
 			owns := false
 			switch en.typ {
@@ -164,21 +166,22 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 			case TypeDynamic:
 				owns = en.nbma == from
 			default:
-				continue
+				return true
 			}
 			if !owns {
 				if o := ownerOf(en); o.IsValid() && e.deps.Verifier != nil {
 					byOwner[o] = append(byOwner[o], en)
-					continue
+					return true
 				}
 				notOwned++
-				continue
+				return true
 			}
 			owned++
 			e.limits.forgetRedirect(en.proto)
 			e.removeEntry(en, CausePurged)
 			again = append(again, en)
-		}
+			return true
+		})
 		if notOwned > 0 {
 			refused++
 			e.refuse(RefusedPurge, from, pf, fmt.Sprintf("%d entries under %s are not %s's", notOwned, pf, from))

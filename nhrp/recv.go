@@ -13,6 +13,9 @@ import (
 // handlePacket decodes and dispatches a received NHRP packet. Malformed
 // packets are counted and dropped without a log line per packet.
 func (e *Engine) handlePacket(b []byte, from netip.Addr) {
+	if !e.admit(from) {
+		return
+	}
 	p := &e.rx
 	if err := p.UnmarshalBinary(b); err != nil {
 		e.stats.drop("malformed")
@@ -22,6 +25,14 @@ func (e *Engine) handlePacket(b []byte, from netip.Addr) {
 		return
 	}
 	e.stats.countReceived(p.Type)
+	if n := p.CIECount(); n > e.cfg.Limits.MaxCIEs {
+		// Refused whole before any per-CIE work (authorisation, audit,
+		// purge): told with an Error Indication (protocol error).
+		e.limited(LimitCIEs)
+		e.stats.drop("too-many-cies")
+		e.sendError(p, b, from, wire.ErrorProtocol, 0)
+		return
+	}
 	if e.wantPackets.Load() {
 		e.emit(Event{Kind: EventPacket, NBMA: from, Packet: &PacketEvent{Dir: "in", Peer: from, Summary: p.Summary()}})
 	}

@@ -67,10 +67,14 @@ func (e *Engine) resolve(target netip.Addr, reason string, renew *entry) {
 				return // already resolved
 			}
 		}
-		if e.cache.get(hostPrefix(target)) == nil {
+		if e.cache.get(hostPrefix(target)) == nil && e.roomFor(TypeIncomplete) {
 			inc := &entry{typ: TypeIncomplete, proto: hostPrefix(target), created: e.now}
 			e.cache.put(inc)
 		}
+	}
+	if len(e.resolves) >= e.cfg.Limits.MaxPending {
+		e.limited(LimitPending)
+		return
 	}
 	r := &resolution{target: target, reason: reason, renew: renew}
 	e.resolves[target] = r
@@ -144,6 +148,9 @@ func (e *Engine) resolutionFailed(r *resolution, reason string) {
 		return
 	} else if cur != nil {
 		e.cache.del(cur)
+	}
+	if !e.roomFor(TypeNegative) {
+		return
 	}
 	neg := &entry{typ: TypeNegative, proto: p, created: e.now}
 	e.cache.put(neg)
@@ -374,6 +381,8 @@ func (e *Engine) installBinding(p netip.Prefix, nbma, claimed, src netip.Addr, f
 	}
 	if cur != nil {
 		e.removeEntry(cur, CauseReplaced)
+	} else if !e.roomFor(TypeCached) {
+		return nil
 	}
 	en := &entry{typ: TypeCached, proto: p, nbma: nbma, claimed: claimed, src: src, flags: flags,
 		created: e.now, holding: uint16(hold / time.Second), mtu: mtu}
@@ -398,6 +407,8 @@ func (e *Engine) installShortcut(prefix netip.Prefix, via, nbma, src netip.Addr,
 	}
 	if cur != nil {
 		e.removeEntry(cur, CauseReplaced)
+	} else if !e.roomFor(TypeShortcut) {
+		return
 	}
 	en := &entry{typ: TypeShortcut, proto: prefix, nbma: nbma, nextHop: via, src: src, flags: flags,
 		created: e.now, holding: uint16(hold / time.Second)}

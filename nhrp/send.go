@@ -146,9 +146,16 @@ func (e *Engine) write(p *wire.Packet, to netip.Addr) {
 	e.writeBytes(b, to, p.Type, p.ErrorCode, summary)
 }
 
-// writeBytes sends an encoded packet now, within the send limit.
+// writeBytes sends an encoded packet now, within the send limit. Packets
+// to peers no entry or server uses (answers to strangers: refusals, error
+// indications) get at most half of it, so a flood of forged packets from
+// random sources cannot crowd out the replies to registered clients.
 func (e *Engine) writeBytes(b []byte, to netip.Addr, typ wire.Type, code wire.ErrorCode, summary string) {
-	if !e.limits.allowSend(e.now) {
+	known := false
+	if p := e.peers[to]; p != nil && p.refs > 0 {
+		known = true
+	}
+	if !e.limits.allowSend(e.now, known) {
 		e.stats.suppress("max-send")
 		return
 	}

@@ -56,12 +56,7 @@ func (e *Engine) scheduleUsageScan() {
 }
 
 func (e *Engine) hasResolved() bool {
-	for _, en := range e.cache.m {
-		if en.typ == TypeCached || en.typ == TypeShortcut {
-			return true
-		}
-	}
-	return false
+	return e.cache.countOf(TypeCached)+e.cache.countOf(TypeShortcut) > 0
 }
 
 // applyUsage records neighbour usage on the entries and removes the ones

@@ -18,13 +18,14 @@ type stats struct {
 	suppressed     map[string]*atomic.Uint64
 	rxQueueFull    atomic.Uint64
 	refused        [numRefusals]atomic.Uint64
+	limited        [numLimits]atomic.Uint64
 }
 
 // Drop reasons counted in Traffic.Dropped.
 var dropReasons = []string{
 	"malformed", "auth", "unknown-extension", "hop-count", "loop", "not-for-us",
 	"unexpected-reply", "unsupported", "refused", "peer-down", "peer-queue-full",
-	"no-route", "rx-queue-full", "no-binding",
+	"no-route", "rx-queue-full", "no-binding", "rate-limited", "too-many-cies",
 }
 
 // Suppression kinds counted in Traffic.Suppressed.
@@ -88,6 +89,10 @@ func (s *stats) snapshot(l *limits, now time.Time) Traffic {
 		Sent: map[string]uint64{}, Received: map[string]uint64{},
 		ErrorsSent: map[string]uint64{}, ErrorsReceived: map[string]uint64{},
 		Dropped: map[string]uint64{}, Suppressed: map[string]uint64{}, Refused: map[string]uint64{},
+		Limited: map[string]uint64{},
+	}
+	for l := range numLimits {
+		t.Limited[l.String()] = s.limited[l].Load()
 	}
 	for r := RefusalNone + 1; r < numRefusals; r++ {
 		t.Refused[r.String()] = s.refused[r].Load()
@@ -144,13 +149,16 @@ func (b *bucket) allow(now time.Time, rate, burst float64) bool {
 type limits struct {
 	maxSend int
 	send    bucket
+	// stranger is the share of the send limit of packets to peers no
+	// entry uses.
+	stranger bucket
 	// window counts packets sent in the current and previous second for
 	// the usage figure.
 	winStart   time.Time
 	winCount   int
 	lastCount  int
 	redirect   map[[2]netip.Addr]*bucket
-	errInd     map[netip.Addr]*bucket
+	errInd     sourceLimiter // per destination, bounded
 	errIndAll  bucket
 	lastPruned time.Time
 
@@ -172,7 +180,6 @@ const maxLogged = 4096
 func (l *limits) init(maxSend int) {
 	l.maxSend = maxSend
 	l.redirect = make(map[[2]netip.Addr]*bucket)
-	l.errInd = make(map[netip.Addr]*bucket)
 	l.logged = make(map[logKey]time.Time)
 }
 
@@ -191,8 +198,12 @@ func (l *limits) allowLog(now time.Time, peer netip.Addr, reason string) bool {
 	return true
 }
 
-// allowSend applies the global send limit and counts the packet.
-func (l *limits) allowSend(now time.Time) bool {
+// allowSend applies the global send limit and counts the packet; a
+// packet to a stranger (a peer no entry uses) must also fit in half of it.
+func (l *limits) allowSend(now time.Time, known bool) bool {
+	if !known && !l.stranger.allow(now, float64(l.maxSend)/2, float64(l.maxSend)/2) {
+		return false
+	}
 	if !l.send.allow(now, float64(l.maxSend), float64(l.maxSend)) {
 		return false
 	}
@@ -257,13 +268,15 @@ func (l *limits) forgetRedirect(dst netip.Prefix) {
 // second (burst 3), and 50 a second in all.
 func (l *limits) allowErrInd(now time.Time, to netip.Addr) bool {
 	l.prune(now)
-	b := l.errInd[to]
-	if b == nil {
-		b = &bucket{}
-		l.errInd[to] = b
-	}
-	return b.allow(now, 1, 3) && l.errIndAll.allow(now, 50, 50)
+	ok, _ := l.errInd.allow(now, to, 1, 3, maxErrIndDests)
+	return ok && l.errIndAll.allow(now, 50, 50)
 }
+
+// maxErrIndDests bounds the destinations the Error Indication limit
+// tracks: one whose bucket is full again is forgotten first, and beyond
+// them new destinations share one bucket (within the global 50 a second
+// anyway).
+const maxErrIndDests = 4096
 
 // prune drops idle per-peer buckets once a minute.
 func (l *limits) prune(now time.Time) {
@@ -274,11 +287,6 @@ func (l *limits) prune(now time.Time) {
 	for k, b := range l.redirect {
 		if now.Sub(b.last) > 10*time.Minute {
 			delete(l.redirect, k)
-		}
-	}
-	for k, b := range l.errInd {
-		if now.Sub(b.last) > time.Minute {
-			delete(l.errInd, k)
 		}
 	}
 	for k, last := range l.logged {

@@ -165,6 +165,9 @@ type Traffic struct {
 	// Refused counts received packets refused because their sender's
 	// identity does not prove what they claim, by check (Refusal names).
 	Refused map[string]uint64 `json:"refused"`
+	// Limited counts what the engine's limits (Config.Limits) refused or
+	// evicted, by Limit name.
+	Limited map[string]uint64 `json:"limited"`
 	// MaxSend is the send limit per second and Usage the share of it used
 	// in the last second, in percent.
 	MaxSend int `json:"max_send"`

@@ -27,12 +27,13 @@ import (
 )
 
 // Engine is what the scrape reads from the NHRP engine. *nhrp.Engine
-// implements it.
+// implements it. The scrape does no work proportional to the cache or the
+// peers: Gauges are counts kept as they change, read without the engine's
+// goroutine; Traffic and NHS are of a fixed size.
 type Engine interface {
 	Traffic(ctx context.Context) (nhrp.Traffic, error)
-	Peers(ctx context.Context) ([]nhrp.PeerStatus, error)
 	NHS(ctx context.Context) ([]nhrp.NHSStatus, error)
-	Cache(ctx context.Context) ([]nhrp.CacheEntry, error)
+	Gauges() nhrp.Gauges
 }
 
 // Source gives the scrape the running engine and data plane; either may
@@ -113,6 +114,8 @@ var (
 		"NHRP packets the rate limits held back, by kind.", []string{"kind"}, nil)
 	descRefused = prometheus.NewDesc("dmvpn_nhrp_refused_total",
 		"Received NHRP packets refused because their sender's identity does not prove what they claim, by check (request-source, requester-identity, reply-unmatched, reply-identity, purge-not-owner, traffic-indication-not-server, error-indication-unmatched).", []string{"check"}, nil)
+	descLimited = prometheus.NewDesc("dmvpn_nhrp_limited_total",
+		"What the NHRP engine's limits (the limits section) refused or evicted, by limit (cache-full, evicted, peers-full, pending-full, rate-limited, sources-full, too-many-cies, hooks-full).", []string{"limit"}, nil)
 	descPeers = prometheus.NewDesc("dmvpn_nhrp_peers",
 		"NBMA peers by state.", []string{"state"}, nil)
 	descNHS = prometheus.NewDesc("dmvpn_nhrp_nhs",
@@ -142,7 +145,7 @@ type scrape struct{ src Source }
 
 // Describe implements prometheus.Collector.
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descErrInd, descDropped, descSuppressed, descRefused, descPeers, descNHS,
+	for _, d := range []*prometheus.Desc{descPackets, descErrInd, descDropped, descSuppressed, descRefused, descLimited, descPeers, descNHS,
 		descCache, descDPPackets, descDPBytes, descDPDropped, descMisses, descNHRPFrames, descFastPath, descUp} {
 		ch <- d
 	}
@@ -236,14 +239,12 @@ func (s *scrape) engine(ctx context.Context, e Engine, counter func(*prometheus.
 	for k, n := range t.Refused {
 		counter(descRefused, n, k)
 	}
-	if ps, err := e.Peers(ctx); err == nil {
-		by := map[string]int{}
-		for _, p := range ps {
-			by[p.State]++
-		}
-		for _, st := range peerStates {
-			gauge(descPeers, by[st], st)
-		}
+	for k, n := range t.Limited {
+		counter(descLimited, n, k)
+	}
+	g := e.Gauges()
+	for _, st := range peerStates {
+		gauge(descPeers, g.Peers[st], st)
 	}
 	if ns, err := e.NHS(ctx); err == nil {
 		by := map[string]int{}
@@ -254,14 +255,8 @@ func (s *scrape) engine(ctx context.Context, e Engine, counter func(*prometheus.
 			gauge(descNHS, by[st.String()], st.String())
 		}
 	}
-	if cs, err := e.Cache(ctx); err == nil {
-		by := map[string]int{}
-		for _, c := range cs {
-			by[c.Type.String()]++
-		}
-		for t := nhrp.TypeIncomplete; t <= nhrp.TypeLocal; t++ {
-			gauge(descCache, by[t.String()], t.String())
-		}
+	for t := nhrp.TypeIncomplete; t <= nhrp.TypeLocal; t++ {
+		gauge(descCache, g.Entries[t.String()], t.String())
 	}
 	return true
 }

@@ -29,19 +29,17 @@ func (f fakeEngine) Traffic(context.Context) (nhrp.Traffic, error) {
 		ErrorsReceived: map[string]uint64{},
 		Dropped:        map[string]uint64{"malformed": 3},
 		Suppressed:     map[string]uint64{"redirect": 1},
+		Limited:        map[string]uint64{"rate-limited": 4},
 	}, nil
 }
 
-func (fakeEngine) Peers(context.Context) ([]nhrp.PeerStatus, error) {
-	return []nhrp.PeerStatus{{State: "up"}, {State: "up"}, {State: "failed"}}, nil
+func (fakeEngine) Gauges() nhrp.Gauges {
+	return nhrp.Gauges{Peers: map[string]int{"up": 2, "failed": 1},
+		Entries: map[string]int{"shortcut": 1, "nhs": 2}}
 }
 
 func (fakeEngine) NHS(context.Context) ([]nhrp.NHSStatus, error) {
 	return []nhrp.NHSStatus{{State: nhrp.NHSUp}, {State: nhrp.NHSProbing}}, nil
-}
-
-func (fakeEngine) Cache(context.Context) ([]nhrp.CacheEntry, error) {
-	return []nhrp.CacheEntry{{Type: nhrp.TypeShortcut}, {Type: nhrp.TypeNHS}, {Type: nhrp.TypeNHS}}, nil
 }
 
 type fakeSource struct {
@@ -120,6 +118,7 @@ func TestMetrics(t *testing.T) {
 		{"dmvpn_nhrp_error_indications_total", []string{"code", "authentication failure", "direction", "sent"}, 2},
 		{"dmvpn_nhrp_dropped_total", []string{"reason", "malformed"}, 3},
 		{"dmvpn_nhrp_suppressed_total", []string{"kind", "redirect"}, 1},
+		{"dmvpn_nhrp_limited_total", []string{"limit", "rate-limited"}, 4},
 		{"dmvpn_nhrp_peers", []string{"state", "up"}, 2},
 		{"dmvpn_nhrp_peers", []string{"state", "failed"}, 1},
 		{"dmvpn_nhrp_peers", []string{"state", "connecting"}, 0},

@@ -129,3 +129,13 @@ func (p *Packet) Auth() ([]byte, bool) {
 func NewCiscoAuth(password []byte) Extension {
 	return Extension{Type: ExtAuthentication, Compulsory: true, AuthType: AuthCleartext, Data: password}
 }
+
+// CIECount returns the number of CIEs the packet carries, in its body and
+// its extensions together.
+func (p *Packet) CIECount() int {
+	n := len(p.CIEs)
+	for i := range p.Extensions {
+		n += len(p.Extensions[i].CIEs)
+	}
+	return n
+}
