@@ -167,6 +167,7 @@ func printTraffic(w io.Writer, r control.TrafficResponse) {
 	fmt.Fprintf(w, "   Dropped on receipt: %s\n", counts(t.Dropped))
 	fmt.Fprintf(w, "   Held back by rate limits: %s\n", counts(t.Suppressed))
 	fmt.Fprintf(w, "   Refused (sender's identity does not prove it): %s\n", counts(t.Refused))
+	fmt.Fprintf(w, "   Refused or evicted by limits: %s\n", counts(t.Limited))
 	if d := r.Dataplane; d != nil {
 		fmt.Fprintf(w, "   Data plane: sent %d packets (%d bytes), received %d packets (%d bytes), NHRP %d out %d in\n",
 			d.TxPackets, d.TxBytes, d.RxPackets, d.RxBytes, d.NHRPTx, d.NHRPRx)

@@ -119,7 +119,7 @@ func (fakeEngine) Peers(context.Context) ([]nhrp.PeerStatus, error) {
 func (fakeEngine) Traffic(context.Context) (nhrp.Traffic, error) {
 	return nhrp.Traffic{Sent: map[string]uint64{"Registration Request": 3, "Resolution Request": 1}, Received: map[string]uint64{"Registration Reply": 3},
 		ErrorsSent: map[string]uint64{}, ErrorsReceived: map[string]uint64{"authentication failure": 2},
-		Dropped: map[string]uint64{"malformed": 1}, Suppressed: map[string]uint64{}, MaxSend: 1000}, nil
+		Dropped: map[string]uint64{"malformed": 1}, Suppressed: map[string]uint64{}, Limited: map[string]uint64{"rate-limited": 5}, MaxSend: 1000}, nil
 }
 
 func (fakeEngine) Clear(_ context.Context, r nhrp.ClearRequest) (int, error) {
@@ -174,7 +174,7 @@ func TestShowCommands(t *testing.T) {
 		"sh ip nhrp shortcut":     {"10.2.0.0/24 via 172.16.2.1"},
 		"sh ip nhrp nhs":          {"172.16.0.1      RE  NBMA Address: 192.0.2.1 priority = 1 cluster = 0"},
 		"sh ip nhrp nhs detail":   {"req-sent 3  req-failed 0  repl-recv 3"},
-		"sh ip nhrp traffic":      {"gre1: Max-send limit:1000Pkts/1Sec, Usage:0%", "   Sent: Total 4", "         1 Resolution Request  0 Resolution Reply  3 Registration Request", "Error Indications received: 2 authentication failure", "Dropped on receipt: 1 malformed", "data-plane drops: 1 bad_key"},
+		"sh ip nhrp traffic":      {"gre1: Max-send limit:1000Pkts/1Sec, Usage:0%", "   Sent: Total 4", "         1 Resolution Request  0 Resolution Reply  3 Registration Request", "Error Indications received: 2 authentication failure", "Dropped on receipt: 1 malformed", "Refused or evicted by limits: 5 rate-limited", "data-plane drops: 1 bad_key"},
 		"sh running-config":       {"node: spoke1\nrole: spoke\n"},
 		"sh version":              {"Node spoke1 (spoke), up 01:00:0", "configuration /etc/dmvpn/dmvpnd.yaml"},
 		"clear ip nhrp shortcut":  {"% 1 entries cleared"},
