@@ -45,15 +45,11 @@ func (s stateFile) Load() (*nhrp.State, error) {
 	return &st, nil
 }
 
-// Save writes the state atomically.
+// Save writes the state atomically. The JSON is encoded straight to the
+// temporary file (encoding/json's buffer is pooled), not into a copy of
+// its own per save: a hub of 10,000 spokes saves a 3 MB state as often
+// as its writes allow while they register.
 func (s stateFile) Save(st *nhrp.State) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if len(b) > maxStateFile {
-		return fmt.Errorf("state file %s: %d bytes, more than %d", s.path, len(b), maxStateFile)
-	}
 	dir := filepath.Dir(s.path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -63,8 +59,11 @@ func (s stateFile) Save(st *nhrp.State) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
+	if err := json.NewEncoder(&limitWriter{w: tmp, left: maxStateFile}).Encode(st); err != nil {
 		tmp.Close()
+		if errors.Is(err, errStateTooLarge) {
+			return fmt.Errorf("state file %s: %w", s.path, err)
+		}
 		return err
 	}
 	if err := tmp.Sync(); err != nil {
@@ -82,4 +81,21 @@ func (s stateFile) Save(st *nhrp.State) error {
 		d.Close()
 	}
 	return nil
+}
+
+// errStateTooLarge refuses a state larger than maxStateFile.
+var errStateTooLarge = fmt.Errorf("larger than %d bytes", maxStateFile)
+
+// limitWriter writes to w until left bytes are spent, then refuses.
+type limitWriter struct {
+	w    io.Writer
+	left int
+}
+
+func (l *limitWriter) Write(b []byte) (int, error) {
+	if len(b) > l.left {
+		return 0, errStateTooLarge
+	}
+	l.left -= len(b)
+	return l.w.Write(b)
 }

@@ -52,6 +52,8 @@ type StateEntry struct {
 type StateStore interface {
 	// Load returns the state kept, nil when there is none.
 	Load() (*State, error)
+	// Save keeps st. The entries' Flags slices are shared between
+	// entries: read only.
 	Save(*State) error
 }
 
@@ -176,19 +178,33 @@ func (e *Engine) snapshotState() *stateSnap {
 	return sn
 }
 
-// state turns a snapshot into the State kept, ordered by address.
-func (e *Engine) state(sn *stateSnap) *State {
+// stateBuilder turns snapshots into the State kept. The saver's own, it
+// names each set of flags once (the entries share the names).
+type stateBuilder struct {
+	names map[Flags][]string
+}
+
+// state returns the snapshot as the State kept, ordered by address.
+func (b *stateBuilder) state(pfx netip.Prefix, sn *stateSnap) *State {
 	slices.SortFunc(sn.entries, func(a, b stateRec) int {
 		if c := a.proto.Addr().Compare(b.proto.Addr()); c != 0 {
 			return c
 		}
 		return a.proto.Bits() - b.proto.Bits()
 	})
-	st := &State{Version: StateVersion, Tunnel: e.ownPfx, Saved: sn.saved, Entries: make([]StateEntry, len(sn.entries))}
+	if b.names == nil {
+		b.names = make(map[Flags][]string)
+	}
+	st := &State{Version: StateVersion, Tunnel: pfx, Saved: sn.saved, Entries: make([]StateEntry, len(sn.entries))}
 	for i, r := range sn.entries {
+		names, ok := b.names[r.flags]
+		if !ok {
+			names = r.flags.Names()
+			b.names[r.flags] = names
+		}
 		st.Entries[i] = StateEntry{
 			Type: r.typ, Proto: r.proto, NBMA: r.nbma, Claimed: r.claimed, NextHop: r.nextHop, Source: r.src,
-			Flags: r.flags.Names(), Created: r.created, Expires: r.expires,
+			Flags: names, Created: r.created, Expires: r.expires,
 			Holding: r.holding, MTU: r.mtu, ReqID: r.reqID, Identity: r.identity, Attrs: r.attrs, Networks: r.nets,
 		}
 	}
@@ -200,9 +216,10 @@ func (e *Engine) state(sn *stateSnap) *State {
 // last write took (saveTook, ending at savedAt), which paces saveState.
 func (e *Engine) saver(stop <-chan struct{}) {
 	var lastErr string
+	var b stateBuilder
 	save := func(sn *stateSnap) {
 		start := time.Now()
-		err := e.deps.State.Save(e.state(sn))
+		err := e.deps.State.Save(b.state(e.ownPfx, sn))
 		end := time.Now()
 		e.saveTook.Store(int64(end.Sub(start)))
 		e.savedAt.Store(end.UnixNano())
