@@ -165,7 +165,13 @@ func testFirewall(t *testing.T, dataplane string) {
 // of the SYN as the destination host received it.
 func synMSS(t *testing.T, tb *testbed.Testbed, from, to, addr string) int {
 	t.Helper()
-	c := startTcpdump(t, tb.Node(to), "tcpdump-syn", "syn.pcap", "eth0", "tcp[tcpflags] & tcp-syn != 0 and dst port 9")
+	return synMSSOn(t, tb, from, to, "eth0", addr)
+}
+
+// synMSSOn is synMSS with the SYN captured on node to's interface iface.
+func synMSSOn(t *testing.T, tb *testbed.Testbed, from, to, iface, addr string) int {
+	t.Helper()
+	c := startTcpdump(t, tb.Node(to), "tcpdump-syn", "syn.pcap", iface, "tcp[tcpflags] & tcp-syn != 0 and dst port 9")
 	tb.Node(from).Run(context.Background(), "timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/"+addr+"/9")
 	path := c.stop()
 	f, err := os.Open(path)

@@ -24,13 +24,22 @@ import (
 // hub's own GRE leaves on routes with an IPsec transform (`rt ipsec
 // missing` counts nothing while it works); GRE injected in clear from the
 // spoke's address is dropped and counted by the policy before the
-// kernel's xfrm policy check sees it; the tables list in that kernel as
-// translated; on the internet router no GRE but the injected.
+// kernel's xfrm policy check sees it; BGP from the internet is dropped
+// and counted; a TCP SYN from the spoke's LAN reaches the hub through the
+// tunnel with its MSS clamped to the spoke's tunnel MTU less 40 (`rt mtu`
+// on ip_gre); the tables list in that kernel as translated; across ten
+// SIGKILLs of the hub's charon (each time the spoke's SA and registration
+// come back) the internet router sees no GRE in clear but the GRE
+// injected at the start and the end (the proof its capture would), and
+// forwards none.
 func TestKernelFirewallInVM(t *testing.T) {
 	t.Parallel() // boots a VM: let it overlap the other VM tests
 	if needVM(t) {
 		requireCharon(t)
-		runGuestWithGREInject(t)
+		cfg := vmConfig()
+		cfg.Timeout = 8 * time.Minute // ten restarts of charon under TCG
+		cfg.Env = append(os.Environ(), envGREInject+"="+vm.GoBuild(t, "./integration/cmd/greinject"))
+		startGuest(t, cfg).wait()
 		return
 	}
 	needKernelGRE(t)
@@ -55,6 +64,18 @@ func TestKernelFirewallInVM(t *testing.T) {
 	}
 	t.Cleanup(func() { tb.Close() })
 	fwd := countForwarded(t, tb.Node("inet"), map[string]string{"clear_gre": "meta l4proto gre"})
+	wire := startFullCapture(t, tb.Node("inet"))
+	// GRE in clear injected from the spoke's address at the start and at
+	// the end, each with its own marker: the capture must see both.
+	first, last := []byte("dmvpn-firewall-vm-probe"), []byte("dmvpn-firewall-vm-last")
+	inject := func(marker []byte) {
+		t.Helper()
+		inner := icmpPacket(t, "10.1.0.99", "10.0.0.1", marker)
+		if out, err := tb.Node("inet").Run(context.Background(), inj, "-src", s1NBMA.String(), "-dst", "192.0.2.1",
+			"-key", "42", "-payload", hex.EncodeToString(inner), "-n", "20"); err != nil {
+			t.Fatalf("greinject: %v: %s", err, out)
+		}
+	}
 
 	hub := startDaemon(t, bin, tb.Node("hub"), hubYAML("kernel")+p.node("hub", "C=FI, O=Example, OU=GRE=10.0.0.1, OU=AS=65000, CN=hub", "")+firewallYAML("hub"))
 	if err := tb.Node("hub").IP(fmt.Sprintf("route add %s via %s dev gre1 onlink", e2eLAN[0], e2eTunnel[0])); err != nil {
@@ -91,19 +112,31 @@ func TestKernelFirewallInVM(t *testing.T) {
 
 	// GRE in clear from the spoke's address: the policy drops and counts
 	// it before the kernel's xfrm policy check sees it.
-	marker := []byte("dmvpn-firewall-vm-probe")
-	inner := icmpPacket(t, "10.1.0.99", "10.0.0.1", marker)
 	xs0 := xfrmStat(t, tb.Node("hub"))
 	c0 := ruleCount(hub.firewall(), "in_gre_clear")
-	if out, err := tb.Node("inet").Run(context.Background(), inj, "-src", s1NBMA.String(), "-dst", "192.0.2.1",
-		"-key", "42", "-payload", hex.EncodeToString(inner), "-n", "20"); err != nil {
-		t.Fatalf("greinject: %v: %s", err, out)
-	}
+	inject(first)
 	waitFor(t, 10*time.Second, "the hub's policy to drop the GRE injected in clear", func() bool {
 		return ruleCount(hub.firewall(), "in_gre_clear") >= c0+20
 	})
 	if moved := statDiff(xs0, xfrmStat(t, tb.Node("hub"))); moved["XfrmInTmplMismatch"]+moved["XfrmInPolBlock"] != 0 {
 		t.Errorf("the injected GRE reached the xfrm policy check (%v): the policy let it through", moved)
+	}
+
+	// BGP from the internet: silently dropped (no RST), and counted.
+	bgp0 := ruleCount(hub.firewall(), "in_bgp_other")
+	if out, err := tb.Node("inet").Run(context.Background(), "timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/192.0.2.1/179"); err == nil {
+		t.Errorf("a TCP connection to the hub's BGP port from the internet succeeded: %s", out)
+	}
+	waitFor(t, 10*time.Second, "the hub to count BGP from the internet dropped", func() bool {
+		return ruleCount(hub.firewall(), "in_bgp_other") > bgp0
+	})
+
+	// A SYN from the spoke's LAN to the hub's tunnel address, as it
+	// arrives out of the hub's ip_gre device: the spoke clamped its MSS to
+	// the route's MTU into the tunnel.
+	sp := s1.firewall().Policy
+	if mss := synMSSOn(t, tb, "s1-h1", "hub", "gre1", "10.0.0.1"); mss != sp.TunnelMTU-40 {
+		t.Errorf("the SYN reached the hub with MSS %d, want %d (the spoke's tunnel MTU %d less 40)", mss, sp.TunnelMTU-40, sp.TunnelMTU)
 	}
 
 	// The kernel lists the hub's table as dmvpnd translated it.
@@ -114,6 +147,36 @@ func TestKernelFirewallInVM(t *testing.T) {
 		t.Errorf("this kernel lists the hub's table otherwise than translated:\ntranslated:\n%s\nlisted:\n%s", a, b)
 	}
 
+	// Ten restarts of the hub's charon: kernel SAs and policies of the
+	// dead charon, its successor's, and the gap between them; the
+	// firewall's output rule and host's catch-all policies keep GRE in.
+	var took []time.Duration
+	for i := 0; i < 10; i++ {
+		took = append(took, x.killHubCharon(t, p))
+	}
+	slices.Sort(took)
+	t.Logf("the spoke's SA and registration back %v after each SIGKILL of the hub's charon (median %v)", took, took[len(took)/2])
+	if _, err := pingTTL(t, tb.Node("s1-h1"), netip.MustParseAddr("10.0.0.1")); err != nil {
+		t.Errorf("spoke 1's LAN cannot reach the hub after the restarts: %v", err)
+	}
+	inject(last) // the capture still sees GRE at the end
+	waitFor(t, slowVM(10*time.Second), "the capture to see the GRE injected at the end", func() bool {
+		return countWire(t, wire.path, last, s1NBMA, netip.MustParseAddr("192.0.2.1")).injected > 0
+	})
+	path := wire.stop()
+	wc := countWire(t, path, first, s1NBMA, netip.MustParseAddr("192.0.2.1"))
+	atEnd := countWire(t, path, last, s1NBMA, netip.MustParseAddr("192.0.2.1")).injected
+	t.Logf("internet router saw %d ESP, %d IKE, %d GRE (%d and %d of them injected at the start and the end), %d other",
+		wc.esp, wc.ike, wc.gre, wc.injected, atEnd, wc.other)
+	if wc.injected == 0 || atEnd == 0 {
+		t.Errorf("the capture saw %d of the GRE packets injected at the start, %d of those at the end: it could not have seen GRE in clear all along", wc.injected, atEnd)
+	}
+	if wc.gre != wc.injected+atEnd {
+		t.Errorf("%d GRE packets on the wire, only %d of them injected: GRE crossed the internet in clear", wc.gre, wc.injected+atEnd)
+	}
+	if wc.esp == 0 {
+		t.Error("no ESP on the wire: the kernel's SAs carried nothing")
+	}
 	// It sent the injected GRE itself: it forwarded none.
 	if c := fwd.get()["clear_gre"]; c != 0 {
 		t.Errorf("the internet router forwarded %d GRE packets: GRE in clear", c)

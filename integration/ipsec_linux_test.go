@@ -194,7 +194,7 @@ func (x *e2e) killHubCharon(t testing.TB, p *testPKI) time.Duration {
 	t.Helper()
 	killed := time.Now()
 	syscall.Kill(charonPID(t, filepath.Join(p.dir, "state-hub")), syscall.SIGKILL)
-	return waitFor(t, 30*time.Second, "all spokes registered again after the hub's charon was killed", func() bool {
+	return waitFor(t, slowVM(30*time.Second), "all spokes registered again after the hub's charon was killed", func() bool {
 		for i := range x.spokes {
 			if !x.hub.saUpWith(nbmaOf(x, i)) {
 				return false
