@@ -30,7 +30,7 @@ import (
 func runHub() int {
 	cfg := daemon.Config{
 		Node:       "hub",
-		Tunnel:     gre.Config{Name: "dmvpn0", Key: greKey, Prefix: netip.PrefixFrom(hubProto, 16), Local: hubNBMA},
+		Tunnel:     gre.Config{Name: "dmvpn0", Key: greKey, Prefix: netip.PrefixFrom(hubProto, 8), Local: hubNBMA},
 		Dataplane:  backend.Userspace,
 		NHRP:       nhrp.Config{Role: nhrp.RoleHub, HoldingTime: 7200 * time.Second},
 		Policy:     daemon.Policy{AllowAll: true},

@@ -53,6 +53,8 @@ func main() {
 		os.Exit(runFRRLoad())
 	case "nullhub":
 		os.Exit(runNullHub())
+	case "scaleload":
+		os.Exit(runScaleLoad())
 	}
 	n := flag.Int("n", 10000, "simulated spokes")
 	rounds := flag.Int("rounds", 3, "rounds (a fresh hub each round); medians are reported")
@@ -64,11 +66,29 @@ func main() {
 	window := flag.Int("window", 256, "-frr: registrations outstanding at once")
 	limits := flag.Bool("limits", true, "-frr: also the runs where the kernel refuses neighbours (gc_thresh3 1024, and a table already full)")
 	profDir := flag.String("profile-dir", "", "-frr: perf profiles of each hub into this directory")
-	dmvpnd := flag.String("dmvpnd", "", "-frr: dmvpnd binary (default: beside this one)")
+	dmvpnd := flag.String("dmvpnd", "", "-frr, -scale: dmvpnd binary (default: beside this one)")
 	baseline := flag.String("baseline", "", "-frr: another dmvpnd binary (an earlier build), measured beside ours in each round as hub \"base\"")
 	cpus := flag.Int("cpus", 2, "-frr: the VM's CPUs")
 	ceiling := flag.Bool("ceiling", true, "-frr: each round also measures the null hub, a responder that only turns each request into its reply (the ceiling of the simulator, the VM's NIC and the guest's GRE path)")
+	scale := flag.Bool("scale", false, "scale mode: -n spokes (100000 is the reference) register with dmvpnd (the command, userspace data plane), refresh in the steady state and in fast cycles with dmvpnctl show dmvpn, show ip nhrp json and metrics scrapes running; fails when a goal is missed")
+	scaleWindow := flag.Int("window-scale", 4096, "-scale: first registrations outstanding at once")
+	holding := flag.Int("holding", 7200, "-scale: holding time the spokes ask for (s); the steady state refreshes each spoke every third of it")
+	steady := flag.Duration("steady", 20*time.Second, "-scale: how long the steady state is measured")
+	cycle := flag.Duration("cycle", 10*time.Second, "-scale: one fast refresh cycle (every spoke once)")
 	flag.Parse()
+	if *scale {
+		exe, _ := os.Executable()
+		o := scaleOpts{N: *n, Rounds: *rounds, Window: *scaleWindow, Holding: *holding, Steady: *steady, Cycle: *cycle,
+			Dmvpnd: filepath.Join(filepath.Dir(exe), "dmvpnd"), Dmvpnctl: filepath.Join(filepath.Dir(exe), "dmvpnctl")}
+		if *dmvpnd != "" {
+			o.Dmvpnd = *dmvpnd
+		}
+		if err := runScale(o); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *withFRR {
 		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, Baseline: *baseline, CPUs: *cpus, Ceiling: *ceiling}
 		for _, f := range strings.Split(*sizes, ",") {
@@ -211,6 +231,8 @@ func round(ctx context.Context, n, samples int) (result, error) {
 	}
 	defer load.Stop()
 	if err := load.Wait(ctx); err != nil {
+		hub.CloseStdin()
+		hub.Wait(ctx) // the profile of a failed run too
 		return result{}, fmt.Errorf("load generator: %w\n%s", err, load.Output())
 	}
 	line := lastLine(load.Output(), "RESULT ")
