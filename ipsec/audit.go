@@ -13,12 +13,15 @@ import (
 // newAuditLogger opens the audit stream: one JSON object per line for
 // every registration accepted or refused, for a SIEM. An empty path
 // writes to standard output. The file is reopened when it is moved or
-// removed (logrotate's move and create) and on Reopen (SIGHUP, reload).
-func newAuditLogger(path string) (*zap.Logger, *auditFile, error) {
+// removed (logrotate's move and create) and on Reopen (SIGHUP, reload);
+// it is rotated by itself when a line would take it past maxSize bytes
+// (PATH.1 … PATH.keep kept, the oldest removed; maxSize 0 or less:
+// never).
+func newAuditLogger(path string, maxSize int64, keep int) (*zap.Logger, *auditFile, error) {
 	var w zapcore.WriteSyncer = zapcore.Lock(os.Stdout)
 	var af *auditFile
 	if path != "" {
-		af = &auditFile{path: path, checkEvery: time.Second}
+		af = &auditFile{path: path, checkEvery: time.Second, maxSize: maxSize, keep: keep}
 		if err := af.Reopen(); err != nil {
 			return nil, nil, err
 		}
@@ -40,9 +43,14 @@ func newAuditLogger(path string) (*zap.Logger, *auditFile, error) {
 type auditFile struct {
 	path       string
 	checkEvery time.Duration
+	// maxSize rotates the file when a line would take it past this many
+	// bytes (0: never); keep is how many rotated files are kept.
+	maxSize int64
+	keep    int
 
 	mu      sync.Mutex
 	f       *os.File
+	size    int64 // of the open file
 	checked time.Time
 }
 
@@ -61,8 +69,28 @@ func (a *auditFile) reopen() error {
 	if a.f != nil {
 		a.f.Close()
 	}
-	a.f, a.checked = f, time.Now()
+	a.f, a.checked, a.size = f, time.Now(), 0
+	if st, err := f.Stat(); err == nil {
+		a.size = st.Size()
+	}
 	return nil
+}
+
+// rotate moves the file to PATH.1 (PATH.1 to PATH.2 and so on, the
+// oldest beyond keep removed) and opens a new one.
+func (a *auditFile) rotate() error {
+	if a.keep <= 0 {
+		os.Remove(a.path)
+	} else {
+		os.Remove(fmt.Sprintf("%s.%d", a.path, a.keep))
+		for i := a.keep - 1; i >= 1; i-- {
+			os.Rename(fmt.Sprintf("%s.%d", a.path, i), fmt.Sprintf("%s.%d", a.path, i+1))
+		}
+		if err := os.Rename(a.path, a.path+".1"); err != nil {
+			return fmt.Errorf("ipsec: rotating the audit log: %w", err)
+		}
+	}
+	return a.reopen()
 }
 
 // moved reports whether the path no longer names the open file.
@@ -88,7 +116,14 @@ func (a *auditFile) Write(p []byte) (int, error) {
 			}
 		}
 	}
-	return a.f.Write(p)
+	if a.maxSize > 0 && a.size > 0 && a.size+int64(len(p)) > a.maxSize {
+		if err := a.rotate(); err != nil {
+			fmt.Fprintf(os.Stderr, "dmvpnd: %v\n", err)
+		}
+	}
+	n, err := a.f.Write(p)
+	a.size += int64(n)
+	return n, err
 }
 
 // Sync flushes the file.

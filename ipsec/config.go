@@ -73,10 +73,28 @@ type Config struct {
 	// AuditLog is the file of the registration audit stream (JSON lines);
 	// empty writes it to standard output.
 	AuditLog string
+	// AuditLogMaxSize rotates the audit log's file when a line would take
+	// it past this many bytes (0: DefaultAuditLogMaxSize; negative:
+	// never), keeping AuditLogKeep rotated files (0: DefaultAuditLogKeep)
+	// as AuditLog.1 (newest) … AuditLog.N.
+	AuditLogMaxSize int64
+	AuditLogKeep    int
 }
+
+// Audit log rotation defaults: at most 5 × 64 MiB on disk.
+const (
+	DefaultAuditLogMaxSize = 64 << 20
+	DefaultAuditLogKeep    = 4
+)
 
 // withDefaults fills zero fields.
 func (c Config) withDefaults() Config {
+	if c.AuditLogMaxSize == 0 {
+		c.AuditLogMaxSize = DefaultAuditLogMaxSize
+	}
+	if c.AuditLogKeep == 0 {
+		c.AuditLogKeep = DefaultAuditLogKeep
+	}
 	if c.Charon == "" {
 		c.Charon = DefaultCharon
 	}

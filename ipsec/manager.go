@@ -99,7 +99,7 @@ func New(cfg Config, mode Mode, hub bool, log *zap.Logger, hooks Hooks) (*Manage
 		wake: make(chan struct{}, 1), done: make(chan struct{}), certQ: make(chan string, 1024),
 	}
 	m.stats.init()
-	audit, af, err := newAuditLogger(cfg.AuditLog)
+	audit, af, err := newAuditLogger(cfg.AuditLog, cfg.AuditLogMaxSize, cfg.AuditLogKeep)
 	if err != nil {
 		return nil, err
 	}
@@ -485,8 +485,28 @@ func (m *Manager) waitUp(ctx context.Context, nbma netip.Addr) error {
 		case <-w:
 			continue
 		case <-ctx.Done():
+			m.dropWaiter(nbma, w)
 			return fmt.Errorf("ipsec: no SA with %s: %w", nbma, ctx.Err())
 		}
+	}
+}
+
+// dropWaiter forgets the waiter of a waitUp that gave up: a peer whose SA
+// never came up left one behind for each PeerUp that timed out.
+func (m *Manager) dropWaiter(nbma netip.Addr, w chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ws := m.waiters[nbma]
+	for i, x := range ws {
+		if x == w {
+			ws = append(ws[:i:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(m.waiters, nbma)
+	} else {
+		m.waiters[nbma] = ws
 	}
 }
 

@@ -65,6 +65,9 @@ type Config struct {
 	// Uplinks are the ISP uplinks failed over and balanced; nil without
 	// the section.
 	Uplinks *Uplinks
+	// Limits bound what the node keeps and the work a sender can make it
+	// do (the limits section; zero fields take the defaults).
+	Limits Limits
 	// Logging, Metrics and Control configure the program around the
 	// daemon.
 	Logging Logging

@@ -83,7 +83,7 @@ func TestBadFiles(t *testing.T) {
 		{"no ipsec section", minimal, []string{"ipsec: missing: configure IPsec (ca, cert and key), or write `ipsec: off` to run NHRP and GRE in clear"}},
 		{"ipsec neither a section nor off", minimal + "ipsec: on\n", []string{`line 9: ipsec: want a mapping (mode, ca, cert, key, …) or off, got the string "on"`}},
 		{"unknown top-level section", minimal + "zebra:\n  asn: 65000\n", []string{
-			`line 9: zebra: unknown key "zebra" (known keys: bgp, control, firewall, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel, uplinks)`}},
+			`line 9: zebra: unknown key "zebra" (known keys: bgp, control, firewall, forwarding, ipsec, limits, logging, metrics, networks, node, policy, role, tunnel, uplinks)`}},
 		{"unknown nested key", strings.Replace(minimal, "  interface: gre1\n", "  interface: gre1\n  mode: gre\n", 1), []string{
 			`line 5: tunnel.mode: unknown key "mode" (known keys: address, authentication, dataplane, holding_time, interface, key, max_nhs, max_send, mtu, multicast, multicast_nbma, nhs, no_unique, purge_on_shutdown, redirect, redirect_group, registration_interval, shortcut, shortcut_idle, shortcut_protocol, shortcut_rule_priority, shortcut_table, source, state_file, static_maps, ttl)`}},
 		{"key set twice", minimal + "node: s2\n", []string{"line 9: node: set twice"}},
@@ -159,7 +159,7 @@ func TestBadFiles(t *testing.T) {
 			`line 1: node: "a b": use 1-63 letters, digits, '.', '_' or '-'`,
 			"line 6: tunnel.mtu: 9 out of range 576-65507",
 			`line 8: tunnel.nhs[0].nbma: "hubs..example" is neither an IP address nor a DNS name`,
-			`line 9: x: unknown key "x" (known keys: bgp, control, firewall, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel, uplinks)`}},
+			`line 9: x: unknown key "x" (known keys: bgp, control, firewall, forwarding, ipsec, limits, logging, metrics, networks, node, policy, role, tunnel, uplinks)`}},
 	}
 	// These are parsed as they are; the others run without IPsec on
 	// purpose (inClear).
@@ -181,8 +181,8 @@ func TestBadFiles(t *testing.T) {
 func TestErrorsMessage(t *testing.T) {
 	_, err := Parse([]byte(inClear(minimal+"x: 1\ny: 2\n")), "/etc/dmvpn/dmvpnd.yaml")
 	want := `/etc/dmvpn/dmvpnd.yaml: invalid configuration, 2 errors
-  line 9: x: unknown key "x" (known keys: bgp, control, firewall, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel, uplinks)
-  line 10: y: unknown key "y" (known keys: bgp, control, firewall, forwarding, ipsec, logging, metrics, networks, node, policy, role, tunnel, uplinks)`
+  line 9: x: unknown key "x" (known keys: bgp, control, firewall, forwarding, ipsec, limits, logging, metrics, networks, node, policy, role, tunnel, uplinks)
+  line 10: y: unknown key "y" (known keys: bgp, control, firewall, forwarding, ipsec, limits, logging, metrics, networks, node, policy, role, tunnel, uplinks)`
 	if err == nil || err.Error() != want {
 		t.Errorf("got\n%v\nwant\n%s", err, want)
 	}

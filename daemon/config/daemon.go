@@ -24,6 +24,8 @@ type Runtime struct {
 // Daemon returns the daemon's configuration.
 func (c *Config) Daemon(rt Runtime) daemon.Config {
 	t := &c.Tunnel
+	sec := c.IPsec.ipsecConfig()
+	c.Limits.applyAudit(sec)
 	n := nhrp.Config{
 		HoldingTime:          t.HoldingTime,
 		RegistrationInterval: t.RegistrationInterval,
@@ -37,6 +39,7 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		PurgeOnShutdown:      t.PurgeOnShutdown,
 		KeepKernelState:      rt.KeepRoutes,
 		MaxSend:              t.MaxSend,
+		Limits:               c.Limits.nhrpLimits(),
 	}
 	if c.Role == "hub" {
 		n.Role = nhrp.RoleHub
@@ -77,7 +80,7 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		RedirectGroup:        uint16(t.RedirectGroup),
 		ShortcutRulePriority: t.ShortcutRulePriority,
 		Forwarding:           c.Forwarding,
-		IPsec:                c.IPsec.ipsecConfig(),
+		IPsec:                sec,
 		Uplinks:              c.Uplinks.failoverConfig(),
 		BGP:                  c.bgpConfig(),
 		BGPProtocol:          c.bgpProtocol(),

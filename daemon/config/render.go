@@ -129,6 +129,9 @@ func (c *Config) render(mask bool) []byte {
 	if c.BGP != nil {
 		root.add("bgp", renderBGP(c.BGP))
 	}
+	if l := renderLimits(c.Limits); l != nil {
+		root.add("limits", l)
+	}
 	root.add("logging", mapNode("level", str(c.Logging.Level), "format", str(c.Logging.Format)).Node)
 	root.add("metrics", mapNode("enabled", boolean(c.Metrics.Enabled), "listen", str(c.Metrics.Listen)).Node)
 	ctl := mapNode("socket", str(c.Control.Socket))

@@ -37,6 +37,7 @@ func sections(d *decoder, c *Config) fields {
 		"firewall":   func(n *yaml.Node, p string) { d.firewallSection(n, p, c) },
 		"uplinks":    func(n *yaml.Node, p string) { d.uplinksSection(n, p, c) },
 		"bgp":        func(n *yaml.Node, p string) { d.bgpSection(n, p, c) },
+		"limits":     func(n *yaml.Node, p string) { d.limitsSection(n, p, c) },
 		"logging": func(n *yaml.Node, p string) {
 			d.mapping(n, p, fields{
 				"level":  func(n *yaml.Node, p string) { d.oneOf(n, p, &c.Logging.Level, "debug", "info", "warn", "error") },
