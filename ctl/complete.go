@@ -3,6 +3,7 @@ package ctl
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -47,6 +48,16 @@ func complete(args []string, out io.Writer, withDesc bool) int {
 		} else {
 			fmt.Fprintln(out, word)
 		}
+	}
+	if slices.ContainsFunc(words, isPipeWord) {
+		items, _ := Candidates(root, words, partial)
+		for _, it := range items {
+			if !strings.HasPrefix(it.Word, "<") {
+				emit(it.Word, it.Help)
+			}
+		}
+		fmt.Fprintf(out, ":%d\n", directive)
+		return 0
 	}
 	c, _, _, err := commandAt(root, words)
 	if err != nil {

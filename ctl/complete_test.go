@@ -20,7 +20,9 @@ func TestComplete(t *testing.T) {
 	}{
 		{[]string{"__complete", ""}, "clear\tReset functions\ndebug\t"},
 		{[]string{"__completeNoDesc", "sh", "ip", ""}, "bgp\nnhrp\n:4\n"},
-		{[]string{"__completeNoDesc", "show", "dmvpn", ""}, "detail\njson\n:4\n"},
+		{[]string{"__completeNoDesc", "show", "dmvpn", ""}, "detail\njson\n|\n:4\n"},
+		{[]string{"__completeNoDesc", "show", "dmvpn", "|", ""}, "begin\ncount\nexclude\ninclude\n:4\n"},
+		{[]string{"__completeNoDesc", "show", "dmvpn", "|", "e"}, "exclude\n:4\n"},
 		{[]string{"__completeNoDesc", "show", "dmvpn", "detail", "j"}, "json\n:4\n"},
 		{[]string{"__completeNoDesc", "decode", ""}, ":0\n"},     // a file name
 		{[]string{"__completeNoDesc", "--socket", ""}, ":0\n"},   // a path

@@ -273,6 +273,15 @@ func commandAt(root *cobra.Command, words []string) (*cobra.Command, []string, i
 // the word being typed starts with partial: subcommands, unused keywords,
 // the free argument and <cr> when the command may end there.
 func Candidates(root *cobra.Command, words []string, partial string) ([]Item, error) {
+	for i, w := range words {
+		if isPipeWord(w) {
+			rest := words[i+1:]
+			if m := strings.TrimPrefix(w, "|"); m != "" {
+				rest = append([]string{m}, rest...)
+			}
+			return pipeCandidates(rest, partial), nil
+		}
+	}
 	c, used, free, err := commandAt(root, words)
 	if err != nil {
 		return nil, err
@@ -301,8 +310,13 @@ func Candidates(root *cobra.Command, words []string, partial string) ([]Item, er
 			out = append(out, Item{Word: k, Help: keywordHelp[k]})
 		}
 	}
-	if partial == "" && c.Runnable() && c != root && c.Annotations[annGroup] == "" {
-		out = append(out, Item{Word: "<cr>"})
+	if c.Runnable() && c != root && c.Annotations[annGroup] == "" {
+		if partial == "" {
+			out = append(out, Item{Word: "<cr>"})
+		}
+		if (partial == "" || partial == "|") && strings.HasPrefix(pathOf(c), "show ") {
+			out = append(out, Item{Word: "|", Help: "Output modifiers (begin, count, exclude, include)"})
+		}
 	}
 	return out, nil
 }

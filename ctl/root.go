@@ -168,16 +168,11 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		sock, _ := probe.Flags().GetString("socket")
 		return ShellWith(context.WithoutCancel(ctx), Options{Socket: sock, Remote: remoteFromFlags(probe)}, stdin, stdout, stderr, exit)
 	}
-	root := NewRoot(opts)
-	expanded, err := Expand(root, args)
-	if err != nil {
-		printError(stderr, err)
-		return 1
+	cmdArgs, p, err := splitPipe(args)
+	if err == nil {
+		err = runPiped(ctx, NewRoot(opts), cmdArgs, p, stdout, stderr)
 	}
-	root.SetArgs(expanded)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	if err := root.ExecuteContext(ctx); err != nil {
+	if err != nil {
 		printError(stderr, err)
 		return 1
 	}

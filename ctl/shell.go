@@ -80,15 +80,11 @@ func lines(ctx context.Context, opts Options, r io.Reader, stdout, stderr io.Wri
 
 // runLine runs one command line with a fresh command tree.
 func runLine(ctx context.Context, opts Options, args []string, stdout, stderr io.Writer) error {
-	root := NewRoot(opts)
-	expanded, err := Expand(root, args)
+	cmdArgs, p, err := splitPipe(args)
 	if err != nil {
 		return err
 	}
-	root.SetArgs(expanded)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	return root.ExecuteContext(ctx)
+	return runPiped(ctx, NewRoot(opts), cmdArgs, p, stdout, stderr)
 }
 
 // interactive runs the readline shell until exit, quit or Ctrl-D.
@@ -102,6 +98,16 @@ func interactive(ctx context.Context, o Options, node string, exit func()) int {
 	sh.Config.Set("history-autosuggest", false)
 	sh.Config.Set("autopairs", false)
 	menu := app.ActiveMenu()
+	// An output modifier: the line hook takes it off the line and points
+	// the command's output through it; the post-run hook (or the error
+	// handler, when the command failed) closes it.
+	var pw *pipeWriter
+	endPipe := func() {
+		if pw != nil {
+			_ = pw.Close()
+			pw = nil
+		}
+	}
 	opts := Options{Socket: o.Socket, Remote: o.Remote, Interactive: true, Exit: exit}
 	menu.SetCommands(func() *cobra.Command {
 		root := NewRoot(opts)
@@ -114,6 +120,7 @@ func interactive(ctx context.Context, o Options, node string, exit func()) int {
 		menu.AddHistorySourceFile("history", filepath.Join(home, ".dmvpnctl_history"))
 	}
 	menu.ErrorHandler = func(err error) error {
+		endPipe()
 		// The console wraps errors with its phase ("Line error: …").
 		if u := errors.Unwrap(err); u != nil {
 			err = u
@@ -126,7 +133,25 @@ func interactive(ctx context.Context, o Options, node string, exit func()) int {
 		exit()
 	})
 	app.PreCmdRunLineHooks = append(app.PreCmdRunLineHooks, func(args []string) ([]string, error) {
-		return Expand(menu.Command, args)
+		endPipe()
+		cmdArgs, p, err := splitPipe(args)
+		if err != nil {
+			return nil, err
+		}
+		expanded, err := Expand(menu.Command, cmdArgs)
+		if err != nil || p == nil {
+			return expanded, err
+		}
+		if err := requireShow(menu.Command, expanded); err != nil {
+			return nil, err
+		}
+		pw = newPipeWriter(p, os.Stdout)
+		menu.Command.SetOut(pw)
+		return expanded, nil
+	})
+	app.PostCmdRunHooks = append(app.PostCmdRunHooks, func() error {
+		endPipe()
+		return nil
 	})
 	sh.Completer = func(line []rune, cursor int) readline.Completions {
 		words, partial := SplitLine(string(line[:cursor]))
