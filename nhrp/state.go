@@ -65,6 +65,12 @@ const (
 	// state is saved: a binding that came or went, a refresh.
 	saveSoon  = 20 * time.Millisecond
 	saveLater = 5 * time.Second
+	// refreshGap is how many times its last write's length a save that
+	// only refreshes waits at least, so that in the steady state the
+	// state file takes at most a twentieth of a core: at 100,000 spokes a
+	// write takes about half a second, and a save every 5 s was a tenth
+	// of a core (bench-nhrp-scale's steady state).
+	refreshGap = 20
 	// confirmWindow is how long a restored binding has to be confirmed
 	// by its peer's identity (with a Verifier) before it is dropped.
 	confirmWindow = 30 * time.Second
@@ -89,7 +95,7 @@ func (e *Engine) stateChanged(soon bool) {
 	if e.deps.State == nil || e.stopping || !e.restored {
 		return
 	}
-	d := saveLater
+	d := max(saveLater, refreshGap*time.Duration(e.saveTook.Load()))
 	if soon {
 		d = saveSoon
 	}
