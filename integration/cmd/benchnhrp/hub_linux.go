@@ -115,10 +115,12 @@ func runHub() int {
 			dp = dev.Counters()
 		}
 		var charonRSS int64
+		var charonCPU time.Duration
 		if m := d.IPsec(); m != nil {
 			charonRSS = rssOf(m.Stats().CharonPID)
+			charonCPU = cpuOf(m.Stats().CharonPID)
 		}
-		b, _ := json.Marshal(memory{RSS: rss(), CharonRSS: charonRSS, Heap: ms.HeapInuse, Entries: n,
+		b, _ := json.Marshal(memory{RSS: rss(), CharonRSS: charonRSS, CharonCPU: charonCPU, CPU: cpuOf(os.Getpid()), Heap: ms.HeapInuse, Entries: n,
 			RegRecv: tr.Received["Registration Request"], RegSent: tr.Sent["Registration Reply"], Drops: dp.Drops, NHRPRx: dp.NHRPRx})
 		fmt.Println("MEM " + string(b))
 	}

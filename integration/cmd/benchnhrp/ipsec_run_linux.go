@@ -23,7 +23,15 @@ type ipsecRound struct {
 	Rereg                  time.Duration
 	ResetsAfter            int   // SA resets by the end of the recovery
 	CharonBefore, CharonAt int64 // the hub's charon RSS before the spokes and with all of them
+	HubBefore, HubAt       int64 // dmvpnd's (the hub's) RSS likewise
+	// IdleCharon and IdleHub are the CPU (fraction of a core) of the hub's
+	// charon and dmvpnd over idleWindow with every SA up and nothing sent
+	// but what the SAs' dead peer detection sends (dpd_delay 1 s).
+	IdleCharon, IdleHub float64
 }
+
+// idleWindow is how long the idle SAs' cost is measured.
+const idleWindow = 10 * time.Second
 
 // runIPsec runs the IPsec rounds and prints medians. The simulator's 50
 // SAs share one kernel-libipsec toward one destination; after the hub's
@@ -49,9 +57,10 @@ func runIPsec(n, rounds int) error {
 		if err != nil {
 			return fmt.Errorf("round %d: %w", r, err)
 		}
-		fmt.Printf("round %d: one spoke initiate → registered %v; %d more at once: all registered %v; hub charon %.1f MiB → %.1f MiB; hub charon killed: all registered again %v; silent SAs reset %d, %d\n",
+		fmt.Printf("round %d: one spoke initiate → registered %v; %d more at once: all registered %v; hub charon %.1f MiB → %.1f MiB, dmvpnd %.1f MiB → %.1f MiB; idle: charon %.2f%%, dmvpnd %.2f%% of a core; hub charon killed: all registered again %v; silent SAs reset %d, %d\n",
 			r, res.Single.Round(time.Millisecond), n-1, res.All.Round(time.Millisecond),
-			float64(res.CharonBefore)/(1<<20), float64(res.CharonAt)/(1<<20), res.Rereg.Round(time.Millisecond), res.Resets, res.ResetsAfter-res.Resets)
+			float64(res.CharonBefore)/(1<<20), float64(res.CharonAt)/(1<<20), float64(res.HubBefore)/(1<<20), float64(res.HubAt)/(1<<20),
+			100*res.IdleCharon, 100*res.IdleHub, res.Rereg.Round(time.Millisecond), res.Resets, res.ResetsAfter-res.Resets)
 		rs = append(rs, res)
 	}
 	med := func(f func(ipsecRound) float64) float64 { return median(rs, f) }
@@ -63,6 +72,14 @@ func runIPsec(n, rounds int) error {
 		med(func(r ipsecRound) float64 { return float64(r.CharonBefore) / (1 << 20) }),
 		med(func(r ipsecRound) float64 { return float64(r.CharonAt) / (1 << 20) }), n,
 		med(func(r ipsecRound) float64 { return float64(r.CharonAt-r.CharonBefore) / 1024 / float64(n) }))
+	fmt.Printf("  dmvpnd (hub) memory                      %.1f MiB idle, %.1f MiB with %d SAs (%.1f KiB per SA and registration)\n",
+		med(func(r ipsecRound) float64 { return float64(r.HubBefore) / (1 << 20) }),
+		med(func(r ipsecRound) float64 { return float64(r.HubAt) / (1 << 20) }), n,
+		med(func(r ipsecRound) float64 { return float64(r.HubAt-r.HubBefore) / 1024 / float64(n) }))
+	fmt.Printf("  %d idle SAs (dpd_delay 1 s both sides)    hub charon %.2f%% of a core (%.1f µs per SA-second), dmvpnd %.2f%%\n", n,
+		med(func(r ipsecRound) float64 { return 100 * r.IdleCharon }),
+		med(func(r ipsecRound) float64 { return 1e6 * r.IdleCharon / float64(n) }),
+		med(func(r ipsecRound) float64 { return 100 * r.IdleHub }))
 	fmt.Printf("  hub charon SIGKILL → all registered      %.3f s   (%d SAs of the simulator silent after the restart and reset, median)\n",
 		rereg, int(med(func(r ipsecRound) float64 { return float64(r.ResetsAfter - r.Resets) })))
 	fmt.Printf("  (the 5 s recovery goal is asserted with real spokes: go test -run '^$' -bench IPsecHubRecovery ./integration/)\n")
@@ -121,7 +138,7 @@ func ipsecRoundRun(ctx context.Context, n int) (ipsecRound, error) {
 	if err != nil {
 		return res, err
 	}
-	res.CharonBefore = before.CharonRSS
+	res.CharonBefore, res.HubBefore = before.CharonRSS, before.RSS
 	load, err := tb.Node("load").Start(testbed.ProcSpec{Name: "load", Args: []string{exe}, Stdin: true,
 		Env: []string{envRole + "=load", "BENCHNHRP_N=" + strconv.Itoa(n), "BENCHNHRP_IPSEC=" + dir}})
 	if err != nil {
@@ -149,10 +166,18 @@ func ipsecRoundRun(ctx context.Context, n int) (ipsecRound, error) {
 	if err != nil {
 		return res, err
 	}
-	res.CharonAt = at.CharonRSS
+	res.CharonAt, res.HubAt = at.CharonRSS, at.RSS
 	if at.Entries < n {
 		return res, fmt.Errorf("hub holds %d registrations, want %d", at.Entries, n)
 	}
+	// The SAs idle: what their dead peer detection costs the hub.
+	time.Sleep(idleWindow)
+	idle, err := hubMemory(ctx, hub)
+	if err != nil {
+		return res, err
+	}
+	res.IdleCharon = (idle.CharonCPU - at.CharonCPU).Seconds() / idleWindow.Seconds()
+	res.IdleHub = (idle.CPU - at.CPU).Seconds() / idleWindow.Seconds()
 	from := strings.Count(hub.Output(), "\n")
 	if err := hub.Send("KILLCHARON"); err != nil {
 		return res, err

@@ -263,6 +263,8 @@ func round(ctx context.Context, n, samples int) (result, error) {
 type memory struct {
 	RSS       int64             `json:"rss"`
 	CharonRSS int64             `json:"charon_rss,omitempty"`
+	CharonCPU time.Duration     `json:"charon_cpu,omitempty"` // charon's user+system CPU so far
+	CPU       time.Duration     `json:"cpu,omitempty"`        // the hub's
 	Heap      uint64            `json:"heap"`
 	Entries   int               `json:"entries"`
 	RegRecv   uint64            `json:"reg_recv"`
