@@ -295,8 +295,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 // up opens the data plane and starts everything on it.
 func (d *Daemon) up(ctx context.Context) error {
 	cfg := d.cfg
-	gate := &ingressGate{filter: ipsec.IngressFilter()}
+	gate := &ingressGate{}
 	if cfg.IPsec != nil {
+		gate.filter = ipsec.NewIngressFilter()
+		d.stopFn = append(d.stopFn, func() error { gate.filter.Close(); return nil })
 		cfg.Tunnel.AcceptIngress = gate.accept
 	}
 	// The uplinks first: the tunnel's underlay routes through them.

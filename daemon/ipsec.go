@@ -60,11 +60,11 @@ func protects(mode ipsec.Mode, info gre.Info) string {
 // (userspace mode), GRE counts only if it came out of charon's TUN.
 type ingressGate struct {
 	armed  atomic.Bool
-	filter func(int) bool
+	filter *ipsec.IngressFilter
 }
 
 func (g *ingressGate) accept(ifindex int) bool {
-	return !g.armed.Load() || g.filter(ifindex)
+	return !g.armed.Load() || g.filter.Accept(ifindex)
 }
 
 // startIPsec brings IPsec up on an open tunnel: the mode, the tunnel MTU,
@@ -111,7 +111,7 @@ func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gat
 		// rules: it must send only into charon's TUN and drop GRE in
 		// clear itself.
 		if e, ok := dev.(gre.IPsecEnforcer); ok {
-			if err := e.RequireIPsec(ipsec.IngressFilter()); err != nil {
+			if err := e.RequireIPsec(gate.filter.Accept); err != nil {
 				return nil, fmt.Errorf("ipsec: the data plane's fast path: %w", err)
 			}
 		}

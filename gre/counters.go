@@ -26,13 +26,14 @@ const (
 	DropTunError                      // writing to the tunnel interface failed
 	DropQueueFull                     // an NHRP or miss queue toward the control plane was full
 	DropTruncated                     // larger than the receive buffer
+	DropRcvbufFull                    // the kernel dropped it: the receive socket's buffer was full
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"malformed", "bad_key", "bad_checksum", "unsupported", "ingress",
 	"no_route", "no_neighbor", "hold_expired", "too_big", "send_error",
-	"tun_error", "queue_full", "truncated",
+	"tun_error", "queue_full", "truncated", "rcvbuf_full",
 }
 
 // String returns the reason as a metric label value.

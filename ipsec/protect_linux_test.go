@@ -7,10 +7,13 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/opendmvpn/dmvpn/host"
+	"github.com/opendmvpn/dmvpn/internal/leakcheck"
 	"github.com/opendmvpn/dmvpn/internal/netnstest"
 )
 
@@ -118,4 +121,45 @@ func sendGRE(t *testing.T, dst [4]byte) error {
 	}
 	defer unix.Close(fd)
 	return unix.Sendto(fd, []byte{0, 0, 0x08, 0}, 0, &unix.SockaddrInet4{Addr: dst})
+}
+
+// TestIngressFilterFollowsLinks: the ingress check answers from link
+// events — an ipsec TUN accepted, another link refused, a link renamed to
+// ipsec accepted from then on, one renamed away and one deleted refused —
+// and stops its goroutine on Close.
+func TestIngressFilterFollowsLinks(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	defer leakcheck.Check(t)
+	sh(t, "ip link add ipsec7 type veth peer name p7 && ip link add eth9 type veth peer name p9 && ip link add lan3 type veth peer name p3")
+	f := NewIngressFilter()
+	defer f.Close()
+	index := func(name string) int {
+		t.Helper()
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Attrs().Index
+	}
+	ipsec7, eth9, lan3 := index("ipsec7"), index("eth9"), index("lan3")
+	if !f.Accept(ipsec7) || f.Accept(eth9) || f.Accept(lan3) {
+		t.Fatalf("at start: ipsec7 %v, eth9 %v, lan3 %v", f.Accept(ipsec7), f.Accept(eth9), f.Accept(lan3))
+	}
+	sh(t, "ip link set lan3 name ipsec8 && ip link set ipsec7 name wan7 && ip link del eth9")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, eth9Known := (*f.ipsec.Load())[eth9]
+		if f.Accept(lan3) && !f.Accept(ipsec7) && !eth9Known {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the renames: ipsec8 %v, wan7 %v, eth9 still known %v", f.Accept(lan3), f.Accept(ipsec7), eth9Known)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if f.Accept(eth9) {
+		t.Error("a deleted link accepted")
+	}
 }

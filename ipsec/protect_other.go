@@ -3,4 +3,13 @@
 package ipsec
 
 // IngressFilter needs Linux; elsewhere nothing passes.
-func IngressFilter() func(ifindex int) bool { return func(int) bool { return false } }
+type IngressFilter struct{}
+
+// NewIngressFilter returns a filter that accepts nothing.
+func NewIngressFilter() *IngressFilter { return &IngressFilter{} }
+
+// Accept accepts nothing.
+func (*IngressFilter) Accept(int) bool { return false }
+
+// Close does nothing.
+func (*IngressFilter) Close() {}

@@ -285,6 +285,13 @@ func (d *Device) Counters() gre.Counters {
 			c.Drops[gre.DropMalformed.String()] += s.RxDropped + s.RxErrors
 		}
 	}
+	// NHRP the socket's full receive buffer lost before the reader got it
+	// (the queue behind the reader counts queue_full).
+	if dc, ok := d.nhrp.(interface{ Drops() (uint64, bool) }); ok {
+		if n, ok := dc.Drops(); ok && n > 0 {
+			c.Drops[gre.DropRcvbufFull.String()] += n
+		}
+	}
 	return c
 }
 

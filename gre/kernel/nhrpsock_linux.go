@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/gre/internal/inet"
 )
 
 // The NHRP socket: an AF_PACKET datagram socket for GRE protocol 0x2001
@@ -203,3 +204,14 @@ func (c *afPacketNHRP) WriteBatch(ms []nhrpMsg) (int, error) {
 // Close closes the socket; a read or write waiting on it returns
 // errConnClosed.
 func (c *afPacketNHRP) Close() error { return c.f.Close() }
+
+// Drops returns how many NHRP packets the kernel dropped because the
+// socket's receive buffer was full.
+func (c *afPacketNHRP) Drops() (uint64, bool) {
+	var n uint64
+	var err error
+	if cerr := c.rc.Control(func(fd uintptr) { n, err = inet.SocketDrops(int(fd)) }); cerr != nil || err != nil {
+		return 0, false
+	}
+	return n, true
+}

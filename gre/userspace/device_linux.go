@@ -17,6 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/gre/internal/inet"
 	"github.com/opendmvpn/dmvpn/gre/internal/nlops"
 )
 
@@ -344,8 +345,18 @@ func (d *Device) localNBMA() []netip.Addr {
 	return slices.Clone(d.uplinks.Addrs())
 }
 
-// Counters returns the data-plane counters.
-func (d *Device) Counters() gre.Counters { return d.stats.Snapshot() }
+// Counters returns the data-plane counters. GRE the raw socket's full
+// receive buffer lost before the reader got it counts as rcvbuf_full (the
+// queue toward the engine counts queue_full).
+func (d *Device) Counters() gre.Counters {
+	c := d.stats.Snapshot()
+	if d.rcv != nil && !d.isClosed() {
+		if n, err := inet.SocketDrops(d.rcv.fd); err == nil && n > 0 {
+			c.Drops[gre.DropRcvbufFull.String()] += n
+		}
+	}
+	return c
+}
 
 // Misses delivers neighbour-miss events; Close closes the channel.
 func (d *Device) Misses() <-chan gre.Miss { return d.misses }
