@@ -1,0 +1,78 @@
+package nhrp
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// slowStore is a StateStore whose writes take a while (virtual time).
+type slowStore struct {
+	took  time.Duration
+	mu    sync.Mutex
+	saves int
+	last  int // entries in the last state written
+}
+
+func (s *slowStore) Load() (*State, error) { return nil, nil }
+
+func (s *slowStore) Save(st *State) error {
+	if _, err := json.Marshal(st); err != nil {
+		return err
+	}
+	time.Sleep(s.took)
+	s.mu.Lock()
+	s.saves, s.last = s.saves+1, len(st.Entries)
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *slowStore) get() (saves, last int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.saves, s.last
+}
+
+// TestStateSavePaced: while new registrations keep coming, the state is
+// written at most once per write and its rest (saveRest times as long as
+// the write took), not back to back; once they stop, the last write holds
+// every registration.
+func TestStateSavePaced(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hub := netip.MustParseAddr("10.0.0.1")
+		const n = 200
+		tun := newBenchTun(netip.PrefixFrom(hub, 8), netip.MustParseAddr("192.0.2.1"), n+1)
+		store := &slowStore{took: 100 * time.Millisecond}
+		eng, err := New(Config{Role: RoleHub, HoldingTime: 2 * time.Hour, MaxSend: 1 << 30}, Deps{Tunnel: tun, Authorizer: acceptAll{}, State: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { eng.Run(ctx); close(done) }()
+		// One new spoke every 10 ms for 2 s.
+		for i := range n {
+			_, nbma := benchSpoke(i)
+			tun.deliver(benchRegistration(i, hub, uint32(i+1), 7200), nbma)
+			time.Sleep(10 * time.Millisecond)
+		}
+		saves, _ := store.get()
+		// The saver takes at most a quarter of a processor: a write and
+		// its rest take 400 ms, so 2 s hold at most 5, and the first and
+		// the one under way (back to back, 17).
+		if limit := int(2*time.Second/(4*store.took)) + 2; saves > limit || saves == 0 {
+			t.Errorf("%d saves while registrations came for 2 s, want 1-%d", saves, limit)
+		}
+		time.Sleep(2 * time.Second)
+		if _, last := store.get(); last != n {
+			t.Errorf("the last state written holds %d registrations, want %d", last, n)
+		}
+		cancel()
+		tun.close()
+		<-done
+	})
+}
