@@ -106,7 +106,7 @@ func (e *Engine) Clear(ctx context.Context, r ClearRequest) (int, error) {
 				e.sendPurge(en.nbma, en.proto.Addr(), []netip.Prefix{en.proto}, true)
 			}
 			if en.typ == TypeShortcut || en.typ == TypeCached {
-				e.limits.forgetRedirect(en.proto)
+				e.limits.forgetRedirect(en.proto, e.now)
 			}
 			e.removeEntry(en, CauseCleared)
 			n++

@@ -138,11 +138,15 @@ func LimitNames() []string { return limitNames[:] }
 func (e *Engine) limited(l Limit) { e.stats.limited[l].Add(1) }
 
 // sourceLimiter is the per-source token bucket of received packets
-// (loop-owned): a bounded map of sources, forgotten oldest first once
-// their bucket is full again (such a bucket is the same as a new one).
-type sourceLimiter struct {
-	m        map[netip.Addr]*bucket
-	order    []netip.Addr // insertion order, for eviction
+// (loop-owned).
+type sourceLimiter = keyLimiter[netip.Addr]
+
+// keyLimiter is a token bucket per key in a bounded table: a key whose
+// bucket is full again is forgotten first (such a bucket is the same as a
+// new one); new keys beyond busy ones share one overflow bucket.
+type keyLimiter[K comparable] struct {
+	m        map[K]*bucket
+	order    []K // insertion order, for eviction
 	overflow bucket
 }
 
@@ -153,9 +157,9 @@ const evictTries = 8
 // allow takes a token from the bucket of from (rate tokens a second, up
 // to burst, at most max sources tracked); the second result says the
 // source could not be tracked (the shared bucket was used).
-func (s *sourceLimiter) allow(now time.Time, from netip.Addr, rate, burst float64, max int) (ok, untracked bool) {
+func (s *keyLimiter[K]) allow(now time.Time, from K, rate, burst float64, max int) (ok, untracked bool) {
 	if s.m == nil {
-		s.m = make(map[netip.Addr]*bucket)
+		s.m = make(map[K]*bucket)
 	}
 	b := s.m[from]
 	if b == nil {
@@ -174,7 +178,7 @@ func (s *sourceLimiter) allow(now time.Time, from netip.Addr, rate, burst float6
 
 // evict forgets one source whose bucket is full again, if one of the
 // oldest is.
-func (s *sourceLimiter) evict(now time.Time, rate, burst float64) {
+func (s *keyLimiter[K]) evict(now time.Time, rate, burst float64) {
 	for range evictTries {
 		if len(s.order) == 0 {
 			return

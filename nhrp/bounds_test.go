@@ -265,3 +265,44 @@ func TestSourceLimiterBounded(t *testing.T) {
 		t.Errorf("table %d, order %d", len(s.m), len(s.order))
 	}
 }
+
+// TestRedirectLimitReset: a purge of a prefix clears the redirect limit
+// of the pairs to and from it (a pair held back answers at once after the
+// purge; another pair stays held back), the purged prefixes are forgotten
+// once a bucket has refilled since, and the pairs' table is bounded.
+func TestRedirectLimitReset(t *testing.T) {
+	var l limits
+	l.init(100)
+	now := time.Unix(1000, 0)
+	a := netip.MustParseAddr
+	held := func(src, dst netip.Addr, at time.Time) int {
+		n := 0
+		for range 5 {
+			if l.allowRedirect(at, src, dst) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := held(a("10.0.1.1"), a("10.0.2.1"), now); n != redirectBurst {
+		t.Fatalf("%d indications at once, want the burst of %d", n, redirectBurst)
+	}
+	held(a("10.0.3.1"), a("10.0.4.1"), now)
+	l.forgetRedirect(netip.MustParsePrefix("10.0.2.0/24"), now.Add(time.Millisecond))
+	if !l.allowRedirect(now.Add(2*time.Millisecond), a("10.0.1.1"), a("10.0.2.1")) {
+		t.Error("the pair to the purged prefix is still held back")
+	}
+	if l.allowRedirect(now.Add(2*time.Millisecond), a("10.0.3.1"), a("10.0.4.1")) {
+		t.Error("another pair was let through")
+	}
+	l.forgetRedirect(netip.MustParsePrefix("10.0.9.9/32"), now.Add(redirectRefill+time.Second))
+	if l.resets.Size() != 1 || len(l.resetOrder) != 1 {
+		t.Errorf("resets kept: %d (order %d), want only the new one", l.resets.Size(), len(l.resetOrder))
+	}
+	for i := range 3 * maxRedirectPairs {
+		l.allowRedirect(now, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), netip.AddrFrom4([4]byte{10, 2, byte(i >> 16), byte(i)}))
+	}
+	if len(l.redirect.m) > maxRedirectPairs || len(l.redirect.order) > 2*maxRedirectPairs {
+		t.Errorf("redirect table %d (order %d), over %d", len(l.redirect.m), len(l.redirect.order), maxRedirectPairs)
+	}
+}

@@ -177,7 +177,7 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 				return true
 			}
 			owned++
-			e.limits.forgetRedirect(en.proto)
+			e.limits.forgetRedirect(en.proto, e.now)
 			e.removeEntry(en, CausePurged)
 			again = append(again, en)
 			return true
@@ -197,7 +197,7 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 			var again []*entry
 			for _, en := range ens {
 				if e.cache.get(en.proto) == en {
-					e.limits.forgetRedirect(en.proto)
+					e.limits.forgetRedirect(en.proto, e.now)
 					e.removeEntry(en, CausePurged)
 					again = append(again, en)
 				}

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gaissmai/bart"
+
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
 
@@ -157,7 +159,11 @@ type limits struct {
 	winStart   time.Time
 	winCount   int
 	lastCount  int
-	redirect   map[[2]netip.Addr]*bucket
+	redirect   keyLimiter[[2]netip.Addr] // per (source, destination), bounded
+	// resets are the prefixes whose redirect limits a purge cleared, and
+	// when (kept while a bucket could still be empty: redirectRefill).
+	resets     bart.Table[time.Time]
+	resetOrder []netip.Prefix
 	errInd     sourceLimiter // per destination, bounded
 	errIndAll  bucket
 	lastPruned time.Time
@@ -179,7 +185,6 @@ const maxLogged = 4096
 
 func (l *limits) init(maxSend int) {
 	l.maxSend = maxSend
-	l.redirect = make(map[[2]netip.Addr]*bucket)
 	l.logged = make(map[logKey]time.Time)
 }
 
@@ -242,26 +247,65 @@ const (
 	redirectBurst    = 2
 )
 
-// allowRedirect applies the per-pair Traffic Indication limit.
+// allowRedirect applies the per-pair Traffic Indication limit; a pair
+// whose source or destination a purge cleared since its last indication
+// starts afresh.
 func (l *limits) allowRedirect(now time.Time, src, dst netip.Addr) bool {
 	l.prune(now)
 	k := [2]netip.Addr{src, dst}
-	b := l.redirect[k]
-	if b == nil {
-		b = &bucket{}
-		l.redirect[k] = b
+	if b := l.redirect.m[k]; b != nil && (l.resetSince(src, b.last) || l.resetSince(dst, b.last)) {
+		*b = bucket{}
 	}
-	return b.allow(now, 1/redirectInterval.Seconds(), redirectBurst)
+	ok, _ := l.redirect.allow(now, k, 1/redirectInterval.Seconds(), redirectBurst, maxRedirectPairs)
+	return ok
 }
 
-// forgetRedirect clears the limit of a pair (after a purge, a new
-// shortcut attempt may be needed at once).
-func (l *limits) forgetRedirect(dst netip.Prefix) {
-	for k := range l.redirect {
-		if dst.Contains(k[1]) || dst.Contains(k[0]) {
-			delete(l.redirect, k)
+// maxRedirectPairs bounds the pairs the redirect limit tracks.
+const maxRedirectPairs = 65536
+
+// redirectRefill is how long an empty redirect bucket takes to fill: a
+// reset older than that changes nothing.
+const redirectRefill = redirectBurst * redirectInterval
+
+// maxResets bounds the purged prefixes remembered for the redirect limit.
+const maxResets = 4096
+
+// resetSince reports whether a purge cleared a's redirect limits after t.
+func (l *limits) resetSince(a netip.Addr, t time.Time) bool {
+	if l.resets.Size() == 0 {
+		return false
+	}
+	for _, at := range l.resets.Supernets(netip.PrefixFrom(a, a.BitLen())) {
+		if at.After(t) {
+			return true
 		}
 	}
+	return false
+}
+
+// forgetRedirect clears the limit of the pairs to and from a prefix
+// (after a purge, a new shortcut attempt may be needed at once): it is
+// remembered for redirectRefill, so it costs a trie insertion, not a walk
+// of every pair.
+func (l *limits) forgetRedirect(dst netip.Prefix, now time.Time) {
+	// The oldest resets go once a bucket has refilled since, or beyond
+	// maxResets.
+	for len(l.resetOrder) > 0 {
+		p := l.resetOrder[0]
+		at, ok := l.resets.Get(p)
+		if ok && now.Sub(at) < redirectRefill && len(l.resetOrder) < maxResets {
+			break
+		}
+		l.resetOrder = l.resetOrder[1:]
+		if ok {
+			l.resets.Delete(p)
+		}
+	}
+	dst = dst.Masked()
+	if _, ok := l.resets.Get(dst); !ok {
+		l.resetOrder = append(l.resetOrder, dst)
+	}
+	l.resets.Insert(dst, now)
 }
 
 // allowErrInd applies the Error Indication limits: per destination one a
@@ -284,11 +328,6 @@ func (l *limits) prune(now time.Time) {
 		return
 	}
 	l.lastPruned = now
-	for k, b := range l.redirect {
-		if now.Sub(b.last) > 10*time.Minute {
-			delete(l.redirect, k)
-		}
-	}
 	for k, last := range l.logged {
 		if now.Sub(last) >= time.Minute {
 			delete(l.logged, k)
