@@ -156,10 +156,10 @@ type limits struct {
 	stranger bucket
 	// window counts packets sent in the current and previous second for
 	// the usage figure.
-	winStart   time.Time
-	winCount   int
-	lastCount  int
-	redirect   keyLimiter[[2]netip.Addr] // per (source, destination), bounded
+	winStart  time.Time
+	winCount  int
+	lastCount int
+	redirect  keyLimiter[[2]netip.Addr] // per (source, destination), bounded
 	// resets are the prefixes whose redirect limits a purge cleared, and
 	// when (kept while a bucket could still be empty: redirectRefill).
 	resets     bart.Table[time.Time]
