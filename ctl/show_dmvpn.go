@@ -99,34 +99,37 @@ func newShowDmvpn(e *env) *cobra.Command {
 // peers' IKE SAs as well.
 func dmvpnView(ctx context.Context, c *control.Client, withIPsec bool) (DmvpnView, error) {
 	var st control.Status
-	var cache control.CacheResponse
 	var peers control.PeersResponse
 	var nhs control.NHSResponse
 	for _, q := range []struct {
 		path string
 		out  any
-	}{{control.PathStatus, &st}, {control.PathCache, &cache}, {control.PathPeers, &peers}, {control.PathNHS, &nhs}} {
+	}{{control.PathStatus, &st}, {control.PathPeers, &peers}, {control.PathNHS, &nhs}} {
 		if err := c.Get(ctx, q.path, q.out); err != nil {
 			return DmvpnView{}, err
 		}
 	}
 	v := DmvpnView{Node: st.Node, Interface: st.NHRP.Interface, Type: title(st.NHRP.Role), Address: st.NHRP.Address,
 		NBMA: st.NHRP.NBMA, Dataplane: st.Dataplane, NHS: nhs.Servers, Peers: []DmvpnPeer{}, Warnings: st.Warnings}
-	peerOf := map[netip.Addr]nhrp.PeerStatus{}
+	peerOf := make(map[netip.Addr]nhrp.PeerStatus, len(peers.Peers))
 	for _, p := range peers.Peers {
 		peerOf[p.NBMA] = p
 	}
+	peers.Peers = nil
 	nhsOf := map[netip.Addr]nhrp.NHSStatus{}
 	for _, n := range nhs.Servers {
 		nhsOf[n.NBMA] = n
 	}
 	index := map[netip.Addr]int{}
 	identity := map[netip.Addr]string{}
-	for _, en := range cache.Entries {
+	// The cache is read entry by entry as it arrives: only the rows are
+	// kept (at 100,000 spokes the whole answer, decoded, was several
+	// times their size).
+	_, err := c.CacheEach(ctx, control.PathCache, func(_ string, en nhrp.CacheEntry) error {
 		if en.Type == nhrp.TypeLocal {
-			continue
+			return nil
 		}
-		if en.Identity != "" && identity[en.NBMA] == "" {
+		if withIPsec && en.Identity != "" && identity[en.NBMA] == "" {
 			identity[en.NBMA] = en.Identity
 		}
 		row := DmvpnEntry{Tunnel: peerAddr(en), Attrb: attrs(en), Target: en.Proto, Type: en.Type, Since: en.Created}
@@ -151,6 +154,10 @@ func dmvpnView(ctx context.Context, c *control.Client, withIPsec bool) (DmvpnVie
 			v.Peers = append(v.Peers, DmvpnPeer{NBMA: en.NBMA})
 		}
 		v.Peers[i].Entries = append(v.Peers[i].Entries, row)
+		return nil
+	})
+	if err != nil {
+		return DmvpnView{}, err
 	}
 	slices.SortStableFunc(v.Peers, func(a, b DmvpnPeer) int { return a.NBMA.Compare(b.NBMA) })
 	if withIPsec {
@@ -164,8 +171,12 @@ func dmvpnView(ctx context.Context, c *control.Client, withIPsec bool) (DmvpnVie
 		case cr.Enabled:
 			st := cryptoStatus(cr, time.Now())
 			v.IPsec = &st
+			byHost := map[netip.Addr][]ipsec.SA{}
+			for _, sa := range cr.SAs {
+				byHost[sa.RemoteHost] = append(byHost[sa.RemoteHost], sa)
+			}
 			for i := range v.Peers {
-				v.Peers[i].IPsec = peerIPsec(cr.SAs, v.Peers[i].NBMA, identity[v.Peers[i].NBMA])
+				v.Peers[i].IPsec = peerIPsec(byHost[v.Peers[i].NBMA], v.Peers[i].NBMA, identity[v.Peers[i].NBMA])
 			}
 		}
 	}

@@ -17,15 +17,25 @@ import (
 func newShowNHRP(e *env) *cobra.Command {
 	cache := func(path string) func(cmd *cobra.Command, args []string) error {
 		return func(cmd *cobra.Command, args []string) error {
-			var r control.CacheResponse
-			if err := e.client().Get(cmd.Context(), path, &r); err != nil {
-				return err
-			}
+			// Streamed: the daemon's JSON copied as it comes, or each
+			// entry printed as it is decoded (never the whole cache).
 			if has(args, "json") {
-				return writeJSON(cmd.OutOrStdout(), r)
+				return e.client().Copy(cmd.Context(), path, cmd.OutOrStdout())
 			}
-			printCache(cmd.OutOrStdout(), r, has(args, "detail"), time.Now())
-			return nil
+			w, n := cmd.OutOrStdout(), 0
+			var now time.Time // when the answer came
+			iface, err := e.client().CacheEach(cmd.Context(), path, func(iface string, en nhrp.CacheEntry) error {
+				if n == 0 {
+					now = time.Now()
+				}
+				n++
+				printCacheEntry(w, iface, en, has(args, "detail"), now)
+				return nil
+			})
+			if err == nil && n == 0 {
+				fmt.Fprintf(w, "%s: no entries\n", iface)
+			}
+			return err
 		}
 	}
 	c := withKeywords(&cobra.Command{
@@ -62,48 +72,43 @@ func newShowNHRP(e *env) *cobra.Command {
 	return c
 }
 
-// printCache prints entries as Cisco's show ip nhrp does.
-func printCache(w io.Writer, r control.CacheResponse, detail bool, now time.Time) {
-	for _, e := range r.Entries {
-		via := peerAddr(e)
-		fmt.Fprintf(w, "%s via %s, %s created %s, %s\n", e.Proto, via, r.Interface, clock(now.Sub(e.Created)), expiry(e.Expires, now))
-		flags := strings.Join(e.Flags, " ")
-		if flags == "" {
-			flags = "none"
-		}
-		fmt.Fprintf(w, "  Type: %s, Flags: %s\n", e.Type, flags)
-		switch {
-		case e.NBMA.IsValid():
-			fmt.Fprintf(w, "  NBMA address: %s\n", e.NBMA)
-			if e.ClaimedNBMA.IsValid() {
-				fmt.Fprintf(w, "    (Claimed NBMA address: %s)\n", e.ClaimedNBMA)
-			}
-		case e.Type == nhrp.TypeLocal:
-			fmt.Fprintf(w, "  NBMA address: (this node)\n")
-		}
-		if detail {
-			if e.HoldingTime > 0 || e.MTU > 0 {
-				fmt.Fprintf(w, "  Holding time: %ds, MTU: %d\n", e.HoldingTime, e.MTU)
-			}
-			if e.PeerState != "" {
-				fmt.Fprintf(w, "  Peer state: %s\n", e.PeerState)
-			}
-			if e.Identity != "" {
-				fmt.Fprintf(w, "  Identity: %s\n", e.Identity)
-			}
-			keys := make([]string, 0, len(e.Attrs))
-			for k := range e.Attrs {
-				keys = append(keys, k)
-			}
-			slices.Sort(keys)
-			for _, k := range keys {
-				fmt.Fprintf(w, "  %s: %s\n", k, strings.Join(e.Attrs[k], ", "))
-			}
-			fmt.Fprintf(w, "  Created: %s\n", e.Created.Local().Format(time.DateTime))
-		}
+// printCacheEntry prints one entry as Cisco's show ip nhrp does.
+func printCacheEntry(w io.Writer, iface string, e nhrp.CacheEntry, detail bool, now time.Time) {
+	via := peerAddr(e)
+	fmt.Fprintf(w, "%s via %s, %s created %s, %s\n", e.Proto, via, iface, clock(now.Sub(e.Created)), expiry(e.Expires, now))
+	flags := strings.Join(e.Flags, " ")
+	if flags == "" {
+		flags = "none"
 	}
-	if len(r.Entries) == 0 {
-		fmt.Fprintf(w, "%s: no entries\n", r.Interface)
+	fmt.Fprintf(w, "  Type: %s, Flags: %s\n", e.Type, flags)
+	switch {
+	case e.NBMA.IsValid():
+		fmt.Fprintf(w, "  NBMA address: %s\n", e.NBMA)
+		if e.ClaimedNBMA.IsValid() {
+			fmt.Fprintf(w, "    (Claimed NBMA address: %s)\n", e.ClaimedNBMA)
+		}
+	case e.Type == nhrp.TypeLocal:
+		fmt.Fprintf(w, "  NBMA address: (this node)\n")
+	}
+	if detail {
+		if e.HoldingTime > 0 || e.MTU > 0 {
+			fmt.Fprintf(w, "  Holding time: %ds, MTU: %d\n", e.HoldingTime, e.MTU)
+		}
+		if e.PeerState != "" {
+			fmt.Fprintf(w, "  Peer state: %s\n", e.PeerState)
+		}
+		if e.Identity != "" {
+			fmt.Fprintf(w, "  Identity: %s\n", e.Identity)
+		}
+		keys := make([]string, 0, len(e.Attrs))
+		for k := range e.Attrs {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "  %s: %s\n", k, strings.Join(e.Attrs[k], ", "))
+		}
+		fmt.Fprintf(w, "  Created: %s\n", e.Created.Local().Format(time.DateTime))
 	}
 }
 

@@ -145,6 +145,94 @@ func readError(resp *http.Response) error {
 	return &APIError{Status: resp.StatusCode, Msg: e.Error, Reasons: e.Reasons}
 }
 
+// CacheEach reads a CacheResponse (PathCache, PathShortcuts) entry by
+// entry, calling fn with the interface and each entry as it is decoded,
+// so that a large cache is never held whole; it returns the interface
+// named.
+func (c *Client) CacheEach(ctx context.Context, path string, fn func(iface string, en nhrp.CacheEntry) error) (string, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", c.unreachable(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", readError(resp)
+	}
+	iface := ""
+	bad := func(err error) error { return fmt.Errorf("reading the answer of %s: %w", path, err) }
+	dec := json.NewDecoder(bufio.NewReaderSize(resp.Body, 64<<10))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return "", bad(fmt.Errorf("not an object (%v)", err))
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return "", bad(err)
+		}
+		switch t {
+		case "interface":
+			if err := dec.Decode(&iface); err != nil {
+				return "", bad(err)
+			}
+		case "entries":
+			if t, err := dec.Token(); err != nil || (t != json.Delim('[') && t != nil) {
+				return "", bad(fmt.Errorf("entries: not a list (%v)", err))
+			} else if t == nil {
+				continue
+			}
+			for dec.More() {
+				var en nhrp.CacheEntry
+				if err := dec.Decode(&en); err != nil {
+					return "", bad(err)
+				}
+				if err := fn(iface, en); err != nil {
+					return "", err
+				}
+			}
+			if _, err := dec.Token(); err != nil {
+				return "", bad(err)
+			}
+		default:
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return "", bad(err)
+			}
+		}
+	}
+	return iface, nil
+}
+
+// Copy calls a GET endpoint and copies its JSON answer to w as it comes
+// (a large table is never held whole).
+func (c *Client) Copy(ctx context.Context, path string, w io.Writer) error {
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return c.unreachable(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return readError(resp)
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("reading the answer of %s: %w", path, err)
+	}
+	return nil
+}
+
 // Get calls a GET endpoint and decodes its answer into out.
 func (c *Client) Get(ctx context.Context, path string, out any) error {
 	return c.do(ctx, http.MethodGet, path, nil, out)

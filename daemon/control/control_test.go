@@ -1,7 +1,9 @@
 package control
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.uber.org/goleak"
 
 	"github.com/opendmvpn/dmvpn/gre"
@@ -169,6 +172,26 @@ func TestEndpoints(t *testing.T) {
 	want := []string{"nhs 172.16.0.1/32", "local 172.16.1.1/32", "static 172.16.9.9/32"}
 	if diff := cmp.Diff(want, types); diff != "" {
 		t.Errorf("cache (-want +got):\n%s", diff)
+	}
+	// The same answer read entry by entry as it streams, and copied raw.
+	var each []nhrp.CacheEntry
+	iface, err := c.CacheEach(ctx, PathCache, func(iface string, en nhrp.CacheEntry) error {
+		if iface != cache.Interface {
+			t.Errorf("CacheEach: interface %q before entry %v, want %q", iface, en.Proto, cache.Interface)
+		}
+		each = append(each, en)
+		return nil
+	})
+	if err != nil || iface != cache.Interface {
+		t.Fatalf("CacheEach: %q %v", iface, err)
+	}
+	if diff := cmp.Diff(cache.Entries, each, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
+		t.Errorf("CacheEach (-Get +CacheEach):\n%s", diff)
+	}
+	var raw bytes.Buffer
+	var copied CacheResponse
+	if err := c.Copy(ctx, PathShortcuts, &raw); err != nil || json.Unmarshal(raw.Bytes(), &copied) != nil || copied.Entries == nil || len(copied.Entries) != 0 {
+		t.Errorf("Copy of no shortcuts: %v %q", err, raw.String())
 	}
 	var nhs NHSResponse
 	if err := c.Get(ctx, PathNHS, &nhs); err != nil {

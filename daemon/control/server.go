@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -269,15 +270,54 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) cacheEntries(w http.ResponseWriter, r *http.Request, keep func(nhrp.CacheEntry) bool) {
-	answer(s, w, r, Engine.Cache, func(st nhrp.Status, all []nhrp.CacheEntry) any {
-		out := CacheResponse{Interface: st.Interface, Entries: []nhrp.CacheEntry{}}
-		for _, en := range all {
-			if keep(en) {
-				out.Entries = append(out.Entries, en)
-			}
+	e, ctx, cancel, ok := s.engine(w, r)
+	if !ok {
+		return
+	}
+	defer cancel()
+	st, err := e.Status(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	all, err := e.Cache(ctx)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	writeEntries(w, st.Interface, all, keep)
+}
+
+// writeEntries writes a CacheResponse of the entries keep takes, each
+// encoded on its own as it goes out (through a 64 KiB buffer): a cache of
+// 100,000 entries is not copied again nor held whole as JSON, and a
+// client can decode it entry by entry (Client.CacheEach).
+func writeEntries(w http.ResponseWriter, iface string, all []nhrp.CacheEntry, keep func(nhrp.CacheEntry) bool) {
+	w.Header().Set("Content-Type", "application/json")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	name, _ := json.Marshal(iface)
+	fmt.Fprintf(bw, "{\n  \"interface\": %s,\n  \"entries\": [", name)
+	enc := json.NewEncoder(bw)
+	enc.SetIndent("    ", "  ")
+	n := 0
+	for _, en := range all {
+		if !keep(en) {
+			continue
 		}
-		return out
-	})
+		if n > 0 {
+			bw.WriteByte(',')
+		}
+		bw.WriteString("\n    ")
+		if enc.Encode(en) != nil {
+			return
+		}
+		n++
+	}
+	if n > 0 {
+		bw.WriteString("  ")
+	}
+	bw.WriteString("]\n}\n")
+	_ = bw.Flush()
 }
 
 func (s *Server) cache(w http.ResponseWriter, r *http.Request) {
