@@ -36,9 +36,9 @@ type Netlink interface {
 	RouteReplace(r *netlink.Route) error
 	RouteDel(r *netlink.Route) error
 	RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error)
-	// NeighSubscribe delivers neighbour events (RTM_GETNEIGH included)
-	// until done is closed; the channel is closed when the subscription
-	// fails.
+	// NeighSubscribe delivers the kernel's neighbour resolution requests
+	// (RTM_GETNEIGH; other neighbour events may be left out) until done
+	// is closed; the channel is closed when the subscription fails.
 	NeighSubscribe(ch chan<- netlink.NeighUpdate, done <-chan struct{}, onError func(error)) error
 	// WriteSysctl writes a value under /proc/sys ("net/ipv4/conf/gre1/send_redirects").
 	WriteSysctl(name, value string) error
@@ -104,9 +104,10 @@ func (Real) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([
 	}
 }
 
-// NeighSubscribe subscribes to neighbour events.
+// NeighSubscribe subscribes to the kernel's resolution requests
+// (RTM_GETNEIGH) only, filtered in the kernel (misses_linux.go).
 func (Real) NeighSubscribe(ch chan<- netlink.NeighUpdate, done <-chan struct{}, onError func(error)) error {
-	return netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{ErrorCallback: onError})
+	return subscribeMisses(ch, done, onError)
 }
 
 // WriteSysctl writes /proc/sys/<name>.

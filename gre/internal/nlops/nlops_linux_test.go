@@ -278,3 +278,69 @@ func TestNeighWriter(t *testing.T) {
 		t.Fatalf("%d neighbours after deleting one, want %d", len(ns), n-1)
 	}
 }
+
+// TestMissSubscription: the subscription delivers the kernel's resolution
+// request for an address nothing answers, and none of the hundreds of
+// neighbour changes made before it (filtered in the kernel).
+func TestMissSubscription(t *testing.T) {
+	if !netnstest.Run(t, "nlms") {
+		return
+	}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ms0"}, PeerName: "ms0p"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := netlink.LinkByName("ms0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := netlink.LinkByName("ms0p")
+	for _, x := range []netlink.Link{l, p} {
+		if err := netlink.LinkSetUp(x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 66, 0, 1), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	// Resolution asks userspace first (one application probe), no ARP.
+	for k, v := range map[string]string{"app_solicit": "1", "ucast_solicit": "0", "mcast_solicit": "0"} {
+		if err := (Real{}).WriteSysctl("net/ipv4/neigh/ms0/"+k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ch := make(chan netlink.NeighUpdate, 1024)
+	done := make(chan struct{})
+	defer close(done)
+	if err := (Real{}).NeighSubscribe(ch, done, func(err error) { t.Errorf("subscription: %v", err) }); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewNeighWriter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var ops []NeighOp
+	for i := range 300 {
+		ops = append(ops, NeighOp{Neigh: &netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_REACHABLE,
+			IP: net.IPv4(10, 9, byte(i>>8), byte(i)), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)}}})
+	}
+	for i, err := range w.Apply(ops) {
+		if err != nil {
+			t.Fatalf("neighbour %d: %v", i, err)
+		}
+	}
+	c, err := net.Dial("udp4", "10.66.0.9:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("x"))
+	select {
+	case u := <-ch:
+		if u.Type != unix.RTM_GETNEIGH || u.LinkIndex != l.Attrs().Index || !u.IP.Equal(net.IPv4(10, 66, 0, 9)) {
+			t.Fatalf("first event: type %d link %d ip %v, want the resolution request for 10.66.0.9 on ms0", u.Type, u.LinkIndex, u.IP)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no resolution request in 10 s")
+	}
+}
