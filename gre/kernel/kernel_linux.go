@@ -300,7 +300,7 @@ func (d *Device) ReadNHRP(b []byte) (int, netip.Addr, error) {
 	select {
 	case p := <-d.rxq:
 		n := copy(b, p.b)
-		putBuf(p.b)
+		putPkt(p.b)
 		return n, p.from, nil
 	case <-d.done:
 		return 0, netip.Addr{}, gre.ErrClosed
@@ -319,12 +319,12 @@ func (d *Device) WriteNHRP(b []byte, to netip.Addr) error {
 	if len(b) == 0 || len(b) > rxBufSize {
 		return fmt.Errorf("kernel: NHRP packet of %d bytes", len(b))
 	}
-	m := nhrpMsg{B: append(getBuf()[:0], b...), Peer: to}
+	m := nhrpMsg{B: pktBuf(b), Peer: to}
 	select {
 	case d.txq <- m:
 		return nil
 	case <-d.done:
-		putBuf(m.B)
+		putPkt(m.B)
 		return gre.ErrClosed
 	}
 }

@@ -29,10 +29,33 @@ type rxPacket struct {
 	from netip.Addr
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, rxBufSize); return &b }}
+// pktBufSize is the size of the pooled buffers that hold a packet queued
+// between the socket and the engine, either way: NHRP packets are a few
+// hundred bytes, and each queued one held a buffer of rxBufSize (16 KiB)
+// before — a hub answering a burst of registrations kept megabytes of
+// them (RSS the spokes were charged for in bench-nhrp-frr). A longer
+// packet gets a buffer of its own size.
+const pktBufSize = 2048
 
-func getBuf() []byte  { return (*bufPool.Get().(*[]byte))[:rxBufSize] }
-func putBuf(b []byte) { b = b[:cap(b)]; bufPool.Put(&b) }
+var pktPool = sync.Pool{New: func() any { b := make([]byte, pktBufSize); return &b }}
+
+// pktBuf returns a copy of b in a pooled buffer when it fits one.
+func pktBuf(b []byte) []byte {
+	if len(b) > pktBufSize {
+		return append([]byte(nil), b...)
+	}
+	p := (*pktPool.Get().(*[]byte))[:len(b)]
+	copy(p, b)
+	return p
+}
+
+// putPkt gives a buffer of pktBuf back to the pool.
+func putPkt(b []byte) {
+	if cap(b) == pktBufSize {
+		b = b[:cap(b)]
+		pktPool.Put(&b)
+	}
+}
 
 // rxLoop reads NHRP packets in batches and queues them for ReadNHRP. A
 // full queue drops (counted), never blocks the socket.
@@ -40,7 +63,7 @@ func (d *Device) rxLoop() {
 	defer d.wg.Done()
 	ms := make([]nhrpMsg, ioBatch)
 	for i := range ms {
-		ms[i].B = getBuf()
+		ms[i].B = make([]byte, rxBufSize)
 	}
 	for {
 		n, err := d.nhrp.ReadBatch(ms)
@@ -66,11 +89,12 @@ func (d *Device) rxLoop() {
 				d.stats.Drop(gre.DropMalformed, 1)
 				continue
 			}
+			b := pktBuf(m.B[:m.N])
 			select {
-			case d.rxq <- rxPacket{b: m.B[:m.N], from: m.Peer}:
+			case d.rxq <- rxPacket{b: b, from: m.Peer}:
 				d.stats.NHRPRx.Add(1)
-				m.B = getBuf()
 			default:
+				putPkt(b)
 				d.stats.Drop(gre.DropQueueFull, 1)
 			}
 		}
@@ -110,7 +134,7 @@ func (d *Device) sendBatch(ms []nhrpMsg) {
 	for len(ms) > 0 {
 		n, err := d.nhrp.WriteBatch(ms)
 		for _, m := range ms[:n] {
-			putBuf(m.B)
+			putPkt(m.B)
 		}
 		d.stats.NHRPTx.Add(uint64(n))
 		ms = ms[n:]
@@ -118,11 +142,11 @@ func (d *Device) sendBatch(ms []nhrpMsg) {
 			return
 		}
 		d.stats.Drop(gre.DropSendError, 1)
-		putBuf(ms[0].B)
+		putPkt(ms[0].B)
 		ms = ms[1:]
 		if errors.Is(err, errConnClosed) {
 			for _, m := range ms {
-				putBuf(m.B)
+				putPkt(m.B)
 			}
 			d.stats.Drop(gre.DropSendError, uint64(len(ms)))
 			return
