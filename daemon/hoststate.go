@@ -10,9 +10,19 @@ import (
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
-// neighLimits are the gc_thresh1-3 values a hub whose neighbours are the
-// kernel's wants at least.
-var neighLimits = [3]int{16384, 32768, 65536}
+// neighLimits returns the gc_thresh1-3 values a hub whose neighbours are
+// the kernel's wants at least, sized from the most cache entries it may
+// hold (limits.max_entries; 0 is the engine's default, 262,144): a kernel
+// neighbour per entry plus the kernel's default 1024 for the host's other
+// interfaces as the hard limit (gc_thresh3), half and a quarter of it as
+// the soft ones (gc_thresh2, gc_thresh1), the kernel's own proportions.
+func neighLimits(maxEntries int) [3]int {
+	if maxEntries <= 0 {
+		maxEntries = nhrp.DefaultMaxEntries
+	}
+	t3 := maxEntries + 1024
+	return [3]int{t3 / 4, t3 / 2, t3}
+}
 
 // hostOwner is what the daemon itself owns in the host state: the rule
 // that puts the shortcut table ahead of main.
@@ -54,7 +64,7 @@ func hostState(cfg Config, info gre.Info) *host.Config {
 	// about a thousand spokes. Raise the limits, never lower them; they
 	// exist in the initial network namespace only.
 	if cfg.NHRP.Role == nhrp.RoleHub && info.Caps.KernelNeighbors {
-		for i, v := range neighLimits {
+		for i, v := range neighLimits(cfg.NHRP.Limits.MaxEntries) {
 			hc.Sysctls = append(hc.Sysctls, host.Sysctl{Key: neighLimitKey(fam, i), Value: fmt.Sprint(v), AtLeast: true, Optional: true})
 		}
 	}

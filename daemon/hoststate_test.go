@@ -33,7 +33,8 @@ func setHostState(t *testing.T, k *hosttest.Kernel, cfg Config, info gre.Info) e
 var kernelInfo = gre.Info{Name: "gre1", Prefix: netip.MustParsePrefix("10.0.0.1/24"), Caps: gre.Capabilities{KernelNeighbors: true, XfrmESP: true, RoutedGRE: true}}
 
 // TestRaiseNeighLimits: a hub whose neighbours are the kernel's raises
-// the limits to at least neighLimits and never lowers them; where the
+// the limits to at least neighLimits (sized from limits.max_entries) and
+// never lowers them; where the
 // kernel has no such sysctls (any network namespace but the initial
 // one), nothing is written and no error comes back, so a hub starts in a
 // namespace or a container; limits that cannot be written are an error.
@@ -52,9 +53,25 @@ func TestRaiseNeighLimits(t *testing.T) {
 	for _, name := range []string{"gc_thresh1", "gc_thresh2", "gc_thresh3"} {
 		got[name], _ = k.Sysctl("net/ipv4/neigh/default/" + name)
 	}
-	want := map[string]string{"gc_thresh1": "16384", "gc_thresh2": "100000", "gc_thresh3": "65536"}
+	// The default max_entries (262,144) + 1024: 263,168, half, a quarter.
+	want := map[string]string{"gc_thresh1": "65792", "gc_thresh2": "131584", "gc_thresh3": "263168"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("limits (-want +got):\n%s", diff)
+	}
+	// A configured maximum sizes them: 100,000 entries.
+	hub100k := hub
+	hub100k.NHRP.Limits.MaxEntries = 100000
+	k2 := hosttest.NewKernel()
+	for name, v := range map[string]string{"gc_thresh1": "128", "gc_thresh2": "512", "gc_thresh3": "1024"} {
+		k2.SetSysctl("net/ipv4/neigh/default/"+name, v)
+	}
+	k2.SetSysctl("net/ipv4/conf/all/send_redirects", "1")
+	k2.SetSysctl("net/ipv4/conf/gre1/send_redirects", "1")
+	if err := setHostState(t, k2, hub100k, kernelInfo); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := k2.Sysctl("net/ipv4/neigh/default/gc_thresh3"); v != "101024" {
+		t.Errorf("gc_thresh3 %s with max_entries 100000, want 101024", v)
 	}
 	if !neighLimitsExist(k, "ipv4") {
 		t.Error("neighLimitsExist false where the limits exist")
