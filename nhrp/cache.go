@@ -93,8 +93,9 @@ type cache struct {
 	lens6 [129]int
 	// trie holds the entries by prefix for Subnets (purges of a prefix).
 	trie bart.Table[*entry]
-	// lru lists the entries of the evictable types, oldest first.
-	lru [TypeShortcut + 1]entryList
+	// lru lists the entries of each type, oldest first (the evictable
+	// types' are the eviction order).
+	lru [TypeLocal + 1]entryList
 	// types counts entries by type.
 	types [TypeLocal + 1]atomic.Int64
 }
@@ -126,9 +127,6 @@ func (l *entryList) remove(e *entry) {
 	e.prev, e.next = nil, nil
 }
 
-// evictableType reports whether entries of type t may be evicted.
-func evictableType(t EntryType) bool { return t >= TypeIncomplete && t <= TypeShortcut }
-
 func newCache() *cache { return &cache{m: make(map[netip.Prefix]*entry)} }
 
 func (c *cache) get(p netip.Prefix) *entry { return c.m[p.Masked()] }
@@ -146,7 +144,7 @@ func (c *cache) put(e *entry) {
 	}
 	c.m[e.proto] = e
 	c.trie.Insert(e.proto, e)
-	if evictableType(e.typ) {
+	if int(e.typ) < len(c.lru) {
 		c.lru[e.typ].push(e)
 	}
 	if int(e.typ) < len(c.types) {
@@ -165,7 +163,7 @@ func (c *cache) del(e *entry) {
 
 // unlink takes an entry leaving the map out of its list and counts.
 func (c *cache) unlink(e *entry) {
-	if evictableType(e.typ) {
+	if int(e.typ) < len(c.lru) {
 		c.lru[e.typ].remove(e)
 	}
 	if int(e.typ) < len(c.types) {
@@ -207,6 +205,19 @@ func (c *cache) under(p netip.Prefix, f func(*entry) bool) {
 			return
 		}
 	}
+}
+
+// ofType returns the entries of type t, oldest first: a walk of that
+// type's list, not of the cache.
+func (c *cache) ofType(t EntryType) []*entry {
+	if int(t) >= len(c.lru) {
+		return nil
+	}
+	var out []*entry
+	for e := c.lru[t].head; e != nil; e = e.next {
+		out = append(out, e)
+	}
+	return out
 }
 
 // countOf returns how many entries of type t the cache holds; safe from

@@ -75,8 +75,8 @@ func (e *Engine) withdrawLocal(en *entry, reason string) {
 // checkLocals re-checks the networks this node answered for: one no longer
 // behind it is purged from the peers that cached it.
 func (e *Engine) checkLocals() {
-	for _, en := range e.cache.all() {
-		if en.typ != TypeLocal || en.proto == hostPrefix(e.own) || len(en.told) == 0 {
+	for _, en := range e.cache.ofType(TypeLocal) {
+		if en.proto == hostPrefix(e.own) || len(en.told) == 0 {
 			continue
 		}
 		ri, ok := e.route(en.proto.Addr())
