@@ -73,8 +73,16 @@ func rawSpeaker(t *testing.T, as uint32, self, hub netip.Addr, hubAS uint32, por
 	return s
 }
 
-// gobgpLeaks are goroutines GoBGP leaves behind after Stop (a peer's
-// outgoing queue), not ours.
+// gobgpLeaks are goroutines GoBGP leaves behind after Stop, not ours: a
+// peer's outgoing queue (newFSM's channels.NewInfiniteChannel,
+// pkg/server/fsm.go:588 in v4.9.0), whose buffering goroutine exits only
+// once its buffer is drained. When the FSM's loop ends with messages still
+// queued, cleanInfiniteChannel (pkg/server/util.go:67-71) closes the input
+// and drains the output without blocking (drainChannel, util.go:53-65,
+// returns at the first empty read), so that goroutine stays blocked
+// sending to an output nobody reads (eapache/channels#27; GoBGP's earlier
+// fix of the same, osrg/gobgp#1171, drained until closed). Seen with
+// GODEBUG=tracebackancestors: created by newPeer → newFSM under AddPeer.
 var gobgpLeaks = []goleak.Option{goleak.IgnoreTopFunction("github.com/eapache/channels.(*InfiniteChannel).infiniteBuffer")}
 
 // TestTwoSpeakersRefusals runs the hub's controller on GoBGP against real
