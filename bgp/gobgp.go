@@ -182,7 +182,19 @@ func (g *GoBGP) peer(cfg Config, n Neighbor) *api.Peer {
 			ConnectRetry: uint64(cfg.ConnectRetry / time.Second), HoldTime: uint64(cfg.Hold / time.Second),
 			KeepaliveInterval: uint64(cfg.Keepalive / time.Second), IdleHoldTimeAfterReset: uint64(cfg.ConnectRetry / time.Second),
 		}},
-		Transport: &api.Transport{LocalAddress: cfg.Tunnel.Addr().String()},
+		// One side dials (Neighbor.Passive). When both do, GoBGP v4.9.0
+		// can hang: a side in OpenSent that gets the neighbour's OPEN on
+		// its outgoing connection first (outgoingConnCh,
+		// pkg/server/fsm.go:1593) resolves no collision; it goes to
+		// OpenConfirm on that connection and leaves the incoming one open
+		// and unread. When the other side does the same, each waits for a
+		// KEEPALIVE on the connection the other no longer reads, and
+		// OpenConfirm's hold timer (fsm.go:1696) and keepalive ticker
+		// (:1664) use the negotiated hold time, which is only set on the
+		// way to Established (stateChange, :641): 0, never firing, before
+		// a first session. The lab hit it under load: a hub and a spoke
+		// both in OpenConfirm through the whole 30 s of convergence.
+		Transport: &api.Transport{LocalAddress: cfg.Tunnel.Addr().String(), PassiveMode: n.Passive},
 		AfiSafis:  []*api.AfiSafi{af},
 	}
 	if cfg.Port > 0 {

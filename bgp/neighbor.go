@@ -71,19 +71,27 @@ type Neighbor struct {
 	NBMA netip.Addr
 	// RRClient makes the neighbour a route-reflector client (iBGP mode).
 	RRClient bool
+	// Passive makes this side wait for the neighbour's connection
+	// instead of dialling too: a hub waits for its spokes (they dial
+	// their servers, as they dial an FRR or Cisco hub's listen range),
+	// and of two hubs the one with the higher tunnel address waits.
+	// Exactly one side of a session between two of our nodes dials, so
+	// their connections never collide (GoBGP.peer says why that
+	// matters).
+	Passive bool
 }
 
 // same reports whether two neighbours need no change to the session or
 // its filter (NBMA and identity may differ).
 func (n Neighbor) same(o Neighbor) bool {
 	return n.Address == o.Address && n.AS == o.AS && n.Kind == o.Kind && n.MaxLen == o.MaxLen &&
-		n.RRClient == o.RRClient && slices.Equal(n.Networks, o.Networks)
+		n.RRClient == o.RRClient && n.Passive == o.Passive && slices.Equal(n.Networks, o.Networks)
 }
 
 // sessionSame reports whether a change from o to n keeps the session (only
 // the filter differs).
 func (n Neighbor) sessionSame(o Neighbor) bool {
-	return n.Address == o.Address && n.AS == o.AS && n.Kind == o.Kind && n.RRClient == o.RRClient
+	return n.Address == o.Address && n.AS == o.AS && n.Kind == o.Kind && n.RRClient == o.RRClient && n.Passive == o.Passive
 }
 
 // spokeNeighbor is the neighbour a registered spoke becomes: AS and
@@ -92,7 +100,7 @@ func (n Neighbor) sessionSame(o Neighbor) bool {
 // certificate with no or several OU=AS=, or fields that do not parse, is
 // refused.
 func (c Config) spokeNeighbor(addr, nbma netip.Addr, identity string, attrs map[string][]string) (Neighbor, error) {
-	n := Neighbor{Address: addr, Kind: KindSpoke, MaxLen: c.MaxPrefixLen, Identity: identity, NBMA: nbma}
+	n := Neighbor{Address: addr, Kind: KindSpoke, MaxLen: c.MaxPrefixLen, Identity: identity, NBMA: nbma, Passive: true}
 	if !addr.Is4() {
 		return n, fmt.Errorf("spoke address %v is not IPv4", addr)
 	}
@@ -147,7 +155,8 @@ func (c Config) spokeNeighbor(addr, nbma netip.Addr, identity string, attrs map[
 
 // hubNeighbor is another hub, or a server of this spoke.
 func (c Config) hubNeighbor(addr, nbma netip.Addr, kind Kind) Neighbor {
-	return Neighbor{Address: addr, AS: c.HubAS, Kind: kind, NBMA: nbma, Source: "config"}
+	return Neighbor{Address: addr, AS: c.HubAS, Kind: kind, NBMA: nbma, Source: "config",
+		Passive: kind == KindHub && c.Tunnel.Addr().Compare(addr) > 0}
 }
 
 // Refusal says why a prefix received from a neighbour is refused, or "" if
