@@ -36,6 +36,8 @@ type labEnv struct {
 	bin    string // directory of dmvpnd, dmvpnctl, dmvpn-lab
 	dir    string
 	prefix string
+	// timeout bounds each dmvpn-lab command (2 minutes unless set).
+	timeout time.Duration
 }
 
 var (
@@ -66,7 +68,11 @@ func buildCommands(t *testing.T) string {
 
 func (l *labEnv) run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	timeout := l.timeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(l.bin, "dmvpn-lab"), append([]string{"--dir", l.dir, "--prefix", l.prefix}, args...)...)
 	out, err := cmd.CombinedOutput()
@@ -86,8 +92,9 @@ func (l *labEnv) ctl(t *testing.T, node string, args ...string) string {
 }
 
 // TestLab runs the lab as a user does: the whole cycle with IPsec (the
-// default), up --rogue, and the lab in clear (up --no-ipsec). The IPsec
-// runs skip without strongSwan's charon.
+// default), up --rogue, and the lab in clear (up --no-ipsec) on the
+// userspace and ebpf data planes. The IPsec runs skip without
+// strongSwan's charon, the ebpf one without BPF.
 func TestLab(t *testing.T) {
 	needRoot(t, "ping", "nft", "pgrep")
 	bin := buildCommands(t)
@@ -109,7 +116,11 @@ func TestLab(t *testing.T) {
 		requireCharon(t)
 		testLabRogue(t, newLab(t, "rog"))
 	})
-	t.Run("no-ipsec", func(t *testing.T) { testLabPlain(t, newLab(t, "gre")) })
+	t.Run("no-ipsec", func(t *testing.T) { testLabPlain(t, newLab(t, "gre"), "userspace") })
+	t.Run("no-ipsec-ebpf", func(t *testing.T) {
+		needBPF(t)
+		testLabPlain(t, newLab(t, "ebpf"), "ebpf")
+	})
 }
 
 // testLabCycle is the lab's whole cycle: up (convergence over IPsec, show
@@ -292,10 +303,12 @@ func testLabRogue(t *testing.T, l *labEnv) {
 	assertNothingLeft(t, l)
 }
 
-// testLabPlain builds the lab without IPsec: no PKI, no charon, the
-// shortcut all the same, and a stopped spoke's purge reaching both hubs.
-func testLabPlain(t *testing.T, l *labEnv) {
-	out, err := l.run(t, "up", "--no-ipsec")
+// testLabPlain builds the lab without IPsec on a data plane: no PKI, no
+// charon, the shortcut all the same, BGP (sessions, routes with our
+// protocol, every LAN to every LAN), a stopped spoke's purge withdrawing
+// its routes from both hubs, hub1 lost.
+func testLabPlain(t *testing.T, l *labEnv, dataplane string) {
+	out, err := l.run(t, "up", "--no-ipsec", "--dataplane", dataplane)
 	if err != nil {
 		t.Fatalf("dmvpn-lab up --no-ipsec: %v\n%s", err, out)
 	}
@@ -310,7 +323,10 @@ func testLabPlain(t *testing.T, l *labEnv) {
 	if n := labCharonPIDs(t, l); len(n) > 0 {
 		t.Errorf("charon runs without IPsec: %v", n)
 	}
-	if out, err := l.run(t, "status"); err != nil || !strings.Contains(out, "IPsec: off") {
+	if !strings.Contains(out, "dmvpnd runs in 5 nodes ("+dataplane+" data plane)") {
+		t.Errorf("up --no-ipsec --dataplane %s does not say its data plane:\n%s", dataplane, out)
+	}
+	if out, err := l.run(t, "status"); err != nil || !strings.Contains(out, "IPsec: off") || !strings.Contains(out, dataplane+" data plane") {
 		t.Errorf("status: %v\n%s", err, out)
 	}
 	t.Run("bgp", func(t *testing.T) { testLabBGP(t, l) })

@@ -25,10 +25,14 @@ import (
 )
 
 // charonAvailable says what to install when the lab cannot run IPsec:
-// charon and every plugin its managed charon loads (userspace mode), each
-// named with its package (ipsec.CheckInstalled).
-func charonAvailable() error {
-	if err := ipsec.CheckInstalled(ipsec.DefaultCharon, ipsec.ModeUserspace); err != nil {
+// charon and every plugin its managed charon loads in the mode ("kernel"
+// or "userspace"), each named with its package (ipsec.CheckInstalled).
+func charonAvailable(mode string) error {
+	m := ipsec.ModeUserspace
+	if mode == "kernel" {
+		m = ipsec.ModeKernel
+	}
+	if err := ipsec.CheckInstalled(ipsec.DefaultCharon, m); err != nil {
 		return fmt.Errorf("%w (scripts/install-deps.sh --lab installs what the lab needs), "+
 			"or build the lab without IPsec: dmvpn-lab up --no-ipsec", err)
 	}

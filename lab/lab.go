@@ -47,7 +47,7 @@ func (l *Lab) ctl(ctx context.Context, socket string, args ...string) int {
 
 const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
 
-  up [--no-ipsec] [--rogue] [--no-firewall] [TOPOLOGY]
+  up [--no-ipsec] [--rogue] [--no-firewall] [--dataplane DP] [TOPOLOGY]
                        build the lab (default topology: alpine), wait until it
                        has converged, show every node, the IPsec SAs and a
                        spoke-to-spoke shortcut. Every hub and spoke runs IPsec
@@ -56,7 +56,9 @@ const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
                        valid certificate names another spoke's tunnel address
                        and shows the hubs refusing it. Every node runs its
                        nftables firewall unless --no-firewall: a GRE packet
-                       injected in clear at hub1 is shown dropped by it
+                       injected in clear at hub1 is shown dropped by it.
+                       --dataplane: userspace (default), ebpf, or kernel
+                       (ip_gre and kernel ESP: a kernel that has them)
   down                 stop every daemon and remove every namespace
   status               nodes, namespaces and daemons
   fail NODE ISP [--link]
@@ -72,6 +74,9 @@ const usage = `usage: dmvpn-lab [--dir DIR] [--prefix NAME] COMMAND
                        stop a hub's or spoke's dmvpnd (--kill: SIGKILL, as a
                        crash would) and start it again with the same file
   topologies           list the topologies
+
+DMVPN_LAB_WAIT_SCALE=N multiplies every wait (a slow machine, a VM under
+emulation).
 
 `
 
@@ -200,6 +205,9 @@ type UpOptions struct {
 	Rogue bool
 	// NoFirewall runs the nodes without their firewall.
 	NoFirewall bool
+	// Dataplane is the nodes' data plane: "" (userspace), "ebpf" or
+	// "kernel".
+	Dataplane string
 }
 
 // parseUp reads up's arguments: flags before or after the topology.
@@ -209,6 +217,7 @@ func parseUp(args []string, stderr io.Writer) (topo string, opts UpOptions, ok b
 	fs.BoolVar(&opts.NoIPsec, "no-ipsec", false, "NHRP and GRE in clear: no certificates, no charon")
 	fs.BoolVar(&opts.Rogue, "rogue", false, "add a spoke whose certificate names another spoke's tunnel address")
 	fs.BoolVar(&opts.NoFirewall, "no-firewall", false, "run the nodes without their nftables firewall")
+	fs.StringVar(&opts.Dataplane, "dataplane", "", "the nodes' data plane: userspace (default), ebpf, or kernel (ip_gre and kernel ESP)")
 	for {
 		if err := fs.Parse(args); err != nil {
 			return "", opts, false
@@ -221,6 +230,14 @@ func parseUp(args []string, stderr io.Writer) (topo string, opts UpOptions, ok b
 			return "", opts, false
 		}
 		topo, args = fs.Arg(0), fs.Args()[1:]
+	}
+	switch opts.Dataplane {
+	case "", "ebpf", "kernel":
+	case "userspace":
+		opts.Dataplane = ""
+	default:
+		fmt.Fprintf(stderr, "dmvpn-lab up: --dataplane %q is none of userspace, ebpf, kernel\n", opts.Dataplane)
+		return "", opts, false
 	}
 	if opts.Rogue && opts.NoIPsec {
 		fmt.Fprintln(stderr, "dmvpn-lab up: --rogue shows certificate authorisation; it needs IPsec (drop --no-ipsec)")

@@ -61,8 +61,10 @@ type State struct {
 	PKI   string `json:"pki,omitempty"`
 	Rogue bool   `json:"rogue,omitempty"`
 	// Firewall is whether the nodes run their firewall.
-	Firewall bool        `json:"firewall,omitempty"`
-	Nodes    []NodeState `json:"nodes"`
+	Firewall bool `json:"firewall,omitempty"`
+	// Dataplane is the nodes' data plane.
+	Dataplane string      `json:"dataplane,omitempty"`
+	Nodes     []NodeState `json:"nodes"`
 }
 
 func (l *Lab) statePath() string { return filepath.Join(l.Dir, "state.json") }
@@ -151,7 +153,7 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 	if opts.Rogue {
 		t = t.withRogue()
 	}
-	t.NoFirewall = opts.NoFirewall
+	t.NoFirewall, t.Dataplane = opts.NoFirewall, opts.Dataplane
 	dmvpnd, err := binary("dmvpnd")
 	if err != nil {
 		return err
@@ -160,7 +162,7 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 		return err
 	}
 	if !opts.NoIPsec {
-		if err := charonAvailable(); err != nil {
+		if err := charonAvailable(t.ipsecMode()); err != nil {
 			return err
 		}
 	}
@@ -172,7 +174,8 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 	if err != nil {
 		return err
 	}
-	st := &State{Topology: t.Name, Prefix: l.Prefix, Started: time.Now(), IPsec: !opts.NoIPsec, Rogue: opts.Rogue, Firewall: !opts.NoFirewall}
+	st := &State{Topology: t.Name, Prefix: l.Prefix, Started: time.Now(), IPsec: !opts.NoIPsec, Rogue: opts.Rogue, Firewall: !opts.NoFirewall,
+		Dataplane: t.dataplane()}
 	for _, n := range tb.Nodes() {
 		ns := NodeState{Name: n.Name, NS: n.NS, Kind: kindOf(t, n.Name)}
 		if n.Addr.IsValid() {
@@ -225,7 +228,7 @@ func (l *Lab) Up(ctx context.Context, topo string, opts UpOptions) error {
 	if st.IPsec {
 		charons = ", each with its own charon"
 	}
-	fmt.Fprintf(l.Out, "dmvpnd runs in %d nodes (userspace data plane%s); waiting for the tunnels and registrations…\n", len(t.Nodes), charons)
+	fmt.Fprintf(l.Out, "dmvpnd runs in %d nodes (%s data plane%s); waiting for the tunnels and registrations…\n", len(t.Nodes), t.dataplane(), charons)
 	if err := l.converge(ctx, t, st, started, 30*time.Second); err != nil {
 		return fail(err)
 	}
@@ -324,7 +327,7 @@ func (l *Lab) startDaemon(t Topology, n Node, ns, dmvpnd string, creds map[strin
 	section := ""
 	if c, ok := creds[n.Site.Name]; ok {
 		d.IPsecDir, d.AuditLog, d.Subject = filepath.Join(dir, "ipsec"), filepath.Join(dir, "audit.jsonl"), c.Subject
-		section = ipsecSection(c, d.IPsecDir, d.AuditLog)
+		section = ipsecSection(c, t.ipsecMode(), d.IPsecDir, d.AuditLog)
 	}
 	if err := os.WriteFile(d.Config, []byte(t.config(n, d.Socket, section)), 0o644); err != nil {
 		return nil, err
@@ -431,6 +434,7 @@ func alive(pid int) bool {
 
 // waitUntil polls cond every 100 ms until it holds, fails or time runs out.
 func waitUntil(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	timeout = scaled(timeout)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
@@ -447,6 +451,19 @@ func waitUntil(ctx context.Context, timeout time.Duration, cond func() (bool, er
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// EnvWaitScale names the environment variable that multiplies every wait
+// of the lab (an integer, 1 by default): a slow machine, or a VM under
+// emulation where every process start takes a second.
+const EnvWaitScale = "DMVPN_LAB_WAIT_SCALE"
+
+// scaled is d multiplied by the wait scale.
+func scaled(d time.Duration) time.Duration {
+	if n, err := strconv.Atoi(os.Getenv(EnvWaitScale)); err == nil && n > 1 && n <= 100 {
+		return d * time.Duration(n)
+	}
+	return d
 }
 
 // Down stops every dmvpnd of the lab (SIGTERM, then SIGKILL; each stops
@@ -537,7 +554,11 @@ func (l *Lab) Status(ctx context.Context) error {
 		fmt.Fprintf(l.Out, "No lab is up. Start one with `%s up`.\n", l.Self)
 		return nil
 	}
-	fmt.Fprintf(l.Out, "Lab %q up since %s, state in %s\n", s.Topology, s.Started.Local().Format(time.DateTime), l.Dir)
+	dp := s.Dataplane
+	if dp == "" {
+		dp = "userspace"
+	}
+	fmt.Fprintf(l.Out, "Lab %q up since %s, state in %s, %s data plane\n", s.Topology, s.Started.Local().Format(time.DateTime), l.Dir, dp)
 	if s.IPsec {
 		fmt.Fprintf(l.Out, "IPsec: on — certificates from the lab's CA in %s, a charon per hub and spoke", s.PKI)
 		if s.Rogue {

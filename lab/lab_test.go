@@ -31,6 +31,9 @@ func TestParseUp(t *testing.T) {
 		{[]string{"--rogue", "--no-ipsec"}, "", UpOptions{}, false},
 		{[]string{"small", "alpine"}, "", UpOptions{}, false},
 		{[]string{"--bogus"}, "", UpOptions{}, false},
+		{[]string{"--dataplane", "ebpf", "small"}, "small", UpOptions{Dataplane: "ebpf"}, true},
+		{[]string{"--dataplane=userspace"}, "", UpOptions{}, true},
+		{[]string{"--dataplane", "dpdk"}, "", UpOptions{}, false},
 	} {
 		topo, opts, ok := parseUp(tc.args, io.Discard)
 		if ok != tc.ok || ok && (topo != tc.topo || opts != tc.opts) {
@@ -84,7 +87,7 @@ func TestConfigs(t *testing.T) {
 			if st, err := os.Stat(c.Key); err != nil || st.Mode().Perm() != 0o600 {
 				t.Errorf("%s: key %s: %v %v", n.Site.Name, c.Key, st.Mode(), err)
 			}
-			section := ipsecSection(c, filepath.Join(dir, name, n.Site.Name, "ipsec"), filepath.Join(dir, name, n.Site.Name, "audit.jsonl"))
+			section := ipsecSection(c, "userspace", filepath.Join(dir, name, n.Site.Name, "ipsec"), filepath.Join(dir, name, n.Site.Name, "audit.jsonl"))
 			for _, sec := range []string{section, ""} {
 				text := top.config(n, filepath.Join(dir, "s.sock"), sec)
 				// The rogue's certificate names another address: its

@@ -82,13 +82,13 @@ func writePKI(dir string, t Topology) (map[string]credentials, error) {
 	return out, nil
 }
 
-// ipsecSection is a node's ipsec section: userspace ESP with a charon of
-// its own (files in stateDir), fast dead-peer detection as in the
-// integration tests, the registration audit stream in auditLog, and the
-// lab CA's CRL.
-func ipsecSection(c credentials, stateDir, auditLog string) string {
+// ipsecSection is a node's ipsec section: ESP in mode (userspace or
+// kernel) with a charon of its own (files in stateDir), fast dead-peer
+// detection as in the integration tests, the registration audit stream in
+// auditLog, and the lab CA's CRL.
+func ipsecSection(c credentials, mode, stateDir, auditLog string) string {
 	return fmt.Sprintf(`ipsec:
-  mode: userspace
+  mode: %s
   ca: %s
   cert: %s
   key: %s
@@ -99,7 +99,7 @@ func ipsecSection(c credentials, stateDir, auditLog string) string {
   retransmit_tries: 3
   audit_log: %s
   crl: %s
-`, c.CA, c.Cert, c.Key, stateDir, auditLog, c.CRL)
+`, mode, c.CA, c.Cert, c.Key, stateDir, auditLog, c.CRL)
 }
 
 // revokeCert signs the lab's next CRL, revoking the certificate of node
