@@ -10,6 +10,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/daemon"
 	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -25,6 +26,7 @@ type Runtime struct {
 func (c *Config) Daemon(rt Runtime) daemon.Config {
 	t := &c.Tunnel
 	sec := c.IPsec.ipsecConfig()
+	defaultDPD(sec, c.Role)
 	c.Limits.applyAudit(sec)
 	n := nhrp.Config{
 		HoldingTime:          t.HoldingTime,
@@ -132,4 +134,13 @@ func (c *Config) managementPorts() []uint16 {
 		}
 	}
 	return out
+}
+
+// defaultDPD gives a hub without ipsec.dpd_delay the hub's default
+// (ipsec.DefaultHubDPDDelay, 30 s); a spoke's stays the ipsec package's
+// (1 s).
+func defaultDPD(sec *ipsec.Config, role string) {
+	if sec != nil && sec.DPDDelay == 0 && role == "hub" {
+		sec.DPDDelay = ipsec.DefaultHubDPDDelay
+	}
 }
