@@ -306,3 +306,37 @@ func TestRedirectLimitReset(t *testing.T) {
 		t.Errorf("redirect table %d (order %d), over %d", len(l.redirect.m), len(l.redirect.order), maxRedirectPairs)
 	}
 }
+
+// TestPurgePrefix: a Purge of a prefix from the node its bindings were
+// learned from removes the bindings under that prefix (found in the trie,
+// not by a walk of the cache) and only those; the gauges follow.
+func TestPurgePrefix(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newBoundsHub(t, Limits{}, acceptAll{})
+		owner := netip.MustParseAddr("203.0.113.5")
+		h.eng.do(t.Context(), func() {
+			for _, a := range []string{"10.9.1.1", "10.9.1.2", "10.9.2.1"} {
+				h.eng.installBinding(netip.MustParsePrefix(a+"/32"), owner, netip.Addr{}, owner, 0, time.Hour, 0)
+			}
+		})
+		p := &wire.Packet{Type: wire.TypePurgeRequest, HopCount: 255, RequestID: 7, Flags: wire.PurgeFlagN,
+			SrcNBMA: owner, SrcProto: netip.MustParseAddr("10.9.0.1"), DstProto: netip.MustParseAddr("10.0.0.1"),
+			CIEs: []wire.CIE{{PrefixLen: 24, Proto: netip.MustParseAddr("10.9.1.0")}}}
+		b, _ := p.MarshalBinary()
+		h.tun.deliver(b, owner)
+		synctest.Wait()
+		h.eng.do(t.Context(), func() {
+			for a, want := range map[string]bool{"10.9.1.1": false, "10.9.1.2": false, "10.9.2.1": true} {
+				// A purged binding made just now counts as in use: it is
+				// resolved again (an incomplete entry in its place).
+				en := h.eng.cache.get(netip.MustParsePrefix(a + "/32"))
+				if got := en != nil && en.typ == TypeCached; got != want {
+					t.Errorf("%s bound: %v, want %v", a, got, want)
+				}
+			}
+		})
+		if g := h.eng.Gauges(); g.Entries["cached"] != 1 {
+			t.Errorf("cached entries: %d, want 1", g.Entries["cached"])
+		}
+	})
+}
