@@ -82,6 +82,18 @@ func testLabRevoke(t *testing.T, l *labEnv) {
 		return len(left) == 0
 	})
 	t.Logf("spoke2's certificate revoked: its SAs and registrations ended at both hubs and spoke1 %v after the CRL was in place", took.Round(time.Millisecond))
+	// From here on the hubs' charons refuse spoke2 themselves (the CRL
+	// they were given decides its certificate status), rather than let its
+	// SAs come up for dmvpnd to end again: what they log from now on.
+	charonLog := func(hub string) string { return filepath.Join(l.dir, hub, "ipsec", "charon.log") }
+	logFrom := map[string]int64{}
+	for _, hub := range []string{"hub1", "hub2"} {
+		st, err := os.Stat(charonLog(hub))
+		if err != nil {
+			t.Fatal(err)
+		}
+		logFrom[hub] = st.Size()
+	}
 	traffic()
 
 	for _, hub := range []string{"hub1", "hub2"} {
@@ -121,6 +133,24 @@ func testLabRevoke(t *testing.T, l *labEnv) {
 		}
 		return n == len(r.Servers)
 	})
+	// spoke2's tries reach the hubs' charons, which refuse its revoked
+	// certificate (strongSwan's own words) and set up no SA with it.
+	for _, hub := range []string{"hub1", "hub2"} {
+		var since string
+		waitFor(t, 15*time.Second, hub+"'s charon refusing spoke2's revoked certificate", func() bool {
+			b, err := os.ReadFile(charonLog(hub))
+			if err != nil {
+				t.Fatal(err)
+			}
+			since = string(b[min(logFrom[hub], int64(len(b))):])
+			return strings.Contains(since, "certificate was revoked on")
+		})
+		for _, line := range strings.Split(since, "\n") {
+			if strings.Contains(line, "IKE_SA") && strings.Contains(line, "established between") && strings.Contains(line, "..."+spoke2NBMA.String()+"[") {
+				t.Errorf("%s's charon set up an SA with the revoked spoke2: %s", hub, line)
+			}
+		}
+	}
 	for _, s := range r.Servers {
 		if s.State == nhrp.NHSUp {
 			t.Errorf("spoke2 registered with %s after its certificate was revoked: %+v", s.NBMA, s)

@@ -152,5 +152,13 @@ func loadCRLs(ctx context.Context, c *viciConn, crls *crlSet) error {
 			return fmt.Errorf("loading a CRL: %w", err)
 		}
 	}
+	// charon's credential manager keeps the CRLs it has verified in its
+	// cache and its revocation check takes the first valid one it finds
+	// there: without a flush the list a new one replaced still decides
+	// (a revoked peer's certificate status was "good" under CRL 2 until
+	// CRL 1's next update).
+	if _, err := c.call(ctx, 5*time.Second, "flush-certs", msg("type", "X509_CRL")); err != nil {
+		return fmt.Errorf("flushing charon's cached CRLs: %w", err)
+	}
 	return nil
 }
