@@ -79,7 +79,14 @@ func testLabCrash(t *testing.T, l *labEnv) {
 	if out, err := l.run(t, "exec", "spoke1-h1", "--", "ping", "-c", "2", "-i", "0.2", "10.2.0.2"); err != nil || !strings.Contains(out, "ttl=62") {
 		t.Fatalf("spoke1's LAN does not reach spoke2's over a shortcut: %v\n%s", err, out)
 	}
-	regs, show := registrations(t, l, "hub1"), showDMVPN(t, l, "hub1")
+	// The picture to compare with is taken once every peer of hub1 is up
+	// (a peer's SA may be coming back from the previous steps).
+	var show string
+	waitFor(t, 15*time.Second, "every peer of hub1 up before the crash", func() bool {
+		show = showDMVPN(t, l, "hub1")
+		return !strings.Contains(show, " DOWN ")
+	})
+	regs := registrations(t, l, "hub1")
 	if len(regs) < 2 {
 		t.Fatalf("hub1 has %d registrations to begin with: %v", len(regs), regs)
 	}
