@@ -145,8 +145,8 @@ type sourceLimiter = keyLimiter[netip.Addr]
 // bucket is full again is forgotten first (such a bucket is the same as a
 // new one); new keys beyond busy ones share one overflow bucket.
 type keyLimiter[K comparable] struct {
-	m        map[K]*bucket
-	order    []K // insertion order, for eviction
+	m        map[K]bucket // by value: no allocation per key
+	order    []K          // insertion order, for eviction
 	overflow bucket
 }
 
@@ -159,21 +159,28 @@ const evictTries = 8
 // source could not be tracked (the shared bucket was used).
 func (s *keyLimiter[K]) allow(now time.Time, from K, rate, burst float64, max int) (ok, untracked bool) {
 	if s.m == nil {
-		s.m = make(map[K]*bucket)
+		s.m = make(map[K]bucket)
 	}
-	b := s.m[from]
-	if b == nil {
+	b, known := s.m[from]
+	if !known {
 		if len(s.m) >= max {
 			s.evict(now, rate, burst)
 		}
 		if len(s.m) >= max {
 			return s.overflow.allow(now, 16*rate, 16*burst), true
 		}
-		b = &bucket{}
-		s.m[from] = b
 		s.order = append(s.order, from)
 	}
-	return b.allow(now, rate, burst), false
+	ok = b.allow(now, rate, burst)
+	s.m[from] = b
+	return ok, false
+}
+
+// reset makes a key's bucket full again, if it is tracked.
+func (s *keyLimiter[K]) reset(k K) {
+	if _, ok := s.m[k]; ok {
+		s.m[k] = bucket{}
+	}
 }
 
 // evict forgets one source whose bucket is full again, if one of the
@@ -185,8 +192,8 @@ func (s *keyLimiter[K]) evict(now time.Time, rate, burst float64) {
 		}
 		k := s.order[0]
 		s.order = s.order[1:]
-		b := s.m[k]
-		if b == nil {
+		b, ok := s.m[k]
+		if !ok {
 			continue
 		}
 		if b.tokens+now.Sub(b.last).Seconds()*rate >= burst {

@@ -253,8 +253,8 @@ const (
 func (l *limits) allowRedirect(now time.Time, src, dst netip.Addr) bool {
 	l.prune(now)
 	k := [2]netip.Addr{src, dst}
-	if b := l.redirect.m[k]; b != nil && (l.resetSince(src, b.last) || l.resetSince(dst, b.last)) {
-		*b = bucket{}
+	if b, ok := l.redirect.m[k]; ok && (l.resetSince(src, b.last) || l.resetSince(dst, b.last)) {
+		l.redirect.reset(k)
 	}
 	ok, _ := l.redirect.allow(now, k, 1/redirectInterval.Seconds(), redirectBurst, maxRedirectPairs)
 	return ok
