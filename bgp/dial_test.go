@@ -21,6 +21,12 @@ import (
 // and every session to come up. Both sides dialling made the two GoBGPs
 // of a session collide, and GoBGP v4.9.0 can then wait in OpenConfirm for
 // ever (GoBGP.peer): the lab's BGP did not converge under load.
+//
+// The race detector flags this test and TestTwoSpeakersRefusals inside
+// GoBGP: every StartBgp writes the package-level route selection options
+// (table.SelectionOptions and UseMultiplePaths, pkg/server/server.go:2697
+// in v4.9.0) that every server's ListPath reads, so several servers in one
+// process race on them. dmvpnd runs one; here they all set the same.
 func TestOneSideDials(t *testing.T) {
 	leakcheck.Check(t, gobgpLeaks...)
 	lo, port := loopbackNet(t)
