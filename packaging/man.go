@@ -151,6 +151,9 @@ func shellCommands(root *cobra.Command) ([]shellCommand, error) {
 			switch {
 			case it.Word == "<cr>":
 				runs = true
+			case it.Word == "|":
+				// The output modifiers every show command takes: said
+				// once in the page's description, not on each line.
 			case strings.HasPrefix(it.Word, "<"):
 				sc.arg, runs = it.Word, true
 			case !slices.Contains(subs, it.Word):
@@ -194,7 +197,7 @@ func DmvpnctlMan(w io.Writer, version string, date time.Time) error {
 	fmt.Fprintf(w, "[\\fICOMMAND\\fR]\n")
 	p.sh("DESCRIPTION")
 	p.para(strings.ReplaceAll(root.Long, "\n", " "),
-		"Every show command also takes json, for machine-readable output. A word may be abbreviated as long as it stays unambiguous (sh ip nh sh is show ip nhrp shortcut); in the interactive shell, Tab completes and ? lists what may follow.")
+		"Every show command also takes json, for machine-readable output, and output modifiers as vtysh has them: | include REGEX, | exclude REGEX, | begin REGEX, | count [REGEX]. A word may be abbreviated as long as it stays unambiguous (sh ip nh sh is show ip nhrp shortcut); in the interactive shell, Tab completes and ? lists what may follow.")
 	p.sh("OPTIONS")
 	root.PersistentFlags().VisitAll(func(f *pflag.Flag) {
 		arg, usage := pflag.UnquoteUsage(f)

@@ -85,7 +85,7 @@ func TestDmvpnctlMan(t *testing.T) {
 			t.Errorf("dmvpnctl(8) commands lack %q:\n%s", want, strings.Join(lines, "\n"))
 		}
 	}
-	for _, want := range []string{"--socket PATH", ctl.EnvSocket, ctl.DefaultSocket} {
+	for _, want := range []string{"--socket PATH", ctl.EnvSocket, ctl.DefaultSocket, "| include REGEX", "| count [REGEX]"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("dmvpnctl(8) lacks %q", want)
 		}
@@ -147,7 +147,7 @@ func TestCompletions(t *testing.T) {
 	}{
 		{"dmvpnd.bash", "_dmvpnd", []string{"dmvpnd", "--ch"}, []string{"--check"}},
 		{"dmvpnd.bash", "_dmvpnd", []string{"dmvpnd", "-"}, []string{"-c", "--check", "--keep-routes", "--unchecked-credentials", "--version", "--help"}},
-		{"dmvpnctl.bash", "__start_dmvpnctl", []string{"dmvpnctl", "sh", "ip", "nhrp", ""}, []string{"cache", "nhs", "shortcut", "traffic", "detail", "json"}},
+		{"dmvpnctl.bash", "__start_dmvpnctl", []string{"dmvpnctl", "sh", "ip", "nhrp", ""}, []string{"cache", "nhs", "shortcut", "traffic", "detail", "json", "|"}},
 		{"dmvpnctl.bash", "__start_dmvpnctl", []string{"dmvpnctl", "show", "dm"}, []string{"dmvpn"}},
 	} {
 		got := complete(tc.script, tc.fn, tc.words...)
