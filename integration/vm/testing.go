@@ -33,13 +33,13 @@ func Require(t testing.TB) *Image {
 	}
 	shared.once.Do(func() {
 		if os.Geteuid() != 0 {
-			shared.skip = "skipping: VM tests need root (9p of the host root, TAP devices), and this process is not root"
+			shared.skip = "root (9p of the host root, TAP devices), and this process is not root"
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := Probe(ctx); err != nil {
-			shared.skip = "skipping: VM tests need QEMU (qemu-system-x86, installed by make test), and it cannot start here: " + err.Error()
+			shared.skip = "QEMU (qemu-system-x86, installed by make test), and it cannot start here: " + err.Error()
 			return
 		}
 		k, err := FindKernel()
@@ -55,7 +55,7 @@ func Require(t testing.TB) *Image {
 		shared.img, shared.err = Prepare(ctx, dir, k)
 	})
 	if shared.skip != "" {
-		t.Skip(shared.skip)
+		t.Skipf("skipping: VM tests need %s", shared.skip)
 	}
 	if shared.err != nil {
 		t.Fatal(shared.err)
