@@ -112,28 +112,40 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := c.newRequest(ctx, method, path, body)
+	resp, err := c.send(ctx, method, path, body)
 	if err != nil {
 		return err
 	}
-	if in != nil {
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("reading the answer of %s: %w", path, err)
+	}
+	return nil
+}
+
+// send makes a call (a JSON body when body is set) and returns the answer
+// of a call that succeeded; the caller closes its body. A refusal comes
+// back as an *APIError, a daemon that cannot be reached as such.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := c.newRequest(ctx, method, path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
-		return c.unreachable(err)
+		return nil, c.unreachable(err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return readError(resp)
+		defer resp.Body.Close()
+		return nil, readError(resp)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("reading the answer of %s: %w", path, err)
-	}
-	return nil
+	return resp, nil
 }
 
 func readError(resp *http.Response) error {
@@ -150,21 +162,11 @@ func readError(resp *http.Response) error {
 // so that a large cache is never held whole; it returns the interface
 // named.
 func (c *Client) CacheEach(ctx context.Context, path string, fn func(iface string, en nhrp.CacheEntry) error) (string, error) {
-	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	resp, err := c.send(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return "", ctx.Err()
-		}
-		return "", c.unreachable(err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", readError(resp)
-	}
 	iface := ""
 	bad := func(err error) error { return fmt.Errorf("reading the answer of %s: %w", path, err) }
 	dec := json.NewDecoder(bufio.NewReaderSize(resp.Body, 64<<10))
@@ -212,21 +214,11 @@ func (c *Client) CacheEach(ctx context.Context, path string, fn func(iface strin
 // Copy calls a GET endpoint and copies its JSON answer to w as it comes
 // (a large table is never held whole).
 func (c *Client) Copy(ctx context.Context, path string, w io.Writer) error {
-	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	resp, err := c.send(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return c.unreachable(err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return readError(resp)
-	}
 	if _, err := io.Copy(w, resp.Body); err != nil {
 		return fmt.Errorf("reading the answer of %s: %w", path, err)
 	}

@@ -246,22 +246,31 @@ func engineError(w http.ResponseWriter, err error) {
 // (the interface's name) and get's value, and writes what respond makes
 // of both.
 func answer[T any](s *Server, w http.ResponseWriter, r *http.Request, get func(Engine, context.Context) (T, error), respond func(nhrp.Status, T) any) {
+	if st, v, ok := read(s, w, r, get); ok {
+		writeJSON(w, respond(st, v))
+	}
+}
+
+// read asks the engine for its status and get's value; on failure it has
+// written the error and returns false.
+func read[T any](s *Server, w http.ResponseWriter, r *http.Request, get func(Engine, context.Context) (T, error)) (nhrp.Status, T, bool) {
+	var zero T
 	e, ctx, cancel, ok := s.engine(w, r)
 	if !ok {
-		return
+		return nhrp.Status{}, zero, false
 	}
 	defer cancel()
 	st, err := e.Status(ctx)
 	if err != nil {
 		engineError(w, err)
-		return
+		return nhrp.Status{}, zero, false
 	}
 	v, err := get(e, ctx)
 	if err != nil {
 		engineError(w, err)
-		return
+		return nhrp.Status{}, zero, false
 	}
-	writeJSON(w, respond(st, v))
+	return st, v, true
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
@@ -270,22 +279,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) cacheEntries(w http.ResponseWriter, r *http.Request, keep func(nhrp.CacheEntry) bool) {
-	e, ctx, cancel, ok := s.engine(w, r)
-	if !ok {
-		return
+	if st, all, ok := read(s, w, r, Engine.Cache); ok {
+		writeEntries(w, st.Interface, all, keep)
 	}
-	defer cancel()
-	st, err := e.Status(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	all, err := e.Cache(ctx)
-	if err != nil {
-		engineError(w, err)
-		return
-	}
-	writeEntries(w, st.Interface, all, keep)
 }
 
 // writeEntries writes a CacheResponse of the entries keep takes, each
