@@ -262,3 +262,22 @@ func ownerPid(ns string) (int, bool) {
 	pid, err := strconv.Atoi(rest[:i])
 	return pid, err == nil && pid > 0
 }
+
+// RSS returns a process's resident memory in bytes (0 when unknown or pid
+// is 0): the VmRSS line of its /proc status.
+func RSS(pid int) int64 {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -122,7 +122,7 @@ func startFRR(ctx context.Context, node *testbed.Node, n int) (*frrHub, error) {
 
 // rss is the resident memory of bgpd and zebra together.
 func (f *frrHub) rss() int64 {
-	return rss(strconv.Itoa(f.zebra.Pid())) + rss(strconv.Itoa(f.bgpd.Pid()))
+	return testbed.RSS(f.zebra.Pid()) + testbed.RSS(f.bgpd.Pid())
 }
 
 // diag is FRR's view, for an error: its summary, routes and log.

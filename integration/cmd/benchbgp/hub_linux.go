@@ -19,6 +19,7 @@ import (
 
 	"github.com/opendmvpn/dmvpn/bgp"
 	"github.com/opendmvpn/dmvpn/host"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -107,21 +108,6 @@ type memReport struct {
 	Heap uint64 `json:"heap"`
 }
 
-// rss is a process's resident memory in bytes ("self" or a pid).
-func rss(pid string) int64 {
-	b, err := os.ReadFile("/proc/" + pid + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
 // runHub is our hub role: commands on standard input register and expire
 // spokes, report memory and time a FIB write of its own.
 func runHub() int {
@@ -201,7 +187,7 @@ func runHub() int {
 			debug.FreeOSMemory()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			b, _ := json.Marshal(memReport{RSS: rss("self"), Heap: ms.HeapAlloc})
+			b, _ := json.Marshal(memReport{RSS: testbed.RSS(os.Getpid()), Heap: ms.HeapAlloc})
 			fmt.Println("MEM " + string(b))
 		case "STAT":
 			st := c.Stats()

@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
 // The guest half of the side-by-side benchmark (-frr): it runs inside the
@@ -373,7 +374,7 @@ func waitFile(p string, d time.Duration) error {
 func (g *guest) measure() answer {
 	a := answer{RSS: map[string]int64{}, CPU: map[string]time.Duration{}}
 	for _, p := range g.procs {
-		a.RSS[p.name] = rssOf(p.cmd.Process.Pid)
+		a.RSS[p.name] = testbed.RSS(p.cmd.Process.Pid)
 		a.CPU[p.name] = cpuOf(p.cmd.Process.Pid)
 	}
 	if l, err := netlink.LinkByName(benchTun); err == nil {

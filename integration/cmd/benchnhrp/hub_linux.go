@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
 	"github.com/opendmvpn/dmvpn/ipsec"
+	"github.com/opendmvpn/dmvpn/lab/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -117,7 +116,7 @@ func runHub() int {
 		var charonRSS int64
 		var charonCPU time.Duration
 		if m := d.IPsec(); m != nil {
-			charonRSS = rssOf(m.Stats().CharonPID)
+			charonRSS = testbed.RSS(m.Stats().CharonPID)
 			charonCPU = cpuOf(m.Stats().CharonPID)
 		}
 		b, _ := json.Marshal(memory{RSS: rss(), CharonRSS: charonRSS, CharonCPU: charonCPU, CPU: cpuOf(os.Getpid()), Heap: ms.HeapInuse, Entries: n,
@@ -130,22 +129,4 @@ func runHub() int {
 }
 
 // rss returns the process's resident set size in bytes.
-func rss() int64 { return rssOf(os.Getpid()) }
-
-// rssOf returns a process's resident set size in bytes (0 if unknown).
-func rssOf(pid int) int64 {
-	if pid == 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
+func rss() int64 { return testbed.RSS(os.Getpid()) }

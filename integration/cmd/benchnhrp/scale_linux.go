@@ -277,9 +277,9 @@ func scaleLoad(o scaleOpts, pid int, sock string) (scaleResult, error) {
 	}
 	defer g.close()
 	peak := func() {
-		res.RSSPeak = max(res.RSSPeak, rssOf(pid))
+		res.RSSPeak = max(res.RSSPeak, testbed.RSS(pid))
 	}
-	res.RSSBefore = rssOf(pid)
+	res.RSSBefore = testbed.RSS(pid)
 	id := uint32(1)
 	run := func(ro regOpts) (regStats, error) {
 		ro.N, ro.IDBase, ro.Holding = o.N, id, uint16(o.Holding)
@@ -304,7 +304,7 @@ func scaleLoad(o scaleOpts, pid int, sock string) (scaleResult, error) {
 		return res, fmt.Errorf("registration: %w", err)
 	}
 	res.Registered, res.RegP99, res.Sends = st.Elapsed, st.P99, st.Sends
-	res.RSSAfter = rssOf(pid)
+	res.RSSAfter = testbed.RSS(pid)
 	fmt.Printf("registered %d in %v\n", o.N, st.Elapsed)
 
 	// The steady state: every spoke refreshes once per Holding/3, spread
