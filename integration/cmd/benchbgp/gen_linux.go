@@ -106,20 +106,8 @@ func runGen() int {
 	prefixes, _ := strconv.Atoi(os.Getenv(envPrefixes))
 	g := &generator{hub: hub, prefixes: max(prefixes, 1), spokes: map[int]*genSpoke{}, out: bufio.NewWriter(os.Stdout)}
 	fmt.Println("READY")
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		f := strings.Fields(in.Text())
-		if len(f) == 0 {
-			continue
-		}
-		arg := func(k int) int {
-			if len(f) <= k {
-				return 0
-			}
-			v, _ := strconv.Atoi(f[k])
-			return v
-		}
-		switch f[0] {
+	readCommands(func(cmd string, arg func(int) int) {
+		switch cmd {
 		case "START":
 			g.start(arg(1), arg(2))
 		case "WITHDRAW":
@@ -132,11 +120,31 @@ func runGen() int {
 		case "STOP":
 			g.stop(arg(1), arg(2))
 		default:
-			g.printf("ERR unknown command %q", f[0])
+			g.printf("ERR unknown command %q", cmd)
 		}
-	}
+	})
 	g.stop(0, maxSpokes)
 	return 0
+}
+
+// readCommands reads the driver's commands from standard input, a line
+// each (a word and integer arguments), and hands each to do with its
+// arguments (arg(k): the k-th word as an integer, 0 when absent).
+func readCommands(do func(cmd string, arg func(int) int)) {
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		if len(f) == 0 {
+			continue
+		}
+		do(f[0], func(k int) int {
+			if len(f) <= k {
+				return 0
+			}
+			v, _ := strconv.Atoi(f[k])
+			return v
+		})
+	}
 }
 
 func (g *generator) printf(format string, a ...any) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -160,20 +158,8 @@ func runHub() int {
 	go func() { done <- c.Run(ctx) }()
 	<-c.Started()
 	fmt.Println("READY")
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		f := strings.Fields(in.Text())
-		if len(f) == 0 {
-			continue
-		}
-		arg := func(k int) int {
-			if len(f) <= k {
-				return 0
-			}
-			v, _ := strconv.Atoi(f[k])
-			return v
-		}
-		switch f[0] {
+	readCommands(func(cmd string, arg func(int) int) {
+		switch cmd {
 		case "REG":
 			for i := arg(1); i < arg(2); i++ {
 				reg.set(i, true)
@@ -206,13 +192,13 @@ func runHub() int {
 			rate, err := fibAlone(ctx, m, dev, arg(1))
 			if err != nil {
 				fmt.Println("ERR fib:", err)
-				continue
+				return
 			}
 			fmt.Printf("FIB %.0f\n", rate)
 		default:
-			fmt.Printf("ERR unknown command %q\n", f[0])
+			fmt.Printf("ERR unknown command %q\n", cmd)
 		}
-	}
+	})
 	cancel()
 	err = <-done
 	_ = hc.Close(context.Background())
