@@ -205,9 +205,9 @@ func (k *linuxKernel) Routes(ctx context.Context, f Family, protocol int) ([]Rou
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	rs, err := k.h.RouteListFiltered(afOf(f), &netlink.Route{Protocol: netlink.RouteProtocol(protocol)},
+	out, err := k.listRoutes(f, &netlink.Route{Protocol: netlink.RouteProtocol(protocol)},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	if err != nil {
 		return nil, err
 	}
 	names := map[int]string{}
@@ -216,13 +216,10 @@ func (k *linuxKernel) Routes(ctx context.Context, f Family, protocol int) ([]Rou
 			names[l.Attrs().Index] = l.Attrs().Name
 		}
 	}
-	out := make([]Route, 0, len(rs))
-	for _, r := range rs {
-		x := fromNetlinkRoute(r)
+	for _, x := range out {
 		for i := range x.NextHops {
 			x.NextHops[i].Dev = names[x.NextHops[i].Index]
 		}
-		out = append(out, x)
 	}
 	return out, nil
 }
@@ -239,15 +236,7 @@ func (k *linuxKernel) RoutesAt(ctx context.Context, table int, dst netip.Prefix)
 		f = IPv6
 	}
 	filter := &netlink.Route{Table: table, Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}}
-	rs, err := k.h.RouteListFiltered(afOf(f), filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return nil, err
-	}
-	out := make([]Route, 0, len(rs))
-	for _, r := range rs {
-		out = append(out, fromNetlinkRoute(r))
-	}
-	return out, nil
+	return k.listRoutes(f, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
 }
 
 func (k *linuxKernel) TableRoutes(ctx context.Context, f Family, table int) ([]Route, error) {
@@ -257,7 +246,13 @@ func (k *linuxKernel) TableRoutes(ctx context.Context, f Family, table int) ([]R
 	if table == 0 {
 		table = Main
 	}
-	rs, err := k.h.RouteListFiltered(afOf(f), &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	return k.listRoutes(f, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+}
+
+// listRoutes dumps the routes of family f that filter matches on mask's
+// fields (a dump the kernel interrupted is taken as it came).
+func (k *linuxKernel) listRoutes(f Family, filter *netlink.Route, mask uint64) ([]Route, error) {
+	rs, err := k.h.RouteListFiltered(afOf(f), filter, mask)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return nil, err
 	}
