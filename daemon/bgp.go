@@ -45,7 +45,7 @@ func (d *Daemon) newBGP(cfg Config, info gre.Info) (*bgp.Controller, error) {
 	}
 	d.hostClients = append(d.hostClients, hc)
 	log := d.log.Named("bgp")
-	sink := &hostRoutes{c: hc, k: d.host.Kernel(), dev: info.Name, protocol: cfg.BGPProtocol}
+	sink := BGPRoutes(hc, d.host.Kernel(), info.Name, cfg.BGPProtocol)
 	deps := bgp.Deps{
 		Speaker: bgp.NewGoBGP(log.Named("gobgp")), Routes: sink, NHRP: engineRef{d},
 		Local: &localRoutes{k: d.host.Kernel(), tunnel: info.Index}, Log: log, Audit: log.Named("audit"),
@@ -122,8 +122,15 @@ func (r engineRef) NHS(ctx context.Context) ([]nhrp.NHSStatus, error) {
 	return nil, errNoEngine
 }
 
-// hostRoutes is BGP's route sink: its routes in the main table, each next
-// hop on-link through the tunnel, applied by host.
+// BGPRoutes is the route sink dmvpnd gives its BGP controller: the routes
+// in the main table, each next hop on-link through the tunnel device dev,
+// applied through host's client c; a previous run's routes are those of
+// protocol in k.
+func BGPRoutes(c *host.Client, k host.Kernel, dev string, protocol int) bgp.RouteSink {
+	return &hostRoutes{c: c, k: k, dev: dev, protocol: protocol}
+}
+
+// hostRoutes is BGP's route sink (BGPRoutes).
 type hostRoutes struct {
 	c        *host.Client
 	k        host.Kernel

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/bgp"
+	"github.com/opendmvpn/dmvpn/daemon"
 	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/lab/testbed"
 	"github.com/opendmvpn/dmvpn/nhrp"
@@ -34,27 +35,6 @@ var summary = netip.MustParsePrefix("10.0.0.0/8")
 // bgpProto is the kernel route protocol of BGP's routes (dmvpnd's default
 // and zebra's).
 const bgpProto = 186
-
-// hostSink is dmvpnd's route sink: BGP's routes in the main table, each
-// next hop on-link through the tunnel device.
-type hostSink struct {
-	c   *host.Client
-	dev string
-}
-
-func (h *hostSink) SetRoutes(ctx context.Context, rs []bgp.KernelRoute) error {
-	cfg := &host.Config{Routes: make([]host.Route, 0, len(rs))}
-	for _, r := range rs {
-		hr := host.Route{Table: host.Main, Dst: r.Dst}
-		for _, nh := range r.NextHops {
-			hr.NextHops = append(hr.NextHops, host.NextHop{Gw: nh, Dev: h.dev, Onlink: true})
-		}
-		cfg.Routes = append(cfg.Routes, hr)
-	}
-	return h.c.Set(ctx, cfg)
-}
-
-func (h *hostSink) Routes(context.Context) ([]bgp.KernelRoute, error) { return nil, nil }
 
 // registry stands for the NHRP engine: the registrations it reported as
 // events are in its cache (the controller reads it at its periodic
@@ -148,7 +128,7 @@ func runHub() int {
 	reg := &registry{reg: map[int]bool{}}
 	cfg := bgp.Config{Role: bgp.RoleHub, Tunnel: hubTunnel, UseCertificates: true, Summary: []netip.Prefix{summary},
 		MaxPrefixes: maxBulk, Keepalive: 30 * time.Second, Hold: 90 * time.Second, ConnectRetry: 5 * time.Second}
-	c, err := bgp.NewController(cfg, bgp.Deps{Speaker: bgp.NewGoBGP(hubLogger()), Routes: &hostSink{c: hc, dev: dev}, NHRP: reg})
+	c, err := bgp.NewController(cfg, bgp.Deps{Speaker: bgp.NewGoBGP(hubLogger()), Routes: daemon.BGPRoutes(hc, m.Kernel(), dev, bgpProto), NHRP: reg})
 	if err != nil {
 		fmt.Println("FATAL", err)
 		return 1
