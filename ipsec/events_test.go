@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/strongswan/govici/vici"
 	"go.uber.org/zap"
@@ -55,5 +56,95 @@ func TestDeadPeerEventsOrder(t *testing.T) {
 	m.handleEvent(ctx, updown("child-updown", false, "ESTABLISHED", "DELETING"))
 	if sas := m.sasTo(hub); len(sas) != 1 || len(sas[0].Children) != 0 {
 		t.Errorf("after its only CHILD_SA went down, want the IKE SA without children: %+v", sas)
+	}
+}
+
+// rekeyed is an ike-rekey event: IKE SA old of conn replaced by new (the
+// event lists IKE SAs without their CHILD_SAs, as charon sends it).
+func rekeyed(oldID, newID string) vici.Event {
+	ike := func(id string) *vici.Message {
+		return msg("uniqueid", id, "state", "ESTABLISHED", "local-host", "198.51.100.1", "remote-host", "192.0.2.1",
+			"remote-id", "CN=hub", "initiator", "yes")
+	}
+	return vici.Event{Name: "ike-rekey", Message: msg("dmvpn-nhs-192.0.2.1", msg("old", ike(oldID), "new", ike(newID)))}
+}
+
+// TestRekeyThenDelete: an IKE rekey moves the SA to its new unique id
+// without reading every SA, keeping its CHILD_SA and the identity it
+// proved; when the peer then deletes the rekeyed SA, the engine hears
+// "SA down" once. (Before, the rekey re-read every SA; a read that came
+// after the delete left neither id in the table, and the delete event
+// found nothing to report: the spoke never heard its server was gone.)
+func TestRekeyThenDelete(t *testing.T) {
+	hub := netip.MustParseAddr("192.0.2.1")
+	var lost []string
+	m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: map[string]SA{}, waiters: map[netip.Addr][]chan struct{}{},
+		verified: map[string]netip.Addr{}, certQ: make(chan string, 4),
+		hooks: Hooks{PeerLost: func(_ netip.Addr, reason string) { lost = append(lost, reason) }}}
+	m.stats.init()
+	ctx := context.Background()
+
+	m.handleEvent(ctx, updown("ike-updown", true, "ESTABLISHED", "INSTALLED"))
+	m.verified["7"] = netip.MustParseAddr("10.0.0.1")
+	// m.cmd is nil: a fallback to reading every SA would panic here.
+	m.handleEvent(ctx, rekeyed("7", "8"))
+	sas := m.sasTo(hub)
+	if len(sas) != 1 || sas[0].IKEID != "8" || !sas[0].Up() {
+		t.Fatalf("after the IKE rekey, want one SA up with unique id 8: %+v", sas)
+	}
+	if _, ok := m.verified["8"]; !ok {
+		t.Errorf("the rekeyed SA lost the identity its peer proved: %v", m.verified)
+	}
+
+	down := updown("ike-updown", false, "DELETING", "INSTALLED")
+	down.Message.Get("dmvpn-nhs-192.0.2.1").(*vici.Message).Set("uniqueid", "8")
+	m.handleEvent(ctx, down)
+	if m.peerUp(hub) || len(lost) != 1 {
+		t.Errorf("after the rekeyed SA was deleted: up %v, PeerLost calls %v (want one)", m.peerUp(hub), lost)
+	}
+	if len(m.verified) != 0 {
+		t.Errorf("a deleted SA's proof is kept: %v", m.verified)
+	}
+}
+
+// TestChildRekey: a CHILD_SA rekey replaces the old CHILD_SA by the new
+// one in the table without reading every SA.
+func TestChildRekey(t *testing.T) {
+	hub := netip.MustParseAddr("192.0.2.1")
+	m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: map[string]SA{}, waiters: map[netip.Addr][]chan struct{}{},
+		certQ: make(chan string, 4)}
+	m.stats.init()
+	ctx := context.Background()
+	m.handleEvent(ctx, updown("ike-updown", true, "ESTABLISHED", "INSTALLED"))
+	ike := msg("uniqueid", "7", "state", "ESTABLISHED", "local-host", "198.51.100.1", "remote-host", "192.0.2.1")
+	ike.Set("child-sas", msg("gre-3", msg(
+		"old", msg("name", "gre", "uniqueid", "3", "state", "REKEYED"),
+		"new", msg("name", "gre", "uniqueid", "4", "state", "INSTALLED"))))
+	m.handleEvent(ctx, vici.Event{Name: "child-rekey", Message: msg("dmvpn-nhs-192.0.2.1", ike)})
+	sas := m.sasTo(hub)
+	if len(sas) != 1 || len(sas[0].Children) != 1 || sas[0].Children[0].ID != "4" || !sas[0].Up() {
+		t.Errorf("after the CHILD_SA rekey, want the IKE SA with CHILD_SA 4 only: %+v", sas)
+	}
+}
+
+// TestPeerUpWaitsForRelease: a PeerUp for a peer whose PeerDown is still
+// terminating and unloading waits for it rather than initiating on a
+// connection about to be unloaded.
+func TestPeerUpWaitsForRelease(t *testing.T) {
+	nbma := netip.MustParseAddr("192.0.2.1")
+	m := &Manager{log: zap.NewNop()}
+	release := make(chan struct{})
+	m.releasing = map[netip.Addr]chan struct{}{nbma: release}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := m.waitReleased(ctx, nbma); err == nil {
+		t.Fatal("waitReleased returned while the release was in flight")
+	}
+	close(release)
+	if err := m.waitReleased(context.Background(), nbma); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.waitReleased(context.Background(), netip.MustParseAddr("192.0.2.2")); err != nil {
+		t.Fatal(err)
 	}
 }

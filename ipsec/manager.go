@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
-	"github.com/strongswan/govici/vici"
 	"go.uber.org/zap"
 )
 
@@ -54,6 +54,10 @@ type Manager struct {
 	certFirst map[string]time.Time // DER → when it first appeared in charon's cache
 	loaded    map[string]connSpec  // connections loaded into charon
 	waiters   map[netip.Addr][]chan struct{}
+	// releasing holds, per peer, a channel closed when the PeerDown in
+	// flight for it has terminated its SAs and unloaded its connection:
+	// a PeerUp for it waits, or its initiate would race the unload.
+	releasing map[netip.Addr]chan struct{}
 	// verified maps the IKE SAs of servers and shortcut peers whose
 	// certificate was checked to the tunnel address it proved.
 	verified  map[string]netip.Addr
@@ -298,15 +302,16 @@ func (m *Manager) shutdown() {
 	}
 }
 
-// refresh reads every SA from charon.
-func (m *Manager) refresh(ctx context.Context) {
+// refresh reads every SA from charon and returns the peers that had an
+// SA up before and have none now.
+func (m *Manager) refresh(ctx context.Context) (lost []netip.Addr) {
 	m.mu.Lock()
 	c := m.cmd
 	m.mu.Unlock()
 	msgs, err := c.stream(ctx, 5*time.Second, "list-sas", "list-sa", msg("noblock", "yes"))
 	if err != nil {
 		m.log.Warn("listing SAs", zap.Error(err))
-		return
+		return nil
 	}
 	now := time.Now()
 	sas := map[string]SA{}
@@ -320,80 +325,22 @@ func (m *Manager) refresh(ctx context.Context) {
 		sa.upSeen = m.sas[id].upSeen
 		sas[id] = sa
 	}
+	upNow := map[netip.Addr]bool{}
+	for _, sa := range sas {
+		if sa.Up() {
+			upNow[sa.RemoteHost] = true
+		}
+	}
+	for _, sa := range m.sas {
+		if sa.Up() && !upNow[sa.RemoteHost] && !slices.Contains(lost, sa.RemoteHost) {
+			lost = append(lost, sa.RemoteHost)
+		}
+	}
 	m.sas = sas
 	m.mu.Unlock()
 	m.syncAliases(ctx)
 	m.wakeWaiters()
-}
-
-// handleEvent updates the SA table from an event.
-func (m *Manager) handleEvent(ctx context.Context, e vici.Event) {
-	now := time.Now()
-	up := str(e.Message, "up") == "yes"
-	switch e.Name {
-	case "ike-updown", "child-updown":
-		for _, sa := range parseSAs(e.Message, now) {
-			m.mu.Lock()
-			prev, had := m.sas[sa.IKEID]
-			// A CHILD_SA's down event may come after its IKE SA's (a dead
-			// peer): it must not bring the IKE SA back into the table.
-			if up || (e.Name == "child-updown" && sa.State == "ESTABLISHED" && had) {
-				if e.Name == "child-updown" && !up {
-					// One CHILD_SA went down: the others stay.
-					sa.Children = dropChildren(prev.Children, sa.Children)
-				}
-				sa.upSeen = prev.upSeen
-				if up && e.Name == "child-updown" {
-					sa.upSeen = now
-				}
-				m.sas[sa.IKEID] = sa
-			} else {
-				delete(m.sas, sa.IKEID)
-			}
-			m.mu.Unlock()
-			if up && e.Name == "ike-updown" {
-				m.stats.ikeUp.Add(1)
-				select {
-				case m.certQ <- sa.RemoteID:
-				default:
-				}
-			}
-			if !up && had && prev.Up() && !m.peerUp(sa.RemoteHost) {
-				m.stats.saDown.Add(1)
-				m.log.Info("SA down", zap.Stringer("peer", sa.RemoteHost), zap.String("conn", sa.Conn), zap.String("event", e.Name))
-				if m.hooks.PeerLost != nil {
-					m.hooks.PeerLost(sa.RemoteHost, "SA down")
-				}
-			}
-			if up {
-				m.dedup(ctx, sa.RemoteHost)
-			}
-		}
-	case "ike-rekey", "child-rekey":
-		// The IKE SA's unique id changes on an IKE rekey: re-read all.
-		m.refresh(ctx)
-	}
-	if e.Name == "child-updown" || e.Name == "ike-updown" {
-		m.syncAliases(ctx)
-	}
-	m.wakeWaiters()
-}
-
-// dropChildren removes the CHILD_SAs of down from have.
-func dropChildren(have, down []ChildSA) []ChildSA {
-	var out []ChildSA
-	for _, c := range have {
-		gone := false
-		for _, d := range down {
-			if d.ID == c.ID {
-				gone = true
-			}
-		}
-		if !gone {
-			out = append(out, c)
-		}
-	}
-	return out
+	return lost
 }
 
 // peerUp reports whether an SA to nbma is up.

@@ -24,6 +24,9 @@ func (m *Manager) PeerUp(ctx context.Context, p nhrp.Peer) error {
 		m.stats.failure("charon unreachable")
 		return errNotConnected
 	}
+	if err := m.waitReleased(ctx, p.NBMA); err != nil {
+		return err
+	}
 	if p.Role == "client" {
 		if err := m.waitUp(ctx, p.NBMA); err != nil {
 			m.stats.failure("no SA from client")
@@ -184,11 +187,46 @@ func (m *Manager) checkPeer(ctx context.Context, p nhrp.Peer) error {
 // connection unloaded (an unloaded connection's SAs would live on). It
 // does not block: the engine calls it from its own goroutine.
 func (m *Manager) PeerDown(p nhrp.Peer, reason string) {
+	done := make(chan struct{})
+	m.mu.Lock()
+	if m.releasing == nil {
+		m.releasing = map[netip.Addr]chan struct{}{}
+	}
+	before := m.releasing[p.NBMA]
+	m.releasing[p.NBMA] = done
+	m.mu.Unlock()
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
+		defer func() {
+			m.mu.Lock()
+			if m.releasing[p.NBMA] == done {
+				delete(m.releasing, p.NBMA)
+			}
+			m.mu.Unlock()
+			close(done)
+		}()
+		if before != nil {
+			<-before
+		}
 		m.peerDown(p, reason)
 	}()
+}
+
+// waitReleased waits until no PeerDown for nbma is in flight.
+func (m *Manager) waitReleased(ctx context.Context, nbma netip.Addr) error {
+	m.mu.Lock()
+	ch := m.releasing[nbma]
+	m.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (m *Manager) peerDown(p nhrp.Peer, reason string) {

@@ -98,26 +98,34 @@ func parseSAs(m *vici.Message, now time.Time) []SA {
 		}
 		if children := sub(ike, "child-sas"); children != nil {
 			for _, k := range children.Keys() {
-				c := sub(children, k)
-				if c == nil {
-					continue
+				if c := sub(children, k); c != nil {
+					sa.Children = append(sa.Children, parseChild(c, now))
 				}
-				cs := ChildSA{
-					Name: str(c, "name"), ID: str(c, "uniqueid"), State: str(c, "state"), Mode: str(c, "mode"),
-					BytesIn: uint64(atoi(str(c, "bytes-in"))), PacketsIn: uint64(atoi(str(c, "packets-in"))),
-					BytesOut: uint64(atoi(str(c, "bytes-out"))), PacketsOut: uint64(atoi(str(c, "packets-out"))),
-					RekeyIn: seconds(str(c, "rekey-time")),
-				}
-				if it := str(c, "install-time"); it != "" {
-					cs.Installed = now.Add(-seconds(it))
-				}
-				cs.LocalTS, _ = c.Get("local-ts").([]string)
-				cs.RemoteTS, _ = c.Get("remote-ts").([]string)
-				sa.Children = append(sa.Children, cs)
 			}
-			sort.Slice(sa.Children, func(i, j int) bool { return sa.Children[i].ID < sa.Children[j].ID })
+			sortChildren(sa.Children)
 		}
 		out = append(out, sa)
 	}
 	return out
+}
+
+// parseChild parses one CHILD_SA section of a VICI SA.
+func parseChild(c *vici.Message, now time.Time) ChildSA {
+	cs := ChildSA{
+		Name: str(c, "name"), ID: str(c, "uniqueid"), State: str(c, "state"), Mode: str(c, "mode"),
+		BytesIn: uint64(atoi(str(c, "bytes-in"))), PacketsIn: uint64(atoi(str(c, "packets-in"))),
+		BytesOut: uint64(atoi(str(c, "bytes-out"))), PacketsOut: uint64(atoi(str(c, "packets-out"))),
+		RekeyIn: seconds(str(c, "rekey-time")),
+	}
+	if it := str(c, "install-time"); it != "" {
+		cs.Installed = now.Add(-seconds(it))
+	}
+	cs.LocalTS, _ = c.Get("local-ts").([]string)
+	cs.RemoteTS, _ = c.Get("remote-ts").([]string)
+	return cs
+}
+
+// sortChildren orders CHILD_SAs by unique id.
+func sortChildren(cs []ChildSA) {
+	sort.Slice(cs, func(i, j int) bool { return cs[i].ID < cs[j].ID })
 }
