@@ -40,15 +40,53 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	return s, err
 }
 
-// Cache returns a snapshot of the cache, sorted by address.
+// listChunk is how many entries or peers a listing reads per turn of the
+// engine's goroutine: a listing of 100,000 is 200 turns with packets and
+// timers handled between them, never one long stall.
+const listChunk = 500
+
+// Cache returns a snapshot of the cache, sorted by address (CacheEach,
+// collected).
 func (e *Engine) Cache(ctx context.Context) ([]CacheEntry, error) {
 	var out []CacheEntry
-	err := e.do(ctx, func() {
-		for _, en := range e.cache.all() {
-			out = append(out, en.snapshot(e.peerStateOf(en.nbma)))
-		}
+	err := e.CacheEach(ctx, func(c []CacheEntry) error {
+		out = append(out, c...)
+		return nil
 	})
 	return out, err
+}
+
+// CacheEach reads the cache in address order, listChunk entries per turn
+// of the engine's goroutine, and calls fn with each chunk (off that
+// goroutine) until fn fails or the cache is read. Each entry is a
+// consistent snapshot; the listing as a whole is not one: an entry added
+// or removed while it runs may be missing from it or listed.
+func (e *Engine) CacheEach(ctx context.Context, fn func([]CacheEntry) error) error {
+	var from netip.Prefix
+	first := true
+	for {
+		var chunk []CacheEntry
+		err := e.do(ctx, func() {
+			ens := e.cache.after(from, first, listChunk)
+			chunk = make([]CacheEntry, 0, len(ens))
+			for _, en := range ens {
+				chunk = append(chunk, en.snapshot(e.peerStateOf(en.nbma)))
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if len(chunk) == 0 {
+			return nil
+		}
+		if err := fn(chunk); err != nil {
+			return err
+		}
+		if len(chunk) < listChunk {
+			return nil
+		}
+		from, first = chunk[len(chunk)-1].Proto, false
+	}
 }
 
 // NHS returns the state of the next hop servers, preferred first.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gaissmai/bart"
+	"github.com/google/btree"
 )
 
 // entry is a cache entry. Entries belong to the engine's goroutine.
@@ -93,6 +94,9 @@ type cache struct {
 	lens6 [129]int
 	// trie holds the entries by prefix for Subnets (purges of a prefix).
 	trie bart.Table[*entry]
+	// ord holds the entries in key order (protoCompare) so readers can
+	// walk the cache in bounded chunks from a cursor (Engine.CacheEach).
+	ord *btree.BTreeG[*entry]
 	// lru lists the entries of each type, oldest first (the evictable
 	// types' are the eviction order).
 	lru [TypeLocal + 1]entryList
@@ -127,7 +131,39 @@ func (l *entryList) remove(e *entry) {
 	e.prev, e.next = nil, nil
 }
 
-func newCache() *cache { return &cache{m: make(map[netip.Prefix]*entry)} }
+func newCache() *cache {
+	return &cache{m: make(map[netip.Prefix]*entry), ord: btree.NewG(32, func(a, b *entry) bool {
+		return protoCompare(a.proto, b.proto) < 0
+	})}
+}
+
+// protoCompare orders prefixes by address, then length: the order of
+// the cache's listings.
+func protoCompare(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// after returns up to n entries whose prefix sorts after from (all from
+// the first when first is true), in key order.
+func (c *cache) after(from netip.Prefix, first bool, n int) []*entry {
+	out := make([]*entry, 0, min(n, len(c.m)))
+	visit := func(e *entry) bool {
+		if !first && protoCompare(e.proto, from) <= 0 {
+			return true
+		}
+		out = append(out, e)
+		return len(out) < n
+	}
+	if first {
+		c.ord.Ascend(visit)
+	} else {
+		c.ord.AscendGreaterOrEqual(&entry{proto: from}, visit)
+	}
+	return out
+}
 
 func (c *cache) get(p netip.Prefix) *entry { return c.m[p.Masked()] }
 
@@ -144,6 +180,7 @@ func (c *cache) put(e *entry) {
 	}
 	c.m[e.proto] = e
 	c.trie.Insert(e.proto, e)
+	c.ord.ReplaceOrInsert(e)
 	if int(e.typ) < len(c.lru) {
 		c.lru[e.typ].push(e)
 	}
@@ -156,6 +193,7 @@ func (c *cache) del(e *entry) {
 	if cur, ok := c.m[e.proto]; ok && cur == e {
 		delete(c.m, e.proto)
 		c.trie.Delete(e.proto)
+		c.ord.Delete(e)
 		c.count(e.proto, -1)
 		c.unlink(e)
 	}
@@ -262,14 +300,9 @@ func (c *cache) lookup(a netip.Addr, ok func(*entry) bool) *entry {
 // all returns every entry, sorted by prefix.
 func (c *cache) all() []*entry {
 	out := make([]*entry, 0, len(c.m))
-	for _, e := range c.m {
+	c.ord.Ascend(func(e *entry) bool {
 		out = append(out, e)
-	}
-	slices.SortFunc(out, func(a, b *entry) int {
-		if a.proto.Addr() != b.proto.Addr() {
-			return a.proto.Addr().Compare(b.proto.Addr())
-		}
-		return a.proto.Bits() - b.proto.Bits()
+		return true
 	})
 	return out
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/btree"
 	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/gre"
@@ -115,6 +116,9 @@ type Engine struct {
 	hooks      int            // hook goroutines running (MaxHooks)
 	srcLimit   sourceLimiter  // per-source rate limit of received packets
 	peerOrder  []netip.Addr   // peers, oldest first (MaxPeers)
+	// peerIdx holds the peers' addresses in order for listings in chunks
+	// (Peers).
+	peerIdx *btree.BTreeG[netip.Addr]
 	// peerStates counts the peers by state for Gauges.
 	peerStates [peerFailed + 1]atomic.Int64
 }
@@ -153,6 +157,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 		cfg:         cfg.withDefaults(),
 		cache:       newCache(),
 		peers:       make(map[netip.Addr]*peer),
+		peerIdx:     btree.NewG(32, func(a, b netip.Addr) bool { return a.Less(b) }),
 		dns:         make(map[string]*dnsName),
 		pending:     make(map[uint32]*pendingReq),
 		resolves:    make(map[netip.Addr]*resolution),

@@ -74,6 +74,7 @@ func (e *Engine) peer(nbma netip.Addr) *peer {
 		e.peerRoom()
 		p = &peer{nbma: nbma, since: e.now}
 		e.peers[nbma] = p
+		e.peerIdx.ReplaceOrInsert(nbma)
 		e.peerStates[peerIdle].Add(1)
 		e.peerOrder = append(e.peerOrder, nbma)
 	}
@@ -216,6 +217,7 @@ func (e *Engine) unref(nbma netip.Addr, reason string) {
 func (e *Engine) releasePeer(p *peer, reason string) {
 	wasUp := p.state == peerUp || p.state == peerConnecting
 	delete(e.peers, p.nbma)
+	e.peerIdx.Delete(p.nbma)
 	e.peerStates[p.state].Add(-1)
 	p.gen++
 	dropQueue(p, "peer released: "+reason)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"time"
 )
 
@@ -27,19 +26,38 @@ type PeerStatus struct {
 }
 
 // Peers returns a snapshot of the NBMA peers, sorted by address. It only
-// reads; the shell's `show dmvpn` and the peer metrics use it.
+// reads; the shell's `show dmvpn` and the peer metrics use it. Like
+// CacheEach it reads listChunk peers per turn of the engine's goroutine:
+// each peer is a consistent snapshot, the list as a whole is not one.
 func (e *Engine) Peers(ctx context.Context) ([]PeerStatus, error) {
 	var out []PeerStatus
-	err := e.do(ctx, func() {
-		for _, p := range e.peers {
-			out = append(out, PeerStatus{
-				NBMA: p.nbma, Proto: p.proto, Role: p.role,
-				State: p.state.String(), Since: p.since, Users: p.refs,
-			})
+	var from netip.Addr
+	first := true
+	for {
+		n := len(out)
+		err := e.do(ctx, func() {
+			visit := func(a netip.Addr) bool {
+				if !first && a == from {
+					return true
+				}
+				p := e.peers[a]
+				out = append(out, PeerStatus{
+					NBMA: p.nbma, Proto: p.proto, Role: p.role,
+					State: p.state.String(), Since: p.since, Users: p.refs,
+				})
+				return len(out)-n < listChunk
+			}
+			if first {
+				e.peerIdx.Ascend(visit)
+			} else {
+				e.peerIdx.AscendGreaterOrEqual(from, visit)
+			}
+		})
+		if err != nil || len(out)-n < listChunk {
+			return out, err
 		}
-	})
-	slices.SortFunc(out, func(a, b PeerStatus) int { return a.NBMA.Compare(b.NBMA) })
-	return out, err
+		from, first = out[len(out)-1].NBMA, false
+	}
 }
 
 // UnmarshalText reads the name MarshalText writes (API clients decode
