@@ -354,8 +354,10 @@ func (d *Daemon) up(ctx context.Context) error {
 		}
 		deps.Observers = append(deps.Observers, bgpc)
 	}
+	var sf *stateFile
 	if cfg.StateFile != "" {
-		deps.State = stateFile{path: cfg.StateFile}
+		sf = newStateFile(cfg.StateFile)
+		deps.State = sf
 	}
 	if cfg.NHRP.Role == nhrp.RoleHub {
 		p := cfg.Policy
@@ -380,7 +382,13 @@ func (d *Daemon) up(ctx context.Context) error {
 	}
 	engCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.engErr = make(chan error, 1)
-	go func() { d.engErr <- eng.Run(engCtx) }()
+	go func() {
+		err := eng.Run(engCtx)
+		if sf != nil {
+			sf.close() // the engine's saver has ended with Run
+		}
+		d.engErr <- err
+	}()
 	d.mu.Lock()
 	d.eng, d.engCtx = eng, cancel
 	d.mu.Unlock()

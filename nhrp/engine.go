@@ -74,6 +74,8 @@ type Engine struct {
 	// its last write took (ns), savedAt when it ended (Unix ns).
 	saving            atomic.Bool
 	saveTook, savedAt atomic.Int64
+	// saveFailed says a save failed: the next one is whole.
+	saveFailed atomic.Bool
 
 	// Everything below belongs to the loop goroutine.
 	cfg          Config
@@ -98,6 +100,7 @@ type Engine struct {
 	restored     bool            // the kept state was restored: changes are saved
 	saveTimer    *timer          // the next save of the state
 	saveCh       chan *stateSnap // snapshots for the saver goroutine
+	journal      journalState    // what changed since the last save (a StateJournal)
 	kern         *kernel
 	stats        stats
 	limits       limits

@@ -24,7 +24,7 @@ func roleOf(t EntryType) string {
 func (e *Engine) addEntry(en *entry) {
 	e.cache.put(en)
 	if kept(en) {
-		e.stateChanged(true)
+		e.stateChanged(en, true)
 	}
 	e.ref(en.nbma)
 	if n, ok := neighborOf(en); ok {
@@ -58,7 +58,7 @@ func (e *Engine) removeEntry(en *entry, cause Cause) {
 	reason := cause.String()
 	e.cache.del(en)
 	if kept(en) {
-		e.stateChanged(true)
+		e.stateChanged(en, true)
 	}
 	en.expire.Stop()
 	en.renew.Stop()
@@ -97,7 +97,7 @@ func (e *Engine) expireAt(en *entry, when time.Time) {
 	en.expire.Stop()
 	en.expires = when
 	if kept(en) {
-		e.stateChanged(false)
+		e.stateChanged(en, false)
 	}
 	en.expire = e.sched.at(when, func() {
 		if e.cache.get(en.proto) == en {

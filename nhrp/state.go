@@ -92,12 +92,13 @@ func kept(en *entry) bool {
 	return false
 }
 
-// stateChanged schedules a save: soon when a binding came or went,
-// later when one was only refreshed.
-func (e *Engine) stateChanged(soon bool) {
+// stateChanged schedules a save for a change of en: soon when a binding
+// came or went, later when one was only refreshed.
+func (e *Engine) stateChanged(en *entry, soon bool) {
 	if e.deps.State == nil || e.stopping || !e.restored {
 		return
 	}
+	e.journal.changed(en.proto)
 	d := max(saveLater, refreshGap*time.Duration(e.saveTook.Load()))
 	if soon {
 		d = saveSoon
@@ -142,11 +143,12 @@ func (e *Engine) saveState() {
 // handSnapshot gives the saver a snapshot now; one it has not started
 // writing is replaced (the latest wins).
 func (e *Engine) handSnapshot() {
-	st := e.snapshotState()
 	select {
-	case <-e.saveCh:
+	case old := <-e.saveCh:
+		e.journal.unsent(old)
 	default:
 	}
+	st := e.nextSnapshot()
 	e.saving.Store(true)
 	e.saveCh <- st
 }
@@ -157,6 +159,11 @@ func (e *Engine) handSnapshot() {
 type stateSnap struct {
 	saved   time.Time
 	entries []stateRec
+	// delta: entries are the kept entries that changed since the last
+	// snapshot and gone the keys of those that went (StateJournal.Append),
+	// not the whole state.
+	delta bool
+	gone  []netip.Prefix
 }
 
 // stateRec is one entry of a snapshot.
@@ -180,13 +187,18 @@ func (e *Engine) snapshotState() *stateSnap {
 		if !kept(en) || en.expires.IsZero() || len(sn.entries) >= MaxStateEntries {
 			continue
 		}
-		sn.entries = append(sn.entries, stateRec{
-			typ: en.typ, flags: en.flags &^ (FlagUsed | FlagRIB), holding: en.holding, mtu: en.mtu, reqID: en.reqID,
-			proto: en.proto, nbma: en.nbma, claimed: en.claimed, nextHop: en.nextHop, src: en.src,
-			created: en.created, expires: en.expires, identity: en.identity, attrs: en.attrs, nets: en.nets,
-		})
+		sn.entries = append(sn.entries, recOf(en))
 	}
 	return sn
+}
+
+// recOf copies the fields of an entry a snapshot keeps.
+func recOf(en *entry) stateRec {
+	return stateRec{
+		typ: en.typ, flags: en.flags &^ (FlagUsed | FlagRIB), holding: en.holding, mtu: en.mtu, reqID: en.reqID,
+		proto: en.proto, nbma: en.nbma, claimed: en.claimed, nextHop: en.nextHop, src: en.src,
+		created: en.created, expires: en.expires, identity: en.identity, attrs: en.attrs, nets: en.nets,
+	}
 }
 
 // stateBuilder turns snapshots into the State kept. The saver's own, it
@@ -197,29 +209,29 @@ type stateBuilder struct {
 
 // state returns the snapshot as the State kept, ordered by address.
 func (b *stateBuilder) state(pfx netip.Prefix, sn *stateSnap) *State {
-	slices.SortFunc(sn.entries, func(a, b stateRec) int {
-		if c := a.proto.Addr().Compare(b.proto.Addr()); c != 0 {
-			return c
-		}
-		return a.proto.Bits() - b.proto.Bits()
-	})
+	slices.SortFunc(sn.entries, func(a, b stateRec) int { return protoCompare(a.proto, b.proto) })
+	return &State{Version: StateVersion, Tunnel: pfx, Saved: sn.saved, Entries: b.entries(sn)}
+}
+
+// entries returns the snapshot's entries as kept.
+func (b *stateBuilder) entries(sn *stateSnap) []StateEntry {
 	if b.names == nil {
 		b.names = make(map[Flags][]string)
 	}
-	st := &State{Version: StateVersion, Tunnel: pfx, Saved: sn.saved, Entries: make([]StateEntry, len(sn.entries))}
+	out := make([]StateEntry, len(sn.entries))
 	for i, r := range sn.entries {
 		names, ok := b.names[r.flags]
 		if !ok {
 			names = r.flags.Names()
 			b.names[r.flags] = names
 		}
-		st.Entries[i] = StateEntry{
+		out[i] = StateEntry{
 			Type: r.typ, Proto: r.proto, NBMA: r.nbma, Claimed: r.claimed, NextHop: r.nextHop, Source: r.src,
 			Flags: names, Created: r.created, Expires: r.expires,
 			Holding: r.holding, MTU: r.mtu, ReqID: r.reqID, Identity: r.identity, Attrs: r.attrs, Networks: r.nets,
 		}
 	}
-	return st
+	return out
 }
 
 // saver writes the snapshots it is handed until stop is closed, then the
@@ -228,9 +240,26 @@ func (b *stateBuilder) state(pfx netip.Prefix, sn *stateSnap) *State {
 func (e *Engine) saver(stop <-chan struct{}) {
 	var lastErr string
 	var b stateBuilder
+	// broken: a delta failed; the ones after it are not written (they
+	// would not apply to what the store holds) until a whole save.
+	broken := false
 	save := func(sn *stateSnap) {
 		start := time.Now()
-		err := e.deps.State.Save(b.state(e.ownPfx, sn))
+		var err error
+		switch {
+		case !sn.delta:
+			err = e.deps.State.Save(b.state(e.ownPfx, sn))
+			broken = err != nil
+		case broken:
+			err = errJournalBroken
+		default:
+			j, _ := e.deps.State.(StateJournal)
+			err = j.Append(b.delta(sn))
+			broken = err != nil
+		}
+		if err != nil {
+			e.saveFailed.Store(true)
+		}
 		end := time.Now()
 		e.saveTook.Store(int64(end.Sub(start)))
 		e.savedAt.Store(end.UnixNano())

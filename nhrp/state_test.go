@@ -3,6 +3,7 @@ package nhrp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"sync"
 	"testing"
@@ -19,6 +20,8 @@ type memStore struct {
 	b      []byte
 	saves  int
 	frozen bool
+	// appends counts the saves that were changes (Append).
+	appends int
 }
 
 func (m *memStore) Load() (*State, error) {
@@ -39,6 +42,27 @@ func (m *memStore) Save(st *State) error {
 	}
 	b, err := json.Marshal(st)
 	m.b, m.saves = b, m.saves+1
+	return err
+}
+
+// Append applies a change to the state held (a StateJournal): counted
+// as a save.
+func (m *memStore) Append(d StateDelta) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.frozen {
+		return nil
+	}
+	if m.b == nil {
+		return errors.New("memStore: no whole state saved")
+	}
+	var st State
+	if err := json.Unmarshal(m.b, &st); err != nil {
+		return err
+	}
+	st.Apply(d)
+	b, err := json.Marshal(&st)
+	m.b, m.saves, m.appends = b, m.saves+1, m.appends+1
 	return err
 }
 
@@ -94,12 +118,23 @@ func (n *node) bindings(t *testing.T) []string {
 // registration back at once (identity, expiry), the kernel neighbours
 // programmed again, each restored registration reported (CauseRestored);
 // the clients are asked to register again and do within seconds.
+// It runs with a StateJournal (the changes appended after a whole save)
+// and with a plain StateStore (every save whole).
 func TestHubCrashLosesNothing(t *testing.T) {
+	for _, journal := range []bool{true, false} {
+		t.Run(map[bool]string{true: "journal", false: "whole"}[journal], func(t *testing.T) { hubCrash(t, journal) })
+	}
+}
+
+func hubCrash(t *testing.T, journal bool) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newLab(t)
 		hub := l.addHub(1, hubConfig(), 1, 2, 3)
 		store := &memStore{}
 		hub.deps.State = store
+		if !journal {
+			hub.deps.State = struct{ StateStore }{store}
+		}
 		hub.deps.Authorizer = certAuthorizer
 		l.start(hub)
 		var spokes []*node

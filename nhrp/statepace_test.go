@@ -8,6 +8,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // slowStore is a StateStore whose writes take a while (virtual time).
@@ -70,6 +72,73 @@ func TestStateSavePaced(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		if _, last := store.get(); last != n {
 			t.Errorf("the last state written holds %d registrations, want %d", last, n)
+		}
+		cancel()
+		tun.close()
+		<-done
+	})
+}
+
+// TestStateJournalled: with a StateJournal, the first save of a run is
+// whole and the changes after it are appended (the registrations as they
+// come, then the refreshes of some): what the store holds is what the
+// cache keeps, expiries included.
+func TestStateJournalled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hub := netip.MustParseAddr("10.0.0.1")
+		const n = 200
+		tun := newBenchTun(netip.PrefixFrom(hub, 8), netip.MustParseAddr("192.0.2.1"), 2*n+1)
+		store := &memStore{}
+		eng, err := New(Config{Role: RoleHub, HoldingTime: 2 * time.Hour, MaxSend: 1 << 30}, Deps{Tunnel: tun, Authorizer: acceptAll{}, State: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { eng.Run(ctx); close(done) }()
+		for i := range n {
+			_, nbma := benchSpoke(i)
+			tun.deliver(benchRegistration(i, hub, uint32(i+1), 7200), nbma)
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(time.Minute)
+		for i := range n / 4 {
+			_, nbma := benchSpoke(i)
+			tun.deliver(benchRegistration(i, hub, uint32(n+i+1), 7200), nbma)
+		}
+		time.Sleep(2 * saveLater)
+		kept := func() []string {
+			st, err := store.Load()
+			if err != nil || st == nil {
+				t.Fatalf("store: %v %v", st, err)
+			}
+			var out []string
+			for _, en := range st.Entries {
+				out = append(out, en.Proto.String()+" "+en.Expires.Format(time.RFC3339Nano))
+			}
+			return out
+		}
+		var want []string
+		all, err := eng.Cache(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, en := range all {
+			if en.Type == TypeDynamic {
+				want = append(want, en.Proto.String()+" "+en.Expires.Format(time.RFC3339Nano))
+			}
+		}
+		if len(want) != n {
+			t.Fatalf("%d registrations in the cache, want %d", len(want), n)
+		}
+		if diff := cmp.Diff(want, kept()); diff != "" {
+			t.Errorf("state kept (-cache +store):\n%s", diff)
+		}
+		store.mu.Lock()
+		saves, appends := store.saves, store.appends
+		store.mu.Unlock()
+		if appends == 0 || saves-appends != 1 {
+			t.Errorf("%d saves, %d of them changes appended: want one whole save, then changes", saves, appends)
 		}
 		cancel()
 		tun.close()
