@@ -13,15 +13,19 @@ import (
 type RouteCache struct {
 	mu     sync.RWMutex
 	tables map[int]map[netip.Prefix][]Route // by table, then destination; sorted by metric
-	events uint64                           // route events applied
-	gen    uint64                           // changes applied: events and reloads
+	// lens counts the destinations of each prefix length per table and
+	// family, so that a lookup tries only the lengths a table has (a
+	// main table of a few routes: three map reads, not 33).
+	lens   map[int]*prefixLens
+	events uint64 // route events applied
+	gen    uint64 // changes applied: events and reloads
 
 	stop chan struct{}
 	done chan struct{}
 }
 
 func newRouteCache() *RouteCache {
-	return &RouteCache{tables: map[int]map[netip.Prefix][]Route{}, stop: make(chan struct{}), done: make(chan struct{})}
+	return &RouteCache{tables: map[int]map[netip.Prefix][]Route{}, lens: map[int]*prefixLens{}, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Lookup returns the route the kernel would use for dst among tables,
@@ -43,7 +47,11 @@ func (c *RouteCache) Lookup(ctx context.Context, dst netip.Addr, tables ...int) 
 		if tab == nil {
 			continue
 		}
+		lens := c.lens[t].of(dst.Is4())
 		for bits := dst.BitLen(); bits >= 0; bits-- {
+			if lens[bits] == 0 {
+				continue
+			}
 			p, _ := dst.Prefix(bits)
 			if rs := tab[p]; len(rs) > 0 {
 				if rs[0].Type == ThrowRoute {
@@ -125,12 +133,44 @@ func (c *RouteCache) put(r Route, deleted bool) {
 		}
 		rs = slices.Insert(rs, j, r)
 	}
+	_, had := tab[r.Dst]
 	if len(rs) == 0 {
 		delete(tab, r.Dst)
 	} else {
 		tab[r.Dst] = rs
 	}
+	if has := len(rs) > 0; has != had {
+		l := c.lens[r.Table]
+		if l == nil {
+			l = &prefixLens{}
+			c.lens[r.Table] = l
+		}
+		d := int32(1)
+		if !has {
+			d = -1
+		}
+		l.of(r.Dst.Addr().Is4())[r.Dst.Bits()] += d
+	}
 }
+
+// prefixLens counts a table's destinations by prefix length.
+type prefixLens struct {
+	v4 [33]int32
+	v6 [129]int32
+}
+
+// of returns the counts of one family (all zero for a nil l).
+func (l *prefixLens) of(v4 bool) []int32 {
+	if l == nil {
+		return zeroLens[:]
+	}
+	if v4 {
+		return l.v4[:]
+	}
+	return l.v6[:]
+}
+
+var zeroLens [129]int32
 
 // reset replaces the whole cache with a dump, then applies the events
 // that arrived during it (they are newer than or as new as the dump).
@@ -139,6 +179,7 @@ func (c *RouteCache) reset(dump []Route) {
 	defer c.mu.Unlock()
 	c.gen++
 	c.tables = map[int]map[netip.Prefix][]Route{}
+	c.lens = map[int]*prefixLens{}
 	for _, r := range dump {
 		c.put(r, false)
 	}

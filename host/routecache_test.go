@@ -68,3 +68,50 @@ func TestRouteCacheLookup(t *testing.T) {
 		t.Error("Lookup ignored a cancelled context")
 	}
 }
+
+// TestRouteCacheLengths: a lookup tries only the prefix lengths a table
+// holds, and that bookkeeping follows additions, deletions of one metric
+// of several, deletions of the last and reloads.
+func TestRouteCacheLengths(t *testing.T) {
+	ctx := context.Background()
+	c := newRouteCache()
+	p := netip.MustParsePrefix
+	a := netip.MustParseAddr
+	look := func(dst string) string {
+		r, ok, _ := c.Lookup(ctx, a(dst), Main)
+		if !ok {
+			return ""
+		}
+		return r.Dst.String()
+	}
+	c.reset([]Route{{Dst: p("198.18.0.0/15")}})
+	c.update(Route{Dst: p("198.18.5.0/24"), Metric: 1}, false)
+	c.update(Route{Dst: p("198.18.5.0/24"), Metric: 2}, false)
+	if got := look("198.18.5.9"); got != "198.18.5.0/24" {
+		t.Fatalf("after adding a /24: %q", got)
+	}
+	c.update(Route{Dst: p("198.18.5.0/24"), Metric: 1}, true) // one of two metrics
+	if got := look("198.18.5.9"); got != "198.18.5.0/24" {
+		t.Fatalf("after deleting one metric of the /24: %q", got)
+	}
+	c.update(Route{Dst: p("198.18.5.0/24"), Metric: 2}, true)
+	if got := look("198.18.5.9"); got != "198.18.0.0/15" {
+		t.Fatalf("after deleting the /24: %q", got)
+	}
+	if n := c.lens[Main].v4[24]; n != 0 {
+		t.Errorf("the /24s counted after their deletion: %d", n)
+	}
+	c.update(Route{Dst: p("198.18.0.0/15")}, true)
+	c.update(Route{Dst: p("198.18.0.0/15")}, true) // twice: no negative count
+	if got := look("198.18.5.9"); got != "" || c.lens[Main].v4[15] != 0 {
+		t.Errorf("after deleting the /15: %q, %d counted", got, c.lens[Main].v4[15])
+	}
+	c.update(Route{Dst: p("0.0.0.0/0")}, false)
+	if got := look("198.18.5.9"); got != "0.0.0.0/0" {
+		t.Errorf("default route: %q", got)
+	}
+	c.reset(nil)
+	if got := look("198.18.5.9"); got != "" {
+		t.Errorf("after a reload without routes: %q", got)
+	}
+}
