@@ -72,8 +72,10 @@ const (
 	// of a core (bench-nhrp-scale's steady state).
 	refreshGap = 20
 	// saveRest is how many times as long as the last write took the
-	// saver rests before the next (saveState).
-	saveRest = 3
+	// saver rests before the next (saveState): a tenth of a core at
+	// most while registrations keep coming (a quarter was a tenth of
+	// the hub's time during bench-nhrp-frr's 2,000 registrations).
+	saveRest = 9
 	// confirmWindow is how long a restored binding has to be confirmed
 	// by its peer's identity (with a Verifier) before it is dropped.
 	confirmWindow = 30 * time.Second
@@ -122,12 +124,12 @@ func (e *Engine) scheduleSave(when time.Time) {
 // long as that write took has passed since it ended, the save waits. A
 // snapshot made meanwhile would be replaced unwritten, and a large state
 // written back to back takes a processor from the engine for as long as
-// registrations keep coming: this way the saver has at most a quarter of
+// registrations keep coming: this way the saver has at most a tenth of
 // one (bench-nhrp-frr's profile at 10,000 spokes: the saver was 15 % of
 // the hub's time at 1×, most of it the JSON encoding and the page faults
 // of its fresh buffers). A binding that came or went is written within
 // saveSoon of it, or once the pause after the last write is over: at
-// 10,000 bindings under QEMU TCG, a few hundred milliseconds.
+// 10,000 bindings under QEMU TCG, about a second.
 func (e *Engine) saveState() {
 	if e.saving.Load() {
 		e.scheduleSave(e.now.Add(saveSoon))
