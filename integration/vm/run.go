@@ -83,6 +83,9 @@ type Config struct {
 	// sees at once, e.g. captures or files a test checks. Everything else
 	// the guest writes goes to a tmpfs overlay and is lost at power-off.
 	Shares []string
+	// KernelArgs are added to the guest kernel's command line (e.g.
+	// "clocksource=tsc", "tsc=reliable").
+	KernelArgs []string
 	// Reserved says the caller holds a VM slot for this run (Reserve);
 	// otherwise Run waits for one (DefaultSlots VMs run at once on the
 	// machine).
@@ -244,7 +247,7 @@ func (img *Image) qemuArgs(cfg Config, jobDir string, macs []net.HardwareAddr) (
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.Memory),
 		"-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
 		"-kernel", img.Vmlinux, "-initrd", img.Initramfs,
-		"-append", kernelCmdline,
+		"-append", strings.Join(append([]string{kernelCmdline}, cfg.KernelArgs...), " "),
 	)
 	fsdev := func(id, path string, readonly bool) {
 		opt := "local,id=" + id + ",path=" + qemuEscape(path) + ",security_model=none,multidevs=remap"
