@@ -4,7 +4,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BIN      ?= bin
 
-.PHONY: all build test deps vet unit fuzz bench bench-nhrp bench-nhrp-frr bench-failover clean
+.PHONY: all build test deps vet unit fuzz bench bench-nhrp bench-nhrp-frr bench-nhrp-kscale bench-failover clean
 
 all: build
 
@@ -156,6 +156,18 @@ bench-nhrp-frr: deps
 	$(GO) build -o $(BIN)/benchnhrp ./integration/cmd/benchnhrp
 	$(GO) build -o $(BIN)/dmvpnd ./cmd/dmvpnd
 	$(BIN)/benchnhrp -frr -sizes $(or $(SIZES),2000,10000) -rounds $(or $(ROUNDS),3) $(BENCHFLAGS)
+
+# The kernel data plane at scale (root, QEMU): N spokes (default 100,000)
+# register with dmvpnd alone as the hub on ip_gre in the side-by-side
+# benchmark's VM; prints the time until all are registered, RSS per spoke,
+# and fails unless every registered spoke is in the kernel's neighbour
+# table with its NBMA address and dmvpnd raised the table's limits
+# (gc_thresh1-3) from limits.max_entries itself.
+.PHONY: bench-nhrp-kscale
+bench-nhrp-kscale: deps
+	$(GO) build -o $(BIN)/benchnhrp ./integration/cmd/benchnhrp
+	$(GO) build -o $(BIN)/dmvpnd ./cmd/dmvpnd
+	$(BIN)/benchnhrp -frr -kscale $(or $(N),100000) $(BENCHFLAGS)
 
 .PHONY: bench-failover
 bench-failover: deps

@@ -43,6 +43,14 @@ type frrOpts struct {
 	Baseline string
 	CPUs     int
 	Ceiling  bool // the null hub too, each round (frrnull_linux.go)
+	// Clocksource, when set, is the guest kernel's clock source
+	// (clocksource=, with tsc=reliable for tsc); Debian's kernel under
+	// TCG picks hpet, whose every read is a system call and an emulated
+	// device access.
+	Clocksource string
+	// KScale, when set, replaces the side-by-side runs with the scale
+	// run: that many spokes register with dmvpnd alone (kscale_linux.go).
+	KScale int
 }
 
 const (
@@ -123,10 +131,22 @@ func runFRRBench(o frrOpts) error {
 	}
 	vmc := make(chan vmDone, 1)
 	go func() {
-		cfg := vm.Config{NetNS: ns, NICs: []vm.NIC{{TAP: frrTAP}}, CPUs: o.CPUs, Memory: 2048, Timeout: 3 * time.Hour,
+		mem := 2048
+		if o.KScale > 0 {
+			// dmvpnd's few KiB and the kernel's neighbour entry per
+			// spoke, the guest's tmpfs overlay and page cache.
+			mem = max(mem, 1024+o.KScale/100*2)
+		}
+		cfg := vm.Config{NetNS: ns, NICs: []vm.NIC{{TAP: frrTAP}}, CPUs: o.CPUs, Memory: mem, Timeout: 3 * time.Hour,
 			Env: []string{envRole + "=frrguest", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}}
 		if o.Profile != "" {
 			cfg.Shares = []string{o.Profile}
+		}
+		if o.Clocksource != "" {
+			cfg.KernelArgs = []string{"clocksource=" + o.Clocksource}
+			if o.Clocksource == "tsc" {
+				cfg.KernelArgs = append(cfg.KernelArgs, "tsc=reliable")
+			}
 		}
 		res, err := img.Run(vmCtx, cfg, exe)
 		vmc <- vmDone{res, err}
@@ -255,11 +275,17 @@ func frrLoad(o frrOpts) error {
 		return err
 	}
 	defer func() { a.do(order{Op: "exit"}) }()
+	if m, err := a.do(order{Op: "measure"}); err == nil {
+		fmt.Printf("guest clock source: %s\n", m.Clock)
+	}
 	g, err := newLoadgen(netip.MustParseAddr(guestAddr), hubProto, greKey)
 	if err != nil {
 		return err
 	}
 	defer g.close()
+	if o.KScale > 0 {
+		return kscaleLoad(a, g, o)
+	}
 	runID := uint32(0)
 	one := func(impl string, n int, lim *order, profile bool) (frrRun, error) {
 		runID++

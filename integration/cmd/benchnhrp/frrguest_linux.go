@@ -59,6 +59,10 @@ type order struct {
 	Dmvpnd string `json:"dmvpnd,omitempty"`
 	// Dir is a directory shared with the host (profiles).
 	Dir string `json:"dir,omitempty"`
+	// MaxEntries (start, ours) is the hub's limits.max_entries; when
+	// set, the neighbour table's limits go back to the kernel's defaults
+	// first, for dmvpnd to raise from it (the scale run: kscale_linux.go).
+	MaxEntries int `json:"max_entries,omitempty"`
 }
 
 // answer is the guest's reply.
@@ -80,6 +84,12 @@ type answer struct {
 	// Profile is where a profile was written (perf data; its kallsyms
 	// beside it).
 	Profile string `json:"profile,omitempty"`
+	// Clock is the guest kernel's clock source (and those available).
+	Clock string `json:"clock,omitempty"`
+	// Thresh is the IPv4 neighbour table's gc_thresh1-3.
+	Thresh [3]int `json:"thresh"`
+	// Check (neighcheck) compares the neighbour table with the spokes.
+	Check neighCheck `json:"check"`
 }
 
 // ourCounters are what our hub counts that the comparison shows.
@@ -176,7 +186,11 @@ func (g *guest) do(o order) (answer, error) {
 	switch o.Op {
 	case "start":
 		g.stop()
-		if err := setThresh(max(65536, 2*o.Spokes)); err != nil {
+		thresh := max(65536, 2*o.Spokes)
+		if o.MaxEntries > 0 {
+			thresh = 1024 // the kernel's default: dmvpnd sizes it
+		}
+		if err := setThresh(thresh); err != nil {
 			return answer{}, err
 		}
 		var err error
@@ -184,7 +198,7 @@ func (g *guest) do(o order) (answer, error) {
 		case "frr":
 			err = g.startFRR()
 		case "ours", "base":
-			err = g.startOurs(o.Dmvpnd)
+			err = g.startOurs(o.Dmvpnd, o.MaxEntries)
 		case "null":
 			err = g.startNull()
 		default:
@@ -204,6 +218,9 @@ func (g *guest) do(o order) (answer, error) {
 		return answer{}, setThresh(o.Thresh3)
 	case "measure":
 		return g.measure(), nil
+	case "neighcheck":
+		c, err := checkNeighbours(o.Spokes)
+		return answer{Check: c}, err
 	case "profile-start":
 		return answer{}, g.profileStart()
 	case "profile-stop":
@@ -303,7 +320,7 @@ func (g *guest) startFRR() error {
 	return start("nhrpd")
 }
 
-func (g *guest) startOurs(dmvpnd string) error {
+func (g *guest) startOurs(dmvpnd string, maxEntries int) error {
 	if err := os.MkdirAll(filepath.Dir(ourConfig), 0o700); err != nil {
 		return err
 	}
@@ -325,6 +342,9 @@ metrics:
 control:
   socket: %s
 `, benchTun, ourSocket)
+	if maxEntries > 0 {
+		cfg += fmt.Sprintf("limits:\n  max_entries: %d\n", maxEntries)
+	}
 	if err := os.WriteFile(ourConfig, []byte(cfg), 0o600); err != nil {
 		return err
 	}
@@ -388,6 +408,10 @@ func (g *guest) measure() answer {
 	all, _ := netlink.NeighList(0, netlink.FAMILY_V4)
 	a.NeighTotal = len(all)
 	a.TableFulls = tableFulls()
+	a.Thresh, _ = readThresh()
+	cs, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+	av, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/available_clocksource")
+	a.Clock = fmt.Sprintf("%s (available: %s)", strings.TrimSpace(string(cs)), strings.TrimSpace(string(av)))
 	if g.impl == "ours" || g.impl == "base" {
 		c := control.NewClient(ourSocket)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

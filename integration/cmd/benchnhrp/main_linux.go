@@ -69,6 +69,8 @@ func main() {
 	dmvpnd := flag.String("dmvpnd", "", "-frr, -scale: dmvpnd binary (default: beside this one)")
 	baseline := flag.String("baseline", "", "-frr: another dmvpnd binary (an earlier build), measured beside ours in each round as hub \"base\"")
 	cpus := flag.Int("cpus", 2, "-frr: the VM's CPUs")
+	clocksource := flag.String("clocksource", "", "-frr: the guest kernel's clock source (tsc: clocksource=tsc tsc=reliable; default: the kernel's choice, hpet under TCG, whose reads are system calls)")
+	kscale := flag.Int("kscale", 0, "-frr: instead of the side-by-side runs, the kernel data plane at scale: this many spokes (100000 is the reference) register with dmvpnd alone on ip_gre in the VM; checks every one is in the kernel's neighbour table and the table's limits were raised by dmvpnd from limits.max_entries")
 	ceiling := flag.Bool("ceiling", true, "-frr: each round also measures the null hub, a responder that only turns each request into its reply (the ceiling of the simulator, the VM's NIC and the guest's GRE path)")
 	scale := flag.Bool("scale", false, "scale mode: -n spokes (100000 is the reference) register with dmvpnd (the command, userspace data plane), refresh in the steady state and in fast cycles with dmvpnctl show dmvpn, show ip nhrp json and metrics scrapes running; fails when a goal is missed")
 	scaleWindow := flag.Int("window-scale", 4096, "-scale: first registrations outstanding at once")
@@ -90,7 +92,7 @@ func main() {
 		return
 	}
 	if *withFRR {
-		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, Baseline: *baseline, CPUs: *cpus, Ceiling: *ceiling}
+		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, Baseline: *baseline, CPUs: *cpus, Ceiling: *ceiling, Clocksource: *clocksource, KScale: *kscale}
 		for _, f := range strings.Split(*sizes, ",") {
 			v, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil || v < 1 || v > 120000 {
@@ -102,6 +104,10 @@ func main() {
 		if o.Dmvpnd == "" {
 			exe, _ := os.Executable()
 			o.Dmvpnd = filepath.Join(filepath.Dir(exe), "dmvpnd")
+		}
+		if o.KScale < 0 || o.KScale > 130000 {
+			fmt.Fprintf(os.Stderr, "bench-nhrp: -kscale: %d spokes is out of range (0-130000: the simulator's NBMA range 198.18.0.0/15)\n", o.KScale)
+			os.Exit(2)
 		}
 		if err := runFRRBench(o); err != nil {
 			fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
