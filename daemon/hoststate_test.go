@@ -53,8 +53,9 @@ func TestRaiseNeighLimits(t *testing.T) {
 	for _, name := range []string{"gc_thresh1", "gc_thresh2", "gc_thresh3"} {
 		got[name], _ = k.Sysctl("net/ipv4/neigh/default/" + name)
 	}
-	// The default max_entries (262,144) + 1024: 263,168, half, a quarter.
-	want := map[string]string{"gc_thresh1": "65792", "gc_thresh2": "131584", "gc_thresh3": "263168"}
+	// The default max_entries (262,144) + 1024: 263,168, all three (the
+	// kernel collects registered spokes' entries above gc_thresh1 and 2).
+	want := map[string]string{"gc_thresh1": "263168", "gc_thresh2": "263168", "gc_thresh3": "263168"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("limits (-want +got):\n%s", diff)
 	}
@@ -70,8 +71,10 @@ func TestRaiseNeighLimits(t *testing.T) {
 	if err := setHostState(t, k2, hub100k, kernelInfo); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := k2.Sysctl("net/ipv4/neigh/default/gc_thresh3"); v != "101024" {
-		t.Errorf("gc_thresh3 %s with max_entries 100000, want 101024", v)
+	for _, name := range []string{"gc_thresh1", "gc_thresh2", "gc_thresh3"} {
+		if v, _ := k2.Sysctl("net/ipv4/neigh/default/" + name); v != "101024" {
+			t.Errorf("%s %s with max_entries 100000, want 101024", name, v)
+		}
 	}
 	if !neighLimitsExist(k, "ipv4") {
 		t.Error("neighLimitsExist false where the limits exist")

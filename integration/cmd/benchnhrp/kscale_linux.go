@@ -27,10 +27,11 @@ import (
 func kscaleMaxEntries(n int) int { return max(16, n+n/4) }
 
 // wantThresh is what dmvpnd sets gc_thresh1-3 to from max_entries
-// (daemon.neighLimits: max_entries + 1024, its half and its quarter).
+// (daemon.neighLimits: max_entries + 1024, all three, so that the kernel
+// collects none of the spokes' entries while the table has room).
 func wantThresh(maxEntries int) [3]int {
-	t3 := maxEntries + 1024
-	return [3]int{t3 / 4, t3 / 2, t3}
+	t := maxEntries + 1024
+	return [3]int{t, t, t}
 }
 
 // readThresh reads the IPv4 neighbour table's gc_thresh1-3.
