@@ -414,8 +414,9 @@ const warmSpoke = 131000
 
 func printRun(round int, r frrRun) {
 	m, all := r.perSpoke()
-	fmt.Printf("round %d: %-4s %6d spokes: %5d answered (%d refused) in %v, %.0f/s, p50 %v p99 %v, %d sends; %d kernel neighbours (table_fulls +%d); RSS +%.2f KiB/spoke (all processes %.2f); CPU %v/registration",
+	fmt.Printf("round %d: %-4s %6d spokes: %5d answered (%d refused) in %v, %.0f/s (first reply %v, 10/50/90%% answered at %v/%v/%v), p50 %v p99 %v, %d sends; %d kernel neighbours (table_fulls +%d); RSS +%.2f KiB/spoke (all processes %.2f); CPU %v/registration",
 		round, r.Impl, r.N, r.Stats.Answered, r.Stats.Refused, r.Stats.Elapsed.Round(time.Millisecond), r.Stats.rate(),
+		r.Stats.First.Round(time.Millisecond), r.Stats.Tenths[0].Round(time.Millisecond), r.Stats.Tenths[1].Round(time.Millisecond), r.Stats.Tenths[2].Round(time.Millisecond),
 		r.Stats.P50.Round(10*time.Microsecond), r.Stats.P99.Round(10*time.Microsecond), r.Stats.Sends,
 		r.After.Neigh, r.After.TableFulls-r.Before.TableFulls, m/1024, all/1024, r.cpuPerReg().Round(time.Microsecond))
 	if r.Before.Err != "" {

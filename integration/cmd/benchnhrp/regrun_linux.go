@@ -55,6 +55,12 @@ type regStats struct {
 	P50      time.Duration   `json:"p50"`
 	P99      time.Duration   `json:"p99"`
 	Missing  []int           `json:"-"` // spokes never answered
+	// First and Tenths: when the first reply came and when a tenth,
+	// half and nine tenths of the spokes were answered (from the first
+	// send): a start-up cost shows as a late first reply or a slow first
+	// tenth.
+	First  time.Duration    `json:"first"`
+	Tenths [3]time.Duration `json:"tenths"`
 }
 
 // rate is registrations answered per second.
@@ -370,6 +376,19 @@ func (g *loadgen) register(o regOpts) (regStats, error) {
 	}
 	st.Refused = int(refused.Load())
 	st.Elapsed = time.Duration(last)
+	var ats []time.Duration
+	for i := range n {
+		if at := replyAt[i].Load(); at != 0 {
+			ats = append(ats, time.Duration(at))
+		}
+	}
+	if len(ats) > 0 {
+		slices.Sort(ats)
+		st.First = ats[0]
+		for k, f := range []int{10, 50, 90} {
+			st.Tenths[k] = ats[min(len(ats)-1, n*f/100)]
+		}
+	}
 	st.P50, st.P99 = pct(st.Lat, 50), pct(st.Lat, 99)
 	return st, nil
 }
