@@ -56,6 +56,13 @@ func planAliases(sas []SA) (map[netip.Addr]netip.Addr, map[string]string) {
 			owners[sa.RemoteHost] = true
 		}
 	}
+	return planClaims(sas, func(a netip.Addr) bool { return owners[a] })
+}
+
+// planClaims is planAliases given the SAs that may claim (the others add
+// nothing to the plan) and whether an address is a peer's NBMA address
+// with an SA up.
+func planClaims(sas []SA, owned func(netip.Addr) bool) (map[netip.Addr]netip.Addr, map[string]string) {
 	bad := map[string]string{}
 	var claims []aliasClaim
 	for _, sa := range sas {
@@ -72,7 +79,7 @@ func planAliases(sas []SA) (map[netip.Addr]netip.Addr, map[string]string) {
 				case !ok:
 					bad[sa.IKEID] = "traffic selector " + ts + " is more than one address"
 				case a == sa.RemoteHost:
-				case owners[a]:
+				case owned(a):
 					bad[sa.IKEID] = "inner address " + a.String() + " is another peer's NBMA address"
 				default:
 					claims = append(claims, aliasClaim{sa: sa, inner: a})
@@ -110,12 +117,15 @@ func (m *Manager) syncAliases(ctx context.Context) {
 		return
 	}
 	m.mu.Lock()
-	sas := make([]SA, 0, len(m.sas))
-	for _, sa := range m.sas {
-		sas = append(sas, sa)
+	if !m.sas.aliasDirty {
+		// Nothing changed that the plan depends on.
+		m.mu.Unlock()
+		return
 	}
+	m.sas.aliasDirty = false
+	sas := m.sas.claimants()
+	aliases, bad := planClaims(sas, m.sas.up)
 	m.mu.Unlock()
-	aliases, bad := planAliases(sas)
 	for id, why := range bad {
 		var peer netip.Addr
 		for _, sa := range sas {
@@ -129,28 +139,34 @@ func (m *Manager) syncAliases(ctx context.Context) {
 		}
 		m.terminate(ctx, id)
 	}
-	m.setAliases(aliases)
+	if !m.setAliases(aliases) {
+		// Tried again on the next change or refresh.
+		m.mu.Lock()
+		m.sas.aliasDirty = true
+		m.mu.Unlock()
+	}
 }
 
 // setAliases hands an alias set to the data plane unless it is the one
-// already there.
-func (m *Manager) setAliases(aliases map[netip.Addr]netip.Addr) {
+// already there; false when the data plane refused it.
+func (m *Manager) setAliases(aliases map[netip.Addr]netip.Addr) bool {
 	if m.hooks.Aliases == nil {
-		return
+		return true
 	}
 	m.aliasMu.Lock()
 	defer m.aliasMu.Unlock()
 	if mapsEqual(m.aliases, aliases) {
-		return
+		return true
 	}
 	if err := m.hooks.Aliases(aliases); err != nil {
 		m.log.Error("data plane refused the NAT aliases", zap.Error(err))
-		return
+		return false
 	}
 	if len(aliases) > 0 || len(m.aliases) > 0 {
 		m.log.Info("peers behind NAT: inner addresses", zap.Any("aliases", aliases))
 	}
 	m.aliases = aliases
+	return true
 }
 
 func mapsEqual(a, b map[netip.Addr]netip.Addr) bool {

@@ -47,7 +47,7 @@ func (m *Manager) Clear(ctx context.Context, peer netip.Addr) (int, error) {
 	}
 	sas := m.sasTo(peer)
 	if len(sas) == 0 {
-		m.refresh(ctx)
+		m.refreshShared(ctx)
 		sas = m.sasTo(peer)
 	}
 	if len(sas) == 0 {

@@ -91,11 +91,7 @@ func (m *Manager) decide(ctx context.Context, r nhrp.Registration) (nhrp.Verdict
 	refuse := func(reason string) nhrp.Verdict {
 		return nhrp.Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: reason}
 	}
-	sas := m.upSAsFrom(r.NBMA)
-	if len(sas) == 0 {
-		m.refresh(ctx) // an event may be on its way
-		sas = m.upSAsFrom(r.NBMA)
-	}
+	sas := m.upSAsSoon(ctx, r.NBMA)
 	if len(sas) == 0 {
 		return refuse("no IPsec SA from " + r.NBMA.String()), RefusedNoSA, nil, nil
 	}
@@ -122,6 +118,29 @@ func (m *Manager) decide(ctx context.Context, r nhrp.Registration) (nhrp.Verdict
 		return refuse(fmt.Sprintf("certificate is for GRE=%s, registration claims %s", id.GRE[0], r.Proto)), RefusedWrongGRE, id, sa
 	}
 	return nhrp.Verdict{Identity: id.Subject, Attrs: id.Attrs(), Proven: true, Networks: id.NET}, "", id, sa
+}
+
+// eventWait is how long a packet from a peer without an SA up in the
+// table waits for the event of its SA (the packet came over it, so the
+// event is on its way) before the SAs are read from charon.
+const eventWait = time.Second
+
+// upSAsSoon returns the established SAs from a peer address, waiting for
+// their event (eventWait), then reading charon's SAs, when the table has
+// none: a burst of peers coming up sends registrations ahead of their
+// events, and a read of every SA for each of them would be quadratic.
+func (m *Manager) upSAsSoon(ctx context.Context, nbma netip.Addr) []SA {
+	if sas := m.upSAsFrom(nbma); len(sas) > 0 || !m.isConnected() {
+		return sas
+	}
+	wctx, cancel := context.WithTimeout(ctx, eventWait)
+	m.awaitUp(wctx, nbma)
+	cancel()
+	if sas := m.upSAsFrom(nbma); len(sas) > 0 {
+		return sas
+	}
+	m.refreshShared(ctx)
+	return m.upSAsFrom(nbma)
 }
 
 // upSAsFrom returns the established SAs from a peer address.
@@ -203,6 +222,10 @@ func (m *Manager) fetchCertOn(ctx context.Context, c *viciConn, remoteID string)
 	if c == nil || remoteID == "" {
 		return nil
 	}
+	// A certificate listed is seen as of the start of the listing: a
+	// listing that started before an SA came up may hold the certificate
+	// its peer had before.
+	start := time.Now()
 	msgs, err := c.stream(ctx, 5*time.Second, "list-certs", "list-cert", msg("type", "X509"))
 	if err != nil {
 		return nil
@@ -250,7 +273,7 @@ func (m *Manager) fetchCertOn(ctx context.Context, c *viciConn, remoteID string)
 		for _, der := range ders {
 			m.certs[s] = mergeCert(m.certs[s], der, first)
 		}
-		m.certSeen[s] = now
+		m.certSeen[s] = start
 	}
 	if der := m.certs[remoteID]; der != nil && !bytes.Equal(der, ambiguousCert) {
 		return der
@@ -310,9 +333,20 @@ func (m *Manager) certWorker(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case id := <-m.certQ:
-			// Captured again on every SA: the peer may have renewed its
-			// certificate.
+		case q := <-m.certQ:
+			// Captured again on every SA (the peer may have renewed its
+			// certificate), unless a listing that started since its SA
+			// came up has it: one listing holds the 32 certificates of
+			// charon's cache, and when many peers come up at once the
+			// queue must not cost a listing each, or it falls behind
+			// the cache.
+			m.mu.Lock()
+			done := m.certs[q.id] != nil && !m.certSeen[q.id].Before(q.at)
+			m.mu.Unlock()
+			if done {
+				continue
+			}
+			id := q.id
 			if c == nil {
 				var err error
 				if c, err = dialVICI(ctx, m.cfg.Socket); err != nil {

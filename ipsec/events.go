@@ -48,7 +48,7 @@ func (m *Manager) handleEvent(ctx context.Context, e vici.Event) {
 	case "ike-updown", "child-updown":
 		for _, sa := range parseSAs(e.Message, now) {
 			m.mu.Lock()
-			prev, had := m.sas[sa.IKEID]
+			prev, had := m.sas.get(sa.IKEID)
 			// A CHILD_SA's down event may come after its IKE SA's (a dead
 			// peer): it must not bring the IKE SA back into the table.
 			if up || (e.Name == "child-updown" && sa.State == "ESTABLISHED" && had) {
@@ -60,16 +60,16 @@ func (m *Manager) handleEvent(ctx context.Context, e vici.Event) {
 				if up && e.Name == "child-updown" {
 					sa.upSeen = now
 				}
-				m.sas[sa.IKEID] = sa
+				m.sas.put(sa)
 			} else {
-				delete(m.sas, sa.IKEID)
+				m.sas.del(sa.IKEID)
 				delete(m.verified, sa.IKEID)
 			}
 			m.mu.Unlock()
 			if up && e.Name == "ike-updown" {
 				m.stats.ikeUp.Add(1)
 				select {
-				case m.certQ <- sa.RemoteID:
+				case m.certQ <- certReq{id: sa.RemoteID, at: now}:
 				default:
 				}
 			}
@@ -122,16 +122,16 @@ func (m *Manager) followRekey(e vici.Event, now time.Time) bool {
 				return false
 			}
 			m.mu.Lock()
-			prev, had := m.sas[oldSA.IKEID]
+			prev, had := m.sas.get(oldSA.IKEID)
 			if had {
 				// The event lists the IKE SAs without their CHILD_SAs,
 				// which the new one adopts.
 				if len(newSA.Children) == 0 {
 					newSA.Children = prev.Children
 				}
-				delete(m.sas, oldSA.IKEID)
+				m.sas.del(oldSA.IKEID)
 				newSA.upSeen = prev.upSeen
-				m.sas[newSA.IKEID] = *newSA
+				m.sas.put(*newSA)
 				// The peer proved its identity to the old IKE SA, which
 				// authenticated the rekey.
 				if v, ok := m.verified[oldSA.IKEID]; ok {
@@ -148,7 +148,7 @@ func (m *Manager) followRekey(e vici.Event, now time.Time) bool {
 		id := str(ike, "uniqueid")
 		children := sub(ike, "child-sas")
 		m.mu.Lock()
-		sa, had := m.sas[id]
+		sa, had := m.sas.get(id)
 		if !had || children == nil {
 			m.mu.Unlock()
 			return false
@@ -169,7 +169,7 @@ func (m *Manager) followRekey(e vici.Event, now time.Time) bool {
 		}
 		sortChildren(kids)
 		sa.Children = kids
-		m.sas[id] = sa
+		m.sas.put(sa)
 		m.mu.Unlock()
 	}
 	return true

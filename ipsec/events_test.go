@@ -33,8 +33,8 @@ func updown(name string, up bool, ikeState, childState string) vici.Event {
 func TestDeadPeerEventsOrder(t *testing.T) {
 	hub := netip.MustParseAddr("192.0.2.1")
 	var lost []string
-	m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: map[string]SA{}, waiters: map[netip.Addr][]chan struct{}{},
-		certQ: make(chan string, 4), hooks: Hooks{PeerLost: func(_ netip.Addr, reason string) { lost = append(lost, reason) }}}
+	m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: newSATable(), waiters: map[netip.Addr][]chan struct{}{},
+		certQ: make(chan certReq, 4), hooks: Hooks{PeerLost: func(_ netip.Addr, reason string) { lost = append(lost, reason) }}}
 	m.stats.init()
 	ctx := context.Background()
 
@@ -78,8 +78,8 @@ func rekeyed(oldID, newID string) vici.Event {
 func TestRekeyThenDelete(t *testing.T) {
 	hub := netip.MustParseAddr("192.0.2.1")
 	var lost []string
-	m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: map[string]SA{}, waiters: map[netip.Addr][]chan struct{}{},
-		verified: map[string]netip.Addr{}, certQ: make(chan string, 4),
+	m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: newSATable(), waiters: map[netip.Addr][]chan struct{}{},
+		verified: map[string]netip.Addr{}, certQ: make(chan certReq, 4),
 		hooks: Hooks{PeerLost: func(_ netip.Addr, reason string) { lost = append(lost, reason) }}}
 	m.stats.init()
 	ctx := context.Background()
@@ -111,8 +111,8 @@ func TestRekeyThenDelete(t *testing.T) {
 // one in the table without reading every SA.
 func TestChildRekey(t *testing.T) {
 	hub := netip.MustParseAddr("192.0.2.1")
-	m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: map[string]SA{}, waiters: map[netip.Addr][]chan struct{}{},
-		certQ: make(chan string, 4)}
+	m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: newSATable(), waiters: map[netip.Addr][]chan struct{}{},
+		certQ: make(chan certReq, 4)}
 	m.stats.init()
 	ctx := context.Background()
 	m.handleEvent(ctx, updown("ike-updown", true, "ESTABLISHED", "INSTALLED"))

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -46,9 +47,15 @@ type Manager struct {
 
 	cmd *viciConn // command session; replaced on reconnect
 
-	mu        sync.Mutex
-	creds     *credSet
-	sas       map[string]SA        // by IKE unique id
+	mu    sync.Mutex
+	creds *credSet
+	sas   saTable // by IKE unique id and remote host
+	// refreshMu serialises refreshShared's reads of every SA; refreshes
+	// counts the reads started, refreshed is the number of the last one
+	// completed (under refreshMu).
+	refreshMu sync.Mutex
+	refreshes atomic.Uint64
+	refreshed uint64
 	certs     map[string][]byte    // remote-id → DER, captured when SAs came up
 	certSeen  map[string]time.Time // when each was last captured
 	certFirst map[string]time.Time // DER → when it first appeared in charon's cache
@@ -81,7 +88,7 @@ type Manager struct {
 
 	wake  chan struct{}
 	done  chan struct{}
-	certQ chan string // remote-ids whose certificate to fetch
+	certQ chan certReq // peers whose certificate to fetch
 }
 
 // New returns a manager. Start connects it.
@@ -98,9 +105,9 @@ func New(cfg Config, mode Mode, hub bool, log *zap.Logger, hooks Hooks) (*Manage
 	}
 	m := &Manager{
 		cfg: cfg, mode: mode, hub: hub, log: log, hooks: hooks,
-		sas: map[string]SA{}, certs: map[string][]byte{}, certSeen: map[string]time.Time{}, loaded: map[string]connSpec{},
+		sas: newSATable(), certs: map[string][]byte{}, certSeen: map[string]time.Time{}, loaded: map[string]connSpec{},
 		waiters: map[netip.Addr][]chan struct{}{}, verified: map[string]netip.Addr{}, logged: map[string]time.Time{},
-		wake: make(chan struct{}, 1), done: make(chan struct{}), certQ: make(chan string, 1024),
+		wake: make(chan struct{}, 1), done: make(chan struct{}), certQ: make(chan certReq, 1024),
 	}
 	m.stats.init()
 	audit, af, err := newAuditLogger(cfg.AuditLog, cfg.AuditLogMaxSize, cfg.AuditLogKeep)
@@ -169,7 +176,7 @@ func (m *Manager) connect(ctx context.Context) (*eventSession, error) {
 	m.cmd = cmd
 	m.connected = true
 	m.loaded = map[string]connSpec{}
-	m.sas = map[string]SA{}
+	m.sas = newSATable()
 	m.verified = map[string]netip.Addr{}
 	m.mu.Unlock()
 	if err := m.loadAll(ctx); err != nil {
@@ -275,10 +282,10 @@ func (m *Manager) lostCharon() {
 	m.mu.Lock()
 	m.connected = false
 	peers := map[netip.Addr]bool{}
-	for _, sa := range m.sas {
+	for _, sa := range m.sas.byID {
 		peers[sa.RemoteHost] = true
 	}
-	m.sas = map[string]SA{}
+	m.sas = newSATable()
 	m.mu.Unlock()
 	m.setAliases(nil)
 	m.log.Warn("charon went away: every SA is down")
@@ -321,51 +328,78 @@ func (m *Manager) refresh(ctx context.Context) (lost []netip.Addr) {
 		}
 	}
 	m.mu.Lock()
+	t := newSATable()
 	for id, sa := range sas {
-		sa.upSeen = m.sas[id].upSeen
-		sas[id] = sa
+		prev, _ := m.sas.get(id)
+		sa.upSeen = prev.upSeen
+		t.put(sa)
 	}
-	upNow := map[netip.Addr]bool{}
-	for _, sa := range sas {
-		if sa.Up() {
-			upNow[sa.RemoteHost] = true
-		}
-	}
-	for _, sa := range m.sas {
-		if sa.Up() && !upNow[sa.RemoteHost] && !slices.Contains(lost, sa.RemoteHost) {
+	for _, sa := range m.sas.byID {
+		if sa.Up() && !t.up(sa.RemoteHost) && !slices.Contains(lost, sa.RemoteHost) {
 			lost = append(lost, sa.RemoteHost)
 		}
 	}
-	m.sas = sas
+	m.sas = t
 	m.mu.Unlock()
 	m.syncAliases(ctx)
 	m.wakeWaiters()
 	return lost
 }
 
+// certReq asks the certificate workers for the certificate of the peer
+// that authenticated as id, whose IKE SA came up at at.
+type certReq struct {
+	id string
+	at time.Time
+}
+
+// refreshShared reads every SA from charon, as refresh, unless a read
+// that started after the call did so meanwhile: concurrent callers (many
+// registrations ahead of their events) share one read instead of one
+// each. The peers a read finds gone are reported to the engine.
+func (m *Manager) refreshShared(ctx context.Context) {
+	asked := m.refreshes.Load()
+	m.refreshMu.Lock()
+	defer m.refreshMu.Unlock()
+	if m.refreshed > asked {
+		return // a read that started after the call has completed
+	}
+	gen := m.refreshes.Add(1)
+	for _, p := range m.refresh(ctx) {
+		m.saDown(p, "", "read")
+	}
+	m.refreshed = gen
+}
+
+// awaitUp waits until an SA with nbma is up (in the table) or ctx ends.
+func (m *Manager) awaitUp(ctx context.Context, nbma netip.Addr) {
+	m.mu.Lock()
+	if m.sas.up(nbma) {
+		m.mu.Unlock()
+		return
+	}
+	w := make(chan struct{})
+	m.waiters[nbma] = append(m.waiters[nbma], w)
+	m.mu.Unlock()
+	select {
+	case <-w:
+	case <-ctx.Done():
+		m.dropWaiter(nbma, w)
+	}
+}
+
 // peerUp reports whether an SA to nbma is up.
 func (m *Manager) peerUp(nbma netip.Addr) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, sa := range m.sas {
-		if sa.RemoteHost == nbma && sa.Up() {
-			return true
-		}
-	}
-	return false
+	return m.sas.up(nbma)
 }
 
 // sasTo returns the SAs with a peer.
 func (m *Manager) sasTo(nbma netip.Addr) []SA {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []SA
-	for _, sa := range m.sas {
-		if sa.RemoteHost == nbma {
-			out = append(out, sa)
-		}
-	}
-	return out
+	return m.sas.to(nbma)
 }
 
 // wakeWaiters wakes every PeerUp waiting for an SA.
@@ -373,13 +407,7 @@ func (m *Manager) wakeWaiters() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for nbma, ws := range m.waiters {
-		up := false
-		for _, sa := range m.sas {
-			if sa.RemoteHost == nbma && sa.Up() {
-				up = true
-			}
-		}
-		if up {
+		if m.sas.up(nbma) {
 			for _, w := range ws {
 				close(w)
 			}
@@ -401,8 +429,8 @@ func (m *Manager) waitUp(ctx context.Context, nbma netip.Addr) error {
 		m.mu.Lock()
 		var wait time.Duration
 		up := false
-		for _, sa := range m.sas {
-			if sa.RemoteHost == nbma && sa.Up() {
+		for _, sa := range m.sas.to(nbma) {
+			if sa.Up() {
 				if d := responderGuard - time.Since(sa.upSeen); !sa.Initiator && d > 0 {
 					wait = d
 					continue

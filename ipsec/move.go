@@ -30,11 +30,13 @@ func (m *Manager) LocalMoved(ctx context.Context, nbma netip.Addr) (int, error) 
 		}
 	}
 	var stale []SA
-	for id, sa := range m.sas {
+	for _, sa := range m.sas.byID {
 		if sa.LocalHost.IsValid() && sa.LocalHost != nbma {
 			stale = append(stale, sa)
-			delete(m.sas, id)
 		}
+	}
+	for _, sa := range stale {
+		m.sas.del(sa.IKEID)
 	}
 	m.mu.Unlock()
 	var errs []error

@@ -92,8 +92,8 @@ func (m *Manager) reloadCRLsIfChanged(ctx context.Context) {
 // to end the peer's registrations and bindings.
 func (m *Manager) revokeSweep(ctx context.Context) {
 	m.mu.Lock()
-	sas := make([]SA, 0, len(m.sas))
-	for _, sa := range m.sas {
+	sas := make([]SA, 0, m.sas.len())
+	for _, sa := range m.sas.byID {
 		sas = append(sas, sa)
 	}
 	m.mu.Unlock()

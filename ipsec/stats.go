@@ -91,7 +91,7 @@ func (m *Manager) Stats() Stats {
 	st.Revoked = m.stats.revoked.Load()
 	m.mu.Lock()
 	st.Connected = m.connected
-	for _, sa := range m.sas {
+	for _, sa := range m.sas.byID {
 		st.SAsByState[sa.State]++
 	}
 	if m.creds != nil {

@@ -38,11 +38,7 @@ func (m *Manager) verify(ctx context.Context, c nhrp.Claim) (nhrp.Verdict, strin
 	refuse := func(reason string) nhrp.Verdict {
 		return nhrp.Verdict{Code: uint8(wire.CIEAdminProhibited), Reason: reason}
 	}
-	sas := m.upSAsFrom(c.NBMA)
-	if len(sas) == 0 && m.isConnected() {
-		m.refresh(ctx) // an event may be on its way
-		sas = m.upSAsFrom(c.NBMA)
-	}
+	sas := m.upSAsSoon(ctx, c.NBMA)
 	if len(sas) == 0 {
 		return refuse("no IPsec SA with " + c.NBMA.String()), RefusedNoSA, nil, nil
 	}

@@ -17,7 +17,7 @@ import (
 // run on them as they would on charon's.
 func verifyManager(t *testing.T) *Manager {
 	t.Helper()
-	m := &Manager{mode: ModeKernel, log: zap.NewNop(), audit: zap.NewNop(), sas: map[string]SA{},
+	m := &Manager{mode: ModeKernel, log: zap.NewNop(), audit: zap.NewNop(), sas: newSATable(),
 		certs: map[string][]byte{}, certSeen: map[string]time.Time{}, verified: map[string]netip.Addr{},
 		waiters: map[netip.Addr][]chan struct{}{}, logged: map[string]time.Time{}}
 	m.stats.init()
@@ -32,8 +32,8 @@ func addPeer(t *testing.T, m *Manager, id string, nbma netip.Addr, der []byte, i
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.sas[id] = SA{IKEID: id, State: "ESTABLISHED", RemoteHost: nbma, RemoteID: subj, Initiator: initiator,
-		Children: []ChildSA{{State: "INSTALLED"}}, upSeen: time.Now().Add(-time.Second)}
+	m.sas.put(SA{IKEID: id, State: "ESTABLISHED", RemoteHost: nbma, RemoteID: subj, Initiator: initiator,
+		Children: []ChildSA{{State: "INSTALLED"}}, upSeen: time.Now().Add(-time.Second)})
 	m.certs[subj] = der
 	m.certSeen[subj] = time.Now()
 }

@@ -55,9 +55,26 @@ func (c *viciConn) call(ctx context.Context, d time.Duration, cmd string, in *vi
 	defer cancel()
 	out, err := c.s.Call(ctx, cmd, in)
 	if err != nil {
+		if out == nil {
+			c.resync() // no answer: the session may be out of step
+		}
 		return out, fmt.Errorf("ipsec: %s: %w", cmd, err)
 	}
 	return out, nil
+}
+
+// resync replaces the session after a call that got no answer (its
+// deadline passed, or the connection failed): govici leaves the late
+// answer on the socket, and every later call would read the answer of
+// the one before ("unexpected response type"). Called with mu held; when
+// charon cannot be reached the session stays closed (errVICIClosed) until
+// the manager connects again.
+func (c *viciConn) resync() {
+	c.s.Close()
+	c.s = nil
+	if s, err := vici.NewSession(vici.WithSocketPath(c.path)); err == nil {
+		c.s = s
+	}
 }
 
 // stream runs a streamed command and collects the events.
@@ -72,6 +89,9 @@ func (c *viciConn) stream(ctx context.Context, d time.Duration, cmd, event strin
 	var out []*vici.Message
 	for m, err := range c.s.CallStreaming(ctx, cmd, event, in) {
 		if err != nil {
+			if m == nil {
+				c.resync()
+			}
 			return out, fmt.Errorf("ipsec: %s: %w", cmd, err)
 		}
 		out = append(out, m)

@@ -18,7 +18,7 @@ import (
 func TestWaitUpTimeoutLeavesNothing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		peer := netip.MustParseAddr("192.0.2.7")
-		m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: map[string]SA{}, waiters: map[netip.Addr][]chan struct{}{}}
+		m := &Manager{mode: ModeKernel, log: zap.NewNop(), sas: newSATable(), waiters: map[netip.Addr][]chan struct{}{}}
 		m.stats.init()
 		long, cancelLong := context.WithCancel(context.Background())
 		defer cancelLong()
@@ -39,8 +39,8 @@ func TestWaitUpTimeoutLeavesNothing(t *testing.T) {
 			t.Fatalf("after 100 timed-out waits: %d waiters for the peer (%d peers), want only the one still waiting", n, peers)
 		}
 		m.mu.Lock()
-		m.sas["1"] = SA{IKEID: "1", RemoteHost: peer, State: "ESTABLISHED", Initiator: true,
-			Children: []ChildSA{{State: "INSTALLED"}}}
+		m.sas.put(SA{IKEID: "1", RemoteHost: peer, State: "ESTABLISHED", Initiator: true,
+			Children: []ChildSA{{State: "INSTALLED"}}})
 		m.mu.Unlock()
 		m.wakeWaiters()
 		if err := <-longDone; err != nil {
