@@ -174,13 +174,15 @@ bench-failover: deps
 	$(GO) test ./integration -run '^$$' -bench '^BenchmarkFailover$$' -benchtime $(or $(ROUNDS),5)x -count 1
 
 # NHRP over IPsec (root, strongSwan): one spoke's initiate → registration,
-# 50 spokes (real IKE peers from one namespace) at once, the hub's charon
-# memory; then, with real spokes, the recovery after the hub's charon is
+# N spokes (50 by default; real IKE peers, 100 per simulator charon, each
+# charon in a namespace of its own) at once, the hub's charon and dmvpnd
+# memory, idle CPU at the hubs' default DPD (BENCHFLAGS=-ipsec-dpd 1s for
+# the spokes' default); then, with real spokes, the recovery after the hub's charon is
 # killed (asserted ≤ 5 s) and one TCP stream with and without IPsec.
 .PHONY: bench-ipsec
 bench-ipsec: deps
 	$(GO) build -o $(BIN)/benchnhrp ./integration/cmd/benchnhrp
-	$(BIN)/benchnhrp -ipsec -n $(or $(N),50) -rounds $(or $(ROUNDS),3)
+	$(BIN)/benchnhrp -ipsec -n $(or $(N),50) -rounds $(or $(ROUNDS),3) $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench 'IPsecHubRecovery' -benchtime 5x ./integration/
 	$(GO) test -run '^$$' -bench 'IPsecThroughput' -benchtime 1x ./integration/
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,7 +39,9 @@ func runHub() int {
 	}
 	if dir := os.Getenv("BENCHNHRP_IPSEC"); dir != "" {
 		cfg.IPsecOff = false
-		cfg.IPsec = &ipsec.Config{Mode: ipsec.ModeUserspace, Managed: true, Dir: filepath.Join(dir, "state-hub"),
+		// The hub's dead peer detection as dmvpnd's configuration gives a
+		// hub by default.
+		cfg.IPsec = &ipsec.Config{Mode: ipsec.ModeUserspace, Managed: true, Dir: filepath.Join(dir, "state-hub"), DPDDelay: ipsec.DefaultHubDPDDelay,
 			CACerts: []string{filepath.Join(dir, "ca.crt")}, Cert: filepath.Join(dir, "hub.crt"), Key: filepath.Join(dir, "hub.key")}
 	}
 	log, _ := zap.NewProduction()
@@ -74,6 +77,17 @@ func runHub() int {
 			} else {
 				fmt.Println("KILLED 0")
 			}
+			continue
+		}
+		if path, ok := strings.CutPrefix(sc.Text(), "HEAP "); ok {
+			// A heap profile (in use after a collection), for the
+			// memory per SA.
+			runtime.GC()
+			if f, err := os.Create(path); err == nil {
+				pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+			fmt.Println("HEAPED")
 			continue
 		}
 		if sc.Text() == "DUMP" {

@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/lab/testbed"
 )
 
@@ -60,7 +61,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds (a fresh hub each round); medians are reported")
 	samples := flag.Int("rtt", 1000, "resolution round trips measured per round")
 	flag.StringVar(&profile, "profile", "", "write a CPU profile of the hub to this file")
-	withIPsec := flag.Bool("ipsec", false, "IPsec: real IKE peers (one charon, a certificate per spoke) against a hub with its own charon; measures initiate → registration, all spokes at once, the hub's charon memory and recovery after the hub's charon is killed (-n 50 is the reference)")
+	withIPsec := flag.Bool("ipsec", false, "IPsec: real IKE peers (a simulator charon per 100 spokes, a certificate per spoke) against a hub with its own charon; measures initiate → registration, all spokes at once, the hub's charon memory and recovery after the hub's charon is killed (-n 50 is the reference)")
 	withFRR := flag.Bool("frr", false, "side by side with FRR: FRR's nhrpd and dmvpnd as the hub on the kernel data plane (ip_gre in a VM), one after the other in the same VM boot, against the same simulator on the host")
 	sizes := flag.String("sizes", "2000,10000", "-frr: the numbers of spokes")
 	window := flag.Int("window", 256, "-frr: registrations outstanding at once")
@@ -77,6 +78,7 @@ func main() {
 	holding := flag.Int("holding", 7200, "-scale: holding time the spokes ask for (s); the steady state refreshes each spoke every third of it")
 	steady := flag.Duration("steady", 20*time.Second, "-scale: how long the steady state is measured")
 	cycle := flag.Duration("cycle", 10*time.Second, "-scale: one fast refresh cycle (every spoke once)")
+	ipsecDPD := flag.Duration("ipsec-dpd", ipsec.DefaultHubDPDDelay, "-ipsec: the simulated spokes' dpd_delay (the hub keeps its default, ipsec.DefaultHubDPDDelay); the idle CPU is measured over this long, at least 10 s")
 	flag.Parse()
 	if *scale {
 		exe, _ := os.Executable()
@@ -116,7 +118,7 @@ func main() {
 		return
 	}
 	if *withIPsec {
-		if err := runIPsec(*n, *rounds); err != nil {
+		if err := runIPsec(*n, *rounds, *ipsecDPD); err != nil {
 			fmt.Fprintln(os.Stderr, "bench-nhrp:", err)
 			os.Exit(1)
 		}
@@ -307,7 +309,13 @@ func lastLine(out, prefix string) string {
 func runLoad() int {
 	n, _ := strconv.Atoi(os.Getenv("BENCHNHRP_N"))
 	if dir := os.Getenv("BENCHNHRP_IPSEC"); dir != "" {
-		return runIPsecLoad(dir, n)
+		from, _ := strconv.Atoi(os.Getenv("BENCHNHRP_FROM"))
+		dpd, err := time.ParseDuration(os.Getenv("BENCHNHRP_DPD"))
+		if err != nil {
+			fmt.Println("FATAL BENCHNHRP_DPD:", err)
+			return 1
+		}
+		return runIPsecLoad(dir, from, n, dpd)
 	}
 	samples, _ := strconv.Atoi(os.Getenv("BENCHNHRP_RTT"))
 	g, err := newLoadgen(hubNBMA, hubProto, greKey)
