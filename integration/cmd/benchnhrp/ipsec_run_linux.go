@@ -63,16 +63,16 @@ func runIPsec(n, rounds int, dpd time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("round %d: %w", r, err)
 		}
-		fmt.Printf("round %d: one spoke initiate → registered %v; %d more at once: all registered %v; hub charon %.1f MiB → %.1f MiB, dmvpnd %.1f MiB → %.1f MiB (heap %.1f → %.1f MiB); setup CPU: charon %.2f s, dmvpnd %.2f s; idle: charon %.2f%%, dmvpnd %.2f%% of a core; hub charon killed: all registered again %v; silent SAs reset %d, %d; load average %.1f\n",
+		fmt.Printf("round %d: one spoke initiate → registered %v; %d more at once: all registered %v; hub charon %.1f MiB → %.1f MiB, dmvpnd %.1f MiB → %.1f MiB (heap %.1f → %.1f MiB); setup CPU: charon %.2f s, dmvpnd %.2f s; idle: charon %.2f%%, dmvpnd %.2f%% of a core; hub charon killed: all registered again %s; silent SAs reset %d, %d; load average %.1f\n",
 			r, res.Single.Round(time.Millisecond), n-1, res.All.Round(time.Millisecond),
 			float64(res.CharonBefore)/(1<<20), float64(res.CharonAt)/(1<<20), float64(res.HubBefore)/(1<<20), float64(res.HubAt)/(1<<20),
-			float64(res.HeapBefore)/(1<<20), float64(res.HeapAt)/(1<<20), res.SetupCharon.Seconds(), res.SetupHub.Seconds(), 100*res.IdleCharon, 100*res.IdleHub, res.Rereg.Round(time.Millisecond), res.Resets, res.ResetsAfter-res.Resets, res.Load)
+			float64(res.HeapBefore)/(1<<20), float64(res.HeapAt)/(1<<20), res.SetupCharon.Seconds(), res.SetupHub.Seconds(), 100*res.IdleCharon, 100*res.IdleHub, rereg(res.Rereg), res.Resets, res.ResetsAfter-res.Resets, res.Load)
 		rs = append(rs, res)
 	}
 	med := func(f func(ipsecRound) float64) float64 { return median(rs, f) }
 	// A round whose spokes were not all registered again within 120 s
 	// counts as 120 s, and says so.
-	rereg := med(func(r ipsecRound) float64 {
+	back := med(func(r ipsecRound) float64 {
 		if r.Rereg < 0 {
 			return 120
 		}
@@ -104,7 +104,7 @@ func runIPsec(n, rounds int, dpd time.Duration) error {
 		med(func(r ipsecRound) float64 { return r.SetupHub.Seconds() }),
 		med(func(r ipsecRound) float64 { return 1e3 * r.SetupHub.Seconds() / float64(n) }))
 	fmt.Printf("  hub charon SIGKILL → all registered      %.3f s%s   (%d SAs of the simulator silent after the restart and reset, median)\n",
-		rereg, map[bool]string{true: " (or more: not all within 120 s)"}[rereg >= 120], int(med(func(r ipsecRound) float64 { return float64(r.ResetsAfter - r.Resets) })))
+		back, map[bool]string{true: " (or more: not all within 120 s)"}[back >= 120], int(med(func(r ipsecRound) float64 { return float64(r.ResetsAfter - r.Resets) })))
 	fmt.Printf("  (the 5 s recovery goal is asserted with real spokes: go test -run '^$' -bench IPsecHubRecovery ./integration/)\n")
 	return nil
 }
@@ -317,6 +317,15 @@ func ipsecRoundRun(ctx context.Context, n int, dpd, idleWindow time.Duration) (i
 	hub.CloseStdin()
 	hub.Wait(ctx)
 	return res, nil
+}
+
+// rereg says how long the spokes took to register again, or that they
+// did not all within the time given.
+func rereg(d time.Duration) string {
+	if d < 0 {
+		return "not within 120 s"
+	}
+	return d.Round(time.Millisecond).String()
 }
 
 // loadAverage is the machine's load average over the last minute.
