@@ -129,6 +129,28 @@ func (fakeEngine) Clear(_ context.Context, r nhrp.ClearRequest) (int, error) {
 	return 0, nil
 }
 
+// CacheEach hands the fixed cache out in chunks of one entry.
+func (f fakeEngine) CacheEach(ctx context.Context, fn func([]nhrp.CacheEntry) error) error {
+	all, _ := f.Cache(ctx)
+	for i := range all {
+		if err := fn(all[i : i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PeersEach hands the fixed peers out in chunks of one.
+func (f fakeEngine) PeersEach(ctx context.Context, fn func([]nhrp.PeerStatus) error) error {
+	all, _ := f.Peers(ctx)
+	for i := range all {
+		if err := fn(all[i : i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (fakeEngine) Subscribe(int, bool) (<-chan nhrp.Event, func()) {
 	ch := make(chan nhrp.Event, 1)
 	ch <- nhrp.Event{Kind: nhrp.EventShortcutUp, Proto: netip.MustParsePrefix("10.2.0.0/24"), NextHop: netip.MustParseAddr("172.16.2.1")}

@@ -25,27 +25,39 @@ type PeerStatus struct {
 	Users int `json:"users"`
 }
 
-// Peers returns a snapshot of the NBMA peers, sorted by address. It only
-// reads; the shell's `show dmvpn` and the peer metrics use it. Like
-// CacheEach it reads listChunk peers per turn of the engine's goroutine:
-// each peer is a consistent snapshot, the list as a whole is not one.
+// Peers returns a snapshot of the NBMA peers, sorted by address
+// (PeersEach, collected). It only reads; the peer metrics use it.
 func (e *Engine) Peers(ctx context.Context) ([]PeerStatus, error) {
 	var out []PeerStatus
+	err := e.PeersEach(ctx, func(c []PeerStatus) error {
+		out = append(out, c...)
+		return nil
+	})
+	return out, err
+}
+
+// PeersEach reads the NBMA peers in address order, listChunk per turn of
+// the engine's goroutine, and calls fn with each chunk (off that
+// goroutine) until fn fails or every peer is read: each peer is a
+// consistent snapshot, the list as a whole is not one (like CacheEach).
+// The shell's `show dmvpn` reads them so.
+func (e *Engine) PeersEach(ctx context.Context, fn func([]PeerStatus) error) error {
 	var from netip.Addr
 	first := true
 	for {
-		n := len(out)
+		var chunk []PeerStatus
 		err := e.do(ctx, func() {
+			chunk = make([]PeerStatus, 0, min(listChunk, len(e.peers)))
 			visit := func(a netip.Addr) bool {
 				if !first && a == from {
 					return true
 				}
 				p := e.peers[a]
-				out = append(out, PeerStatus{
+				chunk = append(chunk, PeerStatus{
 					NBMA: p.nbma, Proto: p.proto, Role: p.role,
 					State: p.state.String(), Since: p.since, Users: p.refs,
 				})
-				return len(out)-n < listChunk
+				return len(chunk) < listChunk
 			}
 			if first {
 				e.peerIdx.Ascend(visit)
@@ -53,10 +65,18 @@ func (e *Engine) Peers(ctx context.Context) ([]PeerStatus, error) {
 				e.peerIdx.AscendGreaterOrEqual(from, visit)
 			}
 		})
-		if err != nil || len(out)-n < listChunk {
-			return out, err
+		if err != nil {
+			return err
 		}
-		from, first = out[len(out)-1].NBMA, false
+		if len(chunk) > 0 {
+			if err := fn(chunk); err != nil {
+				return err
+			}
+		}
+		if len(chunk) < listChunk {
+			return nil
+		}
+		from, first = chunk[len(chunk)-1].NBMA, false
 	}
 }
 

@@ -38,9 +38,9 @@ const (
 // implements it.
 type Engine interface {
 	Status(ctx context.Context) (nhrp.Status, error)
-	Cache(ctx context.Context) ([]nhrp.CacheEntry, error)
+	CacheEach(ctx context.Context, fn func([]nhrp.CacheEntry) error) error
 	NHS(ctx context.Context) ([]nhrp.NHSStatus, error)
-	Peers(ctx context.Context) ([]nhrp.PeerStatus, error)
+	PeersEach(ctx context.Context, fn func([]nhrp.PeerStatus) error) error
 	Traffic(ctx context.Context) (nhrp.Traffic, error)
 	Clear(ctx context.Context, r nhrp.ClearRequest) (int, error)
 	Subscribe(buffer int, packets bool) (<-chan nhrp.Event, func())

@@ -279,35 +279,96 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) cacheEntries(w http.ResponseWriter, r *http.Request, keep func(nhrp.CacheEntry) bool) {
-	if st, all, ok := read(s, w, r, Engine.Cache); ok {
-		writeEntries(w, st.Interface, all, keep)
-	}
+	streamList(s, w, r, "entries", func(e Engine, ctx context.Context, fn func([]nhrp.CacheEntry) error) error {
+		return e.CacheEach(ctx, func(c []nhrp.CacheEntry) error {
+			kept := c[:0]
+			for _, en := range c {
+				if keep(en) {
+					kept = append(kept, en)
+				}
+			}
+			return fn(kept)
+		})
+	})
 }
 
-// writeEntries writes a CacheResponse of the entries keep takes, each
-// encoded on its own as it goes out (through a 64 KiB buffer): a cache of
-// 100,000 entries is not copied again nor held whole as JSON, and a
-// client can decode it entry by entry (Client.CacheEach).
-func writeEntries(w http.ResponseWriter, iface string, all []nhrp.CacheEntry, keep func(nhrp.CacheEntry) bool) {
-	w.Header().Set("Content-Type", "application/json")
-	bw := bufio.NewWriterSize(w, 64<<10)
-	name, _ := json.Marshal(iface)
-	fmt.Fprintf(bw, "{\n  \"interface\": %s,\n  \"entries\": [", name)
-	enc := json.NewEncoder(bw)
-	enc.SetIndent("    ", "  ")
+// listTimeout bounds a listing streamed from the engine (the engine is
+// read in chunks while the client reads the answer).
+const listTimeout = 2 * time.Minute
+
+// listRest and maxListRest pace a streamed listing: the rest after each
+// chunk, as a multiple of the time the chunk took, and at most.
+const (
+	listRest    = 2
+	maxListRest = 20 * time.Millisecond
+)
+
+// streamList writes {"interface": ..., field: [...]}, the list read from
+// the engine chunk by chunk (each, see nhrp.Engine.CacheEach) and encoded
+// element by element as it goes out (through a 64 KiB buffer): a list of
+// 100,000 is never held whole, neither as values nor as JSON, and a
+// client can decode it element by element (Client.CacheEach). A failure
+// before the first element is answered as an error; after, the answer is
+// cut short (the client sees a truncated list).
+func streamList[T any](s *Server, w http.ResponseWriter, r *http.Request, field string, each func(Engine, context.Context, func([]T) error) error) {
+	st, _, ok := read(s, w, r, func(Engine, context.Context) (struct{}, error) { return struct{}{}, nil })
+	if !ok {
+		return
+	}
+	e := s.d.Engine()
+	if e == nil {
+		writeError(w, http.StatusServiceUnavailable, errStarting)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), listTimeout)
+	defer cancel()
+	var bw *bufio.Writer
+	var enc *json.Encoder
 	n := 0
-	for _, en := range all {
-		if !keep(en) {
-			continue
+	start := func() {
+		w.Header().Set("Content-Type", "application/json")
+		bw = bufio.NewWriterSize(w, 64<<10)
+		name, _ := json.Marshal(st.Interface)
+		fmt.Fprintf(bw, "{\n  \"interface\": %s,\n  %q: [", name, field)
+		enc = json.NewEncoder(bw)
+		enc.SetIndent("    ", "  ")
+	}
+	errWrite := errors.New("client gone")
+	last := time.Now()
+	err := each(e, ctx, func(c []T) error {
+		if bw == nil {
+			start()
 		}
-		if n > 0 {
-			bw.WriteByte(',')
+		defer func() {
+			// The listing rests listRest times as long as reading and
+			// encoding the chunk took before it asks for the next one: it
+			// takes at most about a third of a processor from the engine
+			// answering registrations meanwhile.
+			took := time.Since(last)
+			time.Sleep(min(listRest*took, maxListRest))
+			last = time.Now()
+		}()
+		for _, v := range c {
+			if n > 0 {
+				bw.WriteByte(',')
+			}
+			bw.WriteString("\n    ")
+			if enc.Encode(v) != nil {
+				return errWrite
+			}
+			n++
 		}
-		bw.WriteString("\n    ")
-		if enc.Encode(en) != nil {
-			return
-		}
-		n++
+		return nil
+	})
+	if err != nil && bw == nil {
+		engineError(w, err)
+		return
+	}
+	if err != nil {
+		return // cut short
+	}
+	if bw == nil {
+		start()
 	}
 	if n > 0 {
 		bw.WriteString("  ")
@@ -334,12 +395,7 @@ func (s *Server) nhs(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) peers(w http.ResponseWriter, r *http.Request) {
-	answer(s, w, r, Engine.Peers, func(st nhrp.Status, ps []nhrp.PeerStatus) any {
-		if ps == nil {
-			ps = []nhrp.PeerStatus{}
-		}
-		return PeersResponse{Interface: st.Interface, Peers: ps}
-	})
+	streamList(s, w, r, "peers", Engine.PeersEach)
 }
 
 func (s *Server) traffic(w http.ResponseWriter, r *http.Request) {
