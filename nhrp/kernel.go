@@ -44,6 +44,17 @@ type kernel struct {
 	logged  uint64
 	lastLog time.Time
 	lastErr error
+
+	// The run goroutine's buffers, reused batch after batch: a batch's
+	// keys, operations, results and neighbour operations were five fresh
+	// slices per round trip and the queue's array grew again from nothing
+	// after each (a third of the bytes a registration allocated in
+	// BenchmarkHubRegistrations: the hub's GC and page faults).
+	keysBuf []kernKey
+	opsBuf  []kernOp
+	errBuf  []error
+	nbBuf   []gre.NeighborOp
+	nbIdx   []int
 }
 
 // kernKey identifies a kernel object: a neighbour (by tunnel address) or
@@ -130,16 +141,22 @@ func (k *kernel) take() ([]kernKey, []kernOp) {
 			}
 		}
 		if n := min(len(k.order), kernBatch); n > 0 {
-			keys := slices.Clone(k.order[:n])
-			k.order = k.order[n:]
-			if len(k.order) == 0 {
+			keys := append(k.keysBuf[:0], k.order[:n]...)
+			k.keysBuf = keys
+			switch {
+			case n < len(k.order):
+				k.order = k.order[n:]
+			case cap(k.order) > 4*kernBatch:
 				k.order = nil // let a long queue's array go
+			default:
+				k.order = k.order[:0] // the next batch queues into it
 			}
-			ops := make([]kernOp, n)
-			for i, key := range keys {
-				ops[i] = k.want[key]
+			ops := k.opsBuf[:0]
+			for _, key := range keys {
+				ops = append(ops, k.want[key])
 				delete(k.want, key)
 			}
+			k.opsBuf = ops
 			k.mu.Unlock()
 			return keys, ops
 		}
@@ -161,14 +178,21 @@ func (k *kernel) take() ([]kernKey, []kernOp) {
 func (k *kernel) run() {
 	defer close(k.stopped)
 	batcher, _ := k.tun.(NeighborBatcher)
+	// One context for every batch: a context with its own timer per
+	// batch was two allocations and a runtime timer per round trip, and a
+	// round trip is often one registration's neighbour. The netlink
+	// writer bounds its own wait for the kernel's answer.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	for {
 		keys, ops := k.take()
 		if keys == nil {
 			return
 		}
-		errs := make([]error, len(ops))
-		var nb []gre.NeighborOp
-		var nbIdx []int
+		errs := slices.Grow(k.errBuf[:0], len(ops))[:len(ops)]
+		clear(errs)
+		k.errBuf = errs
+		nb, nbIdx := k.nbBuf[:0], k.nbIdx[:0]
 		for i, key := range keys {
 			if key.neigh.IsValid() && batcher != nil {
 				nb = append(nb, gre.NeighborOp{Neighbor: ops[i].neigh, Delete: ops[i].del})
@@ -177,12 +201,11 @@ func (k *kernel) run() {
 			}
 			errs[i] = k.apply(key, ops[i])
 		}
+		k.nbBuf, k.nbIdx = nb, nbIdx
 		if len(nb) > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			for j, err := range batcher.ApplyNeighbors(ctx, nb) {
 				errs[nbIdx[j]] = err
 			}
-			cancel()
 		}
 		for i, err := range errs {
 			if err != nil {
