@@ -109,7 +109,7 @@ func kscaleLoad(a *agent, g *loadgen, o frrOpts) error {
 		return err
 	}
 	defer a.do(order{Op: "stop"})
-	w, err := g.register(regOpts{N: 1, First: warmSpoke, Retry: 200 * time.Millisecond, Deadline: 60 * time.Second, IDBase: 1<<20 | 0xfffff})
+	w, err := g.register(warmOpts(1, 1<<20))
 	if err != nil || w.Answered != 1 {
 		return fmt.Errorf("dmvpnd did not answer a first registration: %v", err)
 	}

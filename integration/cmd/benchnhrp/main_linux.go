@@ -71,6 +71,7 @@ func main() {
 	baseline := flag.String("baseline", "", "-frr: another dmvpnd binary (an earlier build), measured beside ours in each round as hub \"base\"")
 	cpus := flag.Int("cpus", 2, "-frr: the VM's CPUs")
 	clocksource := flag.String("clocksource", "", "-frr: the guest kernel's clock source (tsc: clocksource=tsc tsc=reliable; default: the kernel's choice, hpet under TCG, whose reads are system calls)")
+	warm := flag.Int("warm", 1, "-frr: spokes that register with each hub before the clock starts (at most 256; 1 proves it answers, more take its first-run costs off the clock for every hub alike)")
 	kscale := flag.Int("kscale", 0, "-frr: instead of the side-by-side runs, the kernel data plane at scale: this many spokes (100000 is the reference) register with dmvpnd alone on ip_gre in the VM; checks every one is in the kernel's neighbour table and the table's limits were raised by dmvpnd from limits.max_entries")
 	ceiling := flag.Bool("ceiling", true, "-frr: each round also measures the null hub, a responder that only turns each request into its reply (the ceiling of the simulator, the VM's NIC and the guest's GRE path)")
 	scale := flag.Bool("scale", false, "scale mode: -n spokes (100000 is the reference) register with dmvpnd (the command, userspace data plane), refresh in the steady state and in fast cycles with dmvpnctl show dmvpn, show ip nhrp json and metrics scrapes running; fails when a goal is missed")
@@ -94,7 +95,7 @@ func main() {
 		return
 	}
 	if *withFRR {
-		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, Baseline: *baseline, CPUs: *cpus, Ceiling: *ceiling, Clocksource: *clocksource, KScale: *kscale}
+		o := frrOpts{Rounds: *rounds, Window: *window, Limits: *limits, Profile: *profDir, Dmvpnd: *dmvpnd, Baseline: *baseline, CPUs: *cpus, Ceiling: *ceiling, Clocksource: *clocksource, KScale: *kscale, Warm: *warm}
 		for _, f := range strings.Split(*sizes, ",") {
 			v, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil || v < 1 || v > 120000 {
