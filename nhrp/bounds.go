@@ -163,8 +163,15 @@ func (s *keyLimiter[K]) allow(now time.Time, from K, rate, burst float64, max in
 	}
 	b, known := s.m[from]
 	if !known {
+		// Two of the oldest keys whose buckets are full again are
+		// forgotten for each new one: the table holds the keys that
+		// sent lately (at 100 packets a second, a key that sent one
+		// packet is forgotten 10 ms later), not every source that ever
+		// sent (100,000 spokes' registrations were 12 MB kept).
+		s.evict(now, rate, burst, 1)
+		s.evict(now, rate, burst, 1)
 		if len(s.m) >= max {
-			s.evict(now, rate, burst)
+			s.evict(now, rate, burst, evictTries)
 		}
 		if len(s.m) >= max {
 			return s.overflow.allow(now, 16*rate, 16*burst), true
@@ -184,9 +191,9 @@ func (s *keyLimiter[K]) reset(k K) {
 }
 
 // evict forgets one source whose bucket is full again, if one of the
-// oldest is.
-func (s *keyLimiter[K]) evict(now time.Time, rate, burst float64) {
-	for range evictTries {
+// tries oldest is.
+func (s *keyLimiter[K]) evict(now time.Time, rate, burst float64, tries int) {
+	for range tries {
 		if len(s.order) == 0 {
 			return
 		}

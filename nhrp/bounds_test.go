@@ -340,3 +340,35 @@ func TestPurgePrefix(t *testing.T) {
 		}
 	})
 }
+
+// TestKeyLimiterForgetsIdle: keys whose buckets are full again are
+// forgotten as new ones come, so the table holds the keys that sent
+// lately, not every key that ever sent; a key still in debt stays
+// tracked (and limited) meanwhile.
+func TestKeyLimiterForgetsIdle(t *testing.T) {
+	var s keyLimiter[int]
+	const rate, burst, max = 100, 200, 100000
+	now := time.Unix(1000, 0)
+	denied := 0
+	for range 300 {
+		if ok, _ := s.allow(now, -1, rate, burst, max); !ok {
+			denied++
+		}
+	}
+	if denied != 100 {
+		t.Fatalf("the flooding key: %d of 300 denied, want 100", denied)
+	}
+	for k := range 10000 {
+		now = now.Add(100 * time.Microsecond)
+		if ok, untracked := s.allow(now, k, rate, burst, max); !ok || untracked {
+			t.Fatalf("key %d: allowed %v, untracked %v", k, ok, untracked)
+		}
+	}
+	// 1 s later the flooding key has 100 tokens back, not a full bucket.
+	if len(s.m) > 200 {
+		t.Errorf("%d keys tracked after 10,000 that sent one packet each, 0.1 ms apart", len(s.m))
+	}
+	if _, ok := s.m[-1]; !ok {
+		t.Error("the flooding key, still in debt, was forgotten")
+	}
+}

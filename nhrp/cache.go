@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gaissmai/bart"
 	"github.com/google/btree"
 )
 
@@ -82,7 +81,8 @@ func (e *entry) snapshot(peerState string) CacheEntry {
 }
 
 // cache maps protocol prefixes to entries, with longest-prefix lookups
-// (a map per prefix length), the entries under a prefix (a trie) and the
+// (a map per prefix length), the entries in address order (a B-tree: the
+// listings, and the entries under a prefix) and the
 // evictable entries of each type, oldest first (intrusive lists). It
 // counts its entries by type for the metrics, which read the counts
 // without the engine's goroutine.
@@ -92,10 +92,9 @@ type cache struct {
 	// offset by 33 for IPv6) so lookups skip empty lengths.
 	lens4 [33]int
 	lens6 [129]int
-	// trie holds the entries by prefix for Subnets (purges of a prefix).
-	trie bart.Table[*entry]
 	// ord holds the entries in key order (protoCompare) so readers can
-	// walk the cache in bounded chunks from a cursor (Engine.CacheEach).
+	// walk the cache in bounded chunks from a cursor (Engine.CacheEach),
+	// and the entries under a prefix are a range of it (purges).
 	ord *btree.BTreeG[*entry]
 	// lru lists the entries of each type, oldest first (the evictable
 	// types' are the eviction order).
@@ -179,7 +178,6 @@ func (c *cache) put(e *entry) {
 		c.count(e.proto, 1)
 	}
 	c.m[e.proto] = e
-	c.trie.Insert(e.proto, e)
 	c.ord.ReplaceOrInsert(e)
 	if int(e.typ) < len(c.lru) {
 		c.lru[e.typ].push(e)
@@ -192,7 +190,6 @@ func (c *cache) put(e *entry) {
 func (c *cache) del(e *entry) {
 	if cur, ok := c.m[e.proto]; ok && cur == e {
 		delete(c.m, e.proto)
-		c.trie.Delete(e.proto)
 		c.ord.Delete(e)
 		c.count(e.proto, -1)
 		c.unlink(e)
@@ -234,10 +231,19 @@ func (c *cache) under(p netip.Prefix, f func(*entry) bool) {
 		}
 		return
 	}
+	p = p.Masked()
 	var found []*entry // f may change the cache
-	for _, e := range c.trie.Subnets(p) {
-		found = append(found, e)
-	}
+	// The prefixes within p are those of at least its length from its
+	// first address to its last: a range of the address order.
+	c.ord.AscendGreaterOrEqual(&entry{proto: netip.PrefixFrom(p.Addr(), 0)}, func(e *entry) bool {
+		if !p.Contains(e.proto.Addr()) {
+			return false
+		}
+		if e.proto.Bits() >= p.Bits() {
+			found = append(found, e)
+		}
+		return true
+	})
 	for _, e := range found {
 		if !f(e) {
 			return

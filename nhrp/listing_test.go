@@ -3,6 +3,7 @@ package nhrp
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -133,4 +134,34 @@ func BenchmarkListingStall(b *testing.B) {
 	close(quit)
 	wg.Wait()
 	b.ReportMetric(float64(worst)/float64(time.Millisecond), "stall-ms")
+}
+
+// TestCacheUnder: the entries under a prefix are those within it, itself
+// included, in address order, whatever surrounds them.
+func TestCacheUnder(t *testing.T) {
+	c := newCache()
+	for _, p := range []string{"10.0.0.0/8", "10.1.0.0/16", "10.1.0.0/24", "10.1.2.0/24", "10.1.2.3/32", "10.1.255.255/32",
+		"10.2.0.0/16", "10.0.255.255/32", "11.0.0.0/8", "2001:db8::/32", "2001:db8::1/128"} {
+		c.put(&entry{typ: TypeCached, proto: netip.MustParsePrefix(p)})
+	}
+	for _, tc := range []struct {
+		under string
+		want  []string
+	}{
+		{"10.1.0.0/16", []string{"10.1.0.0/16", "10.1.0.0/24", "10.1.2.0/24", "10.1.2.3/32", "10.1.255.255/32"}},
+		{"10.1.2.0/24", []string{"10.1.2.0/24", "10.1.2.3/32"}},
+		{"10.1.2.3/32", []string{"10.1.2.3/32"}},
+		{"10.1.3.0/24", nil},
+		{"0.0.0.0/0", []string{"10.0.0.0/8", "10.0.255.255/32", "10.1.0.0/16", "10.1.0.0/24", "10.1.2.0/24", "10.1.2.3/32", "10.1.255.255/32", "10.2.0.0/16", "11.0.0.0/8"}},
+		{"2001:db8::/32", []string{"2001:db8::/32", "2001:db8::1/128"}},
+	} {
+		var got []string
+		c.under(netip.MustParsePrefix(tc.under), func(e *entry) bool {
+			got = append(got, e.proto.String())
+			return true
+		})
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("under %s: %v, want %v", tc.under, got, tc.want)
+		}
+	}
 }

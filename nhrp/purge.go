@@ -151,7 +151,7 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 			continue
 		}
 		notOwned := 0
-		// Only the entries under the prefix: a trie walk (a map lookup for
+		// Only the entries under the prefix: a range of the cache in address order (a map lookup for
 		// a single address), never the whole cache.
 		e.cache.under(pf, func(en *entry) bool {
 			if e.cache.get(en.proto) != en {
