@@ -106,6 +106,7 @@ type Engine struct {
 	limits       limits
 	rx           wire.Packet // reused for decoding
 	txBuf        []byte
+	regReply     replyScratch
 	stopping     bool
 	movePurges   *movePurges     // purges waiting for a registration from a new NBMA address
 	mcastPending bool            // a multicast list update is scheduled

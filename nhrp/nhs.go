@@ -152,12 +152,16 @@ func (e *Engine) completeRegistration(p *wire.Packet, from netip.Addr, regs []re
 	if dst == p.SrcProto {
 		dst = e.own
 	}
-	reply := &wire.Packet{
+	// The reply is built in the engine's scratch: send encodes it before
+	// it returns (a registration's reply was four allocations).
+	sc := &e.regReply
+	sc.pkt = wire.Packet{
 		AddrFamily: p.AddrFamily, ProtoType: p.ProtoType, HopCount: HopCount,
 		Type: wire.TypeRegistrationReply, Flags: p.Flags, RequestID: p.RequestID,
 		SrcNBMA: p.SrcNBMA, SrcNBMAType: p.SrcNBMAType, SrcProto: p.SrcProto, DstProto: dst,
-		CIEs: make([]wire.CIE, len(p.CIEs)),
+		CIEs: slices.Grow(sc.cies[:0], len(p.CIEs))[:len(p.CIEs)],
 	}
+	reply := &sc.pkt
 	var natExtra []wire.CIE
 	for i := range regs {
 		r := &regs[i]
@@ -189,8 +193,19 @@ func (e *Engine) completeRegistration(p *wire.Packet, from netip.Addr, regs []re
 		}
 	}
 	resp := e.ownCIE(from, uint8(e.own.BitLen()))
-	reply.Extensions = e.replyExtensions(p, &resp, natExtra)
+	reply.Extensions, sc.extCIEs = e.replyExtensionsInto(sc.exts[:0], sc.extCIEs[:0], p, &resp, natExtra)
+	sc.cies, sc.exts = reply.CIEs, reply.Extensions
 	e.send(reply, from, "client", p.SrcProto)
+	sc.pkt = wire.Packet{} // hold nothing of the request
+}
+
+// replyScratch is the engine's registration reply, reused: send encodes a
+// packet before it returns.
+type replyScratch struct {
+	pkt     wire.Packet
+	cies    []wire.CIE
+	exts    []wire.Extension
+	extCIEs []wire.CIE
 }
 
 // bind installs or refreshes a client's binding and returns the CIE code:

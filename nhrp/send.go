@@ -2,7 +2,6 @@ package nhrp
 
 import (
 	"net/netip"
-	"slices"
 
 	"go.uber.org/zap"
 
@@ -69,7 +68,27 @@ func (e *Engine) requestExtensions(responder bool, nat []wire.CIE) []wire.Extens
 // is filled with resp, the authentication is this node's, and the NAT
 // Address extension gets the extra CIEs.
 func (e *Engine) replyExtensions(req *wire.Packet, resp *wire.CIE, natExtra []wire.CIE) []wire.Extension {
-	exts := make([]wire.Extension, 0, len(req.Extensions)+2)
+	exts, _ := e.replyExtensionsInto(nil, nil, req, resp, natExtra)
+	return exts
+}
+
+// replyExtensionsInto is replyExtensions appending to exts, with the
+// extensions' CIEs appended to cies (each extension's own piece, capped):
+// a caller that encodes the reply at once reuses both (returned grown).
+func (e *Engine) replyExtensionsInto(exts []wire.Extension, cies []wire.CIE, req *wire.Packet, resp *wire.CIE, natExtra []wire.CIE) ([]wire.Extension, []wire.CIE) {
+	if exts == nil {
+		exts = make([]wire.Extension, 0, len(req.Extensions)+2)
+	}
+	own := func(parts ...[]wire.CIE) []wire.CIE {
+		from := len(cies)
+		for _, p := range parts {
+			cies = append(cies, p...)
+		}
+		if len(cies) == from {
+			return nil
+		}
+		return cies[from:len(cies):len(cies)]
+	}
 	hasAuth, hasNAT := false, false
 	for _, x := range req.Extensions {
 		switch x.Type {
@@ -78,7 +97,7 @@ func (e *Engine) replyExtensions(req *wire.Packet, resp *wire.CIE, natExtra []wi
 		case wire.ExtResponderAddress:
 			x.CIEs = nil
 			if resp != nil {
-				x.CIEs = []wire.CIE{*resp}
+				x.CIEs = own([]wire.CIE{*resp})
 			}
 		case wire.ExtAuthentication:
 			if hasAuth || len(e.cfg.AuthPassword) == 0 {
@@ -88,9 +107,9 @@ func (e *Engine) replyExtensions(req *wire.Packet, resp *wire.CIE, natExtra []wi
 			x = wire.NewCiscoAuth(e.cfg.AuthPassword)
 		case wire.ExtNATAddress:
 			hasNAT = true
-			x.CIEs = append(slices.Clone(x.CIEs), natExtra...)
+			x.CIEs = own(x.CIEs, natExtra)
 		default:
-			x.CIEs = slices.Clone(x.CIEs)
+			x.CIEs = own(x.CIEs)
 		}
 		exts = append(exts, x)
 	}
@@ -100,7 +119,7 @@ func (e *Engine) replyExtensions(req *wire.Packet, resp *wire.CIE, natExtra []wi
 	if !hasNAT && len(natExtra) > 0 {
 		exts = append(exts, wire.Extension{Type: wire.ExtNATAddress, CIEs: natExtra})
 	}
-	return exts
+	return exts, cies
 }
 
 // send sends p to an NBMA address once the peer is up. role and proto
