@@ -12,7 +12,7 @@ import (
 // 100,000 registrations refreshed 42 times a second, a whole save every
 // few seconds was half of a hub's steady-state processor time. The
 // engine saves the whole state first, then appends the changes, and
-// saves the whole state again (compacting) once it has appended about as
+// saves the whole state again (compacting) once it has appended twice as
 // many entries as it keeps, or after a failure.
 type StateJournal interface {
 	StateStore
@@ -80,8 +80,14 @@ func (st *State) Apply(d StateDelta) {
 var errJournalBroken = errors.New("an earlier change of the state was not written: waiting for a whole save")
 
 // journalMin is the fewest entries appended before a whole save compacts
-// the journal.
-const journalMin = 1024
+// the journal, journalRatio how many times as many as the cache holds:
+// while 100,000 spokes register at once every entry is appended once
+// (the journal stays under three times the state), and no whole copy of
+// the state is made meanwhile.
+const (
+	journalMin   = 1024
+	journalRatio = 2
+)
 
 // journalState is the engine's account of its StateJournal: the keys of
 // the kept entries changed since the last snapshot it handed, and how
@@ -135,7 +141,7 @@ func (e *Engine) nextSnapshot() *stateSnap {
 	j := &e.journal
 	_, journal := e.deps.State.(StateJournal)
 	failed := e.saveFailed.Swap(false)
-	if !journal || !j.began || j.whole || failed || j.appended+len(j.dirty) > max(len(e.cache.m), journalMin) {
+	if !journal || !j.began || j.whole || failed || j.appended+len(j.dirty) > max(journalRatio*len(e.cache.m), journalMin) {
 		j.began, j.whole, j.appended = true, false, 0
 		j.reset()
 		return e.snapshotState()

@@ -12,5 +12,6 @@ package main
 import "os"
 
 func main() {
+	setGC()
 	os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
 }
