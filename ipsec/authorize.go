@@ -230,6 +230,14 @@ func (m *Manager) fetchCertOn(ctx context.Context, c *viciConn, remoteID string)
 	if err != nil {
 		return nil
 	}
+	// The subjects of the certificates the last listing held, rendered
+	// then: most of a listing is the one before (charon's cache turns
+	// over slowly), and parsing every certificate of every listing was a
+	// fifth of dmvpnd's CPU with 1,000 SAs coming up.
+	m.mu.Lock()
+	prev := m.certListed
+	m.mu.Unlock()
+	listed := make(map[string]string, len(msgs)) // DER → subject as charon renders it
 	bySubject := map[string][][]byte{}
 	for _, mm := range msgs {
 		var der []byte
@@ -242,39 +250,56 @@ func (m *Manager) fetchCertOn(ctx context.Context, c *viciConn, remoteID string)
 		if len(der) == 0 {
 			continue
 		}
-		if s, err := renderLikeCharon(der); err == nil {
-			bySubject[s] = append(bySubject[s], der)
+		s, ok := prev[string(der)]
+		if !ok {
+			var err error
+			if s, err = renderLikeCharon(der); err != nil {
+				continue
+			}
 		}
+		listed[string(der)] = s
+		bySubject[s] = append(bySubject[s], der)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
 	// When each certificate first appeared in charon's cache: of two with
 	// the same subject and dates (renewed within a second), the one that
-	// appeared last is the one a peer just authenticated with.
-	first := make(map[string]time.Time, len(msgs))
-	for _, ders := range bySubject {
-		for _, der := range ders {
-			k := string(der)
-			if t, ok := m.certFirst[k]; ok {
-				first[k] = t
-			} else {
-				first[k] = now
-			}
+	// appeared last is the one a peer just authenticated with. Kept for
+	// the certificates listed and those kept in certs, and updated with
+	// what changed since the last listing only: going over every kept
+	// certificate on each listing made each peer that came up cost all of
+	// them.
+	if m.certFirst == nil {
+		m.certFirst = map[string]time.Time{}
+	}
+	for k := range listed {
+		if _, ok := m.certFirst[k]; !ok {
+			m.certFirst[k] = now
 		}
 	}
-	for _, der := range m.certs {
-		if t, ok := m.certFirst[string(der)]; ok {
-			first[string(der)] = t
+	dropped := map[string]string{} // DER → subject: no longer listed, or no longer kept
+	for k, s := range m.certListed {
+		if _, ok := listed[k]; !ok {
+			dropped[k] = s
 		}
 	}
-	m.certFirst = first
 	for s, ders := range bySubject {
 		for _, der := range ders {
-			m.certs[s] = mergeCert(m.certs[s], der, first)
+			had := m.certs[s]
+			m.certs[s] = mergeCert(had, der, m.certFirst)
+			if had != nil && !bytes.Equal(had, m.certs[s]) {
+				dropped[string(had)] = s
+			}
 		}
 		m.certSeen[s] = start
 	}
+	for k, s := range dropped {
+		if _, ok := listed[k]; !ok && string(m.certs[s]) != k {
+			delete(m.certFirst, k)
+		}
+	}
+	m.certListed = listed
 	if der := m.certs[remoteID]; der != nil && !bytes.Equal(der, ambiguousCert) {
 		return der
 	}

@@ -59,8 +59,11 @@ type Manager struct {
 	certs     map[string][]byte    // remote-id → DER, captured when SAs came up
 	certSeen  map[string]time.Time // when each was last captured
 	certFirst map[string]time.Time // DER → when it first appeared in charon's cache
-	loaded    map[string]connSpec  // connections loaded into charon
-	waiters   map[netip.Addr][]chan struct{}
+	// certListed is the last certificate listing: DER → subject as
+	// charon renders it (replaced whole, never changed in place).
+	certListed map[string]string
+	loaded     map[string]connSpec // connections loaded into charon
+	waiters    map[netip.Addr][]chan struct{}
 	// releasing holds, per peer, a channel closed when the PeerDown in
 	// flight for it has terminated its SAs and unloaded its connection:
 	// a PeerUp for it waits, or its initiate would race the unload.
