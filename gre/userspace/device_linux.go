@@ -308,6 +308,12 @@ func (d *Device) Close() error {
 		_ = d.setPersist(false)
 	}
 	err := d.tun.Close()
+	if errors.Is(err, unix.EPIPE) {
+		// The tun package wakes its link listener through a pipe; a
+		// listener that saw the shutdown first has closed the pipe's
+		// other end. The TUN itself is closed either way.
+		err = nil
+	}
 	d.rcv.shutdown()
 	if s := d.nlSock.Load(); s != nil {
 		s.Close()
