@@ -299,8 +299,8 @@ const listTimeout = 2 * time.Minute
 // listRest and maxListRest pace a streamed listing: the rest after each
 // chunk, as a multiple of the time the chunk took, and at most.
 const (
-	listRest    = 2
-	maxListRest = 20 * time.Millisecond
+	listRest    = 4
+	maxListRest = 40 * time.Millisecond
 )
 
 // streamList writes {"interface": ..., field: [...]}, the list read from
@@ -342,8 +342,9 @@ func streamList[T any](s *Server, w http.ResponseWriter, r *http.Request, field 
 		defer func() {
 			// The listing rests listRest times as long as reading and
 			// encoding the chunk took before it asks for the next one: it
-			// takes at most about a third of a processor from the engine
-			// answering registrations meanwhile.
+			// takes at most about a fifth of a processor from the engine
+			// answering registrations meanwhile (and paces the client
+			// decoding it, often on the same machine).
 			took := time.Since(last)
 			time.Sleep(min(listRest*took, maxListRest))
 			last = time.Now()
