@@ -66,26 +66,17 @@ func planClaims(sas []SA, owned func(netip.Addr) bool) (map[netip.Addr]netip.Add
 	bad := map[string]string{}
 	var claims []aliasClaim
 	for _, sa := range sas {
-		if !sa.Up() {
-			continue
-		}
-		for _, c := range sa.Children {
-			if c.State != "INSTALLED" && c.State != "REKEYED" {
-				continue
+		eachRemoteTS(sa, func(ts string, a netip.Addr, single bool) {
+			switch {
+			case !single:
+				bad[sa.IKEID] = "traffic selector " + ts + " is more than one address"
+			case a == sa.RemoteHost:
+			case owned(a):
+				bad[sa.IKEID] = "inner address " + a.String() + " is another peer's NBMA address"
+			default:
+				claims = append(claims, aliasClaim{sa: sa, inner: a})
 			}
-			for _, ts := range c.RemoteTS {
-				a, ok := tsAddr(ts)
-				switch {
-				case !ok:
-					bad[sa.IKEID] = "traffic selector " + ts + " is more than one address"
-				case a == sa.RemoteHost:
-				case owned(a):
-					bad[sa.IKEID] = "inner address " + a.String() + " is another peer's NBMA address"
-				default:
-					claims = append(claims, aliasClaim{sa: sa, inner: a})
-				}
-			}
-		}
+		})
 	}
 	// Oldest first: of two peers claiming one inner address the first
 	// keeps it.

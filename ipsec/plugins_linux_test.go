@@ -67,7 +67,7 @@ func TestPluginPackages(t *testing.T) {
 			if os.Getenv("CI") != "" {
 				t.Fatalf("%s is not installed although scripts/install-deps.sh ran: %v", file, err)
 			}
-			t.Skipf("skipping: %s is not installed (package %s; scripts/install-deps.sh installs it)", file, files[file])
+			t.Skipf("skipping: needs %s (package %s), not installed here; scripts/install-deps.sh installs it", file, files[file])
 		}
 		names = append(names, file)
 	}

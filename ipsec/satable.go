@@ -127,8 +127,23 @@ func (t *saTable) claimants() []SA {
 // and a remote traffic selector of an installed CHILD_SA is not its
 // remote host) and the single addresses it claims.
 func aliasClaims(sa SA) (inner []netip.Addr, claims bool) {
+	eachRemoteTS(sa, func(_ string, a netip.Addr, single bool) {
+		switch {
+		case !single:
+			claims = true
+		case a != sa.RemoteHost:
+			claims = true
+			inner = append(inner, a)
+		}
+	})
+	return inner, claims
+}
+
+// eachRemoteTS calls fn with each remote traffic selector of an up SA's
+// installed CHILD_SAs, and its address when it is a single one.
+func eachRemoteTS(sa SA, fn func(ts string, a netip.Addr, single bool)) {
 	if !sa.Up() {
-		return nil, false
+		return
 	}
 	for _, c := range sa.Children {
 		if c.State != "INSTALLED" && c.State != "REKEYED" {
@@ -136,14 +151,7 @@ func aliasClaims(sa SA) (inner []netip.Addr, claims bool) {
 		}
 		for _, ts := range c.RemoteTS {
 			a, ok := tsAddr(ts)
-			switch {
-			case !ok:
-				claims = true
-			case a != sa.RemoteHost:
-				claims = true
-				inner = append(inner, a)
-			}
+			fn(ts, a, ok)
 		}
 	}
-	return inner, claims
 }

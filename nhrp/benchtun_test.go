@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/netip"
 	"sync/atomic"
+	"testing"
+	"time"
 
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
@@ -89,4 +91,21 @@ func benchRegistration(i int, hub netip.Addr, id uint32, holding uint16) []byte 
 		panic(err)
 	}
 	return b
+}
+
+// startBenchHub runs a hub engine (tunnel 10.0.0.1/8) on an in-memory
+// tunnel queueing queue packets, keeping its state in state (nil: none);
+// stop ends it.
+func startBenchHub(tb testing.TB, queue int, state StateStore) (eng *Engine, tun *benchTun, stop func()) {
+	tb.Helper()
+	hub := netip.MustParseAddr("10.0.0.1")
+	tun = newBenchTun(netip.PrefixFrom(hub, 8), netip.MustParseAddr("192.0.2.1"), queue)
+	eng, err := New(Config{Role: RoleHub, HoldingTime: 2 * time.Hour, MaxSend: 1 << 30}, Deps{Tunnel: tun, Authorizer: acceptAll{}, State: state})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { eng.Run(ctx); close(done) }()
+	return eng, tun, func() { cancel(); tun.close(); <-done }
 }

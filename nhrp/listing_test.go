@@ -14,15 +14,9 @@ import (
 func listingHub(tb testing.TB, n int) (eng *Engine, tun *benchTun, stop func()) {
 	tb.Helper()
 	hub := netip.MustParseAddr("10.0.0.1")
-	tun = newBenchTun(netip.PrefixFrom(hub, 8), netip.MustParseAddr("192.0.2.1"), n+1)
-	eng, err := New(Config{Role: RoleHub, HoldingTime: 2 * time.Hour, MaxSend: 1 << 30}, Deps{Tunnel: tun, Authorizer: acceptAll{}})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { eng.Run(ctx); close(done) }()
-	if err := eng.waitRunning(ctx); err != nil {
+	eng, tun, stop = startBenchHub(tb, n+1, nil)
+	if err := eng.waitRunning(context.Background()); err != nil {
+		stop()
 		tb.Fatal(err)
 	}
 	for i := range n {
@@ -32,11 +26,12 @@ func listingHub(tb testing.TB, n int) (eng *Engine, tun *benchTun, stop func()) 
 	deadline := time.Now().Add(time.Minute)
 	for tun.sent.Load() < uint64(n) {
 		if time.Now().After(deadline) {
+			stop()
 			tb.Fatalf("%d of %d registrations answered", tun.sent.Load(), n)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return eng, tun, func() { cancel(); tun.close(); <-done }
+	return eng, tun, stop
 }
 
 // TestListingChunks: the cache and the peers are read in chunks of at

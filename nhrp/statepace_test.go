@@ -47,15 +47,8 @@ func TestStateSavePaced(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		hub := netip.MustParseAddr("10.0.0.1")
 		const n = 200
-		tun := newBenchTun(netip.PrefixFrom(hub, 8), netip.MustParseAddr("192.0.2.1"), n+1)
 		store := &slowStore{took: 100 * time.Millisecond}
-		eng, err := New(Config{Role: RoleHub, HoldingTime: 2 * time.Hour, MaxSend: 1 << 30}, Deps{Tunnel: tun, Authorizer: acceptAll{}, State: store})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { eng.Run(ctx); close(done) }()
+		_, tun, stop := startBenchHub(t, n+1, store)
 		// One new spoke every 10 ms for 2 s.
 		for i := range n {
 			_, nbma := benchSpoke(i)
@@ -73,9 +66,7 @@ func TestStateSavePaced(t *testing.T) {
 		if _, last := store.get(); last != n {
 			t.Errorf("the last state written holds %d registrations, want %d", last, n)
 		}
-		cancel()
-		tun.close()
-		<-done
+		stop()
 	})
 }
 
@@ -87,15 +78,8 @@ func TestStateJournalled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		hub := netip.MustParseAddr("10.0.0.1")
 		const n = 200
-		tun := newBenchTun(netip.PrefixFrom(hub, 8), netip.MustParseAddr("192.0.2.1"), 2*n+1)
 		store := &memStore{}
-		eng, err := New(Config{Role: RoleHub, HoldingTime: 2 * time.Hour, MaxSend: 1 << 30}, Deps{Tunnel: tun, Authorizer: acceptAll{}, State: store})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { eng.Run(ctx); close(done) }()
+		eng, tun, stop := startBenchHub(t, 2*n+1, store)
 		for i := range n {
 			_, nbma := benchSpoke(i)
 			tun.deliver(benchRegistration(i, hub, uint32(i+1), 7200), nbma)
@@ -119,7 +103,7 @@ func TestStateJournalled(t *testing.T) {
 			return out
 		}
 		var want []string
-		all, err := eng.Cache(ctx)
+		all, err := eng.Cache(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,8 +124,6 @@ func TestStateJournalled(t *testing.T) {
 		if appends == 0 || saves-appends != 1 {
 			t.Errorf("%d saves, %d of them changes appended: want one whole save, then changes", saves, appends)
 		}
-		cancel()
-		tun.close()
-		<-done
+		stop()
 	})
 }

@@ -46,7 +46,7 @@ func runTshark(t *testing.T, path string) []map[string]string {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("tshark is not installed although make test installs it: %v", err)
 		}
-		t.Skipf("skipping: tshark is not installed (make test installs it): %v", err)
+		t.Skipf("skipping: needs tshark, not installed here (make test installs it): %v", err)
 	}
 	if err != nil {
 		t.Fatal(err)
