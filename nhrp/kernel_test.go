@@ -93,12 +93,15 @@ func TestKernelRetriesRefusedNeighbors(t *testing.T) {
 				tun = batchedTable{ft}
 			}
 			k := newKernel(tun, zap.NewNop(), make(chan func(), 1))
-			go k.run()
 			defer k.close()
 			nbma := netip.MustParseAddr("198.51.100.1")
+			// All 300 queued before the writer runs: how many batches it
+			// takes then depends on the writer, not on how the two
+			// goroutines happen to interleave on a loaded machine.
 			for i := range 300 {
 				k.setNeighbor(gre.Neighbor{Proto: netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), NBMA: nbma})
 			}
+			go k.run()
 			// The first 100 go in; the rest fail and wait for a retry.
 			waitFor(t, "100 entries and 200 refusals", func() bool {
 				n, _, _ := ft.state()
