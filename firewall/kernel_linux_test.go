@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os/exec"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -165,11 +166,17 @@ func TestKernelTableCounters(t *testing.T) {
 }
 
 // An unconfirmed apply rolls back by itself, and the kernel then holds
-// exactly what it held before (nft is the judge). How late after its
-// deadline is a performance figure, not asserted here on a shared machine:
-// BenchmarkRollback measures it against the goal (timeout + 100 ms), and
-// TestManagerRollsBackUnconfirmed shows under virtual time that the
-// manager starts the rollback at the deadline itself.
+// exactly what it held before (nft is the judge), within the issue's
+// bound: its confirmation time + 100 ms. A late rollback is a bug (the
+// timer must fire at the deadline), so the bound is asserted here, as the
+// manager's own figure (Stats.RollbackLate: from the deadline to the
+// previous policy back in force, the kernel's replace included) and
+// judged on the median of rollbackRounds rollbacks: on a loaded 2-core
+// machine one commit may wait hundreds of ms for an RCU grace period, the
+// median does not (BenchmarkRollback's README figures: median 24 ms at
+// load 17, the worst single one 264 ms). TestManagerRollsBackUnconfirmed
+// shows under virtual time that the timer is armed for exactly the
+// confirmation time and the rollback starts at the deadline itself.
 func TestKernelRollback(t *testing.T) {
 	needNft(t)
 	if !netnstest.Run(t, "fwroll") {
@@ -183,30 +190,46 @@ func TestKernelRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := nftList(t, "-j", "list", "ruleset")
-	res, err := m.Apply(ctx, cfgWith(150), "B", 500*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if during := nftList(t, "-j", "list", "ruleset"); during == before {
-		t.Fatal("the pending apply changed nothing")
-	}
-	select {
-	case src := <-done:
-		if src != "A" {
-			t.Errorf("rollback handed back %v", src)
+	big := policyOf(t, 200).Config
+	var lates []time.Duration
+	for i := 1; i <= rollbackRounds; i++ {
+		res, err := m.Apply(ctx, big, "B", 300*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("no rollback 30 s after a 500 ms confirmation time")
+		if i == 1 {
+			if during := nftList(t, "-j", "list", "ruleset"); during == before {
+				t.Fatal("the pending apply changed nothing")
+			}
+		}
+		select {
+		case src := <-done:
+			if src != "A" {
+				t.Errorf("rollback %d handed back %v", i, src)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no rollback 30 s after a 300 ms confirmation time (round %d)", i)
+		}
+		st := m.Stats()
+		if st.Rollbacks != uint64(i) || st.LastRollback.Before(res.ConfirmBy) || st.RollbackLate != st.LastRollback.Sub(res.ConfirmBy) {
+			t.Fatalf("stats %+v: want rollback %d, not before the deadline %v", st, i, res.ConfirmBy)
+		}
+		t.Logf("rollback %d: %v after the deadline: the timer's start %v late, the kernel's replace %v",
+			i, st.RollbackLate, st.RollbackLate-st.RollbackTook, st.RollbackTook)
+		lates = append(lates, st.RollbackLate)
+		if after := nftList(t, "-j", "list", "ruleset"); withoutHandles(after) != withoutHandles(before) {
+			t.Fatalf("after rollback %d the kernel holds another ruleset:\nbefore %s\nafter  %s", i, before, after)
+		}
 	}
-	st := m.Stats()
-	t.Logf("rolled back %v after the deadline, %v of it the kernel's replace", st.LastRollback.Sub(res.ConfirmBy), st.RollbackTook)
-	if st.Rollbacks != 1 || st.LastRollback.Before(res.ConfirmBy) {
-		t.Errorf("stats %+v: want one rollback, not before the deadline %v", st, res.ConfirmBy)
-	}
-	if after := nftList(t, "-j", "list", "ruleset"); withoutHandles(after) != withoutHandles(before) {
-		t.Errorf("after the rollback the kernel holds another ruleset:\nbefore %s\nafter  %s", before, after)
+	slices.Sort(lates)
+	if median := lates[len(lates)/2]; median > rollbackGoal {
+		t.Errorf("median rollback %v after its deadline (of %v), over the bound of timeout + %v", median, lates, rollbackGoal)
 	}
 }
+
+// rollbackRounds is how many rollbacks TestKernelRollback judges the
+// median of.
+const rollbackRounds = 5
 
 // Through host, the one owner of host state: the table lists as
 // translated, a refused ruleset changes nothing and names its rule, the

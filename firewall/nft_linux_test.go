@@ -56,13 +56,28 @@ func hasRule(batch []netlink.Message, name string) bool {
 // One Replace is one batch: the table added, deleted and added again (a
 // leftover table is replaced, a missing one does not fail the batch), one
 // counter per rule, the zone sets and the ports' sets, every chain and
-// every rule.
+// every rule. So it is for the hub's policy and for one grown to 200
+// rules (the size of the apply goal, whose time BenchmarkReplace200
+// measures): one transaction, whatever the size.
 func TestReplaceIsOneBatch(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		p     Policy
+		rules int // at least
+	}{{"hub", hubPolicy(), 1}, {"200 rules", policyOf(t, 200), 200}} {
+		t.Run(tc.name, func(t *testing.T) { testReplaceIsOneBatch(t, tc.p, tc.rules) })
+	}
+}
+
+func testReplaceIsOneBatch(t *testing.T, p Policy, rules int) {
 	f := &fakeNft{}
 	k := NewKernelTable(nftables.WithTestDial(f.dial))
-	rs, err := Build(hubPolicy())
+	rs, err := Build(p)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if rs.Len() < rules {
+		t.Fatalf("%d rules built, want at least %d", rs.Len(), rules)
 	}
 	if err := k.Replace(context.Background(), rs); err != nil {
 		t.Fatal(err)
