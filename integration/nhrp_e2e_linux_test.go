@@ -124,7 +124,7 @@ func newE2EWith(t testing.TB, dataplane string, extra func(node string) string, 
 		}
 		return extra(n)
 	}
-	x.hub = startDaemon(t, bin, tb.Node("hub"), hubYAML(dataplane)+more("hub"))
+	x.hub = startDaemon(t, bin, tb.Node("hub"), withExtra(hubYAML(dataplane), more("hub")))
 	// The hub's routes to the spokes' LANs (BGP's job later).
 	var routes []string
 	for i := range e2eLAN {
@@ -134,7 +134,7 @@ func newE2EWith(t testing.TB, dataplane string, extra func(node string) string, 
 		t.Fatal(err)
 	}
 	for i, name := range []string{"s1", "s2", "s3"} {
-		d := startDaemon(t, bin, tb.Node(name), spokeYAML(name, dataplane, e2eTunnel[i].String(), e2eLAN[i].String())+more(name))
+		d := startDaemon(t, bin, tb.Node(name), withExtra(spokeYAML(name, dataplane, e2eTunnel[i].String(), e2eLAN[i].String()), more(name)))
 		if err := tb.Node(name).IP("route add 10.0.0.0/8 via 10.0.0.1 dev gre1 onlink"); err != nil {
 			t.Fatal(err)
 		}
@@ -142,6 +142,23 @@ func newE2EWith(t testing.TB, dataplane string, extra func(node string) string, 
 		x.hosts = append(x.hosts, tb.Node(name+"-h1"))
 	}
 	return x
+}
+
+// withExtra appends a node's extra YAML to its configuration; a
+// "tunnel:" section at the start of extra joins the configuration's own
+// (a spoke's tunnel.mtu), keys the configuration does not set.
+func withExtra(base, extra string) string {
+	rest, ok := strings.CutPrefix(extra, "tunnel:\n")
+	if !ok {
+		return base + extra
+	}
+	var keys strings.Builder
+	for rest != "" && strings.HasPrefix(rest, "  ") {
+		line, after, _ := strings.Cut(rest, "\n")
+		keys.WriteString(line + "\n")
+		rest = after
+	}
+	return strings.Replace(base, "\ntunnel:\n", "\ntunnel:\n"+keys.String(), 1) + rest
 }
 
 // registered reports whether the hub holds a registration for spoke i.
