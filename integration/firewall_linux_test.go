@@ -281,10 +281,13 @@ func capturedMSS(t *testing.T, path string, synack bool) int {
 // firewallApplyRollback adds a rule to the node's file and applies it
 // with dmvpnctl firewall apply --confirm 1s, rollbackRounds times, each
 // time waiting for the policy and the running configuration to come back
-// by themselves; the median of the daemon's own RollbackLate (deadline
-// to the previous policy in force) must be within the 100 ms —
-// a median, since one commit on a loaded machine may wait hundreds of ms
-// for an RCU grace period (firewall's TestKernelRollback).
+// by themselves; the median of when the daemon began each rollback
+// (RollbackLate less the kernel's replace, RollbackTook) must be within
+// the 100 ms of its deadline. The whole bound, the kernel's commit
+// included, is firewall's TestKernelRollback's, in a namespace of its own:
+// here every other integration test runs beside this one, and one commit
+// may wait hundreds of ms for an RCU grace period while they create and
+// delete namespaces.
 func firewallApplyRollback(t *testing.T, d *daemonNode) {
 	t.Helper()
 	ctl := vm.GoBuild(t, "./cmd/dmvpnctl")
@@ -320,7 +323,7 @@ func firewallApplyRollback(t *testing.T, d *daemonNode) {
 		})
 		st := d.firewall().Policy.Stats
 		t.Logf("rollback %d: %v after its deadline (the kernel's replace %v)", i, st.RollbackLate, st.RollbackTook)
-		lates = append(lates, st.RollbackLate)
+		lates = append(lates, st.RollbackLate-st.RollbackTook)
 	}
 	r := d.firewall()
 	for _, c := range r.Policy.Chains {
@@ -332,7 +335,7 @@ func firewallApplyRollback(t *testing.T, d *daemonNode) {
 	}
 	slices.Sort(lates)
 	if median := lates[len(lates)/2]; median > 100*time.Millisecond {
-		t.Errorf("median rollback %v after its deadline (of %v), over the bound of timeout + 100 ms", median, lates)
+		t.Errorf("median rollback began %v after its deadline (of %v), over the bound of timeout + 100 ms", median, lates)
 	}
 }
 
