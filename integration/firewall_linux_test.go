@@ -64,8 +64,8 @@ func ruleCount(r control.FirewallResponse, name string) uint64 {
 // (spoke 2's tunnel MTU below spoke 1's: checkClamp), BGP from the
 // internet is dropped, GRE injected in clear is dropped and counted (by
 // the policy, or by the ebpf fast path before netfilter), an unconfirmed
-// apply comes back by itself within its timeout + 100 ms (median of
-// three), and across ten restarts of the hub's charon
+// apply comes back by itself, its rollback begun within 100 ms of its
+// deadline (median of three), and across ten restarts of the hub's charon
 // not one GRE frame crosses the internet in clear.
 func TestFirewall(t *testing.T) {
 	for _, dp := range []string{"userspace", "ebpf"} {
