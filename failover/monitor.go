@@ -75,6 +75,9 @@ type uplink struct {
 	opened  Link
 	openErr string
 	sendErr uint64
+	// lastAddr is the uplink's last address: its connections are
+	// masqueraded to it even when it went down by losing it.
+	lastAddr netip.Addr
 }
 
 type uplinkReply struct {
@@ -274,6 +277,9 @@ func (m *Monitor) refresh(ctx context.Context, u *uplink, now time.Time) bool {
 	gw := gatewayOf(c, l, u.gateway)
 	changed := l != u.link || gw != u.gateway
 	u.link, u.gateway = l, gw
+	if l.Addr.IsValid() {
+		u.lastAddr = l.Addr.Addr()
+	}
 	why := ""
 	switch {
 	case l.Index == 0:
@@ -342,9 +348,9 @@ func (m *Monitor) transition(u *uplink, from State) {
 	fields := []zap.Field{zap.String("uplink", p.cfg.Name), zap.String("interface", p.cfg.Interface), zap.String("reason", p.reason)}
 	if p.state == StateDown {
 		m.log.Warn("uplink down", fields...)
-		if u.link.Addr.IsValid() {
-			m.downs = append(m.downs, flushTarget{name: p.cfg.Name, addr: u.link.Addr.Addr(), mark: p.cfg.Mark})
-		}
+		// The last address: gone with the link (a PPPoE session ending),
+		// its connections are still there.
+		m.downs = append(m.downs, flushTarget{name: p.cfg.Name, addr: u.lastAddr, mark: p.cfg.Mark})
 	} else {
 		m.log.Info("uplink up", fields...)
 	}

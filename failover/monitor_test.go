@@ -271,3 +271,37 @@ func TestApplyRetried(t *testing.T) {
 		}
 	})
 }
+
+// A single uplink losing its address (a PPPoE session ending) is down at
+// once and its connections are ended, found by the address it had; it
+// comes back with another address, reported as the next NBMA address.
+func TestAddressLostAndChanged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, 0, 1, func(c *failover.Config, _ *failovertest.Net) { c.Uplinks = c.Uplinks[:1] })
+		r.waitMain(t, "isp1")
+		time.Sleep(time.Second)
+		r.k.SetLink("wan0", failover.Link{Index: 10, Up: true, Gateway: gw1})
+		r.waitMain(t)
+		if got := r.m.NBMA(); len(got) != 0 {
+			t.Errorf("NBMA %v without an address", got)
+		}
+		if got, want := r.ct.Flushes(), []failovertest.Flush{{Addr: addr1.Addr(), Mark: 0x100, Mask: 0xff00}}; !slices.Equal(got, want) {
+			t.Errorf("connections ended: %v, want %v (the address the uplink had)", got, want)
+		}
+		renewed := netip.MustParsePrefix("198.51.100.9/28")
+		r.k.SetLink("wan0", failover.Link{Index: 10, Up: true, Addr: renewed, Gateway: gw1})
+		r.waitMain(t, "isp1")
+		if got := r.m.NBMA(); !slices.Equal(got, []netip.Addr{renewed.Addr()}) {
+			t.Errorf("NBMA %v, want the new address %v", got, renewed.Addr())
+		}
+		var nbmas []netip.Addr
+		for _, a := range r.rec.AppliedEvents() {
+			if len(nbmas) == 0 || nbmas[len(nbmas)-1] != a.NBMA {
+				nbmas = append(nbmas, a.NBMA)
+			}
+		}
+		if want := []netip.Addr{addr1.Addr(), {}, renewed.Addr()}; !slices.Equal(nbmas, want) {
+			t.Errorf("NBMA addresses applied %v, want %v", nbmas, want)
+		}
+	})
+}
