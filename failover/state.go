@@ -159,7 +159,7 @@ func (p *prober) nextEvent() time.Time {
 	next := p.nextRound
 	if n := len(p.open); n > 0 {
 		if r := p.open[n-1]; !r.suspect && r.count() < p.cfg.HostsRequired {
-			next = minTime(next, r.start.Add(p.cfg.Timeout))
+			next = minTime(next, r.start.Add(p.suspectAfter()))
 		}
 		next = minTime(next, p.decideAt(p.open[0]))
 	}
@@ -178,10 +178,29 @@ func minTime(a, b time.Time) time.Time {
 	return a
 }
 
+// suspectAfter is how long the newest round may lack replies before the
+// next starts: twice the slowest answering host's smoothed round trip, at
+// least half the timeout (when its retries are all sent) and at most the
+// timeout, which it is until a host has answered (a host that never
+// answers through this uplink, reached only through another, does not
+// count).
+func (p *prober) suspectAfter() time.Duration {
+	d, heard := p.cfg.Timeout/2, false
+	for _, h := range p.hosts {
+		if h.srtt > 0 {
+			d, heard = max(d, 2*h.srtt), true
+		}
+	}
+	if !heard {
+		return p.cfg.Timeout
+	}
+	return min(d, p.cfg.Timeout)
+}
+
 // roundDue reports whether the next round starts now: at the interval,
-// or at once when the newest round lacks replies a timeout after it
-// started (an outage is then confirmed in DownAfter timeouts, not
-// intervals; that round's retries go on).
+// or at once when the newest round lacks replies for longer than its
+// hosts take to answer (suspectAfter: an outage is then confirmed in
+// DownAfter of those, not intervals; that round's retries go on).
 func (p *prober) roundDue(now time.Time) bool {
 	if !now.Before(p.nextRound) {
 		return true
@@ -191,7 +210,7 @@ func (p *prober) roundDue(now time.Time) bool {
 		return false
 	}
 	r := p.open[n-1]
-	if r.suspect || r.count() >= p.cfg.HostsRequired || now.Before(r.start.Add(p.cfg.Timeout)) {
+	if r.suspect || r.count() >= p.cfg.HostsRequired || now.Before(r.start.Add(p.suspectAfter())) {
 		return false
 	}
 	r.suspect = true
