@@ -153,6 +153,7 @@ type Daemon struct {
 	fw         *firewall.Manager
 	fwRollback func(src any)
 	uplinks    *failover.Monitor // nil without uplinks
+	follower   *follower         // makes IPsec and NHRP follow the uplinks; nil without them
 	bgp        *bgp.Controller
 }
 
@@ -334,7 +335,11 @@ func (d *Daemon) up(ctx context.Context) error {
 		}
 		d.mu.Lock()
 		d.ipsecMgr = mgr
+		f := d.follower
 		d.mu.Unlock()
+		if f != nil {
+			f.pin() // an NBMA move during the start: IPsec follows it now
+		}
 		if err := d.refreshFirewall(ctx, 5*time.Second); err != nil {
 			return err
 		}

@@ -152,6 +152,15 @@ func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gat
 	if err != nil {
 		return nil, err
 	}
+	// With uplinks, the connections initiate from the active uplink's
+	// address from the start, not from %any: with balanced uplinks the
+	// kernel's multipath pick would be charon's source while GRE is sent
+	// out the active uplink's table (the follower moves it later).
+	if mon := d.Uplinks(); mon != nil {
+		if nbma := mon.NBMA(); len(nbma) > 0 {
+			m.SetLocal(nbma[0])
+		}
+	}
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	if err := m.Start(mctx); err != nil {
 		cancel()

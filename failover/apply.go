@@ -89,12 +89,12 @@ func (m *Monitor) flush(ctx context.Context, downs []flushTarget, d Desired) int
 		return 0
 	}
 	n := 0
-	done := map[netip.Addr]bool{}
+	done := map[flushTarget]bool{}
 	for _, f := range downs {
-		if slices.Contains(d.Main, f.name) || done[f.addr] {
+		if slices.Contains(d.Main, f.name) || done[f] {
 			continue // fail open: it carries traffic again
 		}
-		done[f.addr] = true
+		done[f] = true
 		c, err := m.deps.Conntrack.Flush(ctx, f.addr, f.mark, m.cfg.MarkMask)
 		if err != nil {
 			m.log.Warn("ending the connections of a failed uplink", zap.String("uplink", f.name), zap.Error(err))

@@ -75,6 +75,9 @@ type uplink struct {
 	opened  Link
 	openErr string
 	sendErr uint64
+	// lastAddr is the uplink's last address: its connections are
+	// masqueraded to it even when it went down by losing it.
+	lastAddr netip.Addr
 }
 
 type uplinkReply struct {
@@ -198,18 +201,12 @@ func (m *Monitor) Run(ctx context.Context) error {
 	}
 }
 
-// nextEvent is when the next round starts or ends.
+// nextEvent is when the next round starts, a retry is due or a round is
+// decided.
 func (m *Monitor) nextEvent() time.Time {
 	var next time.Time
 	for _, u := range m.ups {
-		t := u.p.nextRound
-		if u.p.inRound {
-			t = u.p.roundEnd()
-			if r := u.p.retryAt(); !r.IsZero() && r.Before(t) {
-				t = r
-			}
-		}
-		if next.IsZero() || t.Before(next) {
+		if t := u.p.nextEvent(); next.IsZero() || t.Before(next) {
 			next = t
 		}
 	}
@@ -219,40 +216,28 @@ func (m *Monitor) nextEvent() time.Time {
 	return next
 }
 
-// tick ends the rounds that are due, then starts the ones that are, and
-// sends the retries that are due.
+// tick sends the retries that are due, decides the rounds that are, and
+// starts the next ones.
 func (m *Monitor) tick(now time.Time) {
 	var reasons []string
 	for _, u := range m.ups {
-		for r := u.p.retryAt(); !r.IsZero() && !now.Before(r); r = u.p.retryAt() {
-			m.send(u, u.p.retry())
-		}
-		if u.p.inRound && !now.Before(u.p.roundEnd()) {
-			from := u.p.state
-			if u.p.endRound(now) {
-				m.transition(u, from)
-				reasons = append(reasons, u.p.cfg.Name+" "+u.p.state.String())
-			}
-		}
-	}
-	for _, u := range m.ups {
-		if !u.p.inRound && !now.Before(u.p.nextRound) {
-			u.p.startRound(now)
-			m.send(u, u.p.cfg.Probes)
-		}
+		u.p.step(now, func(seq uint16, hosts []netip.Addr) { m.send(u, seq, hosts) }, func(from State) {
+			m.transition(u, from)
+			reasons = append(reasons, u.p.cfg.Name+" "+u.p.state.String())
+		})
 	}
 	if len(reasons) > 0 {
 		m.publish(fmt.Sprint(reasons))
 	}
 }
 
-// send sends the round's echo request to hosts.
-func (m *Monitor) send(u *uplink, hosts []netip.Addr) {
+// send sends an echo request with sequence seq to hosts.
+func (m *Monitor) send(u *uplink, seq uint16, hosts []netip.Addr) {
 	if u.probe == nil {
 		return
 	}
 	for _, h := range hosts {
-		if err := u.probe.Send(h, u.p.seq); err != nil {
+		if err := u.probe.Send(h, seq); err != nil {
 			u.sendErr++
 			if u.sendErr == 1 || u.sendErr%1000 == 0 {
 				m.log.Debug("probe not sent", zap.String("uplink", u.p.cfg.Name), zap.Stringer("host", h), zap.Uint64("errors", u.sendErr), zap.Error(err))
@@ -274,6 +259,9 @@ func (m *Monitor) refresh(ctx context.Context, u *uplink, now time.Time) bool {
 	gw := gatewayOf(c, l, u.gateway)
 	changed := l != u.link || gw != u.gateway
 	u.link, u.gateway = l, gw
+	if l.Addr.IsValid() {
+		u.lastAddr = l.Addr.Addr()
+	}
 	why := ""
 	switch {
 	case l.Index == 0:
@@ -342,9 +330,9 @@ func (m *Monitor) transition(u *uplink, from State) {
 	fields := []zap.Field{zap.String("uplink", p.cfg.Name), zap.String("interface", p.cfg.Interface), zap.String("reason", p.reason)}
 	if p.state == StateDown {
 		m.log.Warn("uplink down", fields...)
-		if u.link.Addr.IsValid() {
-			m.downs = append(m.downs, flushTarget{name: p.cfg.Name, addr: u.link.Addr.Addr(), mark: p.cfg.Mark})
-		}
+		// The last address: gone with the link (a PPPoE session ending),
+		// its connections are still there.
+		m.downs = append(m.downs, flushTarget{name: p.cfg.Name, addr: u.lastAddr, mark: p.cfg.Mark})
 	} else {
 		m.log.Info("uplink up", fields...)
 	}

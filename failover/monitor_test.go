@@ -108,11 +108,13 @@ func TestFailoverAndBack(t *testing.T) {
 		cut := time.Now()
 		r.net.Cut("isp1")
 		moved := r.waitMain(t, "isp2")
-		// Rounds start every 250 ms, and at once after a silent one: the
-		// first silent round starts within 250 ms of the cut, the third
-		// is decided 3 × 200 ms later.
-		if d := moved.Sub(cut); d > 850*time.Millisecond || d < 600*time.Millisecond {
-			t.Errorf("default route moved %v after the cut, want 0.6–0.85 s", d)
+		// Rounds start every 250 ms, and at once when the newest lacks
+		// replies for half the timeout (100 ms; twice the 10 ms round
+		// trip is less): the first silent round starts within 250 ms of
+		// the cut, the third 200 ms later, decided a timeout after its
+		// last retry (100 ms in): 500 ms.
+		if d := moved.Sub(cut); d > 750*time.Millisecond || d < 500*time.Millisecond {
+			t.Errorf("default route moved %v after the cut, want 0.5–0.75 s", d)
 		} else {
 			t.Logf("default route moved %v after the cut", d)
 		}
@@ -268,6 +270,40 @@ func TestApplyRetried(t *testing.T) {
 		r.waitMain(t, "isp2")
 		if got := r.ct.Flushes(); len(got) != 1 {
 			t.Errorf("flushes after the retry: %v", got)
+		}
+	})
+}
+
+// A single uplink losing its address (a PPPoE session ending) is down at
+// once and its connections are ended, found by the address it had; it
+// comes back with another address, reported as the next NBMA address.
+func TestAddressLostAndChanged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, 0, 1, func(c *failover.Config, _ *failovertest.Net) { c.Uplinks = c.Uplinks[:1] })
+		r.waitMain(t, "isp1")
+		time.Sleep(time.Second)
+		r.k.SetLink("wan0", failover.Link{Index: 10, Up: true, Gateway: gw1})
+		r.waitMain(t)
+		if got := r.m.NBMA(); len(got) != 0 {
+			t.Errorf("NBMA %v without an address", got)
+		}
+		if got, want := r.ct.Flushes(), []failovertest.Flush{{Addr: addr1.Addr(), Mark: 0x100, Mask: 0xff00}}; !slices.Equal(got, want) {
+			t.Errorf("connections ended: %v, want %v (the address the uplink had)", got, want)
+		}
+		renewed := netip.MustParsePrefix("198.51.100.9/28")
+		r.k.SetLink("wan0", failover.Link{Index: 10, Up: true, Addr: renewed, Gateway: gw1})
+		r.waitMain(t, "isp1")
+		if got := r.m.NBMA(); !slices.Equal(got, []netip.Addr{renewed.Addr()}) {
+			t.Errorf("NBMA %v, want the new address %v", got, renewed.Addr())
+		}
+		var nbmas []netip.Addr
+		for _, a := range r.rec.AppliedEvents() {
+			if len(nbmas) == 0 || nbmas[len(nbmas)-1] != a.NBMA {
+				nbmas = append(nbmas, a.NBMA)
+			}
+		}
+		if want := []netip.Addr{addr1.Addr(), {}, renewed.Addr()}; !slices.Equal(nbmas, want) {
+			t.Errorf("NBMA addresses applied %v, want %v", nbmas, want)
 		}
 	})
 }

@@ -126,7 +126,7 @@ func (m *Monitor) applyNow(reason string) error {
 
 // reconfigured returns a copy of the prober under a new configuration of
 // the same uplink: the probe hosts it keeps keep their history; a round
-// in progress when the hosts changed is dropped undecided (its new hosts
+// in flight when the hosts changed is dropped undecided (its new hosts
 // were not asked), and the next round comes no later than a new interval.
 func (p *prober) reconfigured(cfg Uplink, now time.Time) *prober {
 	q := *p
@@ -139,8 +139,14 @@ func (p *prober) reconfigured(cfg Uplink, now time.Time) *prober {
 		}
 		q.hosts = append(q.hosts, h)
 	}
-	if q.inRound && !slices.Equal(p.cfg.Probes, cfg.Probes) {
-		q.inRound = false
+	q.open = nil
+	for _, r := range p.open {
+		c := *r
+		c.answered, c.tries = slices.Clone(r.answered), slices.Clone(r.tries)
+		q.open = append(q.open, &c)
+	}
+	if len(q.open) > 0 && !slices.Equal(p.cfg.Probes, cfg.Probes) {
+		q.open = nil
 		q.nextRound = now
 	}
 	if q.nextRound.After(now.Add(cfg.Interval)) {

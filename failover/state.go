@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 )
@@ -37,21 +38,19 @@ type hostState struct {
 	received uint64
 	// history holds the last rounds, newest in bit 0: 1 answered.
 	history   uint64
-	rounds    int // rounds in history (≤ historyLen)
-	answered  bool
-	rtt       time.Duration // of the last reply
+	rounds    int           // rounds in history (≤ historyLen)
+	rtt       time.Duration // of the last reply, from its own request
 	srtt      time.Duration // smoothed (RFC 6298 α = 1/8)
 	lastReply time.Time
 }
 
 // record ends a round for the host.
-func (h *hostState) record() {
+func (h *hostState) record(answered bool) {
 	h.history <<= 1
-	if h.answered {
+	if answered {
 		h.history |= 1
 	}
 	h.rounds = min(h.rounds+1, historyLen)
-	h.answered = false
 }
 
 // loss is the share of the recorded rounds without a reply, in percent.
@@ -67,18 +66,50 @@ func (h *hostState) loss() float64 {
 	return 100 * float64(h.rounds-got) / float64(h.rounds)
 }
 
+// round is one probe round in flight: a request to every host, then the
+// retries to the silent ones. Every request has a sequence of its own and
+// counts when its reply comes within the timeout of its own sending, so
+// a retry counts whatever the round trip (up to the timeout); the round
+// is decided once the last request's timeout has passed (or every host
+// answered).
+type round struct {
+	start    time.Time
+	answered []bool // by host
+	tries    []try  // the requests sent, first one first
+	// suspect is set once the next round was started early because this
+	// one lacked replies after its first timeout.
+	suspect bool
+}
+
+// try is one request of a round (to every host silent when it was sent).
+type try struct {
+	seq  uint16
+	sent time.Time
+}
+
+// count returns how many hosts answered.
+func (r *round) count() int {
+	n := 0
+	for _, a := range r.answered {
+		if a {
+			n++
+		}
+	}
+	return n
+}
+
 // prober is the probing state of one uplink: rounds of one echo request
-// to every probe host, each round good when enough hosts answered within
-// the timeout.
+// to every probe host (and retries to the silent ones), each round good
+// when enough hosts answered. Rounds may overlap: a round lacking replies
+// after its first timeout starts the next at once, while its own retries
+// still run.
 type prober struct {
 	cfg   Uplink
 	hosts []*hostState
 
-	seq        uint16
-	inRound    bool
-	roundStart time.Time
-	nextRound  time.Time
-	tries      int // requests sent to the silent hosts this round
+	seq       uint16   // the last request's sequence
+	open      []*round // in flight, oldest first; decided in order
+	nextRound time.Time
 
 	state  State
 	since  time.Time
@@ -100,58 +131,179 @@ func newProber(cfg Uplink, now time.Time) *prober {
 	return p
 }
 
-// startRound begins a round: the caller sends an echo request with
-// sequence p.seq to every host. It returns the sequence.
-func (p *prober) startRound(now time.Time) uint16 {
-	p.seq++
-	p.inRound = true
-	p.roundStart = now
-	p.nextRound = now.Add(p.cfg.Interval)
-	p.tries = 1
-	for _, h := range p.hosts {
-		h.sent++
-		h.answered = false
-	}
-	return p.seq
-}
+// sendFunc sends the request with sequence seq to hosts.
+type sendFunc func(seq uint16, hosts []netip.Addr)
 
-// retryAt is when the round's next request goes to the hosts that have
-// not answered yet; zero when the round has sent them all. The Retries
-// requests are spread evenly over the timeout.
-func (p *prober) retryAt() time.Time {
-	if !p.inRound || p.tries > p.cfg.Retries {
-		return time.Time{}
-	}
-	return p.roundStart.Add(p.cfg.Timeout * time.Duration(p.tries) / time.Duration(p.cfg.Retries+1))
-}
-
-// retry counts another request of the round and returns the hosts to send
-// it to: those that have not answered.
-func (p *prober) retry() []netip.Addr {
-	p.tries++
-	var out []netip.Addr
-	for _, h := range p.hosts {
-		if !h.answered {
-			h.sent++
-			out = append(out, h.addr)
+// step does what is due at now: the retries, the decisions of the rounds
+// whose last timeout has passed (oldest first; changed is called after
+// each change of state, with the state before), and the next round.
+func (p *prober) step(now time.Time, send sendFunc, changed func(from State)) {
+	for _, r := range p.open {
+		if at := p.retryAt(r); !at.IsZero() && !now.Before(at) {
+			p.retry(r, now, send)
 		}
 	}
-	return out
+	for len(p.open) > 0 && !now.Before(p.decideAt(p.open[0])) {
+		from := p.state
+		if p.endRound(now) {
+			changed(from)
+		}
+	}
+	if p.roundDue(now) {
+		p.startRound(now, send)
+	}
 }
 
-// reply records an echo reply; replies of another round, from unknown
-// hosts or after the timeout are ignored (false).
-func (p *prober) reply(host netip.Addr, seq uint16, at time.Time) bool {
-	if !p.inRound || seq != p.seq || at.Sub(p.roundStart) > p.cfg.Timeout {
+// nextEvent is when step has something to do next.
+func (p *prober) nextEvent() time.Time {
+	next := p.nextRound
+	if n := len(p.open); n > 0 {
+		if r := p.open[n-1]; !r.suspect && r.count() < p.cfg.HostsRequired {
+			next = minTime(next, r.start.Add(p.suspectAfter()))
+		}
+		next = minTime(next, p.decideAt(p.open[0]))
+	}
+	for _, r := range p.open {
+		if at := p.retryAt(r); !at.IsZero() {
+			next = minTime(next, at)
+		}
+	}
+	return next
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// suspectAfter is how long the newest round may lack replies before the
+// next starts: twice the slowest answering host's smoothed round trip, at
+// least half the timeout (when its retries are all sent) and at most the
+// timeout, which it is until a host has answered (a host that never
+// answers through this uplink, reached only through another, does not
+// count).
+func (p *prober) suspectAfter() time.Duration {
+	d, heard := p.cfg.Timeout/2, false
+	for _, h := range p.hosts {
+		if h.srtt > 0 {
+			d, heard = max(d, 2*h.srtt), true
+		}
+	}
+	if !heard {
+		return p.cfg.Timeout
+	}
+	return min(d, p.cfg.Timeout)
+}
+
+// roundDue reports whether the next round starts now: at the interval,
+// or at once when the newest round lacks replies for longer than its
+// hosts take to answer (suspectAfter: an outage is then confirmed in
+// DownAfter of those, not intervals; that round's retries go on).
+func (p *prober) roundDue(now time.Time) bool {
+	if !now.Before(p.nextRound) {
+		return true
+	}
+	n := len(p.open)
+	if n == 0 {
 		return false
 	}
-	for _, h := range p.hosts {
-		if h.addr != host || h.answered {
+	r := p.open[n-1]
+	if r.suspect || r.count() >= p.cfg.HostsRequired || now.Before(r.start.Add(p.suspectAfter())) {
+		return false
+	}
+	r.suspect = true
+	return true
+}
+
+// request takes the next sequence and counts a request to the hosts.
+func (p *prober) request(r *round, now time.Time) (uint16, []netip.Addr) {
+	p.seq++
+	r.tries = append(r.tries, try{seq: p.seq, sent: now})
+	var hosts []netip.Addr
+	for i, h := range p.hosts {
+		if !r.answered[i] {
+			h.sent++
+			hosts = append(hosts, h.addr)
+		}
+	}
+	return p.seq, hosts
+}
+
+// startRound begins a round: an echo request to every host.
+func (p *prober) startRound(now time.Time, send sendFunc) {
+	r := &round{start: now, answered: make([]bool, len(p.hosts))}
+	p.open = append(p.open, r)
+	p.nextRound = now.Add(p.cfg.Interval)
+	send(p.request(r, now))
+}
+
+// retryAt is when a round's next request goes to the hosts that have not
+// answered yet; zero when it has sent them all or every host answered.
+// The Retries requests are spread evenly over the first half of the
+// timeout (25, 50, 75 and 100 ms by default): each waits a whole timeout
+// for its reply, and the round is decided a timeout and a half after it
+// started, which keeps an outage found within a second.
+func (p *prober) retryAt(r *round) time.Time {
+	if len(r.tries) > p.cfg.Retries || r.count() == len(r.answered) {
+		return time.Time{}
+	}
+	return r.start.Add(p.retryOffset(len(r.tries)))
+}
+
+// retryOffset is when the k-th retry (from 1) goes, from the round's start.
+func (p *prober) retryOffset(k int) time.Duration {
+	return p.cfg.Timeout / 2 * time.Duration(k) / time.Duration(p.cfg.Retries)
+}
+
+// retry sends a round's next request to the hosts that have not answered.
+func (p *prober) retry(r *round, now time.Time, send sendFunc) {
+	send(p.request(r, now))
+}
+
+// decideAt is when a round is decided: once every host answered, else
+// the timeout after its last request (those still to be sent included).
+func (p *prober) decideAt(r *round) time.Time {
+	if r.count() == len(r.answered) {
+		return r.start
+	}
+	last := r.tries[len(r.tries)-1].sent
+	if at := p.retryAt(r); !at.IsZero() {
+		last = r.start.Add(p.retryOffset(p.cfg.Retries))
+		last = maxTime(last, at)
+	}
+	return last.Add(p.cfg.Timeout)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return b
+	}
+	return a
+}
+
+// reply records an echo reply; replies to no request in flight, from
+// hosts not asked, or after the timeout of their request are ignored
+// (false).
+func (p *prober) reply(host netip.Addr, seq uint16, at time.Time) bool {
+	hi := slices.IndexFunc(p.hosts, func(h *hostState) bool { return h.addr == host })
+	if hi < 0 {
+		return false
+	}
+	for _, r := range p.open {
+		ti := slices.IndexFunc(r.tries, func(t try) bool { return t.seq == seq })
+		if ti < 0 {
 			continue
 		}
-		h.answered = true
+		rtt := at.Sub(r.tries[ti].sent)
+		if r.answered[hi] || rtt < 0 || rtt > p.cfg.Timeout {
+			return false
+		}
+		r.answered[hi] = true
+		h := p.hosts[hi]
 		h.received++
-		h.rtt = at.Sub(p.roundStart)
+		h.rtt = rtt
 		if h.srtt == 0 {
 			h.srtt = h.rtt
 		} else {
@@ -163,34 +315,24 @@ func (p *prober) reply(host netip.Addr, seq uint16, at time.Time) bool {
 	return false
 }
 
-// roundEnd is when the current round is decided.
-func (p *prober) roundEnd() time.Time { return p.roundStart.Add(p.cfg.Timeout) }
-
-// endRound decides the current round and reports whether the uplink's
-// state changed.
+// endRound decides the oldest round in flight and reports whether the
+// uplink's state changed.
 func (p *prober) endRound(now time.Time) bool {
-	if !p.inRound {
+	if len(p.open) == 0 {
 		return false
 	}
-	p.inRound = false
+	r := p.open[0]
+	p.open = slices.Delete(p.open, 0, 1)
 	p.rounds++
-	answered := 0
-	for _, h := range p.hosts {
-		if h.answered {
-			answered++
-		}
-		h.record()
+	for i, h := range p.hosts {
+		h.record(r.answered[i])
 	}
-	if answered >= p.cfg.HostsRequired {
+	if r.count() >= p.cfg.HostsRequired {
 		p.good++
 		p.bad = 0
 	} else {
 		p.bad++
 		p.good = 0
-		// A round without enough replies is followed at once by the next
-		// (its timeout is spent): an outage is confirmed in DownAfter
-		// timeouts rather than intervals.
-		p.nextRound = now
 	}
 	switch {
 	case p.state == StateUp && p.bad >= p.cfg.DownAfter:

@@ -178,6 +178,24 @@ func TestUplinkBalance(t *testing.T) {
 	waitFor(t, 10*time.Second, "a multipath default over both uplinks", func() bool {
 		return slices.Equal(r.via(), []string{"isp1", "isp2"})
 	})
+	// IKE starts from the active uplink's address (the NBMA address GRE
+	// leaves from), not from the kernel's multipath pick of a source.
+	if u := r.uplinks(); len(u.NBMA) == 0 || u.NBMA[0] != foS1ISP1 {
+		t.Fatalf("s1's NBMA addresses %v, want isp1's %v first", u.NBMA, foS1ISP1)
+	}
+	waitFor(t, 10*time.Second, "s1's SAs up, every one from isp1's address", func() bool {
+		up := 0
+		for _, sa := range r.s1.crypto().SAs {
+			if !sa.Up() {
+				continue
+			}
+			if sa.LocalHost != foS1ISP1 {
+				t.Fatalf("an SA up from %s (with %s) with both uplinks balanced, want from %s", sa.LocalHost, sa.RemoteHost, foS1ISP1)
+			}
+			up++
+		}
+		return up > 0
+	})
 	flows := vm.GoBuild(t, "./integration/cmd/udpflows")
 	counts := countAt(t, r.tb.Node("inet"), "input", "dmvt_flows", map[string]string{
 		"isp1": fmt.Sprintf(`iifname "to-s1" ip saddr %s udp dport 9`, foS1ISP1),

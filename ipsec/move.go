@@ -53,6 +53,23 @@ func (m *Manager) LocalMoved(ctx context.Context, nbma netip.Addr) (int, error) 
 	return len(stale), errors.Join(errs...)
 }
 
+// SetLocal sets the address the connections this node initiates start from
+// (local_addrs), for Start to load them with: this node's NBMA address as
+// its uplinks route it. Once running, LocalMoved moves it.
+func (m *Manager) SetLocal(nbma netip.Addr) {
+	m.mu.Lock()
+	m.local = nbma
+	m.mu.Unlock()
+}
+
+// Local returns the address the connections this node initiates start
+// from; invalid: any (charon's pick of the kernel's source).
+func (m *Manager) Local() netip.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.local
+}
+
 // forceTerminate ends an IKE SA without waiting for the peer's answer to
 // the DELETE.
 func (m *Manager) forceTerminate(ctx context.Context, ikeID string) {

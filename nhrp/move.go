@@ -133,7 +133,9 @@ func (e *Engine) moveBinding(cur *entry, r *regCIE, reqID uint32) {
 	cur.nbma, cur.claimed, cur.flags = r.reg.NBMA, r.reg.ClaimedNBMA, flags|cur.flags&FlagUsed
 	cur.holding, cur.mtu, cur.reqID = uint16(r.holding/time.Second), r.mtu, reqID
 	if r.verdict.Identity != "" {
-		cur.identity, cur.attrs = r.verdict.Identity, r.verdict.Attrs
+		// As a refresh does (bind): the networks the certificate allows
+		// now, which bound the resolution replies claimed for the client.
+		cur.identity, cur.attrs, cur.nets = r.verdict.Identity, r.verdict.Attrs, r.verdict.Networks
 	}
 	e.ref(cur.nbma)
 	if n, ok := neighborOf(cur); ok {

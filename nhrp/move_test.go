@@ -3,6 +3,7 @@ package nhrp
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -28,9 +29,20 @@ func TestNBMAMove(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newLab(t)
 		hub := l.addHub(1, hubConfig(), 1, 2)
-		hub.deps.Authorizer = certAuthorizer
-		l.start(hub)
 		moved := netip.MustParseAddr("203.0.113.65")
+		// spoke1's certificate allows its LAN; the one its SA from the
+		// new address proves allows another network too (renewed with
+		// the move): the moved binding must carry the new networks.
+		movedNets := []netip.Prefix{spokeLAN(1), netip.MustParsePrefix("10.99.0.0/24")}
+		hub.deps.Authorizer = AuthorizerFunc(func(ctx context.Context, r Registration) Verdict {
+			v := certAuthorizer(ctx, r)
+			v.Networks = []netip.Prefix{spokeLAN(1)}
+			if r.NBMA == moved {
+				v.Networks = movedNets
+			}
+			return v
+		})
+		l.start(hub)
 		certs := labCerts()
 		certs.m[moved] = certs.m[spokeNBMA(1)]
 		s1 := l.addSpoke(1, 1, spokeConfig(1))
@@ -65,6 +77,17 @@ func TestNBMAMove(t *testing.T) {
 		}
 		if n := len(hub.eventsOf(EventExpired)); n != 0 {
 			t.Errorf("the binding expired %d times on its way to the new address (BGP would drop the spoke)", n)
+		}
+		var nets []netip.Prefix
+		if err := hub.eng.do(t.Context(), func() {
+			if en := hub.eng.cache.get(hostPrefix(spokeAddr(1))); en != nil {
+				nets = slices.Clone(en.nets)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(nets, movedNets) {
+			t.Errorf("moved binding's networks %v, want %v (the new certificate's)", nets, movedNets)
 		}
 		// spoke2's shortcut at the old address was purged and, in use, at
 		// once resolved again: no wait for the hub's next redirect.

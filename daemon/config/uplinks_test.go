@@ -38,7 +38,7 @@ func TestUplinks(t *testing.T) {
 	got := c.Daemon(Runtime{}).Uplinks
 	want := &failover.Config{RulePriority: 1100, Protocol: 44, MarkMask: 0xff00, Uplinks: []failover.Uplink{
 		{Name: "isp1", Interface: "wan0", Table: 101, Mark: 0x100, Probes: []netip.Addr{netip.MustParseAddr("192.0.2.253"), netip.MustParseAddr("192.0.2.254")},
-			Interval: 250 * time.Millisecond, Timeout: 200 * time.Millisecond, Retries: 2, DownAfter: 3, RepliesRequired: 4, HostsRequired: 1, Weight: 1, Masquerade: true},
+			Interval: 250 * time.Millisecond, Timeout: 200 * time.Millisecond, Retries: 4, DownAfter: 3, RepliesRequired: 4, HostsRequired: 1, Weight: 1, Masquerade: true},
 		{Name: "isp2", Interface: "wan1", Gateway: netip.MustParseAddr("203.0.113.78"), Table: 102, Mark: 0x200, Probes: []netip.Addr{netip.MustParseAddr("192.0.2.253")},
 			Interval: 500 * time.Millisecond, Timeout: 300 * time.Millisecond, Retries: 0, DownAfter: 3, RepliesRequired: 4, HostsRequired: 1, Weight: 3, Preference: 1},
 	}}
