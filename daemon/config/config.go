@@ -151,10 +151,14 @@ type StaticMap struct {
 // Policy is a hub's registration policy: every client in the tunnel
 // network (AllowAll, "allow: all"), or only tunnel addresses in Allow (by
 // default the tunnel network). A registration outside the tunnel network
-// is refused either way.
+// is refused either way. A registration of more than one address (a
+// prefix) is refused unless Prefixes ("prefixes: true"): the owner of a
+// prefix would be taken for the owner of every unregistered tunnel
+// address in it.
 type Policy struct {
 	AllowAll bool
 	Allow    []netip.Prefix
+	Prefixes bool
 }
 
 // Logging configures the log.

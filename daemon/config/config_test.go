@@ -348,3 +348,30 @@ func TestMaskedYAML(t *testing.T) {
 		t.Errorf("YAML (for the daemon's own use) lost the password:\n%s", c.YAML())
 	}
 }
+
+// TestPolicyPrefixes: policy.prefixes is off unless set, decodes, and
+// survives a render and a parse of the rendering.
+func TestPolicyPrefixes(t *testing.T) {
+	src := inClear("node: h\nrole: hub\ntunnel: {interface: gre1, address: 172.16.0.1/16}\npolicy: {allow: all, prefixes: true}\n")
+	c, err := Parse([]byte(src), "h.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Policy.Prefixes || !c.Policy.AllowAll {
+		t.Fatalf("policy %+v: want all and prefixes", c.Policy)
+	}
+	again, err := Parse(c.YAML(), "rendered.yaml")
+	if err != nil {
+		t.Fatalf("the rendering does not parse: %v\n%s", err, c.YAML())
+	}
+	if diff := cmp.Diff(c.Policy, again.Policy, cmpNet...); diff != "" {
+		t.Errorf("policy after a render (-want +got):\n%s", diff)
+	}
+	def, err := Parse([]byte(inClear("node: h\nrole: hub\ntunnel: {interface: gre1, address: 172.16.0.1/16}\n")), "h.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.Policy.Prefixes {
+		t.Errorf("prefixes on by default")
+	}
+}

@@ -78,7 +78,7 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		Dataplane:            t.Dataplane,
 		NHRP:                 n,
 		Networks:             append(c.Networks[:0:0], c.Networks...),
-		Policy:               daemon.Policy{AllowAll: c.Policy.AllowAll, Allow: append(c.Policy.Allow[:0:0], c.Policy.Allow...)},
+		Policy:               daemon.Policy{AllowAll: c.Policy.AllowAll, Allow: append(c.Policy.Allow[:0:0], c.Policy.Allow...), Prefixes: c.Policy.Prefixes},
 		RedirectGroup:        uint16(t.RedirectGroup),
 		ShortcutRulePriority: t.ShortcutRulePriority,
 		Forwarding:           c.Forwarding,

@@ -21,7 +21,10 @@ func sections(d *decoder, c *Config) fields {
 			d.mapping(n, p, tunnelFields(d, &c.Tunnel))
 		},
 		"policy": func(n *yaml.Node, p string) {
-			d.mapping(n, p, fields{"allow": func(n *yaml.Node, p string) { d.allow(n, p, &c.Policy) }})
+			d.mapping(n, p, fields{
+				"allow":    func(n *yaml.Node, p string) { d.allow(n, p, &c.Policy) },
+				"prefixes": func(n *yaml.Node, p string) { d.boolean(n, p, &c.Policy.Prefixes) },
+			})
 		},
 		"networks": func(n *yaml.Node, p string) {
 			d.seq(n, p, func(_ int, item *yaml.Node, p string) {
