@@ -97,6 +97,9 @@ type Tunnel struct {
 	// refreshes (0: a third of the holding time).
 	HoldingTime          time.Duration
 	RegistrationInterval time.Duration
+	// MaxRegistrationHolding caps the holding time a hub grants its
+	// clients (0: the larger of the holding time and 7200 s).
+	MaxRegistrationHolding time.Duration
 	// Authentication is Cisco's cleartext NHRP authentication string.
 	Authentication string
 	// NoUnique clears the unique flag of registrations.

@@ -29,19 +29,20 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 	defaultDPD(sec, c.Role)
 	c.Limits.applyAudit(sec)
 	n := nhrp.Config{
-		HoldingTime:          t.HoldingTime,
-		RegistrationInterval: t.RegistrationInterval,
-		NoUnique:             t.NoUnique,
-		MaxNHS:               t.MaxNHS,
-		Redirect:             t.Redirect,
-		Shortcut:             t.Shortcut,
-		ShortcutTable:        t.ShortcutTable,
-		ShortcutProtocol:     t.ShortcutProtocol,
-		ShortcutIdle:         t.ShortcutIdle,
-		PurgeOnShutdown:      t.PurgeOnShutdown,
-		KeepKernelState:      rt.KeepRoutes,
-		MaxSend:              t.MaxSend,
-		Limits:               c.Limits.nhrpLimits(),
+		HoldingTime:            t.HoldingTime,
+		RegistrationInterval:   t.RegistrationInterval,
+		MaxRegistrationHolding: t.MaxRegistrationHolding,
+		NoUnique:               t.NoUnique,
+		MaxNHS:                 t.MaxNHS,
+		Redirect:               t.Redirect,
+		Shortcut:               t.Shortcut,
+		ShortcutTable:          t.ShortcutTable,
+		ShortcutProtocol:       t.ShortcutProtocol,
+		ShortcutIdle:           t.ShortcutIdle,
+		PurgeOnShutdown:        t.PurgeOnShutdown,
+		KeepKernelState:        rt.KeepRoutes,
+		MaxSend:                t.MaxSend,
+		Limits:                 c.Limits.nhrpLimits(),
 	}
 	if c.Role == "hub" {
 		n.Role = nhrp.RoleHub

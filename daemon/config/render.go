@@ -39,6 +39,9 @@ func (c *Config) render(mask bool) []byte {
 	}
 	tun.add("dataplane", str(string(t.Dataplane)))
 	tun.add("holding_time", raw(durationString(t.HoldingTime)))
+	if t.MaxRegistrationHolding != 0 {
+		tun.add("max_registration_holding", raw(durationString(t.MaxRegistrationHolding)))
+	}
 	if t.RegistrationInterval != 0 {
 		tun.add("registration_interval", raw(durationString(t.RegistrationInterval)))
 	}

@@ -89,6 +89,9 @@ func tunnelFields(d *decoder, t *Tunnel) fields {
 		"holding_time": func(n *yaml.Node, p string) {
 			d.duration(n, p, time.Second, 65535*time.Second, &t.HoldingTime)
 		},
+		"max_registration_holding": func(n *yaml.Node, p string) {
+			d.duration(n, p, time.Second, 65535*time.Second, &t.MaxRegistrationHolding)
+		},
 		"registration_interval": func(n *yaml.Node, p string) {
 			d.duration(n, p, time.Second, 65535*time.Second, &t.RegistrationInterval)
 		},
