@@ -85,7 +85,7 @@ func TestBadFiles(t *testing.T) {
 		{"unknown top-level section", minimal + "zebra:\n  asn: 65000\n", []string{
 			`line 9: zebra: unknown key "zebra" (known keys: bgp, control, firewall, forwarding, ipsec, limits, logging, metrics, networks, node, policy, role, tunnel, uplinks)`}},
 		{"unknown nested key", strings.Replace(minimal, "  interface: gre1\n", "  interface: gre1\n  mode: gre\n", 1), []string{
-			`line 5: tunnel.mode: unknown key "mode" (known keys: address, authentication, dataplane, holding_time, interface, key, max_nhs, max_send, mtu, multicast, multicast_nbma, nhs, no_unique, purge_on_shutdown, redirect, redirect_group, registration_interval, shortcut, shortcut_idle, shortcut_protocol, shortcut_rule_priority, shortcut_table, source, state_file, static_maps, ttl)`}},
+			`line 5: tunnel.mode: unknown key "mode" (known keys: address, authentication, dataplane, holding_time, interface, key, max_nhs, max_registration_holding, max_send, mtu, multicast, multicast_nbma, nhs, no_unique, purge_on_shutdown, redirect, redirect_group, registration_interval, shortcut, shortcut_idle, shortcut_protocol, shortcut_rule_priority, shortcut_table, source, state_file, static_maps, ttl)`}},
 		{"key set twice", minimal + "node: s2\n", []string{"line 9: node: set twice"}},
 		{"missing everything in tunnel", "node: s1\nrole: hub\ntunnel: {}\n", []string{
 			"line 3: tunnel.interface: missing (the tunnel interface name)",
