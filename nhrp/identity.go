@@ -18,7 +18,12 @@ import (
 //     address is the one registered from the NBMA address it came from
 //     (with the NBMA address registered), or is proven by the sender's
 //     identity (Verifier), or comes from one of this node's servers or
-//     static peers, which vouch for what they forward;
+//     static peers, which vouch for what they forward; the NBMA address it
+//     gives for its requester (source, NAT extension) must be where it
+//     came from (or, registered, the address the client claimed);
+//   - a reply is passed on only with NBMA addresses for its responder
+//     that are where it came from or where the responder registered from,
+//     and the NAT extension then says where it came from;
 //   - a requester is bound, and a reply's responder and prefix installed,
 //     only once the identity of the peer the binding points to proves them
 //     (Verifier, after the peer is up); without a Verifier, the registered
@@ -31,7 +36,7 @@ import (
 //     only from servers, Error Indications only about a request sent to
 //     their sender;
 //   - the holding time of a binding learned from a resolution is capped by
-//     this node's.
+//     this node's, that of a registration by MaxRegistrationHolding.
 //
 // Every refusal is counted (Traffic.Refused) and emitted as an
 // EventPacketRefused, which the daemon audits.

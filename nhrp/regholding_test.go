@@ -71,3 +71,42 @@ func TestRegistrationHoldingCapped(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoredRegistrationHoldingCapped: a registration restored from a
+// state file is held no longer than the hub grants one (the file is
+// trusted no further than a client is): 65,535 s asked and saved come
+// back as 7200 s; a restored resolved binding keeps its own cap.
+func TestRestoredRegistrationHoldingCapped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t)
+		hub := l.addHub(1, hubConfig())
+		l.start(hub)
+		settle(time.Second)
+		err := hub.eng.do(t.Context(), func() {
+			e := hub.eng
+			for _, c := range []struct {
+				typ   EntryType
+				hold  uint16
+				grant time.Duration
+			}{
+				{TypeDynamic, 65535, 7200 * time.Second},
+				{TypeDynamic, 900, 900 * time.Second},
+				{TypeCached, 900, 900 * time.Second},
+			} {
+				se := StateEntry{Type: c.typ, Proto: netip.MustParsePrefix("10.0.0.77/32"), NBMA: netip.MustParseAddr("198.51.100.77"),
+					Created: e.now, Expires: e.now.Add(65535 * time.Second), Holding: c.hold}
+				en, ok := e.restoredEntry(se)
+				if !ok {
+					t.Errorf("%v held %d s: not restored", c.typ, c.hold)
+					continue
+				}
+				if got := en.expires.Sub(e.now); got != c.grant || en.holding != uint16(c.grant/time.Second) {
+					t.Errorf("%v held %d s: restored for %v (holding %d s), want %v", c.typ, c.hold, got, en.holding, c.grant)
+				}
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
