@@ -90,10 +90,15 @@ type Config struct {
 // Policy is the registration policy of a hub: every client in the tunnel
 // network (AllowAll), or only the tunnel addresses in Allow; an empty
 // Allow is the tunnel network. A CIE outside the tunnel network is
-// refused either way.
+// refused either way. A prefix registration (more than one address) is
+// refused unless Prefixes: a prefix's owner would be taken for the owner of
+// every unregistered tunnel address in it (the source check of Resolution
+// Requests, the responder check of replies through the hub). With IPsec
+// the certificate check refuses them anyway.
 type Policy struct {
 	AllowAll bool
 	Allow    []netip.Prefix
+	Prefixes bool
 }
 
 // withDefaults fills the defaults of zero fields.

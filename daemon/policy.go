@@ -20,6 +20,9 @@ import (
 //     (tunnel is the tunnel address with its prefix length), whatever the
 //     allow list says: a binding there would route a LAN or the underlay
 //     into the tunnel;
+//   - a prefix (more than one address) unless the policy allows prefixes:
+//     registration() is a longest-prefix lookup, so a client registering
+//     a /24 would own every unregistered tunnel address in it;
 //   - a tunnel address outside the allow list, unless it allows all. An
 //     empty list (the default) is the tunnel network.
 //
@@ -40,6 +43,9 @@ func policyAuthorizer(tunnel netip.Prefix, cur *atomic.Pointer[Policy], audit fu
 			return refuse(fmt.Sprintf("%s is outside the tunnel network %s", r.Proto, network))
 		}
 		p := cur.Load()
+		if !r.Proto.IsSingleIP() && !p.Prefixes {
+			return refuse(fmt.Sprintf("%s is a prefix, not a host address (policy.prefixes is off)", r.Proto))
+		}
 		if p.AllowAll {
 			return nhrp.Verdict{}
 		}

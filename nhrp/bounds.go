@@ -115,6 +115,9 @@ const (
 	LimitCIEs
 	// LimitHooks: a hook call not started because MaxHooks run.
 	LimitHooks
+	// LimitTold: a requester forgotten by a local entry that remembers
+	// maxTold (or MaxPeers) of them.
+	LimitTold
 	numLimits
 )
 
@@ -122,6 +125,7 @@ var limitNames = [numLimits]string{
 	LimitCacheFull: "cache-full", LimitEvicted: "evicted", LimitPeers: "peers-full",
 	LimitPending: "pending-full", LimitRate: "rate-limited", LimitSources: "sources-full",
 	LimitCIEs: "too-many-cies", LimitHooks: "hooks-full",
+	LimitTold: "told-full",
 }
 
 func (l Limit) String() string {

@@ -42,8 +42,10 @@ type entry struct {
 	renew  *timer // shortcut renewal or idle check
 
 	// told lists the peers a local entry was advertised to in resolution
-	// replies, so they can be purged when it goes away.
-	told map[netip.Addr]netip.Addr // requester NBMA → requester tunnel address
+	// replies, so they can be purged when it goes away (or this node's
+	// NBMA address moves): only requesters whose identity was proven, each
+	// until the binding it was given runs out, at most maxTold of them.
+	told map[netip.Addr]toldPeer // requester NBMA → its tunnel address
 
 	// unconfirmed: restored from the state of a previous run and not yet
 	// proven again by its peer's identity.

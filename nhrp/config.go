@@ -93,6 +93,14 @@ type Config struct {
 	// registrations (Cisco's "registration timeout"); 0 means a third of
 	// HoldingTime.
 	RegistrationInterval time.Duration
+	// MaxRegistrationHolding caps the holding time a hub grants a
+	// client's registration (the client asks for up to 65,535 s); the
+	// capped value goes back in the reply, so a client that follows it
+	// refreshes in time. 0 means the larger of HoldingTime and
+	// DefaultHoldingTime: Cisco and FRR spokes ask 7200 s by default and
+	// refresh at a third of what they asked, whatever the reply says, so
+	// a cap below their holding time would expire them between refreshes.
+	MaxRegistrationHolding time.Duration
 	// RetryMax caps the registration retry backoff, so a spoke is back
 	// within seconds once a lost NHS returns.
 	RetryMax time.Duration
@@ -160,6 +168,9 @@ func (c Config) withDefaults() Config {
 	if c.RegistrationInterval == 0 {
 		c.RegistrationInterval = c.HoldingTime / 3
 	}
+	if c.MaxRegistrationHolding == 0 {
+		c.MaxRegistrationHolding = max(c.HoldingTime, DefaultHoldingTime)
+	}
 	if c.RetryMax == 0 {
 		c.RetryMax = DefaultRetryMax
 	}
@@ -202,6 +213,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HoldingTime < 0 || c.HoldingTime > 65535*time.Second {
 		bad("holding time %v out of range (1s-65535s)", c.HoldingTime)
+	}
+	if c.MaxRegistrationHolding < 0 || c.MaxRegistrationHolding > 65535*time.Second {
+		bad("maximum registration holding time %v out of range (1s-65535s)", c.MaxRegistrationHolding)
 	}
 	if c.RegistrationInterval < 0 || (c.HoldingTime > 0 && c.RegistrationInterval >= c.HoldingTime) {
 		bad("registration interval %v must be shorter than the holding time", c.RegistrationInterval)

@@ -31,7 +31,7 @@ func (e *Engine) forwardRequest(p *wire.Packet, raw []byte, from, nbma, proto ne
 	if e.nhsByNBMA(nbma) != nil {
 		role = "nhs"
 	}
-	e.recordForwarded(fwd.SrcProto, fwd.RequestID, nbma)
+	e.recordForwarded(fwd.SrcProto, fwd.RequestID, nbma, fwd.DstProto)
 	e.send(fwd, nbma, role, proto)
 }
 
@@ -55,11 +55,15 @@ func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 		e.stats.drop("not-for-us")
 		return
 	}
-	if to, ok := e.forwardedTo(p.SrcProto, p.RequestID); !ok || to != from {
-		e.refuse(RefusedReplyUnmatched, from, prefixOf(p.DstProto), fmt.Sprintf("reply %d for %s answers no request forwarded to %s", p.RequestID, p.SrcProto, from))
+	// The claims are checked against the destination this node forwarded
+	// (the requester installs what it asked for, not the reply's
+	// DstProto): a reply for another destination answers nothing here.
+	if to, dst, ok := e.forwardedTo(p.SrcProto, p.RequestID); !ok || to != from || dst != p.DstProto {
+		e.refuse(RefusedReplyUnmatched, from, prefixOf(p.DstProto), fmt.Sprintf("reply %d for %s (%s) answers no request forwarded to %s", p.RequestID, p.SrcProto, p.DstProto, from))
 		e.sendError(p, raw, from, wire.ErrorInvalidResolutionReply, 0)
 		return
 	}
+	vouched := false
 	pass := func(p *wire.Packet) {
 		if e.cache.get(en.proto) != en || e.stopping {
 			return
@@ -70,10 +74,18 @@ func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 		}
 		fwd.HopCount--
 		e.appendTransit(fwd, wire.ExtReverseTransit, en.nbma)
+		// The requester reaches the responder where its reply came from:
+		// the NAT extension says so whatever NBMA address the CIE gives
+		// (checked below for a registered responder; the sender's own
+		// address behind NAT).
+		if resp, nbma := replyNBMA(fwd); resp.IsValid() && nbma != from && !vouched {
+			e.addNATCIE(fwd, wire.CIE{PrefixLen: uint8(resp.BitLen()), NBMA: from, Proto: resp})
+		}
 		e.send(fwd, en.nbma, roleOf(en.typ), p.SrcProto)
 	}
 	c, ok := replyClaim(p, from)
 	if !ok || e.trusted(from) {
+		vouched = true
 		pass(p) // a negative answer claims nothing; a server vouches for its own
 		return
 	}
@@ -85,10 +97,17 @@ func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 		e.refuse(RefusedReplyIdentity, from, claimed, reason)
 		e.sendError(p, raw, from, wire.ErrorInvalidResolutionReply, 0)
 	}
+	if reason := replyNATReason(p, c.Proto, from); reason != "" {
+		refuse(reason)
+		return
+	}
 	if reg := e.registration(c.Proto); reg != nil {
 		switch {
 		case reg.nbma != from:
 			refuse(fmt.Sprintf("responder %s is registered from %s", c.Proto, reg.nbma))
+		case !replyNBMAOK(p, from, reg.claimed):
+			_, nbma := replyNBMA(p)
+			refuse(fmt.Sprintf("reply puts responder %s at %s, registered from %s (claiming %s)", c.Proto, nbma, reg.nbma, reg.claimed))
 		case c.Prefix.IsValid() && !within(c.Prefix, reg.nets):
 			refuse(fmt.Sprintf("%s is outside the networks %v of %s", c.Prefix, reg.nets, c.Proto))
 		default:
@@ -111,6 +130,59 @@ func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 			e.refuse(RefusedReplyIdentity, from, hostPrefix(c.Proto), reason)
 		}
 	})
+}
+
+// replyNBMA returns the responder a reply names and the NBMA address it
+// gives for it (the CIE's, else the Responder Address extension's): where
+// the requester would send, NAT aside.
+func replyNBMA(p *wire.Packet) (resp, nbma netip.Addr) {
+	if len(p.CIEs) == 0 || p.CIEs[0].Code != wire.CIESuccess {
+		return netip.Addr{}, netip.Addr{}
+	}
+	nbma = p.CIEs[0].NBMA
+	if x := p.Extension(wire.ExtResponderAddress); x != nil && len(x.CIEs) > 0 {
+		resp = x.CIEs[0].Proto
+		if !nbma.IsValid() {
+			nbma = x.CIEs[0].NBMA
+		}
+	}
+	if !resp.IsValid() {
+		resp = p.CIEs[0].Proto
+	}
+	return resp, nbma
+}
+
+// replyNBMAOK reports whether the NBMA addresses a reply gives for its
+// responder (the CIE's and the Responder Address extension's) are the
+// address the reply came from or the one the responder registered with
+// (its own address behind NAT).
+func replyNBMAOK(p *wire.Packet, from, claimed netip.Addr) bool {
+	ok := func(a netip.Addr) bool { return !a.IsValid() || a == from || a == claimed }
+	if len(p.CIEs) > 0 && !ok(p.CIEs[0].NBMA) {
+		return false
+	}
+	if x := p.Extension(wire.ExtResponderAddress); x != nil {
+		for _, c := range x.CIEs {
+			if !ok(c.NBMA) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// replyNATReason says why a reply's NAT extension lies about its
+// responder: it puts resp somewhere else than the address the reply came
+// from.
+func replyNATReason(p *wire.Packet, resp, from netip.Addr) string {
+	if x := p.Extension(wire.ExtNATAddress); x != nil {
+		for _, c := range x.CIEs {
+			if c.Proto == resp && c.NBMA.IsValid() && c.NBMA != from {
+				return fmt.Sprintf("NAT extension puts responder %s at %s, the reply came from %s", resp, c.NBMA, from)
+			}
+		}
+	}
+	return ""
 }
 
 // replyClaim returns what a positive Resolution Reply claims about its

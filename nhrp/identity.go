@@ -18,7 +18,12 @@ import (
 //     address is the one registered from the NBMA address it came from
 //     (with the NBMA address registered), or is proven by the sender's
 //     identity (Verifier), or comes from one of this node's servers or
-//     static peers, which vouch for what they forward;
+//     static peers, which vouch for what they forward; the NBMA address it
+//     gives for its requester (source, NAT extension) must be where it
+//     came from (or, registered, the address the client claimed);
+//   - a reply is passed on only with NBMA addresses for its responder
+//     that are where it came from or where the responder registered from,
+//     and the NAT extension then says where it came from;
 //   - a requester is bound, and a reply's responder and prefix installed,
 //     only once the identity of the peer the binding points to proves them
 //     (Verifier, after the peer is up); without a Verifier, the registered
@@ -31,7 +36,7 @@ import (
 //     only from servers, Error Indications only about a request sent to
 //     their sender;
 //   - the holding time of a binding learned from a resolution is capped by
-//     this node's.
+//     this node's, that of a registration by MaxRegistrationHolding.
 //
 // Every refusal is counted (Traffic.Refused) and emitted as an
 // EventPacketRefused, which the daemon audits.
@@ -90,12 +95,45 @@ func (e *Engine) requestSource(p *wire.Packet, from netip.Addr) (reason string, 
 		return "", false
 	}
 	if e.deps.Verifier != nil {
+		// The certificate proves the source address, not the NBMA
+		// address the answer would go to: that must be where the
+		// request came from (behind NAT, its NAT extension says so).
+		if reason := requestNBMAReason(p, from, netip.Addr{}); reason != "" {
+			return reason, false
+		}
 		return "", true
 	}
 	if en := e.cache.get(hostPrefix(p.SrcProto)); en != nil && en.nbma == from && (en.typ == TypeCached || en.typ == TypeNHS || en.typ == TypeStatic) {
+		if reason := requestNBMAReason(p, from, en.claimed); reason != "" {
+			return reason, false
+		}
 		return "", false // a peer this node resolved asks again (renewal)
 	}
 	return fmt.Sprintf("source %s is not registered from %s", p.SrcProto, from), false
+}
+
+// requestNBMAReason says why the NBMA address a Resolution Request gives
+// for its requester is not the sender's: the NAT extension must put the
+// requester where the request came from, and without it the source NBMA
+// address must be that address (or claimed, the address the sender is
+// known to claim behind NAT).
+func requestNBMAReason(p *wire.Packet, from, claimed netip.Addr) string {
+	natOK := false
+	if x := p.Extension(wire.ExtNATAddress); x != nil {
+		for _, c := range x.CIEs {
+			if c.Proto != p.SrcProto || !c.NBMA.IsValid() {
+				continue
+			}
+			if c.NBMA != from {
+				return fmt.Sprintf("NAT extension puts %s at %s, the request came from %s", p.SrcProto, c.NBMA, from)
+			}
+			natOK = true
+		}
+	}
+	if !natOK && p.SrcNBMA != from && !(claimed.IsValid() && p.SrcNBMA == claimed) {
+		return fmt.Sprintf("source NBMA address %s is not %s, where the request came from", p.SrcNBMA, from)
+	}
+	return ""
 }
 
 // verifyClaim asks the Verifier about a claim and runs ok on the loop if
@@ -164,10 +202,11 @@ type fwdKey struct {
 	id  uint32
 }
 
-// fwdRec is where a forwarded request went.
+// fwdRec is where a forwarded request went, and the destination it
+// asked for.
 type fwdRec struct {
-	to netip.Addr
-	at time.Time
+	to, dst netip.Addr
+	at      time.Time
 }
 
 // Forwarded requests are remembered for fwdTTL, at most maxForwarded of
@@ -178,13 +217,13 @@ const (
 	maxForwarded = 8192
 )
 
-// recordForwarded remembers a forwarded request.
-func (e *Engine) recordForwarded(src netip.Addr, id uint32, to netip.Addr) {
+// recordForwarded remembers a forwarded request for dst.
+func (e *Engine) recordForwarded(src netip.Addr, id uint32, to, dst netip.Addr) {
 	k := fwdKey{src, id}
 	if _, ok := e.forwarded[k]; !ok {
 		e.fwdOrder = append(e.fwdOrder, k)
 	}
-	e.forwarded[k] = fwdRec{to: to, at: e.now}
+	e.forwarded[k] = fwdRec{to: to, dst: dst, at: e.now}
 	for len(e.forwarded) > min(maxForwarded, e.cfg.Limits.MaxPending) {
 		e.limited(LimitPending)
 		e.dropOldestForwarded()
@@ -208,14 +247,14 @@ func (e *Engine) pruneForwarded() {
 	}
 }
 
-// forwardedTo returns where this node forwarded a request, if it did and
-// recently.
-func (e *Engine) forwardedTo(src netip.Addr, id uint32) (netip.Addr, bool) {
+// forwardedTo returns where this node forwarded a request and the
+// destination it asked for, if it did and recently.
+func (e *Engine) forwardedTo(src netip.Addr, id uint32) (to, dst netip.Addr, ok bool) {
 	r, ok := e.forwarded[fwdKey{src, id}]
 	if !ok || e.now.Sub(r.at) >= fwdTTL {
-		return netip.Addr{}, false
+		return netip.Addr{}, netip.Addr{}, false
 	}
-	return r.to, true
+	return r.to, r.dst, true
 }
 
 // viaTransit reports whether a reply's Forward Transit record names the

@@ -51,7 +51,8 @@ func (e *Engine) NBMAChanged(ctx context.Context, old, nbma netip.Addr, reason s
 			if en.typ != TypeLocal || len(en.told) == 0 {
 				continue
 			}
-			for to, proto := range en.told {
+			for to, t := range en.told {
+				proto := t.proto
 				p := mp.peers[to]
 				if p == nil {
 					p = &movePurge{proto: proto, prefixes: []netip.Prefix{hostPrefix(e.own)}}

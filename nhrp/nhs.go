@@ -60,14 +60,11 @@ func (e *Engine) handleRegistrationRequest(p *wire.Packet, raw []byte, from neti
 		if !claimed.IsValid() {
 			claimed = p.SrcNBMA
 		}
-		hold := time.Duration(c.HoldingTime) * time.Second
-		if hold == 0 {
-			hold = e.cfg.HoldingTime
-		}
+		hold := e.regHold(c.HoldingTime)
 		regs[i] = regCIE{
 			reg: Registration{
 				Proto: netip.PrefixFrom(proto, bits).Masked(), NBMA: from, ClaimedNBMA: claimed,
-				Unique: p.Flags&wire.RegFlagU != 0, HoldingTime: c.HoldingTime,
+				Unique: p.Flags&wire.RegFlagU != 0, HoldingTime: uint16(hold / time.Second),
 			},
 			holding: hold, mtu: c.MTU,
 		}
@@ -122,6 +119,17 @@ func (e *Engine) handleRegistrationRequest(p *wire.Packet, raw []byte, from neti
 		busy(regs, decided, errHooksBusy.Error())
 		e.completeRegistration(pkt, from, regs)
 	}
+}
+
+// regHold returns the holding time granted to a registration that asked
+// for theirs (0: this node's), capped by MaxRegistrationHolding: an
+// attacker-chosen holding time is capped by ours.
+func (e *Engine) regHold(theirs uint16) time.Duration {
+	h := time.Duration(theirs) * time.Second
+	if h == 0 {
+		h = e.cfg.HoldingTime
+	}
+	return min(h, e.cfg.MaxRegistrationHolding)
 }
 
 // busy refuses the registrations not decided yet with code 5
@@ -186,6 +194,7 @@ func (e *Engine) completeRegistration(p *wire.Packet, from netip.Addr, regs []re
 		}
 		c := p.CIEs[i]
 		c.Code = code
+		c.HoldingTime = uint16(r.holding / time.Second) // what was granted: the client refreshes by it
 		reply.CIEs[i] = c
 		if code == wire.CIESuccess && r.reg.ClaimedNBMA != r.reg.NBMA {
 			natExtra = append(natExtra, wire.CIE{PrefixLen: uint8(r.reg.Proto.Bits()), MTU: r.mtu,

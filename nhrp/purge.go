@@ -62,8 +62,8 @@ func (e *Engine) purgeOwnAt(n *nhsClient) {
 // withdrawLocal purges a network behind this node from the peers that
 // were told about it, and forgets it.
 func (e *Engine) withdrawLocal(en *entry, reason string) {
-	for nbma, proto := range en.told {
-		e.sendPurge(nbma, proto, []netip.Prefix{en.proto}, e.stopping)
+	for nbma, t := range en.told {
+		e.sendPurge(nbma, t.proto, []netip.Prefix{en.proto}, e.stopping)
 	}
 	e.log.Info("network withdrawn", zap.Stringer("prefix", en.proto), zap.Int("peers_purged", len(en.told)), zap.String("reason", reason))
 	en.told = nil
@@ -94,6 +94,7 @@ func (e *Engine) scheduleLocalCheck() {
 			return
 		}
 		e.checkLocals()
+		e.pruneTold()
 		e.sweepPeers()
 		e.pruneForwarded()
 		e.scheduleLocalCheck()

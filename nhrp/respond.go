@@ -1,6 +1,7 @@
 package nhrp
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -181,12 +182,6 @@ func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, vouched boo
 	}
 	resp := e.ownCIE(from, 0)
 	reply.Extensions = e.replyExtensions(p, &resp, e.natCIEs())
-	if local != nil {
-		if local.told == nil {
-			local.told = make(map[netip.Addr]netip.Addr)
-		}
-		local.told[to] = p.SrcProto
-	}
 	// A requester behind NAT gets the answer back through the server that
 	// forwarded the request: a packet from here to its public address
 	// before it sent one here would find no mapping on its NAT router and
@@ -197,36 +192,101 @@ func (e *Engine) answer(p *wire.Packet, raw []byte, from netip.Addr, vouched boo
 	if requesterBehindNAT(p) && from != to {
 		via = from
 	}
-	// Learn the requester (its source binding), so traffic back to it can
-	// go straight too, once its identity proves the address.
-	if p.Flags&wire.ResFlagS != 0 {
-		var hold uint16
-		if len(p.CIEs) > 0 {
-			hold = p.CIEs[0].HoldingTime
-		}
-		e.bindRequester(p.SrcProto, to, p.SrcNBMA, from, vouched, e.capHold(hold))
+	// The requester is remembered (to be purged when the network goes or
+	// this node moves) and, if it asked, bound — once its identity proves
+	// the address answers go to. A request passed on by a server names
+	// that address itself: with a Verifier the answer goes there only
+	// after the peer there proved to be the requester (through the server
+	// it goes at once: the server is no third party).
+	src, hold := p.SrcProto, uint16(0)
+	if len(p.CIEs) > 0 {
+		hold = p.CIEs[0].HoldingTime
 	}
+	bind := p.Flags&wire.ResFlagS != 0
+	send := func() { e.send(reply, to, "shortcut", src) }
 	if via != to {
 		e.send(reply, via, roleOf(TypeNHS), netip.Addr{})
-		return
+		send = func() {}
+	} else if vouched && e.deps.Verifier != nil {
+		b, err := reply.MarshalBinary() // reply is sent later: keep its own copy
+		if err != nil {
+			return
+		}
+		if reply, err = wire.Decode(b); err != nil {
+			return
+		}
+	} else {
+		send()
+		send = func() {}
 	}
-	e.send(reply, to, "shortcut", p.SrcProto)
+	e.proveRequester(src, to, p.SrcNBMA, from, vouched, bind, e.capHold(hold), func() {
+		if local != nil && e.cache.get(local.proto) == local {
+			e.tell(local, to, src)
+		}
+		send()
+	})
+}
+
+// toldPeer is a requester a local entry was advertised to, until when.
+type toldPeer struct {
+	proto netip.Addr
+	until time.Time
+}
+
+// maxTold bounds the requesters remembered per local entry.
+const maxTold = 4096
+
+// tell remembers that the requester src at nbma was told about en, until
+// the binding it got runs out; a full list makes room by forgetting the
+// requester whose binding runs out first (counted: LimitTold).
+func (e *Engine) tell(en *entry, nbma, src netip.Addr) {
+	if en.told == nil {
+		en.told = make(map[netip.Addr]toldPeer)
+	}
+	if _, ok := en.told[nbma]; !ok && len(en.told) >= min(maxTold, e.cfg.Limits.MaxPeers) {
+		e.limited(LimitTold)
+		var first netip.Addr
+		var at time.Time
+		for a, t := range en.told {
+			if !first.IsValid() || t.until.Before(at) {
+				first, at = a, t.until
+			}
+		}
+		delete(en.told, first)
+	}
+	en.told[nbma] = toldPeer{proto: src, until: e.now.Add(e.cfg.HoldingTime)}
+}
+
+// pruneTold forgets the requesters whose binding of a local entry ran
+// out: they hold nothing to purge.
+func (e *Engine) pruneTold() {
+	for _, en := range e.cache.ofType(TypeLocal) {
+		for a, t := range en.told {
+			if !e.now.Before(t.until) {
+				delete(en.told, a)
+			}
+		}
+	}
 }
 
 // scheduleRenewQuiet lets an implicit binding run out unless used; it is
 // not renewed by resolving (the requester renews it by asking again).
 func (e *Engine) scheduleRenewQuiet(en *entry) { en.renew.Stop() }
 
-// bindRequester learns a requester's binding — its tunnel address at the
-// NBMA address answers go to — once proven: with a Verifier, by the
-// identity of the peer at that address (a request its sender made itself
-// was verified already); without, a server vouched for it or the source
-// was found registered (or resolved) at the address it came from.
-func (e *Engine) bindRequester(proto, to, claimed, from netip.Addr, vouched bool, hold time.Duration) {
+// proveRequester runs proven once a requester is proven to be at the NBMA
+// address answers go to, and (bind) learns its binding — its tunnel
+// address there: with a Verifier, by the identity of the peer at that
+// address (a request its sender made itself was verified already);
+// without, a server vouched for it or the source was found registered (or
+// resolved) at the address it came from.
+func (e *Engine) proveRequester(proto, to, claimed, from netip.Addr, vouched, bind bool, hold time.Duration, proven func()) {
 	install := func() {
-		if en := e.installBinding(hostPrefix(proto), to, claimed, from, FlagImplicit|FlagRouter, hold, 0); en != nil {
-			e.scheduleRenewQuiet(en)
+		if bind {
+			if en := e.installBinding(hostPrefix(proto), to, claimed, from, FlagImplicit|FlagRouter, hold, 0); en != nil {
+				e.scheduleRenewQuiet(en)
+			}
 		}
+		proven()
 	}
 	if e.deps.Verifier == nil || !vouched {
 		install()
@@ -235,7 +295,7 @@ func (e *Engine) bindRequester(proto, to, claimed, from netip.Addr, vouched bool
 	c := Claim{NBMA: to, Proto: proto, Packet: "resolution request", From: from}
 	e.verifyClaim(c, true, install, func(reason string, identity bool) {
 		if identity {
-			e.refuse(RefusedRequester, from, hostPrefix(proto), reason)
+			e.refuse(RefusedRequester, from, hostPrefix(proto), fmt.Sprintf("requester at %s: %s", to, reason))
 		}
 	})
 }

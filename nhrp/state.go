@@ -384,7 +384,13 @@ func (e *Engine) restoredEntry(se StateEntry) (*entry, bool) {
 	// A holding time never longer than the packet field allows, and an
 	// expiry no later than it from now.
 	hold := time.Duration(se.Holding) * time.Second
-	if max := e.now.Add(hold); se.Type != TypeDynamic && hold > 0 && se.Expires.After(max) {
+	if se.Type == TypeDynamic {
+		// A registration no longer than this node grants (the state file
+		// is not trusted further than a registration is).
+		hold = e.regHold(se.Holding)
+		se.Holding = uint16(hold / time.Second)
+	}
+	if max := e.now.Add(hold); hold > 0 && se.Expires.After(max) {
 		se.Expires = max
 	}
 	if se.Expires.After(e.now.Add(65535 * time.Second)) {

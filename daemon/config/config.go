@@ -97,6 +97,9 @@ type Tunnel struct {
 	// refreshes (0: a third of the holding time).
 	HoldingTime          time.Duration
 	RegistrationInterval time.Duration
+	// MaxRegistrationHolding caps the holding time a hub grants its
+	// clients (0: the larger of the holding time and 7200 s).
+	MaxRegistrationHolding time.Duration
 	// Authentication is Cisco's cleartext NHRP authentication string.
 	Authentication string
 	// NoUnique clears the unique flag of registrations.
@@ -151,10 +154,14 @@ type StaticMap struct {
 // Policy is a hub's registration policy: every client in the tunnel
 // network (AllowAll, "allow: all"), or only tunnel addresses in Allow (by
 // default the tunnel network). A registration outside the tunnel network
-// is refused either way.
+// is refused either way. A registration of more than one address (a
+// prefix) is refused unless Prefixes ("prefixes: true"): the owner of a
+// prefix would be taken for the owner of every unregistered tunnel
+// address in it.
 type Policy struct {
 	AllowAll bool
 	Allow    []netip.Prefix
+	Prefixes bool
 }
 
 // Logging configures the log.

@@ -85,7 +85,7 @@ func TestBadFiles(t *testing.T) {
 		{"unknown top-level section", minimal + "zebra:\n  asn: 65000\n", []string{
 			`line 9: zebra: unknown key "zebra" (known keys: bgp, control, firewall, forwarding, ipsec, limits, logging, metrics, networks, node, policy, role, tunnel, uplinks)`}},
 		{"unknown nested key", strings.Replace(minimal, "  interface: gre1\n", "  interface: gre1\n  mode: gre\n", 1), []string{
-			`line 5: tunnel.mode: unknown key "mode" (known keys: address, authentication, dataplane, holding_time, interface, key, max_nhs, max_send, mtu, multicast, multicast_nbma, nhs, no_unique, purge_on_shutdown, redirect, redirect_group, registration_interval, shortcut, shortcut_idle, shortcut_protocol, shortcut_rule_priority, shortcut_table, source, state_file, static_maps, ttl)`}},
+			`line 5: tunnel.mode: unknown key "mode" (known keys: address, authentication, dataplane, holding_time, interface, key, max_nhs, max_registration_holding, max_send, mtu, multicast, multicast_nbma, nhs, no_unique, purge_on_shutdown, redirect, redirect_group, registration_interval, shortcut, shortcut_idle, shortcut_protocol, shortcut_rule_priority, shortcut_table, source, state_file, static_maps, ttl)`}},
 		{"key set twice", minimal + "node: s2\n", []string{"line 9: node: set twice"}},
 		{"missing everything in tunnel", "node: s1\nrole: hub\ntunnel: {}\n", []string{
 			"line 3: tunnel.interface: missing (the tunnel interface name)",
@@ -346,5 +346,32 @@ func TestMaskedYAML(t *testing.T) {
 	}
 	if !strings.Contains(string(c.YAML()), "authentication: s3cret\n") {
 		t.Errorf("YAML (for the daemon's own use) lost the password:\n%s", c.YAML())
+	}
+}
+
+// TestPolicyPrefixes: policy.prefixes is off unless set, decodes, and
+// survives a render and a parse of the rendering.
+func TestPolicyPrefixes(t *testing.T) {
+	src := inClear("node: h\nrole: hub\ntunnel: {interface: gre1, address: 172.16.0.1/16}\npolicy: {allow: all, prefixes: true}\n")
+	c, err := Parse([]byte(src), "h.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Policy.Prefixes || !c.Policy.AllowAll {
+		t.Fatalf("policy %+v: want all and prefixes", c.Policy)
+	}
+	again, err := Parse(c.YAML(), "rendered.yaml")
+	if err != nil {
+		t.Fatalf("the rendering does not parse: %v\n%s", err, c.YAML())
+	}
+	if diff := cmp.Diff(c.Policy, again.Policy, cmpNet...); diff != "" {
+		t.Errorf("policy after a render (-want +got):\n%s", diff)
+	}
+	def, err := Parse([]byte(inClear("node: h\nrole: hub\ntunnel: {interface: gre1, address: 172.16.0.1/16}\n")), "h.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.Policy.Prefixes {
+		t.Errorf("prefixes on by default")
 	}
 }

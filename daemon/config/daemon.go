@@ -29,19 +29,20 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 	defaultDPD(sec, c.Role)
 	c.Limits.applyAudit(sec)
 	n := nhrp.Config{
-		HoldingTime:          t.HoldingTime,
-		RegistrationInterval: t.RegistrationInterval,
-		NoUnique:             t.NoUnique,
-		MaxNHS:               t.MaxNHS,
-		Redirect:             t.Redirect,
-		Shortcut:             t.Shortcut,
-		ShortcutTable:        t.ShortcutTable,
-		ShortcutProtocol:     t.ShortcutProtocol,
-		ShortcutIdle:         t.ShortcutIdle,
-		PurgeOnShutdown:      t.PurgeOnShutdown,
-		KeepKernelState:      rt.KeepRoutes,
-		MaxSend:              t.MaxSend,
-		Limits:               c.Limits.nhrpLimits(),
+		HoldingTime:            t.HoldingTime,
+		RegistrationInterval:   t.RegistrationInterval,
+		MaxRegistrationHolding: t.MaxRegistrationHolding,
+		NoUnique:               t.NoUnique,
+		MaxNHS:                 t.MaxNHS,
+		Redirect:               t.Redirect,
+		Shortcut:               t.Shortcut,
+		ShortcutTable:          t.ShortcutTable,
+		ShortcutProtocol:       t.ShortcutProtocol,
+		ShortcutIdle:           t.ShortcutIdle,
+		PurgeOnShutdown:        t.PurgeOnShutdown,
+		KeepKernelState:        rt.KeepRoutes,
+		MaxSend:                t.MaxSend,
+		Limits:                 c.Limits.nhrpLimits(),
 	}
 	if c.Role == "hub" {
 		n.Role = nhrp.RoleHub
@@ -78,7 +79,7 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 		Dataplane:            t.Dataplane,
 		NHRP:                 n,
 		Networks:             append(c.Networks[:0:0], c.Networks...),
-		Policy:               daemon.Policy{AllowAll: c.Policy.AllowAll, Allow: append(c.Policy.Allow[:0:0], c.Policy.Allow...)},
+		Policy:               daemon.Policy{AllowAll: c.Policy.AllowAll, Allow: append(c.Policy.Allow[:0:0], c.Policy.Allow...), Prefixes: c.Policy.Prefixes},
 		RedirectGroup:        uint16(t.RedirectGroup),
 		ShortcutRulePriority: t.ShortcutRulePriority,
 		Forwarding:           c.Forwarding,

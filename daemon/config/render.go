@@ -39,6 +39,9 @@ func (c *Config) render(mask bool) []byte {
 	}
 	tun.add("dataplane", str(string(t.Dataplane)))
 	tun.add("holding_time", raw(durationString(t.HoldingTime)))
+	if t.MaxRegistrationHolding != 0 {
+		tun.add("max_registration_holding", raw(durationString(t.MaxRegistrationHolding)))
+	}
 	if t.RegistrationInterval != 0 {
 		tun.add("registration_interval", raw(durationString(t.RegistrationInterval)))
 	}
@@ -103,11 +106,14 @@ func (c *Config) render(mask bool) []byte {
 
 	root := mapNode("node", str(c.Node), "role", str(c.Role), "tunnel", tun.Node)
 	if c.Role == "hub" {
+		pol := mapNode("allow", prefixList(c.Policy.Allow))
 		if c.Policy.AllowAll {
-			root.add("policy", mapNode("allow", str("all")).Node)
-		} else {
-			root.add("policy", mapNode("allow", prefixList(c.Policy.Allow)).Node)
+			pol = mapNode("allow", str("all"))
 		}
+		if c.Policy.Prefixes {
+			pol.add("prefixes", boolean(true))
+		}
+		root.add("policy", pol.Node)
 	}
 	if len(c.Networks) > 0 {
 		root.add("networks", prefixList(c.Networks))

@@ -21,7 +21,10 @@ func sections(d *decoder, c *Config) fields {
 			d.mapping(n, p, tunnelFields(d, &c.Tunnel))
 		},
 		"policy": func(n *yaml.Node, p string) {
-			d.mapping(n, p, fields{"allow": func(n *yaml.Node, p string) { d.allow(n, p, &c.Policy) }})
+			d.mapping(n, p, fields{
+				"allow":    func(n *yaml.Node, p string) { d.allow(n, p, &c.Policy) },
+				"prefixes": func(n *yaml.Node, p string) { d.boolean(n, p, &c.Policy.Prefixes) },
+			})
 		},
 		"networks": func(n *yaml.Node, p string) {
 			d.seq(n, p, func(_ int, item *yaml.Node, p string) {
@@ -85,6 +88,9 @@ func tunnelFields(d *decoder, t *Tunnel) fields {
 		},
 		"holding_time": func(n *yaml.Node, p string) {
 			d.duration(n, p, time.Second, 65535*time.Second, &t.HoldingTime)
+		},
+		"max_registration_holding": func(n *yaml.Node, p string) {
+			d.duration(n, p, time.Second, 65535*time.Second, &t.MaxRegistrationHolding)
 		},
 		"registration_interval": func(n *yaml.Node, p string) {
 			d.duration(n, p, time.Second, 65535*time.Second, &t.RegistrationInterval)

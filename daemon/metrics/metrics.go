@@ -115,7 +115,7 @@ var (
 	descRefused = prometheus.NewDesc("dmvpn_nhrp_refused_total",
 		"Received NHRP packets refused because their sender's identity does not prove what they claim, by check (request-source, requester-identity, reply-unmatched, reply-identity, purge-not-owner, traffic-indication-not-server, error-indication-unmatched).", []string{"check"}, nil)
 	descLimited = prometheus.NewDesc("dmvpn_nhrp_limited_total",
-		"What the NHRP engine's limits (the limits section) refused or evicted, by limit (cache-full, evicted, peers-full, pending-full, rate-limited, sources-full, too-many-cies, hooks-full).", []string{"limit"}, nil)
+		"What the NHRP engine's limits (the limits section) refused or evicted, by limit (cache-full, evicted, peers-full, pending-full, rate-limited, sources-full, too-many-cies, hooks-full, told-full).", []string{"limit"}, nil)
 	descPeers = prometheus.NewDesc("dmvpn_nhrp_peers",
 		"NBMA peers by state.", []string{"state"}, nil)
 	descNHS = prometheus.NewDesc("dmvpn_nhrp_nhs",
