@@ -194,12 +194,12 @@ func TestKernelIPsecInVM(t *testing.T) {
 	if _, err := pingTTL(t, h1, h2.Addr); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "the shortcuts between LAN 1 and LAN 2", func() bool {
+	waitFor(t, 40*time.Second, "the shortcuts between LAN 1 and LAN 2", func() bool {
 		_, ok1 := x.shortcut(0, 1)
 		_, ok2 := x.shortcut(1, 0)
 		return ok1 && ok2
 	})
-	waitFor(t, 10*time.Second, "the SA between spoke 1 and spoke 2", func() bool { return s1.saUpWith(s2NBMA) })
+	waitFor(t, 30*time.Second, "the SA between spoke 1 and spoke 2", func() bool { return s1.saUpWith(s2NBMA) })
 	t.Logf("shortcut and its SA up %v after the first packet", time.Since(first).Round(time.Millisecond))
 	esp0 := xfrmStates(t, tb.Node("s1"), s1NBMA.String(), s2NBMA.String())
 	for i := range 10 {

@@ -125,7 +125,12 @@ func (c *charon) start(ctx context.Context) error {
 	c.mu.Lock()
 	c.proc, c.exited = cmd.Process.Pid, exited
 	c.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
+	// charon takes a few hundred ms on an idle router; under QEMU TCG on
+	// a loaded host, or a router booting everything at once, it took
+	// over 10 s (OpenSSL's providers alone). A plugin that failed is
+	// seen from the log at once below, so a long deadline only waits
+	// for a charon that is still starting.
+	deadline := time.Now().Add(charonStartTimeout)
 	for {
 		if conn, err := net.Dial("unix", c.cfg.Socket); err == nil {
 			conn.Close()
@@ -164,6 +169,10 @@ func (c *charon) start(ctx context.Context) error {
 		}
 	}
 }
+
+// charonStartTimeout bounds how long a charon that neither failed nor
+// exited may take to open its VICI socket.
+const charonStartTimeout = 45 * time.Second
 
 // stopStarting kills a charon that did not come up.
 func (c *charon) stopStarting(cmd *exec.Cmd, exited <-chan struct{}) {
