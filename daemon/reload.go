@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/opendmvpn/dmvpn/firewall"
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -170,6 +172,30 @@ func (p *reloadPlan) commitSteps(old nhrp.Config, eng engineReconfigurer, creds 
 	return steps
 }
 
+// hostSetter is the daemon's part of the host state (*host.Client).
+type hostSetter interface {
+	Set(ctx context.Context, cfg *host.Config) error
+}
+
+// hostStep is the step that sets the daemon's part of the host state
+// again when the reload changes it (forwarding; on a hub whose neighbours
+// are the kernel's, the neighbour table's limits from limits.max_entries
+// and the timers from shortcut_idle), nil when it does not. It is the
+// last step: its undo cannot take everything back (forwarding turned on
+// stays on, the limits are only ever raised), so no step may fail after
+// it.
+func hostStep(hc hostSetter, info gre.Info, old, cfg Config) *step {
+	was, now := hostState(old, info), hostState(cfg, info)
+	if reflect.DeepEqual(was, now) {
+		return nil
+	}
+	return &step{
+		name: "setting forwarding and the neighbour table's limits",
+		do:   func(ctx context.Context) error { return hc.Set(ctx, now) },
+		undo: func(ctx context.Context) error { return hc.Set(ctx, was) },
+	}
+}
+
 // RestartError is a reload refused because of settings that need a
 // restart; it wraps ErrNeedsRestart.
 type RestartError struct{ Settings []string }
@@ -215,6 +241,16 @@ func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 			do:   func(ctx context.Context) error { return mon.Reconfigure(ctx, *p.cfg.Uplinks) },
 			undo: func(ctx context.Context) error { return mon.Reconfigure(ctx, *old.Uplinks) },
 		}}, steps...)
+	}
+	d.mu.Lock()
+	hc, info := d.hostc, d.hostInfo
+	d.mu.Unlock()
+	if hc != nil {
+		// The host state last: forwarding once on is not turned off
+		// again (not on stop either), so nothing after it may fail.
+		if hs := hostStep(hc, info, old, p.cfg); hs != nil {
+			steps = append(steps, *hs)
+		}
 	}
 	if fw := d.firewallStep(old, p.cfg); fw != nil {
 		// The firewall first: the kernel may refuse its rules.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/opendmvpn/dmvpn/bgp"
 	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/gre"
@@ -98,6 +99,28 @@ func TestReloadPlanRefusesWholly(t *testing.T) {
 	var re *RestartError
 	if !errors.Is(err, ErrNeedsRestart) || !errors.As(err, &re) || !slices.Equal(re.Reasons(), []string{"GRE key: needs a restart"}) {
 		t.Errorf("key change: %v", err)
+	}
+
+	// The BGP speaker is set up at start only: a change to its section
+	// is refused, never taken silently (and then shown by show
+	// running-config while not in force).
+	old.BGP = &bgp.Config{AS: 65001, MaxPrefixes: 100}
+	cfg = old
+	cfg.BGP = &bgp.Config{AS: 65001, MaxPrefixes: 200}
+	if _, err := commit(t, old, cfg, eng, creds); !errors.As(err, &re) || !slices.Equal(re.Reasons(), []string{"bgp: needs a restart"}) {
+		t.Errorf("bgp max_prefixes change: %v", err)
+	}
+	cfg = old
+	cfg.BGPProtocol = 17
+	if _, err := commit(t, old, cfg, eng, creds); !errors.As(err, &re) || !slices.Equal(re.Reasons(), []string{"bgp: needs a restart"}) {
+		t.Errorf("bgp route protocol change: %v", err)
+	}
+	old.BGP = nil
+	// Forwarding is applied live (the host state step): a named change.
+	cfg = old
+	cfg.Forwarding = true
+	if p, err := planReload(old, cfg, nil, nil); err != nil || !slices.Equal(p.changes, []string{"forwarding off → on"}) {
+		t.Errorf("forwarding change: %v, %v", p, err)
 	}
 
 	cfg = old
