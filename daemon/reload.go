@@ -34,11 +34,17 @@ type engineReconfigurer interface {
 
 // credentialLoader is IPsec's part of a reload (*ipsec.Manager): the
 // credential files read and checked first, loaded at commit, the set in
-// force loaded back on rollback.
+// force loaded back on rollback. What cannot be taken back (the SAs a new
+// CRL revokes ended, a spoke's SAs set up again with its renewed
+// certificate) waits for CredentialsCommitted, after every step
+// succeeded; a set rolled back is told to CredentialsRefused, so that the
+// file watch does not load it behind the reload's back.
 type credentialLoader interface {
 	ReadCredentials() (*ipsec.Credentials, error)
 	Credentials() *ipsec.Credentials
 	LoadCredentials(ctx context.Context, c *ipsec.Credentials) error
+	CredentialsCommitted(ctx context.Context, old, c *ipsec.Credentials)
+	CredentialsRefused(c *ipsec.Credentials)
 }
 
 // reloadPlan is a reload validated and prepared, nothing applied yet.
@@ -104,6 +110,21 @@ func credentialChange(old, cur *ipsec.Credentials) string {
 		return "ipsec credentials (CA or key files) reloaded"
 	}
 	return fmt.Sprintf("ipsec certificate %s serial %s → %s (expires %s)", n.Subject, o.Serial, n.Serial, n.NotAfter.UTC().Format(time.DateOnly))
+}
+
+// run commits the plan's steps (runSteps) and then what only a
+// committed credential set may do; a set rolled back is refused.
+func (p *reloadPlan) run(ctx context.Context, steps []step, creds credentialLoader) error {
+	err := runSteps(ctx, steps)
+	if p.creds == nil || creds == nil {
+		return err
+	}
+	if err != nil {
+		creds.CredentialsRefused(p.creds)
+		return err
+	}
+	creds.CredentialsCommitted(ctx, p.oldCreds, p.creds)
+	return nil
 }
 
 // step is one part of a reload's commit and how to take it back.
@@ -256,7 +277,7 @@ func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 		// The firewall first: the kernel may refuse its rules.
 		steps = append([]step{*fw}, steps...)
 	}
-	if err := runSteps(ctx, steps); err != nil {
+	if err := p.run(ctx, steps, creds); err != nil {
 		return nil, err
 	}
 	d.router.setNetworks(p.cfg.Networks)

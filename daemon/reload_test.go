@@ -43,7 +43,16 @@ type fakeCreds struct {
 	readErr         error
 	loadErr         []error // the result of each load, in order (nil when exhausted)
 	loads           []*ipsec.Credentials
+	// committed and refused record the sets told to CredentialsCommitted
+	// (where the CRL sweep and a spoke's re-authentication happen) and
+	// CredentialsRefused.
+	committed, refused []*ipsec.Credentials
 }
+
+func (c *fakeCreds) CredentialsCommitted(_ context.Context, _, s *ipsec.Credentials) {
+	c.committed = append(c.committed, s)
+}
+func (c *fakeCreds) CredentialsRefused(s *ipsec.Credentials) { c.refused = append(c.refused, s) }
 
 func (c *fakeCreds) ReadCredentials() (*ipsec.Credentials, error) { return c.onDisk, c.readErr }
 func (c *fakeCreds) Credentials() *ipsec.Credentials              { return c.inForce }
@@ -79,7 +88,7 @@ func commit(t *testing.T, old, cfg Config, eng *fakeEngine, creds *fakeCreds) ([
 	if err != nil {
 		return nil, err
 	}
-	if err := runSteps(context.Background(), p.commitSteps(old.NHRP, eng, cl)); err != nil {
+	if err := p.run(context.Background(), p.commitSteps(old.NHRP, eng, cl), cl); err != nil {
 		return nil, err
 	}
 	return p.changes, nil
@@ -183,6 +192,12 @@ func TestReloadRollsBack(t *testing.T) {
 		if diff := cmp.Diff([]time.Duration{10 * time.Minute}, eng.got); diff != "" {
 			t.Errorf("engine configurations (-want +got):\n%s", diff)
 		}
+		// Nothing that cannot be taken back happened (no CRL sweep, no
+		// re-authentication), and the file watch is told to leave the
+		// refused set alone.
+		if len(creds.committed) != 0 || len(creds.refused) != 1 || creds.refused[0] != newSet {
+			t.Errorf("committed %v, refused %v: want none committed, the new set refused", creds.committed, creds.refused)
+		}
 	})
 	t.Run("charon refuses the credentials", func(t *testing.T) {
 		eng := &fakeEngine{}
@@ -218,6 +233,9 @@ func TestReloadRollsBack(t *testing.T) {
 		}
 		if creds.inForce != newSet || len(eng.got) != 1 || eng.got[0] != 5*time.Minute {
 			t.Errorf("not applied: credentials %p, engine %v", creds.inForce, eng.got)
+		}
+		if len(creds.committed) != 1 || creds.committed[0] != newSet || len(creds.refused) != 0 {
+			t.Errorf("committed %v, refused %v: want the new set committed once all steps succeeded", creds.committed, creds.refused)
 		}
 	})
 }
