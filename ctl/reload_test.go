@@ -3,11 +3,14 @@ package ctl
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/opendmvpn/dmvpn/daemon/config"
 	"github.com/opendmvpn/dmvpn/daemon/control"
 )
 
@@ -77,5 +80,39 @@ func TestReloadCommand(t *testing.T) {
 	sock = serveReload(t, reloadDaemon{err: errors.New("reload refused, nothing changed: daemon not running"), dry: &dry2})
 	if _, errb, code := runCtl(t, "--socket", sock, "reload"); code != 1 || errb != "% reload refused, nothing changed: daemon not running\n" {
 		t.Errorf("refused without reasons: exit %d, %q", code, errb)
+	}
+}
+
+// TestConfigFlagSocket: -c FILE connects to the control.socket the file
+// names (what the service units' reload runs), --socket still wins, a
+// file without one means the default socket, and a file that cannot be
+// read is an error naming it.
+func TestConfigFlagSocket(t *testing.T) {
+	var dry []bool
+	sock := serveReload(t, reloadDaemon{changes: []string{"networks"}, dry: &dry})
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "dmvpnd.yaml")
+	if err := os.WriteFile(cfg, []byte("node: s1\ncontrol:\n  socket: "+sock+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errb, code := runCtl(t, "-c", cfg, "reload")
+	if code != 0 || out != "Reloaded: 1 change applied:\n  networks\n" {
+		t.Errorf("-c FILE reload: exit %d, out %q, stderr %q", code, out, errb)
+	}
+	if _, errb, code := runCtl(t, "--config", cfg, "--socket", filepath.Join(dir, "none.sock"), "reload"); code == 0 || !strings.Contains(errb, "none.sock") {
+		t.Errorf("--socket with -c: exit %d, stderr %q; want the --socket path tried", code, errb)
+	}
+	if _, errb, code := runCtl(t, "-c", filepath.Join(dir, "missing.yaml"), "reload"); code == 0 || !strings.Contains(errb, "missing.yaml") {
+		t.Errorf("-c of a missing file: exit %d, stderr %q", code, errb)
+	}
+	if len(dry) != 1 {
+		t.Errorf("reloads served: %v, want the one through -c", dry)
+	}
+	bare := filepath.Join(dir, "bare.yaml")
+	if err := os.WriteFile(bare, []byte("node: s1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := config.ControlSocket(bare); err != nil || s != DefaultSocket {
+		t.Errorf("a file without control.socket: %q, %v; want %s", s, err, DefaultSocket)
 	}
 }

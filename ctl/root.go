@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/opendmvpn/dmvpn/daemon/config"
 	"github.com/opendmvpn/dmvpn/daemon/control"
 )
 
@@ -32,6 +33,9 @@ const EnvSocket = "DMVPNCTL_SOCKET"
 type Options struct {
 	// Socket is the control socket path; the --socket flag overrides it.
 	Socket string
+	// Config is dmvpnd's configuration file (-c): its control.socket is
+	// the socket, unless --socket names one.
+	Config string
 	// Remote reaches the API on TCP instead (--server and its files).
 	Remote Remote
 	// Interactive adds the shell-only commands (exit, quit).
@@ -75,12 +79,18 @@ with one it runs it and exits: dmvpnctl show dmvpn`,
 	}
 	root.SetHelpCommand(&cobra.Command{Use: "no-help", Hidden: true})
 	root.PersistentFlags().StringVar(&opts.Socket, "socket", opts.Socket, "`PATH` of dmvpnd's control socket (env "+EnvSocket+")")
+	root.PersistentFlags().StringVarP(&opts.Config, "config", "c", opts.Config, "dmvpnd's configuration `FILE`: connect to the control.socket it names (--socket wins)")
 	given := opts.Remote
 	opts.Remote.addFlags(root)
 	if given.Server != "" { // given by the shell: keep it over the environment
 		opts.Remote = given
 	}
-	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		sock, err := socketFromFlags(cmd, opts.Socket)
+		if err != nil {
+			return err
+		}
+		opts.Socket = sock
 		if opts.Remote.Server == "" {
 			return nil
 		}
@@ -166,6 +176,10 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	probe.SetOut(io.Discard)
 	if err := probe.ParseFlags(args); err == nil && len(probe.Flags().Args()) == 0 && !hasHelpFlag(args) {
 		sock, _ := probe.Flags().GetString("socket")
+		if sock, err = socketFromFlags(probe, sock); err != nil {
+			printError(stderr, err)
+			return 1
+		}
 		return ShellWith(context.WithoutCancel(ctx), Options{Socket: sock, Remote: remoteFromFlags(probe)}, stdin, stdout, stderr, exit)
 	}
 	cmdArgs, p, err := splitPipe(args)
@@ -177,6 +191,21 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 1
 	}
 	return 0
+}
+
+// socketFromFlags is the control socket of a parsed command line: sock
+// (--socket, the environment's or the default), or the control.socket of
+// the file -c names when --socket was not given.
+func socketFromFlags(c *cobra.Command, sock string) (string, error) {
+	file, _ := c.Flags().GetString("config")
+	if file == "" || c.Flags().Changed("socket") {
+		return sock, nil
+	}
+	s, err := config.ControlSocket(file)
+	if err != nil {
+		return "", fmt.Errorf("-c: %w", err)
+	}
+	return s, nil
 }
 
 func hasHelpFlag(args []string) bool {

@@ -147,10 +147,15 @@ type Daemon struct {
 	// daemon's, IPsec's) are closed after stopFn, or left with KeepState.
 	host        *host.Manager
 	hostClients []*host.Client
-	engCtx      context.CancelFunc
-	engErr      chan error
-	obs         []nhrp.Observer
-	policy      atomic.Pointer[Policy]
+	// hostc is the daemon's own host client and hostInfo the tunnel it
+	// was set for: a reload sets the daemon's part again with them
+	// (forwarding, the neighbour table's limits and timers).
+	hostc    *host.Client
+	hostInfo gre.Info
+	engCtx   context.CancelFunc
+	engErr   chan error
+	obs      []nhrp.Observer
+	policy   atomic.Pointer[Policy]
 
 	ipsecMgr *ipsec.Manager
 	// fw is the firewall (nil without a firewall section); fwRollback is
@@ -257,6 +262,9 @@ func (d *Daemon) setHost(ctx context.Context, cfg Config, info gre.Info) error {
 	if err := c.Set(ctx, hostState(cfg, info)); err != nil {
 		return err
 	}
+	d.mu.Lock()
+	d.hostc, d.hostInfo = c, info
+	d.mu.Unlock()
 	if cfg.NHRP.Role == nhrp.RoleHub && info.Caps.KernelNeighbors {
 		fam := "ipv4"
 		if !info.Prefix.Addr().Is4() {

@@ -175,3 +175,64 @@ func TestHostStateShortcutRule(t *testing.T) {
 		t.Errorf("changes (-want +got):\n%s", diff)
 	}
 }
+
+// TestReloadHostState: a reload that turns forwarding on or changes a
+// hub's limits.max_entries sets the daemon's host state again (the
+// sysctls follow), a reload that changes neither has no such step, and
+// an earlier step's failure leaves it as it was.
+func TestReloadHostState(t *testing.T) {
+	k := hosttest.NewKernel()
+	k.SetSysctl("net/ipv4/ip_forward", "0")
+	k.SetSysctl("net/ipv4/conf/all/send_redirects", "1")
+	k.SetSysctl("net/ipv4/conf/gre1/send_redirects", "1")
+	for i := range 3 {
+		k.SetSysctl(neighLimitKey("ipv4", i), "1024")
+	}
+	old := Config{NHRP: nhrp.Config{Role: nhrp.RoleHub, Limits: nhrp.Limits{MaxEntries: 1000}}, ShortcutRulePriority: 1000}
+	m, err := host.New(host.Options{Kernel: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := m.Client(hostOwner(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.Set(ctx, hostState(old, kernelInfo)); err != nil {
+		t.Fatal(err)
+	}
+	if hostStep(c, kernelInfo, old, old) != nil {
+		t.Errorf("a step for an unchanged host state")
+	}
+	sysctls := func() [2]string {
+		f, _ := k.Sysctl("net/ipv4/ip_forward")
+		g, _ := k.Sysctl(neighLimitKey("ipv4", 2))
+		return [2]string{f, g}
+	}
+	if got := sysctls(); got != [2]string{"0", "2024"} {
+		t.Fatalf("at start: forwarding, gc_thresh3 %v", got)
+	}
+
+	cfg := old
+	cfg.Forwarding = true
+	cfg.NHRP.Limits.MaxEntries = 5000
+	st := hostStep(c, kernelInfo, old, cfg)
+	if st == nil {
+		t.Fatal("no host state step for forwarding and max_entries changed")
+	}
+	// The step is the last (Reload): an earlier step's failure leaves the
+	// host state untouched.
+	failing := step{name: "engine", do: func(context.Context) error { return errors.New("engine stopped") }}
+	if err := runSteps(ctx, []step{failing, *st}); !errors.Is(err, ErrReloadFailed) {
+		t.Fatalf("error %v", err)
+	}
+	if got := sysctls(); got != [2]string{"0", "2024"} {
+		t.Errorf("after the rollback: forwarding, gc_thresh3 %v, want 0, 2024", got)
+	}
+	if err := runSteps(ctx, []step{*st}); err != nil {
+		t.Fatal(err)
+	}
+	if got := sysctls(); got != [2]string{"1", "6024"} {
+		t.Errorf("after the reload: forwarding, gc_thresh3 %v, want 1, 6024", got)
+	}
+}

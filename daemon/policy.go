@@ -125,6 +125,17 @@ func diff(old, cfg Config) (changes, restart []string) {
 	if !reflect.DeepEqual(o, n) {
 		changes = append(changes, "NHRP settings")
 	}
+	if old.HostStateFile != cfg.HostStateFile {
+		restart = append(restart, "host state file")
+	}
+	if !reflect.DeepEqual(old.BGP, cfg.BGP) || (old.BGP != nil && old.BGPProtocol != cfg.BGPProtocol) {
+		// The speaker, its neighbours and its sessions are set up at
+		// start only (bgp.Controller has no reconfigure).
+		restart = append(restart, "bgp")
+	}
+	if old.Forwarding != cfg.Forwarding {
+		changes = append(changes, fmt.Sprintf("forwarding %s → %s", onOff(old.Forwarding), onOff(cfg.Forwarding)))
+	}
 	if !reflect.DeepEqual(old.IPsec, cfg.IPsec) || old.IPsecOff != cfg.IPsecOff {
 		restart = append(restart, "ipsec (credential files are reloaded when they change)")
 	}
@@ -155,6 +166,14 @@ func diff(old, cfg Config) (changes, restart []string) {
 		changes = append(changes, "registration policy")
 	}
 	return changes, restart
+}
+
+// onOff words a switch.
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // uplinkChanges words the changes between two uplink configurations

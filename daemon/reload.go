@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/opendmvpn/dmvpn/firewall"
+	"github.com/opendmvpn/dmvpn/gre"
+	"github.com/opendmvpn/dmvpn/host"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -32,11 +34,17 @@ type engineReconfigurer interface {
 
 // credentialLoader is IPsec's part of a reload (*ipsec.Manager): the
 // credential files read and checked first, loaded at commit, the set in
-// force loaded back on rollback.
+// force loaded back on rollback. What cannot be taken back (the SAs a new
+// CRL revokes ended, a spoke's SAs set up again with its renewed
+// certificate) waits for CredentialsCommitted, after every step
+// succeeded; a set rolled back is told to CredentialsRefused, so that the
+// file watch does not load it behind the reload's back.
 type credentialLoader interface {
 	ReadCredentials() (*ipsec.Credentials, error)
 	Credentials() *ipsec.Credentials
 	LoadCredentials(ctx context.Context, c *ipsec.Credentials) error
+	CredentialsCommitted(ctx context.Context, old, c *ipsec.Credentials)
+	CredentialsRefused(c *ipsec.Credentials)
 }
 
 // reloadPlan is a reload validated and prepared, nothing applied yet.
@@ -102,6 +110,21 @@ func credentialChange(old, cur *ipsec.Credentials) string {
 		return "ipsec credentials (CA or key files) reloaded"
 	}
 	return fmt.Sprintf("ipsec certificate %s serial %s → %s (expires %s)", n.Subject, o.Serial, n.Serial, n.NotAfter.UTC().Format(time.DateOnly))
+}
+
+// run commits the plan's steps (runSteps) and then what only a
+// committed credential set may do; a set rolled back is refused.
+func (p *reloadPlan) run(ctx context.Context, steps []step, creds credentialLoader) error {
+	err := runSteps(ctx, steps)
+	if p.creds == nil || creds == nil {
+		return err
+	}
+	if err != nil {
+		creds.CredentialsRefused(p.creds)
+		return err
+	}
+	creds.CredentialsCommitted(ctx, p.oldCreds, p.creds)
+	return nil
 }
 
 // step is one part of a reload's commit and how to take it back.
@@ -170,6 +193,30 @@ func (p *reloadPlan) commitSteps(old nhrp.Config, eng engineReconfigurer, creds 
 	return steps
 }
 
+// hostSetter is the daemon's part of the host state (*host.Client).
+type hostSetter interface {
+	Set(ctx context.Context, cfg *host.Config) error
+}
+
+// hostStep is the step that sets the daemon's part of the host state
+// again when the reload changes it (forwarding; on a hub whose neighbours
+// are the kernel's, the neighbour table's limits from limits.max_entries
+// and the timers from shortcut_idle), nil when it does not. It is the
+// last step: its undo cannot take everything back (forwarding turned on
+// stays on, the limits are only ever raised), so no step may fail after
+// it.
+func hostStep(hc hostSetter, info gre.Info, old, cfg Config) *step {
+	was, now := hostState(old, info), hostState(cfg, info)
+	if reflect.DeepEqual(was, now) {
+		return nil
+	}
+	return &step{
+		name: "setting forwarding and the neighbour table's limits",
+		do:   func(ctx context.Context) error { return hc.Set(ctx, now) },
+		undo: func(ctx context.Context) error { return hc.Set(ctx, was) },
+	}
+}
+
 // RestartError is a reload refused because of settings that need a
 // restart; it wraps ErrNeedsRestart.
 type RestartError struct{ Settings []string }
@@ -216,11 +263,21 @@ func (d *Daemon) Reload(ctx context.Context, cfg Config) ([]string, error) {
 			undo: func(ctx context.Context) error { return mon.Reconfigure(ctx, *old.Uplinks) },
 		}}, steps...)
 	}
+	d.mu.Lock()
+	hc, info := d.hostc, d.hostInfo
+	d.mu.Unlock()
+	if hc != nil {
+		// The host state last: forwarding once on is not turned off
+		// again (not on stop either), so nothing after it may fail.
+		if hs := hostStep(hc, info, old, p.cfg); hs != nil {
+			steps = append(steps, *hs)
+		}
+	}
 	if fw := d.firewallStep(old, p.cfg); fw != nil {
 		// The firewall first: the kernel may refuse its rules.
 		steps = append([]step{*fw}, steps...)
 	}
-	if err := runSteps(ctx, steps); err != nil {
+	if err := p.run(ctx, steps, creds); err != nil {
 		return nil, err
 	}
 	d.router.setNetworks(p.cfg.Networks)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/opendmvpn/dmvpn/bgp"
 	"github.com/opendmvpn/dmvpn/failover"
 	"github.com/opendmvpn/dmvpn/firewall"
 	"github.com/opendmvpn/dmvpn/gre"
@@ -42,7 +43,16 @@ type fakeCreds struct {
 	readErr         error
 	loadErr         []error // the result of each load, in order (nil when exhausted)
 	loads           []*ipsec.Credentials
+	// committed and refused record the sets told to CredentialsCommitted
+	// (where the CRL sweep and a spoke's re-authentication happen) and
+	// CredentialsRefused.
+	committed, refused []*ipsec.Credentials
 }
+
+func (c *fakeCreds) CredentialsCommitted(_ context.Context, _, s *ipsec.Credentials) {
+	c.committed = append(c.committed, s)
+}
+func (c *fakeCreds) CredentialsRefused(s *ipsec.Credentials) { c.refused = append(c.refused, s) }
 
 func (c *fakeCreds) ReadCredentials() (*ipsec.Credentials, error) { return c.onDisk, c.readErr }
 func (c *fakeCreds) Credentials() *ipsec.Credentials              { return c.inForce }
@@ -78,7 +88,7 @@ func commit(t *testing.T, old, cfg Config, eng *fakeEngine, creds *fakeCreds) ([
 	if err != nil {
 		return nil, err
 	}
-	if err := runSteps(context.Background(), p.commitSteps(old.NHRP, eng, cl)); err != nil {
+	if err := p.run(context.Background(), p.commitSteps(old.NHRP, eng, cl), cl); err != nil {
 		return nil, err
 	}
 	return p.changes, nil
@@ -98,6 +108,28 @@ func TestReloadPlanRefusesWholly(t *testing.T) {
 	var re *RestartError
 	if !errors.Is(err, ErrNeedsRestart) || !errors.As(err, &re) || !slices.Equal(re.Reasons(), []string{"GRE key: needs a restart"}) {
 		t.Errorf("key change: %v", err)
+	}
+
+	// The BGP speaker is set up at start only: a change to its section
+	// is refused, never taken silently (and then shown by show
+	// running-config while not in force).
+	old.BGP = &bgp.Config{AS: 65001, MaxPrefixes: 100}
+	cfg = old
+	cfg.BGP = &bgp.Config{AS: 65001, MaxPrefixes: 200}
+	if _, err := commit(t, old, cfg, eng, creds); !errors.As(err, &re) || !slices.Equal(re.Reasons(), []string{"bgp: needs a restart"}) {
+		t.Errorf("bgp max_prefixes change: %v", err)
+	}
+	cfg = old
+	cfg.BGPProtocol = 17
+	if _, err := commit(t, old, cfg, eng, creds); !errors.As(err, &re) || !slices.Equal(re.Reasons(), []string{"bgp: needs a restart"}) {
+		t.Errorf("bgp route protocol change: %v", err)
+	}
+	old.BGP = nil
+	// Forwarding is applied live (the host state step): a named change.
+	cfg = old
+	cfg.Forwarding = true
+	if p, err := planReload(old, cfg, nil, nil); err != nil || !slices.Equal(p.changes, []string{"forwarding off → on"}) {
+		t.Errorf("forwarding change: %v, %v", p, err)
 	}
 
 	cfg = old
@@ -160,6 +192,12 @@ func TestReloadRollsBack(t *testing.T) {
 		if diff := cmp.Diff([]time.Duration{10 * time.Minute}, eng.got); diff != "" {
 			t.Errorf("engine configurations (-want +got):\n%s", diff)
 		}
+		// Nothing that cannot be taken back happened (no CRL sweep, no
+		// re-authentication), and the file watch is told to leave the
+		// refused set alone.
+		if len(creds.committed) != 0 || len(creds.refused) != 1 || creds.refused[0] != newSet {
+			t.Errorf("committed %v, refused %v: want none committed, the new set refused", creds.committed, creds.refused)
+		}
 	})
 	t.Run("charon refuses the credentials", func(t *testing.T) {
 		eng := &fakeEngine{}
@@ -195,6 +233,9 @@ func TestReloadRollsBack(t *testing.T) {
 		}
 		if creds.inForce != newSet || len(eng.got) != 1 || eng.got[0] != 5*time.Minute {
 			t.Errorf("not applied: credentials %p, engine %v", creds.inForce, eng.got)
+		}
+		if len(creds.committed) != 1 || creds.committed[0] != newSet || len(creds.refused) != 0 {
+			t.Errorf("committed %v, refused %v: want the new set committed once all steps succeeded", creds.committed, creds.refused)
 		}
 	})
 }

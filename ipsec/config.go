@@ -3,6 +3,7 @@ package ipsec
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 )
@@ -50,6 +51,14 @@ type Config struct {
 	CACerts []string
 	Cert    string
 	Key     string
+	// Tunnel is this node's tunnel address: its certificate's OU=GRE=
+	// must be it. The credential files are checked as dmvpnd --check
+	// does (validity dates, OU=GRE=) whenever they are read — at start,
+	// by the file watch, by a reload — and a set that fails is not
+	// loaded; UncheckedCredentials (dmvpnd --unchecked-credentials)
+	// checks only that they belong together, what charon needs.
+	Tunnel               netip.Addr
+	UncheckedCredentials bool
 	// HubIdentity, on a spoke, is the identity every next hop server must
 	// prove; empty means its certificate's OU=GRE= must be the server's
 	// tunnel address.

@@ -31,11 +31,13 @@ func (c *Credentials) Same(o *Credentials) bool {
 	return c.cs.sameContents(o.cs)
 }
 
-// ReadCredentials reads the credential files again and checks that they
-// belong together; nothing is loaded. An error names what is wrong (a key
-// that is not the certificate's, a file half written).
+// ReadCredentials reads the credential files again and checks them as
+// dmvpnd --check does (unless started with --unchecked-credentials);
+// nothing is loaded. An error names what is wrong (a key that is not the
+// certificate's, a file half written, an expired certificate, an OU=GRE=
+// that is not the tunnel address).
 func (m *Manager) ReadCredentials() (*Credentials, error) {
-	cs, err := readCreds(m.cfg)
+	cs, err := readCreds(m.cfg, m.hub)
 	if err != nil {
 		return nil, err
 	}
@@ -56,11 +58,11 @@ func (m *Manager) Credentials() *Credentials {
 // carries it, and only then makes it the set in force: a load that fails
 // leaves the set in force as it was (charon may hold part of the new one:
 // the caller loads the old set back, and a charon that comes back gets the
-// set in force), and the file watch tries again. A spoke whose own
-// certificate changed sets its SAs up again with it.
+// set in force), and the file watch tries again. Nothing else happens
+// until CredentialsCommitted: a reload that loads a set and is rolled
+// back later loads the old one back and has ended no SA.
 func (m *Manager) LoadCredentials(ctx context.Context, c *Credentials) error {
 	m.mu.Lock()
-	old := m.creds
 	specs := make([]connSpec, 0, len(m.loaded))
 	for _, s := range m.loaded {
 		specs = append(specs, s)
@@ -81,45 +83,83 @@ func (m *Manager) LoadCredentials(ctx context.Context, c *Credentials) error {
 	}
 	m.mu.Lock()
 	m.creds = c.cs
+	m.refusedCreds = nil
 	m.mu.Unlock()
+	return nil
+}
+
+// CredentialsCommitted finishes putting a set loaded by LoadCredentials in
+// force, once nothing can take it back (the file watch at once, a reload
+// after every step succeeded): the peers a new CRL revokes are ended, and
+// a spoke whose own certificate changed from old's sets its SAs up again
+// with it.
+func (m *Manager) CredentialsCommitted(ctx context.Context, old, c *Credentials) {
+	if c == nil || c.cs == nil {
+		return
+	}
 	if c.cs.crls != nil {
 		m.revokeSweep(ctx) // peers a new list revokes
 	}
-	renewed := old != nil && old.cert != c.cs.cert
+	renewed := old != nil && old.cs != nil && old.cs.cert != c.cs.cert
 	m.log.Info("credentials loaded", zap.String("certificate", c.cs.own.Subject), zap.String("serial", c.cs.own.Serial),
 		zap.Time("expires", c.cs.own.NotAfter), zap.Bool("renewed", renewed))
 	m.checkExpiry(time.Now())
 	if renewed && !m.hub {
+		m.mu.Lock()
+		specs := make([]connSpec, 0, len(m.loaded))
+		for _, s := range m.loaded {
+			specs = append(specs, s)
+		}
+		m.mu.Unlock()
 		m.bg.Add(1)
 		go func() {
 			defer m.bg.Done()
 			m.reauthenticate(specs)
 		}()
 	}
-	return nil
+}
+
+// CredentialsRefused notes a set a reload loaded and then rolled back:
+// the file watch leaves those files alone until they change again
+// (otherwise it would load within 5 s what the reload answered it had not
+// changed).
+func (m *Manager) CredentialsRefused(c *Credentials) {
+	if c == nil || c.cs == nil {
+		return
+	}
+	m.mu.Lock()
+	m.refusedCreds = c.cs
+	m.mu.Unlock()
 }
 
 // ReloadCredentials reads the credential files again and loads them: the
-// two steps above at once.
+// steps above at once.
 func (m *Manager) ReloadCredentials(ctx context.Context) error {
+	old := m.Credentials()
 	c, err := m.ReadCredentials()
 	if err != nil {
 		return err
 	}
-	return m.LoadCredentials(ctx, c)
+	if err := m.LoadCredentials(ctx, c); err != nil {
+		return err
+	}
+	m.CredentialsCommitted(ctx, old, c)
+	return nil
 }
 
 // reloadCredsIfChanged is the file watch: when a credential file changed
-// (a certificate rotated without a restart) the set is read, checked and
-// loaded. A set that does not check (the certificate replaced, the key
-// not yet) or does not load is not taken: the files still differ from the
-// set in force, so the next look tries again. A failure is logged once
-// until it changes.
+// (a certificate rotated without a restart) the set is read, checked as
+// dmvpnd --check and a reload check it, and loaded. A set that does not
+// check (the certificate replaced, the key not yet; expired, not yet
+// valid, another node's OU=GRE=) or does not load is not taken: the files
+// still differ from the set in force, so the next look tries again. A
+// failure is logged once until it changes. A set a reload rolled back is
+// left alone until its files change.
 func (m *Manager) reloadCredsIfChanged(ctx context.Context) {
 	m.mu.Lock()
-	cur := m.creds
+	cur, refused := m.creds, m.refusedCreds
 	m.mu.Unlock()
-	if cur == nil || !cur.changed() {
+	if cur == nil || !cur.changed() || (refused != nil && !refused.changed()) {
 		return
 	}
 	c, err := m.ReadCredentials()
@@ -133,7 +173,9 @@ func (m *Manager) reloadCredsIfChanged(ctx context.Context) {
 		return
 	}
 	if err == nil {
-		err = m.LoadCredentials(ctx, c)
+		if err = m.LoadCredentials(ctx, c); err == nil {
+			m.CredentialsCommitted(ctx, &Credentials{cs: cur}, c)
+		}
 	}
 	m.logMu.Lock()
 	msg := ""

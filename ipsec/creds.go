@@ -30,12 +30,15 @@ type CertInfo struct {
 	NotAfter time.Time `json:"not_after"`
 }
 
-// readCreds reads the credential files and checks that they hold what
-// they should and belong together (the key is the certificate's, the CA
-// signed it): what charon needs to use them. The modification times are
-// taken before the contents, so a file replaced while it is read is read
-// again on the next look.
-func readCreds(cfg Config) (*credSet, error) {
+// readCreds reads the credential files and checks them as dmvpnd
+// --check does (CheckCredentials): they hold what they should and belong
+// together (the key is the certificate's, the CA signed it), the
+// certificate's OU=GRE= is the node's tunnel address, none is expired or
+// not yet valid (a certificate expiring soon is a warning and loads). With
+// cfg.UncheckedCredentials only what charon needs to use them is checked.
+// The modification times are taken before the contents, so a file
+// replaced while it is read is read again on the next look.
+func readCreds(cfg Config, hub bool) (*credSet, error) {
 	cs := &credSet{mtimes: map[string]time.Time{}, expires: map[string]time.Time{}}
 	read := func(path string) pemFile {
 		st, err := os.Stat(path)
@@ -50,7 +53,9 @@ func readCreds(cfg Config) (*credSet, error) {
 		caFiles[i] = read(f)
 	}
 	certFile, keyFile := read(cfg.Cert), read(cfg.Key)
-	if err := credentialErrors(checkFiles(CredentialCheck{ConsistencyOnly: true}, caFiles, certFile, keyFile)); err != nil {
+	chk := CredentialCheck{CACerts: cfg.CACerts, Cert: cfg.Cert, Key: cfg.Key, Tunnel: cfg.Tunnel, Hub: hub,
+		ConsistencyOnly: cfg.UncheckedCredentials}
+	if err := credentialErrors(checkFiles(chk, caFiles, certFile, keyFile)); err != nil {
 		return nil, err
 	}
 	for _, f := range caFiles {

@@ -21,14 +21,54 @@ type certExpiry struct {
 	notAfter time.Time
 }
 
-// watchedCerts lists this node's certificate, its CAs and the peers'
-// certificates captured from their SAs.
-func (m *Manager) watchedCerts() []certExpiry {
+// certKeep is how long the captured certificate of a peer without an SA
+// is kept: a listing captures every certificate charon holds, and a
+// peer's SA may come up, or a registration wait for its certificate, a
+// little after.
+const certKeep = 10 * time.Minute
+
+// liveRemoteIDs are the remote identities of the SAs in the table (mu
+// held).
+func (m *Manager) liveRemoteIDs() map[string]struct{} {
+	live := make(map[string]struct{}, m.sas.len())
+	for _, sa := range m.sas.byID {
+		if sa.RemoteID != "" {
+			live[sa.RemoteID] = struct{}{}
+		}
+	}
+	return live
+}
+
+// pruneCerts forgets the captured certificates of peers that have no SA
+// and were last captured more than certKeep before now, with when they
+// were seen and first listed (mu held): a hub's peers come and go, and
+// their certificates were kept, and warned about, for ever.
+func (m *Manager) pruneCerts(now time.Time, live map[string]struct{}) {
+	for id, der := range m.certs {
+		if _, ok := live[id]; ok || now.Sub(m.certSeen[id]) < certKeep {
+			continue
+		}
+		if _, listed := m.certListed[string(der)]; !listed {
+			delete(m.certFirst, string(der))
+		}
+		delete(m.certs, id)
+		delete(m.certSeen, id)
+	}
+}
+
+// watchedCerts lists this node's certificate, its CAs and the
+// certificates of the peers that have an SA, after forgetting those of
+// peers long gone (pruneCerts).
+func (m *Manager) watchedCerts(now time.Time) []certExpiry {
 	m.mu.Lock()
 	cs := m.creds
-	peers := make(map[string][]byte, len(m.certs))
+	live := m.liveRemoteIDs()
+	m.pruneCerts(now, live)
+	peers := make(map[string][]byte, len(live))
 	for id, der := range m.certs {
-		peers[id] = der
+		if _, ok := live[id]; ok {
+			peers[id] = der
+		}
 	}
 	m.mu.Unlock()
 	var out []certExpiry
@@ -63,7 +103,7 @@ func (m *Manager) watchedCerts() []certExpiry {
 // 7 and 1 days of its expiry (once each; a renewed certificate starts
 // again), and an error once it has expired.
 func (m *Manager) checkExpiry(now time.Time) {
-	certs := m.watchedCerts()
+	certs := m.watchedCerts(now)
 	m.logMu.Lock()
 	defer m.logMu.Unlock()
 	warned := make(map[string]int, len(certs)) // only what is still watched

@@ -82,7 +82,10 @@ type Manager struct {
 	// rotateErr is the last failure of the credential file watch (logged
 	// once until it changes); expiryWarned the expiry warnings given, by
 	// certificate (expiry.go).
-	rotateErr    string
+	rotateErr string
+	// refusedCreds is a set a reload loaded and rolled back (under mu):
+	// the file watch leaves the files alone until they change again.
+	refusedCreds *credSet
 	crlErr       string // the last failure of the CRL file watch
 	expiryWarned map[string]int
 
@@ -131,7 +134,7 @@ func (m *Manager) Mode() Mode { return m.mode }
 // connections and follows charon's events until ctx is done. It returns
 // once charon answers; the event loop runs on.
 func (m *Manager) Start(ctx context.Context) error {
-	cs, err := readCreds(m.cfg)
+	cs, err := readCreds(m.cfg, m.hub)
 	if err != nil {
 		return err
 	}

@@ -133,7 +133,7 @@ func Build(ctx context.Context, o Options) (string, error) {
 	deb := filepath.Join(root, "DEBIAN")
 	meta := []entry{
 		{"control", 0o644, []byte(control)},
-		{"conffiles", 0o644, []byte("/etc/dmvpn/dmvpnd.yaml\n")},
+		{"conffiles", 0o644, []byte(Conffiles)},
 		{"md5sums", 0o644, md5sums(ents)},
 	}
 	for _, s := range []string{"postinst", "prerm", "postrm"} {
@@ -159,6 +159,10 @@ func Build(ctx context.Context, o Options) (string, error) {
 	}
 	return out, nil
 }
+
+// Conffiles are the package's files under /etc, which dpkg keeps as the
+// administrator edited them.
+const Conffiles = "/etc/dmvpn/dmvpnd.yaml\n/etc/logrotate.d/dmvpn\n"
 
 // Control is the package's control file.
 func Control(version, arch string, installedKiB int64, depends []string) string {
@@ -241,6 +245,10 @@ func handWritten(o Options) ([]entry, error) {
 	}
 	ex, err := read(ExampleConfig)
 	if err := add("/etc/dmvpn/dmvpnd.yaml", 0o640, ex, err); err != nil {
+		return nil, err
+	}
+	lr, err := emb("logrotate")
+	if err := add("/etc/logrotate.d/dmvpn", 0o644, lr, err); err != nil {
 		return nil, err
 	}
 	openrc, err := emb("dmvpnd.openrc")

@@ -111,6 +111,7 @@ func TestDeb(t *testing.T) {
 		"/usr/share/zsh/vendor-completions/_dmvpnd":       "-rw-r--r-- root/root",
 		"/usr/share/zsh/vendor-completions/_dmvpnctl":     "-rw-r--r-- root/root",
 		"/usr/share/doc/dmvpn/copyright":                  "-rw-r--r-- root/root",
+		"/etc/logrotate.d/dmvpn":                          "-rw-r--r-- root/root",
 	} {
 		if modes[path] != mode {
 			t.Errorf("%s: %q, want %q", path, modes[path], mode)
@@ -120,7 +121,7 @@ func TestDeb(t *testing.T) {
 	if out, err := exec.Command("dpkg-deb", "-e", deb, ctrl).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb -e: %v\n%s", err, out)
 	}
-	if b, _ := os.ReadFile(filepath.Join(ctrl, "conffiles")); string(b) != "/etc/dmvpn/dmvpnd.yaml\n" {
+	if b, _ := os.ReadFile(filepath.Join(ctrl, "conffiles")); string(b) != "/etc/dmvpn/dmvpnd.yaml\n/etc/logrotate.d/dmvpn\n" {
 		t.Errorf("conffiles: %q", b)
 	}
 

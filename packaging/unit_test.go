@@ -93,8 +93,15 @@ func TestOpenRCEquivalent(t *testing.T) {
 	if !slices.Equal(unitSetting(t, unit, "NoNewPrivileges"), []string{"yes"}) || !strings.Contains(rc, "\nno_new_privs=\"yes\"\n") {
 		t.Error("no new privileges: not in both")
 	}
-	if !slices.Equal(unitSetting(t, unit, "ExecReload"), []string{"/usr/sbin/dmvpnctl", "reload"}) || !strings.Contains(rc, "\n\t/usr/sbin/dmvpnctl reload\n") {
-		t.Error("reload: not dmvpnctl reload in both")
+	// Both reach the socket the configuration file names (-c), not only
+	// the default one.
+	if !slices.Equal(unitSetting(t, unit, "ExecReload"), []string{"/usr/sbin/dmvpnctl", "-c", "/etc/dmvpn/dmvpnd.yaml", "reload"}) ||
+		!strings.Contains(rc, "\n\t/usr/sbin/dmvpnctl -c \"$cfgfile\" reload\n") ||
+		!strings.Contains(rc, "/usr/sbin/dmvpnctl -c \"$cfgfile\" show dmvpn") {
+		t.Error("reload and readiness: not dmvpnctl -c FILE in both")
+	}
+	if !slices.Equal(unitSetting(t, unit, "ExecStart"), []string{"/usr/sbin/dmvpnd", "-c", "/etc/dmvpn/dmvpnd.yaml"}) {
+		t.Error("ExecStart does not run the file ExecReload reads")
 	}
 	if !strings.Contains(strings.Join(unitSetting(t, unit, "ExecStartPre"), " "), "/usr/sbin/dmvpnd --check") || !strings.Contains(rc, `"$command" --check -c "$cfgfile"`) {
 		t.Error("the configuration check before start: not in both")

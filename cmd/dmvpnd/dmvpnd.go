@@ -59,7 +59,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dmvpnd: %v\n", err)
 		return 1
 	}
-	rt := config.Runtime{KeepRoutes: *keep}
+	rt := config.Runtime{KeepRoutes: *keep, UncheckedCredentials: *unchecked}
 	dcfg := cfg.Daemon(rt)
 	if *check {
 		if _, err := daemon.New(dcfg, nil); err != nil {

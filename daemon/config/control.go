@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"os"
 	"os/user"
 	"strconv"
@@ -135,3 +136,30 @@ func LoadCAs(path string) (*x509.CertPool, error) {
 type errNoCerts string
 
 func (e errNoCerts) Error() string { return string(e) + " holds no PEM certificate" }
+
+// ControlSocket returns the control socket a configuration file names
+// (control.socket; DefaultSocket when it names none), reading that
+// setting only: what dmvpnctl -c FILE connects to, so that a service
+// manager's reload reaches a dmvpnd whose file moved its socket.
+func ControlSocket(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var f struct {
+		Control struct {
+			Socket string `yaml:"socket"`
+		} `yaml:"control"`
+	}
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	switch s := f.Control.Socket; {
+	case s == "":
+		return DefaultSocket, nil
+	case !strings.HasPrefix(s, "/"):
+		return "", fmt.Errorf("%s: control.socket %q is not an absolute path", path, s)
+	default:
+		return s, nil
+	}
+}

@@ -20,6 +20,10 @@ type Runtime struct {
 	// KeepRoutes leaves routes and neighbour entries in the kernel when the
 	// daemon stops (a quick restart adopts them).
 	KeepRoutes bool
+	// UncheckedCredentials (dmvpnd --unchecked-credentials) loads
+	// credential files whose certificate checks fail, at start and when
+	// they are read again (the file watch, a reload).
+	UncheckedCredentials bool
 }
 
 // Daemon returns the daemon's configuration.
@@ -27,6 +31,9 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 	t := &c.Tunnel
 	sec := c.IPsec.ipsecConfig()
 	defaultDPD(sec, c.Role)
+	if sec != nil {
+		sec.Tunnel, sec.UncheckedCredentials = t.Address.Addr(), rt.UncheckedCredentials
+	}
 	c.Limits.applyAudit(sec)
 	n := nhrp.Config{
 		HoldingTime:            t.HoldingTime,
