@@ -361,7 +361,6 @@ func (g *GoBGP) Neighbors(ctx context.Context) ([]SessionState, error) {
 		for _, af := range p.AfiSafis {
 			if af.State != nil {
 				st.Received += int(af.State.Received)
-				st.Accepted += int(af.State.Accepted)
 			}
 		}
 		g.mu.Lock()
@@ -374,7 +373,29 @@ func (g *GoBGP) Neighbors(ctx context.Context) ([]SessionState, error) {
 		}
 		out = append(out, st)
 	})
-	return out, err
+	if err != nil || len(out) == 0 {
+		return out, err
+	}
+	// GoBGP's own accepted count (AfiSafiState.Accepted) leaves out only
+	// what a per-neighbour policy refused; our filters are in the global
+	// import policy, so what a neighbour got accepted is what of it is in
+	// the RIB.
+	accepted := map[netip.Addr]int{}
+	err = s.ListPath(apiutil.ListPathRequest{Family: bgp.RF_IPv4_UC, TableType: api.TableType_TABLE_TYPE_GLOBAL},
+		func(_ bgp.NLRI, paths []*apiutil.Path) {
+			for _, p := range paths {
+				if p.PeerAddress.IsValid() && !p.Withdrawal {
+					accepted[p.PeerAddress]++
+				}
+			}
+		})
+	if err != nil {
+		return out, fmt.Errorf("bgp: counting accepted routes: %w", err)
+	}
+	for i := range out {
+		out[i].Accepted = accepted[out[i].Address]
+	}
+	return out, nil
 }
 
 func fsmState(s bgp.FSMState) string {

@@ -174,16 +174,19 @@ func (g *GoBGP) setNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg 
 	g.mu.Lock()
 	cur := g.spokePol[n.Address]
 	g.mu.Unlock()
-	if had && cur.nbr && cur.nets && cur.stmt {
-		if len(nets.Prefixes) == 0 {
-			// GoBGP keeps an emptied set's old entries: take the statement
-			// away instead (nothing is accepted without one).
-			return g.deleteNeighborPolicy(ctx, s, cfg, n)
-		}
-		return s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: nets, Replace: true})
-	}
 	if cur != (spokePolicy{}) {
-		_ = g.deleteNeighborPolicy(ctx, s, cfg, n) // what a failed attempt left
+		// The networks changed (had), or a failed attempt left something:
+		// the statement goes with its sets and all come back new. Not
+		// AddDefinedSet with Replace: GoBGP v4.9.0 then stores a new set
+		// object (RoutingPolicy.AddDefinedSet,
+		// internal/pkg/table/policy.go:4387) while the statement keeps
+		// matching the old one it resolved when it was added, so a renewed
+		// certificate's NET= never reached the filter: a network taken
+		// away stayed accepted, one added was never accepted.
+		err := g.deleteNeighborPolicy(ctx, s, cfg, n)
+		if had && err != nil {
+			return fmt.Errorf("bgp: replacing the filter of %s: %w", n.Address, err)
+		}
 	}
 	if len(nets.Prefixes) == 0 {
 		return nil

@@ -1,0 +1,105 @@
+package bgp
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/internal/leakcheck"
+)
+
+// startGoBGPHub runs a hub's controller on GoBGP on a loopback address
+// until the test ends.
+func startGoBGPHub(t *testing.T, cfg Config) (*Controller, *fakeSink) {
+	t.Helper()
+	sink := &fakeSink{}
+	c, err := NewController(cfg, Deps{Speaker: NewGoBGP(zap.NewNop()), Routes: sink, NHRP: &fakeNHRP{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	<-c.Started()
+	return c, sink
+}
+
+// neighborStatus returns one neighbour's line of the summary.
+func neighborStatus(c *Controller, a netip.Addr) (NeighborStatus, bool) {
+	s, err := c.Summary(context.Background())
+	if err != nil {
+		return NeighborStatus{}, false
+	}
+	for _, n := range s.Neighbors {
+		if n.Address == a {
+			return n, true
+		}
+	}
+	return NeighborStatus{}, false
+}
+
+// TestTwoSpeakersRenewal renews a spoke's certificate with fewer, more and
+// other networks against real GoBGP: each time the kernel gets exactly
+// what the new NET= allows of what the spoke sends, and the summary's
+// accepted count says the same.
+func TestTwoSpeakersRenewal(t *testing.T) {
+	leakcheck.Check(t, gobgpLeaks...)
+	lo, port := loopbackNet(t)
+	hubAddr := lo.Addr().Next()
+	spokeAddr := hubAddr.Next()
+	cfg := Config{Role: RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port, UseCertificates: true,
+		Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second}
+	c, sink := startGoBGPHub(t, cfg)
+	rawSpeaker(t, 65001, spokeAddr, hubAddr, 65000, port, "10.1.0.0/24", "10.11.0.0/24", "10.12.0.0/24")
+
+	for _, step := range []struct {
+		what string
+		nets []string
+	}{
+		{"first certificate", []string{"10.1.0.0/24", "10.11.0.0/24"}},
+		{"renewed with fewer networks", []string{"10.11.0.0/24"}},
+		{"renewed with more networks", []string{"10.11.0.0/24", "10.12.0.0/24"}},
+		{"renewed with other networks", []string{"10.1.0.0/24"}},
+	} {
+		c.Event(registered(spokeAddr.String(), "198.51.100.1", attrs("65001", step.nets...)))
+		var want []KernelRoute
+		for _, n := range step.nets {
+			want = append(want, KernelRoute{Dst: pfx(n), NextHops: []netip.Addr{spokeAddr}})
+		}
+		var last []KernelRoute
+		var st NeighborStatus
+		ok := waitUntil(20*time.Second, func() bool {
+			last = sink.get()
+			st, _ = neighborStatus(c, spokeAddr)
+			return cmp.Equal(last, want, cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})) &&
+				st.Received == 3 && st.Accepted == len(step.nets)
+		})
+		if !ok {
+			t.Fatalf("%s (NET=%v): kernel routes %v, received %d accepted %d; want %v, 3 received, %d accepted",
+				step.what, step.nets, last, st.Received, st.Accepted, want, len(step.nets))
+		}
+	}
+}
+
+// waitUntil polls cond until it holds (true) or d passes (false).
+func waitUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
