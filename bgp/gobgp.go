@@ -172,9 +172,11 @@ func (g *GoBGP) server() (*server.BgpServer, Config, error) {
 
 // peer is the GoBGP configuration of a neighbour.
 func (g *GoBGP) peer(cfg Config, n Neighbor) *api.Peer {
-	af := &api.AfiSafi{
-		Config:       &api.AfiSafiConfig{Family: v4uc, Enabled: true},
-		PrefixLimits: &api.PrefixLimit{Family: v4uc, MaxPrefixes: uint32(cfg.MaxPrefixes)},
+	af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: v4uc, Enabled: true}}
+	if n.Kind == KindSpoke {
+		// The limit is a spoke's: another hub carries every spoke's
+		// routes, a server in phase 2 every spoke's specific routes.
+		af.PrefixLimits = &api.PrefixLimit{Family: v4uc, MaxPrefixes: uint32(cfg.MaxPrefixes)}
 	}
 	p := &api.Peer{
 		Conf: &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.AS, Description: n.Kind.String()},

@@ -103,3 +103,33 @@ func waitUntil(d time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// TestTwoSpeakersHubNoPrefixLimit: another hub carries every spoke's
+// routes; more of them than a spoke may send keeps its session up, and
+// all of them reach the kernel.
+func TestTwoSpeakersHubNoPrefixLimit(t *testing.T) {
+	leakcheck.Check(t, gobgpLeaks...)
+	lo, port := loopbackNet(t)
+	otherHub := lo.Addr().Next()             // .1: dials (the higher address waits)
+	hubAddr := otherHub.Next().Next().Next() // .4
+	cfg := Config{Role: RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port, MaxPrefixes: 3,
+		Hubs: []netip.Addr{otherHub}, Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second}
+	c, sink := startGoBGPHub(t, cfg)
+	var many []string
+	for i := range 8 {
+		many = append(many, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 24).String())
+	}
+	rawSpeaker(t, 65000, otherHub, hubAddr, 65000, port, many...)
+	var st NeighborStatus
+	if !waitUntil(20*time.Second, func() bool {
+		st, _ = neighborStatus(c, otherHub)
+		return st.State == StateEstablished && st.Accepted == len(many) && len(sink.get()) == len(many)
+	}) {
+		t.Fatalf("the other hub: %+v, %d kernel routes; want established with %d accepted and in the kernel", st, len(sink.get()), len(many))
+	}
+	// Established and every prefix installed: had the limit of 3 applied,
+	// the session would have been shut down on the UPDATE carrying them.
+	if st.PrefixLimit || st.Flaps != 0 {
+		t.Errorf("the other hub's session: %+v", st)
+	}
+}
