@@ -268,11 +268,34 @@ func (g *GoBGP) DeleteNeighbor(ctx context.Context, addr netip.Addr) error {
 	return errors.Join(err, g.deleteNeighborPolicy(ctx, s, cfg, n))
 }
 
-// ResetNeighbor restarts a session (soft: route refresh both ways).
+// ResetNeighbor restarts a session (soft: route refresh both ways). A
+// hard reset of a session held down for too many prefixes lets it come
+// back, as vtysh's clear does.
 func (g *GoBGP) ResetNeighbor(ctx context.Context, addr netip.Addr, soft bool) error {
 	s, _, err := g.server()
 	if err != nil {
 		return err
+	}
+	if !soft {
+		// A hard ResetPeer only sends a NOTIFICATION: a session shut
+		// down for the prefix limit stays in that admin state (Idle
+		// (PfxCt)) until enabled.
+		held := false
+		err := s.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+			held = held || p.GetState().GetAdminState() == api.PeerState_ADMIN_STATE_PFX_CT
+		})
+		if err != nil {
+			return fmt.Errorf("bgp: reading the session of %s: %w", addr, err)
+		}
+		if held {
+			if err := s.EnablePeer(ctx, &api.EnablePeerRequest{Address: addr.String()}); err != nil {
+				return fmt.Errorf("bgp: enabling %s after the prefix limit: %w", addr, err)
+			}
+			g.mu.Lock()
+			delete(g.lastErr, addr)
+			g.mu.Unlock()
+			return nil
+		}
 	}
 	r := &api.ResetPeerRequest{Address: addr.String(), Soft: soft, Communication: "cleared by the operator"}
 	if soft {

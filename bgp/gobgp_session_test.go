@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/internal/leakcheck"
@@ -131,5 +133,45 @@ func TestTwoSpeakersHubNoPrefixLimit(t *testing.T) {
 	// the session would have been shut down on the UPDATE carrying them.
 	if st.PrefixLimit || st.Flaps != 0 {
 		t.Errorf("the other hub's session: %+v", st)
+	}
+}
+
+// TestTwoSpeakersClearPrefixLimit: a spoke shut down for sending more
+// than the limit comes back with `clear ip bgp` once it sends fewer.
+func TestTwoSpeakersClearPrefixLimit(t *testing.T) {
+	leakcheck.Check(t, gobgpLeaks...)
+	lo, port := loopbackNet(t)
+	hubAddr := lo.Addr().Next()
+	spokeAddr := hubAddr.Next()
+	cfg := Config{Role: RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port, UseCertificates: true, MaxPrefixes: 3,
+		Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second}
+	c, sink := startGoBGPHub(t, cfg)
+	c.Event(registered(spokeAddr.String(), "198.51.100.1", attrs("65001", "10.1.0.0/16")))
+	waitFor(t, "the spoke a neighbour", 5*time.Second, func() bool { _, ok := neighborStatus(c, spokeAddr); return ok })
+	spoke := rawSpeaker(t, 65001, spokeAddr, hubAddr, 65000, port, "10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24", "10.1.4.0/24")
+	waitFor(t, "the spoke shut down for the prefix limit", 20*time.Second, func() bool {
+		st, _ := neighborStatus(c, spokeAddr)
+		return st.PrefixLimit && st.State == StateIdle
+	})
+	// The spoke withdraws one: still held down until cleared.
+	nlri, _ := bgp.NewIPAddrPrefix(pfx("10.1.4.0/24"))
+	nh, _ := bgp.NewPathAttributeNextHop(spokeAddr)
+	if err := spoke.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{{Family: bgp.RF_IPv4_UC, Nlri: nlri,
+		Attrs: []bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(0), nh}}}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.Clear(context.Background(), spokeAddr, false)
+	if err != nil || n != 1 {
+		t.Fatalf("Clear = %d, %v; want 1 session cleared", n, err)
+	}
+	var st NeighborStatus
+	if !waitUntil(20*time.Second, func() bool {
+		st, _ = neighborStatus(c, spokeAddr)
+		return st.State == StateEstablished && st.Accepted == 3 && len(sink.get()) == 3
+	}) {
+		t.Fatalf("after clear: %+v, kernel %v; want established with 3 routes", st, sink.get())
+	}
+	if st.PrefixLimit || st.LastError != "" {
+		t.Errorf("after clear the session still says %+v", st)
 	}
 }
