@@ -148,14 +148,27 @@ func (c *Controller) Event(ev nhrp.Event) {
 	addr := ev.Proto.Addr()
 	var ch change
 	switch {
+	case c.cfg.Role == RoleHub && (ev.Kind == nhrp.EventRegistered || ev.Kind == nhrp.EventExpired) && !c.spokeAddress(ev.Proto):
+		// A registration at a configured hub's address or this node's
+		// own never makes (or unmakes) a spoke neighbour.
+		return
 	case c.cfg.Role == RoleHub && ev.Kind == nhrp.EventRegistered:
 		ch = change{present: true, kind: KindSpoke, nbma: ev.NBMA, ident: ev.Identity, attrs: ev.Attrs}
 	case c.cfg.Role == RoleHub && ev.Kind == nhrp.EventExpired:
 		switch ev.Cause {
-		case nhrp.CauseReplaced, nhrp.CauseShutdown:
-			// A registration from a new NBMA address follows (the
-			// session is over the tunnel address, it need not move), or
-			// the node stops (graceful restart keeps the routes).
+		case nhrp.CauseShutdown:
+			// The node stops (graceful restart keeps the routes).
+			return
+		case nhrp.CauseReplaced:
+			// A registration from a new NBMA address (the session is
+			// over the tunnel address, it need not move; the
+			// registration's event follows), or a static map or local
+			// entry took its place (no registration follows): the
+			// engine's cache, read at once, tells which.
+			c.mu.Lock()
+			c.resync = true
+			c.mu.Unlock()
+			poke(c.wake)
 			return
 		}
 		ch = change{kind: KindSpoke, reason: ev.Reason}
@@ -173,6 +186,17 @@ func (c *Controller) Event(ev nhrp.Event) {
 	c.pending[addr] = ch
 	c.mu.Unlock()
 	poke(c.wake)
+}
+
+// spokeAddress reports whether a registration at p can be a spoke
+// neighbour's: one address (a /24 registered is no neighbour at its
+// network address), neither a configured hub's nor this node's own.
+func (c *Controller) spokeAddress(p netip.Prefix) bool {
+	if !p.IsValid() || !p.IsSingleIP() {
+		return false
+	}
+	a := p.Addr()
+	return a != c.cfg.Tunnel.Addr() && !slices.Contains(c.cfg.Hubs, a)
 }
 
 // notify takes the speaker's events.
@@ -306,7 +330,7 @@ func (c *Controller) resyncAll(ctx context.Context, pending map[netip.Addr]chang
 			return
 		}
 		for _, e := range entries {
-			if e.Type == nhrp.TypeDynamic && slices.Contains(e.Flags, "registered") && e.Proto.IsSingleIP() {
+			if e.Type == nhrp.TypeDynamic && slices.Contains(e.Flags, "registered") && c.spokeAddress(e.Proto) {
 				want[e.Proto.Addr()] = change{present: true, kind: KindSpoke, nbma: e.NBMA, ident: e.Identity, attrs: e.Attrs}
 			}
 		}

@@ -112,7 +112,9 @@ func TestHubNeighboursFollowRegistrations(t *testing.T) {
 	}
 
 	// A registration from a new NBMA address replaces the old one: the
-	// session is not touched, the summary shows the new address.
+	// session is not touched, the summary shows the new address (the
+	// engine's cache, read on a replacement, has the new one).
+	h.nh.register("172.16.1.1", "198.51.100.9", attrs("65001", "10.1.0.0/24"))
 	h.c.Event(expired("172.16.1.1", nhrp.CauseReplaced))
 	h.c.Event(registered("172.16.1.1", "198.51.100.9", attrs("65001", "10.1.0.0/24")))
 	h.neighbor("172.16.1.1", "the new NBMA address", func(n NeighborStatus) bool { return n.NBMA == addr("198.51.100.9") })
