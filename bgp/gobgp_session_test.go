@@ -175,3 +175,44 @@ func TestTwoSpeakersClearPrefixLimit(t *testing.T) {
 		t.Errorf("after clear the session still says %+v", st)
 	}
 }
+
+// TestGoBGPRoutesLongestMatch: an address selects the paths of the
+// longest prefix that contains it (vtysh's `show ip bgp ADDRESS`), a
+// prefix only its own.
+func TestGoBGPRoutesLongestMatch(t *testing.T) {
+	leakcheck.Check(t, gobgpLeaks...)
+	lo, port := loopbackNet(t)
+	cfg := Config{Role: RoleHub, Tunnel: netip.PrefixFrom(lo.Addr().Next(), 24), Port: port}.WithDefaults()
+	g := NewGoBGP(zap.NewNop())
+	ctx := context.Background()
+	if err := g.Start(ctx, cfg, func(SpeakerEvent) {}); err != nil {
+		t.Fatal(err)
+	}
+	defer g.Stop(ctx, false)
+	if err := g.SetOrigin(ctx, []netip.Prefix{pfx("10.0.0.0/8"), pfx("10.1.0.0/16"), pfx("10.1.2.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		q    RouteQuery
+		want []string
+	}{
+		{RouteQuery{Address: addr("10.1.2.3")}, []string{"10.1.2.0/24"}},
+		{RouteQuery{Address: addr("10.1.3.1")}, []string{"10.1.0.0/16"}},
+		{RouteQuery{Address: addr("10.9.0.1")}, []string{"10.0.0.0/8"}},
+		{RouteQuery{Address: addr("192.0.2.1")}, nil},
+		{RouteQuery{Prefix: pfx("10.1.2.3/32")}, nil},
+		{RouteQuery{Prefix: pfx("10.1.0.0/16")}, []string{"10.1.0.0/16"}},
+	} {
+		rs, err := g.Routes(ctx, tc.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range rs {
+			got = append(got, r.Prefix.String())
+		}
+		if !cmp.Equal(got, tc.want) {
+			t.Errorf("Routes(%+v) = %v, want %v", tc.q, got, tc.want)
+		}
+	}
+}

@@ -108,8 +108,11 @@ type RouteQuery struct {
 	Table Table
 	// Neighbor is required for the received and advertised tables.
 	Neighbor netip.Addr
-	// Prefix, when valid, selects the routes of that prefix (exact) only.
-	Prefix netip.Prefix
+	// Prefix, when valid, selects the routes of that prefix (exact) only;
+	// Address, when valid, those of the longest prefix that contains it
+	// (vtysh's `show ip bgp ADDRESS`).
+	Prefix  netip.Prefix
+	Address netip.Addr
 }
 
 // Route is one path to a prefix.
