@@ -82,6 +82,12 @@ type Controller struct {
 
 	fib      *fib
 	staleNow []netip.Prefix // the previous run's routes the kernel keeps
+
+	// protect are servers' NBMA addresses learned from the engine's
+	// events and not yet refused in the speaker; protected those that
+	// are (beside the configuration's).
+	protect   []netip.Addr
+	protected map[netip.Addr]bool
 }
 
 // refusedNeighbor is a registered spoke that did not become a neighbour.
@@ -124,8 +130,9 @@ func NewController(cfg Config, deps Deps) (*Controller, error) {
 		pending: map[netip.Addr]change{}, dirty: map[netip.Addr]bool{},
 		have: map[netip.Addr]Neighbor{}, refNbr: map[netip.Addr]refusedNeighbor{},
 		refused: map[netip.Addr]map[netip.Prefix]string{}, states: map[netip.Addr]string{},
-		stats: Stats{PrefixesRefused: map[netip.Addr]uint64{}},
-		wake:  make(chan struct{}, 1), fibWake: make(chan struct{}, 1),
+		protected: map[netip.Addr]bool{},
+		stats:     Stats{PrefixesRefused: map[netip.Addr]uint64{}},
+		wake:      make(chan struct{}, 1), fibWake: make(chan struct{}, 1),
 		started: make(chan struct{}), done: make(chan struct{}),
 	}
 	c.fib = newFIB(c)
@@ -145,6 +152,9 @@ func poke(ch chan struct{}) {
 // Event takes the NHRP engine's events (nhrp.Observer): it only records
 // them; the controller's goroutine acts.
 func (c *Controller) Event(ev nhrp.Event) {
+	if ev.Kind == nhrp.EventNHSUp {
+		c.learnNBMA(ev.NBMA)
+	}
 	addr := ev.Proto.Addr()
 	var ch change
 	switch {
@@ -186,6 +196,52 @@ func (c *Controller) Event(ev nhrp.Event) {
 	c.pending[addr] = ch
 	c.mu.Unlock()
 	poke(c.wake)
+}
+
+// learnNBMA protects a server's NBMA address the configuration does not
+// name (a server named by DNS, one that answered from another address):
+// a prefix covering it would route the tunnel into itself.
+func (c *Controller) learnNBMA(a netip.Addr) {
+	if !a.Is4() || slices.Contains(c.cfg.ProtectedNBMA, a) {
+		return
+	}
+	c.mu.Lock()
+	if c.protected[a] || slices.Contains(c.protect, a) {
+		c.mu.Unlock()
+		return
+	}
+	c.protect = append(c.protect, a)
+	c.mu.Unlock()
+	poke(c.wake)
+}
+
+// applyProtect hands the learned NBMA addresses to the speaker; what the
+// neighbours sent is judged again under the larger refusal.
+func (c *Controller) applyProtect(ctx context.Context) {
+	c.mu.Lock()
+	addrs := c.protect
+	c.protect = nil
+	c.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	if err := c.deps.Speaker.Protect(ctx, addrs); err != nil {
+		c.log.Warn("refusing prefixes covering servers' NBMA addresses", zap.Stringers("nbma", addrs), zap.Error(err))
+		c.mu.Lock()
+		c.protect = append(c.protect, addrs...)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Lock()
+	for _, a := range addrs {
+		c.protected[a] = true
+	}
+	for a := range c.have {
+		c.dirty[a] = true
+	}
+	c.mu.Unlock()
+	poke(c.wake)
+	c.log.Info("refusing prefixes covering servers' NBMA addresses", zap.Stringers("nbma", addrs))
 }
 
 // spokeAddress reports whether a registration at p can be a spoke
@@ -281,6 +337,7 @@ func (c *Controller) step(ctx context.Context) {
 	pending, resync, dirty := c.pending, c.resync, c.dirty
 	c.pending, c.resync, c.dirty = map[netip.Addr]change{}, false, map[netip.Addr]bool{}
 	c.mu.Unlock()
+	c.applyProtect(ctx)
 	if resync {
 		c.resyncAll(ctx, pending)
 	}
@@ -344,6 +401,9 @@ func (c *Controller) resyncAll(ctx context.Context, pending map[netip.Addr]chang
 			if s.State == nhrp.NHSUp && s.Proto.IsValid() {
 				want[s.Proto] = change{present: true, kind: KindServer, nbma: s.NBMA}
 			}
+			if s.State == nhrp.NHSUp {
+				c.learnNBMA(s.NBMA)
+			}
 		}
 	}
 	c.mu.Lock()
@@ -395,6 +455,14 @@ func (c *Controller) redistributable(p netip.Prefix) bool {
 	if c.cfg.bogon(p) != "" {
 		return false
 	}
+	c.mu.Lock()
+	for a := range c.protected {
+		if p.Contains(a) {
+			c.mu.Unlock()
+			return false
+		}
+	}
+	c.mu.Unlock()
 	for _, w := range c.cfg.RedistributeWithin {
 		if w.Contains(p.Addr()) && p.Bits() >= w.Bits() {
 			return true

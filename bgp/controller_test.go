@@ -218,7 +218,9 @@ func TestSpokePeersWithServersThatAreUp(t *testing.T) {
 		{Proto: addr("172.16.0.2"), NBMA: addr("192.0.2.17"), State: nhrp.NHSDown},
 	}}
 	h := start(t, cfg, newFakeSpeaker(), nh, &fakeSink{})
-	h.ops("add 172.16.0.1 as=65000 nets=[]")
+	// The servers' NBMA addresses are not in the configuration (named
+	// by DNS): learned, each refused under its covering prefixes.
+	h.ops("add 172.16.0.1 as=65000 nets=[]", "protect [192.0.2.1]")
 	h.sp.mu.Lock()
 	origin := slices.Clone(h.sp.origin)
 	h.sp.mu.Unlock()
@@ -226,7 +228,9 @@ func TestSpokePeersWithServersThatAreUp(t *testing.T) {
 		t.Errorf("announced (-want +got):\n%s", d)
 	}
 	h.c.Event(nhrp.Event{Kind: nhrp.EventNHSUp, Proto: pfx("172.16.0.2/32"), NBMA: addr("192.0.2.17")})
-	h.ops("add 172.16.0.2 as=65000 nets=[]")
+	h.ops("protect [192.0.2.17]", "add 172.16.0.2 as=65000 nets=[]")
+	// Up again later: already refused.
+	h.c.Event(nhrp.Event{Kind: nhrp.EventNHSUp, Proto: pfx("172.16.0.2/32"), NBMA: addr("192.0.2.17")})
 
 	// Both hubs send the summary: one ECMP route through both.
 	h.sp.learn(

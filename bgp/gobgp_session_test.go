@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/internal/leakcheck"
+	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
 // startGoBGPHub runs a hub's controller on GoBGP on a loopback address
@@ -214,5 +215,41 @@ func TestGoBGPRoutesLongestMatch(t *testing.T) {
 		if !cmp.Equal(got, tc.want) {
 			t.Errorf("Routes(%+v) = %v, want %v", tc.q, got, tc.want)
 		}
+	}
+}
+
+// TestTwoSpeakersLearnedNBMAProtected: a server's NBMA address learned at
+// run time (named by DNS, not in the configuration) is protected like a
+// configured one: a spoke's route covering it, accepted before, leaves
+// the kernel and is shown refused.
+func TestTwoSpeakersLearnedNBMAProtected(t *testing.T) {
+	leakcheck.Check(t, gobgpLeaks...)
+	lo, port := loopbackNet(t)
+	hubAddr := lo.Addr().Next()
+	spokeAddr := hubAddr.Next()
+	cfg := Config{Role: RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port, UseCertificates: true,
+		Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second}
+	c, sink := startGoBGPHub(t, cfg)
+	c.Event(registered(spokeAddr.String(), "198.51.100.1", attrs("65001", "203.0.113.0/24", "10.1.0.0/24")))
+	rawSpeaker(t, 65001, spokeAddr, hubAddr, 65000, port, "203.0.113.0/24", "10.1.0.0/24")
+	waitFor(t, "both routes in the kernel", 20*time.Second, func() bool { return len(sink.get()) == 2 })
+
+	c.Event(nhrp.Event{Kind: nhrp.EventNHSUp, Proto: pfx("172.31.0.1/32"), NBMA: addr("203.0.113.7")})
+	want := []KernelRoute{{Dst: pfx("10.1.0.0/24"), NextHops: []netip.Addr{spokeAddr}}}
+	waitFor(t, "the route covering the learned NBMA address withdrawn", 10*time.Second, func() bool {
+		return cmp.Equal(sink.get(), want, cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{}))
+	})
+	rs, err := c.Routes(context.Background(), RouteQuery{Table: TableReceived, Neighbor: spokeAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.Prefix == pfx("203.0.113.0/24") && r.Why != "covers the NBMA address 203.0.113.7 of a hub" {
+			t.Errorf("received 203.0.113.0/24: refused %v, why %q", r.Refused, r.Why)
+		}
+	}
+	st, _ := neighborStatus(c, spokeAddr)
+	if st.Accepted != 1 || st.State != StateEstablished {
+		t.Errorf("the spoke's session: %+v; want established with 1 accepted", st)
 	}
 }
