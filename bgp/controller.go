@@ -55,6 +55,9 @@ type change struct {
 	ident   string
 	attrs   map[string][]string
 	reason  string
+	// linger keeps a spoke neighbour through a graceful restart (its
+	// registration was purged).
+	linger bool
 }
 
 // Controller keeps the speaker's neighbours equal to the authorised
@@ -88,6 +91,9 @@ type Controller struct {
 	// are (beside the configuration's).
 	protect   []netip.Addr
 	protected map[netip.Addr]bool
+	// lingering are spokes that purged their registration, kept as
+	// neighbours until then (graceful restart).
+	lingering map[netip.Addr]time.Time
 }
 
 // refusedNeighbor is a registered spoke that did not become a neighbour.
@@ -130,9 +136,9 @@ func NewController(cfg Config, deps Deps) (*Controller, error) {
 		pending: map[netip.Addr]change{}, dirty: map[netip.Addr]bool{},
 		have: map[netip.Addr]Neighbor{}, refNbr: map[netip.Addr]refusedNeighbor{},
 		refused: map[netip.Addr]map[netip.Prefix]string{}, states: map[netip.Addr]string{},
-		protected: map[netip.Addr]bool{},
-		stats:     Stats{PrefixesRefused: map[netip.Addr]uint64{}},
-		wake:      make(chan struct{}, 1), fibWake: make(chan struct{}, 1),
+		protected: map[netip.Addr]bool{}, lingering: map[netip.Addr]time.Time{},
+		stats: Stats{PrefixesRefused: map[netip.Addr]uint64{}},
+		wake:  make(chan struct{}, 1), fibWake: make(chan struct{}, 1),
 		started: make(chan struct{}), done: make(chan struct{}),
 	}
 	c.fib = newFIB(c)
@@ -181,7 +187,12 @@ func (c *Controller) Event(ev nhrp.Event) {
 			poke(c.wake)
 			return
 		}
-		ch = change{kind: KindSpoke, reason: ev.Reason}
+		// A spoke that stops purges its registration (purge_on_shutdown)
+		// even when it comes back at once: with graceful restart the
+		// neighbour stays for the restart time (GoBGP keeps its routes,
+		// stale, if the session negotiated it), and goes then unless it
+		// registered again.
+		ch = change{kind: KindSpoke, reason: ev.Reason, linger: ev.Cause == nhrp.CausePurged && c.cfg.RestartTime > 0}
 	case c.cfg.Role == RoleSpoke && ev.Kind == nhrp.EventNHSUp:
 		ch = change{present: true, kind: KindServer, nbma: ev.NBMA}
 	case c.cfg.Role == RoleSpoke && ev.Kind == nhrp.EventNHSDown:
@@ -409,6 +420,9 @@ func (c *Controller) resyncAll(ctx context.Context, pending map[netip.Addr]chang
 	c.mu.Lock()
 	for a := range c.have {
 		if _, ok := want[a]; !ok {
+			if _, ok := c.lingering[a]; ok {
+				continue // its restart time runs
+			}
 			want[a] = change{reason: "no longer registered"}
 		}
 	}
@@ -477,6 +491,9 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 	cur, had := c.have[addr]
 	_, wasRefused := c.refNbr[addr]
 	c.mu.Unlock()
+	c.mu.Lock()
+	delete(c.lingering, addr)
+	c.mu.Unlock()
 	if !ch.present {
 		if wasRefused {
 			c.mu.Lock()
@@ -484,6 +501,10 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 			c.mu.Unlock()
 		}
 		if !had {
+			return
+		}
+		if ch.linger && cur.Kind == KindSpoke {
+			c.linger(addr, ch.reason)
 			return
 		}
 		if err := c.deps.Speaker.DeleteNeighbor(ctx, addr); err != nil {
@@ -535,6 +556,28 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 	}
 	c.log.Info(what, zap.Stringer("peer", addr), zap.Uint32("as", n.AS), zap.String("kind", n.Kind.String()),
 		zap.Stringers("networks", n.Networks), zap.String("identity", n.Identity))
+}
+
+// linger keeps a purged spoke neighbour for the graceful restart time;
+// then it goes unless it registered again.
+func (c *Controller) linger(addr netip.Addr, reason string) {
+	until := time.Now().Add(c.cfg.RestartTime)
+	c.mu.Lock()
+	c.lingering[addr] = until
+	c.mu.Unlock()
+	time.AfterFunc(c.cfg.RestartTime, func() {
+		c.mu.Lock()
+		if c.lingering[addr] == until {
+			delete(c.lingering, addr)
+			if _, ok := c.pending[addr]; !ok {
+				c.pending[addr] = change{kind: KindSpoke, reason: reason + ", not registered again within the graceful restart time"}
+			}
+		}
+		c.mu.Unlock()
+		poke(c.wake)
+	})
+	c.log.Info("neighbour kept through a graceful restart", zap.Stringer("peer", addr), zap.String("reason", reason),
+		zap.Duration("restart_time", c.cfg.RestartTime))
 }
 
 // refuseNeighbor keeps a registered spoke whose fields do not make a

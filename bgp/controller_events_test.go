@@ -3,6 +3,7 @@ package bgp
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/opendmvpn/dmvpn/internal/leakcheck"
 	"github.com/opendmvpn/dmvpn/nhrp"
@@ -60,4 +61,47 @@ func TestHubRemovesSpokeReplacedByStatic(t *testing.T) {
 	nh.mu.Unlock()
 	h.c.Event(expired("172.16.1.1", nhrp.CauseReplaced))
 	h.ops("delete 172.16.1.1")
+}
+
+// TestHubPurgeKeepsNeighbourThroughRestart: a spoke that purges its
+// registration as it stops stays a neighbour for the graceful restart
+// time (its routes kept, stale, by the speaker); registered again within
+// it, it stays; not, it goes then. Without graceful restart a purge
+// removes it at once.
+func TestHubPurgeKeepsNeighbourThroughRestart(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := hubConfig()
+	cfg.Hubs = nil
+	cfg.RestartTime = 300 * time.Millisecond
+	h := start(t, cfg, newFakeSpeaker(), &fakeNHRP{}, &fakeSink{})
+	for _, a := range []string{"172.16.1.1", "172.16.2.1"} {
+		h.c.Event(registered(a, "198.51.100.1", attrs("65001", "10.1.0.0/24")))
+	}
+	h.ops("add 172.16.1.1 as=65001 nets=[10.1.0.0/24]", "add 172.16.2.1 as=65001 nets=[10.1.0.0/24]")
+
+	// 172.16.2.1 restarts: purged, registered again within the time.
+	h.c.Event(expired("172.16.2.1", nhrp.CausePurged))
+	h.c.Event(registered("172.16.3.1", "198.51.100.3", attrs("65003", "10.3.0.0/24")))
+	h.ops("add 172.16.3.1 as=65003 nets=[10.3.0.0/24]")
+	if _, ok := h.sp.neighbors()[addr("172.16.2.1")]; !ok {
+		t.Fatal("a purged spoke removed at once despite graceful restart")
+	}
+	h.c.Event(registered("172.16.2.1", "198.51.100.2", attrs("65001", "10.1.0.0/24")))
+	// 172.16.1.1 stops for good: purged, never back.
+	purged := time.Now()
+	h.c.Event(expired("172.16.1.1", nhrp.CausePurged))
+	h.ops("delete 172.16.1.1")
+	if d := time.Since(purged); d < cfg.RestartTime {
+		t.Errorf("removed after %v, before the restart time %v", d, cfg.RestartTime)
+	}
+	h.c.Event(registered("172.16.4.1", "198.51.100.4", attrs("65004", "10.4.0.0/24")))
+	h.ops("add 172.16.4.1 as=65004 nets=[10.4.0.0/24]") // and no delete of 172.16.2.1 before it
+
+	// Without graceful restart a purge removes at once.
+	cfg.RestartTime = 0
+	h2 := start(t, cfg, newFakeSpeaker(), &fakeNHRP{}, &fakeSink{})
+	h2.c.Event(registered("172.16.1.1", "198.51.100.1", attrs("65001", "10.1.0.0/24")))
+	h2.ops("add 172.16.1.1 as=65001 nets=[10.1.0.0/24]")
+	h2.c.Event(expired("172.16.1.1", nhrp.CausePurged))
+	h2.ops("delete 172.16.1.1")
 }

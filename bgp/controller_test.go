@@ -140,14 +140,15 @@ func TestHubNeighboursFollowRegistrations(t *testing.T) {
 	h.c.Event(registered("172.16.1.1", "198.51.100.9", attrs("65001", "10.1.0.0/24")))
 	h.ops("add 172.16.1.1 as=65001 nets=[10.1.0.0/24]")
 
-	// Expiry (and purge) remove the neighbour and its routes.
+	// Expiry (and clearing) remove the neighbour and its routes; a purge
+	// waits for the graceful restart (TestHubPurgeKeepsNeighbourThroughRestart).
 	h.c.Event(registered("172.16.2.1", "198.51.100.17", attrs("65002", "10.2.0.0/24")))
 	h.ops("add 172.16.2.1 as=65002 nets=[10.2.0.0/24]")
 	h.sp.learn(Route{Prefix: pfx("10.2.0.0/24"), NextHop: addr("172.16.2.1"), Peer: addr("172.16.2.1"), Best: true})
 	waitFor(t, "the route in the kernel", 5*time.Second, func() bool { return len(h.sink.get()) == 1 })
 	h.c.Event(expired("172.16.2.1", nhrp.CauseExpired))
 	h.ops("delete 172.16.2.1")
-	h.c.Event(expired("172.16.1.1", nhrp.CausePurged))
+	h.c.Event(expired("172.16.1.1", nhrp.CauseCleared))
 	h.ops("delete 172.16.1.1")
 	h.sp.learn() // the fake reports the best-path change the delete made
 	waitFor(t, "the routes withdrawn from the kernel", 5*time.Second, func() bool { return len(h.sink.get()) == 0 })
