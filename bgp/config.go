@@ -100,8 +100,9 @@ type Config struct {
 	Redistribute       []string
 	RedistributeWithin []netip.Prefix
 	// MaxPrefixLen is the longest prefix accepted inside a spoke's
-	// networks (le 26); MaxPrefixes the most prefixes one neighbour may
-	// send before its session is shut down.
+	// networks (le 26); MaxPrefixes the most prefixes one spoke may send
+	// before its session is shut down (hubs and servers carry every
+	// spoke's routes: they have no limit).
 	MaxPrefixLen int
 	MaxPrefixes  int
 	// Keepalive, Hold and ConnectRetry are the session timers.

@@ -55,6 +55,9 @@ type change struct {
 	ident   string
 	attrs   map[string][]string
 	reason  string
+	// linger keeps a spoke neighbour through a graceful restart (its
+	// registration was purged).
+	linger bool
 }
 
 // Controller keeps the speaker's neighbours equal to the authorised
@@ -82,6 +85,15 @@ type Controller struct {
 
 	fib      *fib
 	staleNow []netip.Prefix // the previous run's routes the kernel keeps
+
+	// protect are servers' NBMA addresses learned from the engine's
+	// events and not yet refused in the speaker; protected those that
+	// are (beside the configuration's).
+	protect   []netip.Addr
+	protected map[netip.Addr]bool
+	// lingering are spokes that purged their registration, kept as
+	// neighbours until then (graceful restart).
+	lingering map[netip.Addr]time.Time
 }
 
 // refusedNeighbor is a registered spoke that did not become a neighbour.
@@ -124,6 +136,7 @@ func NewController(cfg Config, deps Deps) (*Controller, error) {
 		pending: map[netip.Addr]change{}, dirty: map[netip.Addr]bool{},
 		have: map[netip.Addr]Neighbor{}, refNbr: map[netip.Addr]refusedNeighbor{},
 		refused: map[netip.Addr]map[netip.Prefix]string{}, states: map[netip.Addr]string{},
+		protected: map[netip.Addr]bool{}, lingering: map[netip.Addr]time.Time{},
 		stats: Stats{PrefixesRefused: map[netip.Addr]uint64{}},
 		wake:  make(chan struct{}, 1), fibWake: make(chan struct{}, 1),
 		started: make(chan struct{}), done: make(chan struct{}),
@@ -145,20 +158,41 @@ func poke(ch chan struct{}) {
 // Event takes the NHRP engine's events (nhrp.Observer): it only records
 // them; the controller's goroutine acts.
 func (c *Controller) Event(ev nhrp.Event) {
+	if ev.Kind == nhrp.EventNHSUp {
+		c.learnNBMA(ev.NBMA)
+	}
 	addr := ev.Proto.Addr()
 	var ch change
 	switch {
+	case c.cfg.Role == RoleHub && (ev.Kind == nhrp.EventRegistered || ev.Kind == nhrp.EventExpired) && !c.spokeAddress(ev.Proto):
+		// A registration at a configured hub's address or this node's
+		// own never makes (or unmakes) a spoke neighbour.
+		return
 	case c.cfg.Role == RoleHub && ev.Kind == nhrp.EventRegistered:
 		ch = change{present: true, kind: KindSpoke, nbma: ev.NBMA, ident: ev.Identity, attrs: ev.Attrs}
 	case c.cfg.Role == RoleHub && ev.Kind == nhrp.EventExpired:
 		switch ev.Cause {
-		case nhrp.CauseReplaced, nhrp.CauseShutdown:
-			// A registration from a new NBMA address follows (the
-			// session is over the tunnel address, it need not move), or
-			// the node stops (graceful restart keeps the routes).
+		case nhrp.CauseShutdown:
+			// The node stops (graceful restart keeps the routes).
+			return
+		case nhrp.CauseReplaced:
+			// A registration from a new NBMA address (the session is
+			// over the tunnel address, it need not move; the
+			// registration's event follows), or a static map or local
+			// entry took its place (no registration follows): the
+			// engine's cache, read at once, tells which.
+			c.mu.Lock()
+			c.resync = true
+			c.mu.Unlock()
+			poke(c.wake)
 			return
 		}
-		ch = change{kind: KindSpoke, reason: ev.Reason}
+		// A spoke that stops purges its registration (purge_on_shutdown)
+		// even when it comes back at once: with graceful restart the
+		// neighbour stays for the restart time (GoBGP keeps its routes,
+		// stale, if the session negotiated it), and goes then unless it
+		// registered again.
+		ch = change{kind: KindSpoke, reason: ev.Reason, linger: ev.Cause == nhrp.CausePurged && c.cfg.RestartTime > 0}
 	case c.cfg.Role == RoleSpoke && ev.Kind == nhrp.EventNHSUp:
 		ch = change{present: true, kind: KindServer, nbma: ev.NBMA}
 	case c.cfg.Role == RoleSpoke && ev.Kind == nhrp.EventNHSDown:
@@ -173,6 +207,63 @@ func (c *Controller) Event(ev nhrp.Event) {
 	c.pending[addr] = ch
 	c.mu.Unlock()
 	poke(c.wake)
+}
+
+// learnNBMA protects a server's NBMA address the configuration does not
+// name (a server named by DNS, one that answered from another address):
+// a prefix covering it would route the tunnel into itself.
+func (c *Controller) learnNBMA(a netip.Addr) {
+	if !a.Is4() || slices.Contains(c.cfg.ProtectedNBMA, a) {
+		return
+	}
+	c.mu.Lock()
+	if c.protected[a] || slices.Contains(c.protect, a) {
+		c.mu.Unlock()
+		return
+	}
+	c.protect = append(c.protect, a)
+	c.mu.Unlock()
+	poke(c.wake)
+}
+
+// applyProtect hands the learned NBMA addresses to the speaker; what the
+// neighbours sent is judged again under the larger refusal.
+func (c *Controller) applyProtect(ctx context.Context) {
+	c.mu.Lock()
+	addrs := c.protect
+	c.protect = nil
+	c.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	if err := c.deps.Speaker.Protect(ctx, addrs); err != nil {
+		c.log.Warn("refusing prefixes covering servers' NBMA addresses", zap.Stringers("nbma", addrs), zap.Error(err))
+		c.mu.Lock()
+		c.protect = append(c.protect, addrs...)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Lock()
+	for _, a := range addrs {
+		c.protected[a] = true
+	}
+	for a := range c.have {
+		c.dirty[a] = true
+	}
+	c.mu.Unlock()
+	poke(c.wake)
+	c.log.Info("refusing prefixes covering servers' NBMA addresses", zap.Stringers("nbma", addrs))
+}
+
+// spokeAddress reports whether a registration at p can be a spoke
+// neighbour's: one address (a /24 registered is no neighbour at its
+// network address), neither a configured hub's nor this node's own.
+func (c *Controller) spokeAddress(p netip.Prefix) bool {
+	if !p.IsValid() || !p.IsSingleIP() {
+		return false
+	}
+	a := p.Addr()
+	return a != c.cfg.Tunnel.Addr() && !slices.Contains(c.cfg.Hubs, a)
 }
 
 // notify takes the speaker's events.
@@ -257,6 +348,7 @@ func (c *Controller) step(ctx context.Context) {
 	pending, resync, dirty := c.pending, c.resync, c.dirty
 	c.pending, c.resync, c.dirty = map[netip.Addr]change{}, false, map[netip.Addr]bool{}
 	c.mu.Unlock()
+	c.applyProtect(ctx)
 	if resync {
 		c.resyncAll(ctx, pending)
 	}
@@ -306,7 +398,7 @@ func (c *Controller) resyncAll(ctx context.Context, pending map[netip.Addr]chang
 			return
 		}
 		for _, e := range entries {
-			if e.Type == nhrp.TypeDynamic && slices.Contains(e.Flags, "registered") && e.Proto.IsSingleIP() {
+			if e.Type == nhrp.TypeDynamic && slices.Contains(e.Flags, "registered") && c.spokeAddress(e.Proto) {
 				want[e.Proto.Addr()] = change{present: true, kind: KindSpoke, nbma: e.NBMA, ident: e.Identity, attrs: e.Attrs}
 			}
 		}
@@ -320,11 +412,17 @@ func (c *Controller) resyncAll(ctx context.Context, pending map[netip.Addr]chang
 			if s.State == nhrp.NHSUp && s.Proto.IsValid() {
 				want[s.Proto] = change{present: true, kind: KindServer, nbma: s.NBMA}
 			}
+			if s.State == nhrp.NHSUp {
+				c.learnNBMA(s.NBMA)
+			}
 		}
 	}
 	c.mu.Lock()
 	for a := range c.have {
 		if _, ok := want[a]; !ok {
+			if _, ok := c.lingering[a]; ok {
+				continue // its restart time runs
+			}
 			want[a] = change{reason: "no longer registered"}
 		}
 	}
@@ -371,6 +469,14 @@ func (c *Controller) redistributable(p netip.Prefix) bool {
 	if c.cfg.bogon(p) != "" {
 		return false
 	}
+	c.mu.Lock()
+	for a := range c.protected {
+		if p.Contains(a) {
+			c.mu.Unlock()
+			return false
+		}
+	}
+	c.mu.Unlock()
 	for _, w := range c.cfg.RedistributeWithin {
 		if w.Contains(p.Addr()) && p.Bits() >= w.Bits() {
 			return true
@@ -385,6 +491,9 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 	cur, had := c.have[addr]
 	_, wasRefused := c.refNbr[addr]
 	c.mu.Unlock()
+	c.mu.Lock()
+	delete(c.lingering, addr)
+	c.mu.Unlock()
 	if !ch.present {
 		if wasRefused {
 			c.mu.Lock()
@@ -392,6 +501,10 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 			c.mu.Unlock()
 		}
 		if !had {
+			return
+		}
+		if ch.linger && cur.Kind == KindSpoke {
+			c.linger(addr, ch.reason)
 			return
 		}
 		if err := c.deps.Speaker.DeleteNeighbor(ctx, addr); err != nil {
@@ -443,6 +556,28 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 	}
 	c.log.Info(what, zap.Stringer("peer", addr), zap.Uint32("as", n.AS), zap.String("kind", n.Kind.String()),
 		zap.Stringers("networks", n.Networks), zap.String("identity", n.Identity))
+}
+
+// linger keeps a purged spoke neighbour for the graceful restart time;
+// then it goes unless it registered again.
+func (c *Controller) linger(addr netip.Addr, reason string) {
+	until := time.Now().Add(c.cfg.RestartTime)
+	c.mu.Lock()
+	c.lingering[addr] = until
+	c.mu.Unlock()
+	time.AfterFunc(c.cfg.RestartTime, func() {
+		c.mu.Lock()
+		if c.lingering[addr] == until {
+			delete(c.lingering, addr)
+			if _, ok := c.pending[addr]; !ok {
+				c.pending[addr] = change{kind: KindSpoke, reason: reason + ", not registered again within the graceful restart time"}
+			}
+		}
+		c.mu.Unlock()
+		poke(c.wake)
+	})
+	c.log.Info("neighbour kept through a graceful restart", zap.Stringer("peer", addr), zap.String("reason", reason),
+		zap.Duration("restart_time", c.cfg.RestartTime))
 }
 
 // refuseNeighbor keeps a registered spoke whose fields do not make a

@@ -112,7 +112,9 @@ func TestHubNeighboursFollowRegistrations(t *testing.T) {
 	}
 
 	// A registration from a new NBMA address replaces the old one: the
-	// session is not touched, the summary shows the new address.
+	// session is not touched, the summary shows the new address (the
+	// engine's cache, read on a replacement, has the new one).
+	h.nh.register("172.16.1.1", "198.51.100.9", attrs("65001", "10.1.0.0/24"))
 	h.c.Event(expired("172.16.1.1", nhrp.CauseReplaced))
 	h.c.Event(registered("172.16.1.1", "198.51.100.9", attrs("65001", "10.1.0.0/24")))
 	h.neighbor("172.16.1.1", "the new NBMA address", func(n NeighborStatus) bool { return n.NBMA == addr("198.51.100.9") })
@@ -138,14 +140,15 @@ func TestHubNeighboursFollowRegistrations(t *testing.T) {
 	h.c.Event(registered("172.16.1.1", "198.51.100.9", attrs("65001", "10.1.0.0/24")))
 	h.ops("add 172.16.1.1 as=65001 nets=[10.1.0.0/24]")
 
-	// Expiry (and purge) remove the neighbour and its routes.
+	// Expiry (and clearing) remove the neighbour and its routes; a purge
+	// waits for the graceful restart (TestHubPurgeKeepsNeighbourThroughRestart).
 	h.c.Event(registered("172.16.2.1", "198.51.100.17", attrs("65002", "10.2.0.0/24")))
 	h.ops("add 172.16.2.1 as=65002 nets=[10.2.0.0/24]")
 	h.sp.learn(Route{Prefix: pfx("10.2.0.0/24"), NextHop: addr("172.16.2.1"), Peer: addr("172.16.2.1"), Best: true})
 	waitFor(t, "the route in the kernel", 5*time.Second, func() bool { return len(h.sink.get()) == 1 })
 	h.c.Event(expired("172.16.2.1", nhrp.CauseExpired))
 	h.ops("delete 172.16.2.1")
-	h.c.Event(expired("172.16.1.1", nhrp.CausePurged))
+	h.c.Event(expired("172.16.1.1", nhrp.CauseCleared))
 	h.ops("delete 172.16.1.1")
 	h.sp.learn() // the fake reports the best-path change the delete made
 	waitFor(t, "the routes withdrawn from the kernel", 5*time.Second, func() bool { return len(h.sink.get()) == 0 })
@@ -216,7 +219,9 @@ func TestSpokePeersWithServersThatAreUp(t *testing.T) {
 		{Proto: addr("172.16.0.2"), NBMA: addr("192.0.2.17"), State: nhrp.NHSDown},
 	}}
 	h := start(t, cfg, newFakeSpeaker(), nh, &fakeSink{})
-	h.ops("add 172.16.0.1 as=65000 nets=[]")
+	// The servers' NBMA addresses are not in the configuration (named
+	// by DNS): learned, each refused under its covering prefixes.
+	h.ops("add 172.16.0.1 as=65000 nets=[]", "protect [192.0.2.1]")
 	h.sp.mu.Lock()
 	origin := slices.Clone(h.sp.origin)
 	h.sp.mu.Unlock()
@@ -224,7 +229,9 @@ func TestSpokePeersWithServersThatAreUp(t *testing.T) {
 		t.Errorf("announced (-want +got):\n%s", d)
 	}
 	h.c.Event(nhrp.Event{Kind: nhrp.EventNHSUp, Proto: pfx("172.16.0.2/32"), NBMA: addr("192.0.2.17")})
-	h.ops("add 172.16.0.2 as=65000 nets=[]")
+	h.ops("protect [192.0.2.17]", "add 172.16.0.2 as=65000 nets=[]")
+	// Up again later: already refused.
+	h.c.Event(nhrp.Event{Kind: nhrp.EventNHSUp, Proto: pfx("172.16.0.2/32"), NBMA: addr("192.0.2.17")})
 
 	// Both hubs send the summary: one ECMP route through both.
 	h.sp.learn(

@@ -129,3 +129,10 @@ func (f *fakeSpeaker) learn(rs ...Route) {
 	f.mu.Unlock()
 	notify(SpeakerEvent{Kind: BestChanged})
 }
+
+func (f *fakeSpeaker) Protect(_ context.Context, nbma []netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ops = append(f.ops, fmt.Sprintf("protect %v", nbma))
+	return nil
+}

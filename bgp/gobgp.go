@@ -172,9 +172,11 @@ func (g *GoBGP) server() (*server.BgpServer, Config, error) {
 
 // peer is the GoBGP configuration of a neighbour.
 func (g *GoBGP) peer(cfg Config, n Neighbor) *api.Peer {
-	af := &api.AfiSafi{
-		Config:       &api.AfiSafiConfig{Family: v4uc, Enabled: true},
-		PrefixLimits: &api.PrefixLimit{Family: v4uc, MaxPrefixes: uint32(cfg.MaxPrefixes)},
+	af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: v4uc, Enabled: true}}
+	if n.Kind == KindSpoke {
+		// The limit is a spoke's: another hub carries every spoke's
+		// routes, a server in phase 2 every spoke's specific routes.
+		af.PrefixLimits = &api.PrefixLimit{Family: v4uc, MaxPrefixes: uint32(cfg.MaxPrefixes)}
 	}
 	p := &api.Peer{
 		Conf: &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.AS, Description: n.Kind.String()},
@@ -266,11 +268,34 @@ func (g *GoBGP) DeleteNeighbor(ctx context.Context, addr netip.Addr) error {
 	return errors.Join(err, g.deleteNeighborPolicy(ctx, s, cfg, n))
 }
 
-// ResetNeighbor restarts a session (soft: route refresh both ways).
+// ResetNeighbor restarts a session (soft: route refresh both ways). A
+// hard reset of a session held down for too many prefixes lets it come
+// back, as vtysh's clear does.
 func (g *GoBGP) ResetNeighbor(ctx context.Context, addr netip.Addr, soft bool) error {
 	s, _, err := g.server()
 	if err != nil {
 		return err
+	}
+	if !soft {
+		// A hard ResetPeer only sends a NOTIFICATION: a session shut
+		// down for the prefix limit stays in that admin state (Idle
+		// (PfxCt)) until enabled.
+		held := false
+		err := s.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+			held = held || p.GetState().GetAdminState() == api.PeerState_ADMIN_STATE_PFX_CT
+		})
+		if err != nil {
+			return fmt.Errorf("bgp: reading the session of %s: %w", addr, err)
+		}
+		if held {
+			if err := s.EnablePeer(ctx, &api.EnablePeerRequest{Address: addr.String()}); err != nil {
+				return fmt.Errorf("bgp: enabling %s after the prefix limit: %w", addr, err)
+			}
+			g.mu.Lock()
+			delete(g.lastErr, addr)
+			g.mu.Unlock()
+			return nil
+		}
 	}
 	r := &api.ResetPeerRequest{Address: addr.String(), Soft: soft, Communication: "cleared by the operator"}
 	if soft {
@@ -361,7 +386,6 @@ func (g *GoBGP) Neighbors(ctx context.Context) ([]SessionState, error) {
 		for _, af := range p.AfiSafis {
 			if af.State != nil {
 				st.Received += int(af.State.Received)
-				st.Accepted += int(af.State.Accepted)
 			}
 		}
 		g.mu.Lock()
@@ -374,7 +398,29 @@ func (g *GoBGP) Neighbors(ctx context.Context) ([]SessionState, error) {
 		}
 		out = append(out, st)
 	})
-	return out, err
+	if err != nil || len(out) == 0 {
+		return out, err
+	}
+	// GoBGP's own accepted count (AfiSafiState.Accepted) leaves out only
+	// what a per-neighbour policy refused; our filters are in the global
+	// import policy, so what a neighbour got accepted is what of it is in
+	// the RIB.
+	accepted := map[netip.Addr]int{}
+	err = s.ListPath(apiutil.ListPathRequest{Family: bgp.RF_IPv4_UC, TableType: api.TableType_TABLE_TYPE_GLOBAL},
+		func(_ bgp.NLRI, paths []*apiutil.Path) {
+			for _, p := range paths {
+				if p.PeerAddress.IsValid() && !p.Withdrawal {
+					accepted[p.PeerAddress]++
+				}
+			}
+		})
+	if err != nil {
+		return out, fmt.Errorf("bgp: counting accepted routes: %w", err)
+	}
+	for i := range out {
+		out[i].Accepted = accepted[out[i].Address]
+	}
+	return out, nil
 }
 
 func fsmState(s bgp.FSMState) string {

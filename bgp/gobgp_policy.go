@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/server"
@@ -51,9 +52,47 @@ func refusedEntries(cfg Config) []*api.Prefix {
 		out = append(out, prefixEntry(t, t.Bits(), 32))
 	}
 	for _, a := range cfg.ProtectedNBMA {
-		covering(a, 32)
+		out = append(out, nbmaEntries(a)...)
 	}
 	return out
+}
+
+// nbmaEntries refuses every prefix covering a.
+func nbmaEntries(a netip.Addr) []*api.Prefix {
+	out := make([]*api.Prefix, 0, 32)
+	for l := 1; l <= 32; l++ {
+		out = append(out, prefixEntry(netip.PrefixFrom(a, l), l, l))
+	}
+	return out
+}
+
+// Protect adds NBMA addresses to the refused set: in place (an
+// AddDefinedSet without Replace appends to the set the refusing
+// statement matches), then every neighbour's routes are judged again.
+func (g *GoBGP) Protect(ctx context.Context, nbma []netip.Addr) error {
+	s, cfg, err := g.server()
+	if err != nil {
+		return err
+	}
+	set := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: setRefused}
+	var added []netip.Addr
+	for _, a := range nbma {
+		if a.Is4() && !slices.Contains(cfg.ProtectedNBMA, a) && !slices.Contains(added, a) {
+			added = append(added, a)
+			set.Prefixes = append(set.Prefixes, nbmaEntries(a)...)
+		}
+	}
+	if len(added) == 0 {
+		return nil
+	}
+	if err := s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: set}); err != nil {
+		return fmt.Errorf("bgp: refusing prefixes covering %v: %w", added, err)
+	}
+	g.mu.Lock()
+	// A new slice: copies of the configuration others hold keep theirs.
+	g.cfg.ProtectedNBMA = append(slices.Clone(g.cfg.ProtectedNBMA), added...)
+	g.mu.Unlock()
+	return s.ResetPeer(ctx, &api.ResetPeerRequest{Address: "all", Soft: true, Direction: api.ResetPeerRequest_DIRECTION_IN})
 }
 
 func matchSet(name string, t api.MatchSet_Type) *api.MatchSet {
@@ -174,16 +213,19 @@ func (g *GoBGP) setNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg 
 	g.mu.Lock()
 	cur := g.spokePol[n.Address]
 	g.mu.Unlock()
-	if had && cur.nbr && cur.nets && cur.stmt {
-		if len(nets.Prefixes) == 0 {
-			// GoBGP keeps an emptied set's old entries: take the statement
-			// away instead (nothing is accepted without one).
-			return g.deleteNeighborPolicy(ctx, s, cfg, n)
-		}
-		return s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: nets, Replace: true})
-	}
 	if cur != (spokePolicy{}) {
-		_ = g.deleteNeighborPolicy(ctx, s, cfg, n) // what a failed attempt left
+		// The networks changed (had), or a failed attempt left something:
+		// the statement goes with its sets and all come back new. Not
+		// AddDefinedSet with Replace: GoBGP v4.9.0 then stores a new set
+		// object (RoutingPolicy.AddDefinedSet,
+		// internal/pkg/table/policy.go:4387) while the statement keeps
+		// matching the old one it resolved when it was added, so a renewed
+		// certificate's NET= never reached the filter: a network taken
+		// away stayed accepted, one added was never accepted.
+		err := g.deleteNeighborPolicy(ctx, s, cfg, n)
+		if had && err != nil {
+			return fmt.Errorf("bgp: replacing the filter of %s: %w", n.Address, err)
+		}
 	}
 	if len(nets.Prefixes) == 0 {
 		return nil

@@ -31,8 +31,13 @@ func (g *GoBGP) Routes(ctx context.Context, q RouteQuery) ([]Route, error) {
 	case TableAdvertised:
 		r.TableType, r.Name = api.TableType_TABLE_TYPE_ADJ_OUT, q.Neighbor.String()
 	}
-	if q.Prefix.IsValid() {
+	switch {
+	case q.Prefix.IsValid():
 		r.Prefixes = []*apiutil.LookupPrefix{{Prefix: q.Prefix.String(), LookupOption: apiutil.LOOKUP_EXACT}}
+	case q.Address.IsValid():
+		// A bare address with the exact option is GoBGP's longest match
+		// (Table.Select, internal/pkg/table/table.go:853 in v4.9.0).
+		r.Prefixes = []*apiutil.LookupPrefix{{Prefix: q.Address.String(), LookupOption: apiutil.LOOKUP_EXACT}}
 	}
 	g.mu.Lock()
 	nbr := g.nbrs[q.Neighbor]

@@ -32,6 +32,11 @@ type Speaker interface {
 	Neighbors(ctx context.Context) ([]SessionState, error)
 	// Routes returns the routes of a table.
 	Routes(ctx context.Context, q RouteQuery) ([]Route, error)
+	// Protect adds NBMA addresses learned at run time (a server named by
+	// DNS, one that answered from another address) to those a prefix
+	// covering is refused from every neighbour; what was accepted is
+	// judged again.
+	Protect(ctx context.Context, nbma []netip.Addr) error
 }
 
 // EventKind is what a SpeakerEvent reports.
@@ -108,8 +113,11 @@ type RouteQuery struct {
 	Table Table
 	// Neighbor is required for the received and advertised tables.
 	Neighbor netip.Addr
-	// Prefix, when valid, selects the routes of that prefix (exact) only.
-	Prefix netip.Prefix
+	// Prefix, when valid, selects the routes of that prefix (exact) only;
+	// Address, when valid, those of the longest prefix that contains it
+	// (vtysh's `show ip bgp ADDRESS`).
+	Prefix  netip.Prefix
+	Address netip.Addr
 }
 
 // Route is one path to a prefix.

@@ -68,9 +68,6 @@ func (c *Controller) Summary(ctx context.Context) (Summary, error) {
 			}
 		}
 		ns.Refused = len(c.refused[st.Address])
-		// GoBGP counts as accepted what per-neighbour policies let in; the
-		// filters here are global ones, judged in c.refused.
-		ns.Accepted = max(0, ns.Received-ns.Refused)
 		ns.RefusedTotal = c.stats.PrefixesRefused[st.Address]
 		s.Neighbors = append(s.Neighbors, ns)
 	}

@@ -27,7 +27,7 @@ func newShowBGP(e *env) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				q.Set("prefix", p.String())
+				q.Set("prefix", p)
 			}
 			var rs []bgp.Route
 			if err := e.client().Get(cmd.Context(), control.PathBGPRoutes+"?"+q.Encode(), &rs); err != nil {
@@ -64,14 +64,17 @@ func newShowBGP(e *env) *cobra.Command {
 	return c
 }
 
-func parsePrefixArg(s string) (netip.Prefix, error) {
+// parsePrefixArg reads `show ip bgp`'s argument as the daemon takes it: a
+// prefix (its paths), or an address (the paths of the longest prefix that
+// contains it, as vtysh does).
+func parsePrefixArg(s string) (string, error) {
 	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Masked(), nil
+		return p.Masked().String(), nil
 	}
 	if a, err := netip.ParseAddr(s); err == nil {
-		return netip.PrefixFrom(a, a.BitLen()), nil
+		return a.Unmap().String(), nil
 	}
-	return netip.Prefix{}, fmt.Errorf("%q is neither a prefix nor an address", s)
+	return "", fmt.Errorf("%q is neither a prefix nor an address", s)
 }
 
 func showNeighbors(e *env, cmd *cobra.Command, args []string) error {
@@ -180,7 +183,16 @@ func stateOrPrefixes(n bgp.NeighborStatus) string {
 	case n.State == bgp.StateEstablished:
 		return fmt.Sprint(n.Received)
 	}
-	return strings.ToUpper(n.State[:1]) + n.State[1:]
+	return stateName(n.State)
+}
+
+// stateName is a session state as vtysh writes it ("Established"); an
+// empty one (a daemon that sent none) is "Unknown".
+func stateName(s string) string {
+	if s == "" {
+		return "Unknown"
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }
 
 func printBGPSummary(w io.Writer, s control.BGPSummary, now time.Time) error {
@@ -327,7 +339,7 @@ func printBGPNeighbors(w io.Writer, ns []bgp.NeighborStatus, now time.Time) erro
 			}
 			fmt.Fprintf(w, "  May announce (from the %s): %s le %d\n", n.Source, strings.Join(nets, ", "), n.MaxLen)
 		}
-		state := strings.ToUpper(n.State[:1]) + n.State[1:]
+		state := stateName(n.State)
 		if n.PrefixLimit {
 			state += " (maximum prefixes exceeded: clear ip bgp to restart)"
 		}

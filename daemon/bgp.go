@@ -122,10 +122,17 @@ func (r engineRef) NHS(ctx context.Context) ([]nhrp.NHSStatus, error) {
 	return nil, errNoEngine
 }
 
+// BGPMetric is the metric of BGP's routes in the kernel, zebra's for
+// eBGP: host/ keys a route by table, destination and metric, so at
+// metric 0 a BGP route for a prefix the node has connected or static
+// (both metric 0) replaced it; at 20 both stay and the kernel prefers the
+// node's own.
+const BGPMetric = 20
+
 // BGPRoutes is the route sink dmvpnd gives its BGP controller: the routes
-// in the main table, each next hop on-link through the tunnel device dev,
-// applied through host's client c; a previous run's routes are those of
-// protocol in k.
+// in the main table at BGPMetric, each next hop on-link through the
+// tunnel device dev, applied through host's client c; a previous run's
+// routes are those of protocol in k.
 func BGPRoutes(c *host.Client, k host.Kernel, dev string, protocol int) bgp.RouteSink {
 	return &hostRoutes{c: c, k: k, dev: dev, protocol: protocol}
 }
@@ -141,7 +148,7 @@ type hostRoutes struct {
 func (h *hostRoutes) SetRoutes(ctx context.Context, rs []bgp.KernelRoute) error {
 	cfg := &host.Config{Routes: make([]host.Route, 0, len(rs))}
 	for _, r := range rs {
-		hr := host.Route{Table: host.Main, Dst: r.Dst}
+		hr := host.Route{Table: host.Main, Dst: r.Dst, Metric: BGPMetric}
 		for _, nh := range r.NextHops {
 			hr.NextHops = append(hr.NextHops, host.NextHop{Gw: nh, Dev: h.dev, Onlink: true})
 		}

@@ -19,7 +19,7 @@ import (
 const bgpProto = "186"
 
 // bgpRoutes returns a node's kernel routes of BGP's protocol, one line
-// each ("10.1.0.0/24 via 172.16.1.1 dev gre1 onlink").
+// each ("10.1.0.0/24 via 172.16.1.1 dev gre1 metric 20 onlink").
 func bgpRoutes(t *testing.T, ns string) []string {
 	t.Helper()
 	out, err := exec.Command("ip", "-n", ns, "-o", "route", "show", "proto", bgpProto).CombinedOutput()
@@ -77,7 +77,7 @@ func testLabBGP(t *testing.T, l *labEnv) {
 		}
 		rs := bgpRoutes(t, l.prefix+"-"+hub)
 		for i := 1; i <= 3; i++ {
-			want := fmt.Sprintf("10.%d.0.0/24 via 172.16.%d.1 dev gre1 onlink", i, i)
+			want := fmt.Sprintf("10.%d.0.0/24 via 172.16.%d.1 dev gre1 metric 20 onlink", i, i)
 			if !slices.ContainsFunc(rs, func(r string) bool { return strings.HasPrefix(r, want) }) {
 				t.Errorf("%s: no kernel route %q in %q", hub, want, rs)
 			}

@@ -35,7 +35,7 @@ type BGP struct {
 	// inside RedistributeWithin.
 	Redistribute       []string
 	RedistributeWithin []netip.Prefix
-	// MaxPrefixLength (le) and MaxPrefixes per neighbour.
+	// MaxPrefixLength (le) and MaxPrefixes per spoke neighbour.
 	MaxPrefixLength int
 	MaxPrefixes     int
 	// Keepalive, HoldTime and ConnectRetry are the session timers;

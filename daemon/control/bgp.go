@@ -89,12 +89,12 @@ func (s *Server) bgpRoutes(w http.ResponseWriter, r *http.Request) {
 	var q bgp.RouteQuery
 	v := r.URL.Query()
 	if p := v.Get("prefix"); p != "" {
-		pfx, err := parsePrefixOrAddr(p)
+		pfx, a, err := parsePrefixOrAddr(p)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		q.Prefix = pfx
+		q.Prefix, q.Address = pfx, a
 	}
 	if n := v.Get("neighbor"); n != "" {
 		a, err := netip.ParseAddr(n)
@@ -126,16 +126,17 @@ func (s *Server) bgpRoutes(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// parsePrefixOrAddr reads a prefix, or an address as its host prefix.
-func parsePrefixOrAddr(s string) (netip.Prefix, error) {
+// parsePrefixOrAddr reads a prefix (looked up exactly), or an address
+// (looked up by longest match, as vtysh does).
+func parsePrefixOrAddr(s string) (netip.Prefix, netip.Addr, error) {
 	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Masked(), nil
+		return p.Masked(), netip.Addr{}, nil
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("prefix: %q is neither a prefix nor an address", s)
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("prefix: %q is neither a prefix nor an address", s)
 	}
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	return netip.Prefix{}, a.Unmap(), nil
 }
 
 func (s *Server) bgpClear(w http.ResponseWriter, r *http.Request) {
