@@ -192,7 +192,8 @@ func TestDirectReplyConfirmedThroughServer(t *testing.T) {
 // A prefix broader than what proves it, or covering destinations spoke2
 // reaches elsewhere, becomes the host route to the address asked for;
 // a /24 that covers nothing else is installed as it is; a certificate with
-// OU=NET= refuses a prefix outside them.
+// OU=NET= refuses a prefix outside them and proves one inside, covering or
+// not.
 func TestDirectReplyPrefixBounds(t *testing.T) {
 	wide := netip.MustParsePrefix("10.8.0.0/13")
 	for _, tc := range []struct {
@@ -211,6 +212,7 @@ func TestDirectReplyPrefixBounds(t *testing.T) {
 		{"lan/cert-with-NET", certsWithNET, 24, false, spokeLAN(3), false},
 		{"lan-covering/no-ipsec", noCerts, 24, true, hostPrefix(lanHost(3)), true},
 		{"lan-covering/cert-without-NET", certsWithoutNET, 24, true, hostPrefix(lanHost(3)), true},
+		{"lan-covering/cert-with-NET", certsWithNET, 24, true, spokeLAN(3), false}, // the certificate proves it
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
