@@ -80,8 +80,8 @@ func (e *Engine) confirmResponder(r *resolution, resp, nbma netip.Addr, install 
 
 // unprovenPrefix bounds a shortcut prefix that nothing proves to lie
 // behind the responder resp (at nbma): it returns prefix when it is at
-// least /24 (IPv6: /64) and MinShortcutPrefix long, no broader than the
-// route the request followed, and covers no destination this node
+// least /24 (IPv6: /64), no broader than the route the request followed
+// (when the Router reports the route's prefix), and covers no destination this node
 // reaches elsewhere — no entry of its cache (a binding, registration,
 // shortcut, server, static or local entry) at another NBMA address than
 // the responder's. Otherwise it returns the host prefix of target, and
@@ -98,7 +98,10 @@ func (e *Engine) unprovenPrefix(target netip.Addr, prefix netip.Prefix, resp, nb
 	if prefix.Bits() < floor {
 		return host, fmt.Sprintf("%s is broader than /%d and nothing proves the networks behind %s", prefix, floor, resp)
 	}
-	if ri, ok := e.route(target); ok && !ri.Local && ri.Prefix.IsValid() && ri.Prefix.Bits() > prefix.Bits() {
+	// A Router that answers with the address itself for a route through
+	// the tunnel (the daemon's kernel router) says nothing of the route's
+	// extent: only a route prefix it reports bounds the shortcut.
+	if ri, ok := e.route(target); ok && !ri.Local && ri.Prefix.IsValid() && !ri.Prefix.IsSingleIP() && ri.Prefix.Bits() > prefix.Bits() {
 		return host, fmt.Sprintf("%s is broader than the route %s the request followed", prefix, ri.Prefix)
 	}
 	why := ""
