@@ -71,7 +71,7 @@ func (c *certs) Verify(ctx context.Context, cl Claim) Verdict {
 	case cl.Prefix.IsValid() && !within(cl.Prefix, x.nets):
 		return Verdict{Code: 4, Reason: fmt.Sprintf("%s outside NET=%v", cl.Prefix, x.nets)}
 	}
-	return Verdict{}
+	return Verdict{Networks: x.nets}
 }
 
 func (c *certs) PeerUp(ctx context.Context, p Peer) error {

@@ -142,8 +142,14 @@ func requestNBMAReason(p *wire.Packet, from, claimed netip.Addr) string {
 // (the claim is about another node than the sender); without, the sender's
 // protection is up already (its packet came over it).
 func (e *Engine) verifyClaim(c Claim, bringUp bool, ok func(), fail func(reason string, identity bool)) {
+	e.verifyClaimVerdict(c, bringUp, func(Verdict) { ok() }, fail)
+}
+
+// verifyClaimVerdict is verifyClaim handing ok the Verifier's verdict
+// (the zero Verdict without a Verifier).
+func (e *Engine) verifyClaimVerdict(c Claim, bringUp bool, ok func(Verdict), fail func(reason string, identity bool)) {
 	if e.deps.Verifier == nil {
-		ok()
+		ok(Verdict{})
 		return
 	}
 	if e.verifying >= min(maxVerifying, e.cfg.Limits.MaxPending) {
@@ -165,7 +171,7 @@ func (e *Engine) verifyClaim(c Claim, bringUp bool, ok func(), fail func(reason 
 					return
 				}
 				if v.Code == 0 {
-					ok()
+					ok(v)
 					return
 				}
 				fail(v.Reason, true)

@@ -27,6 +27,9 @@ type resolution struct {
 	// renew is the shortcut or binding being renewed; it stays in place
 	// meanwhile.
 	renew *entry
+	// waiters run on the loop once the resolution ended, answered or not
+	// (another resolution waiting on this one: confirmResponder).
+	waiters []func()
 }
 
 // handleMiss starts a resolution for a tunnel next hop without a
@@ -171,6 +174,10 @@ func (e *Engine) endResolution(r *resolution) {
 	if en := e.cache.get(hostPrefix(r.target)); en != nil && en.typ == TypeIncomplete {
 		e.cache.del(en)
 	}
+	for _, w := range r.waiters {
+		e.sched.after(e.now, 0, w) // after what ended it is installed
+	}
+	r.waiters = nil
 }
 
 // handleResolutionReply delivers a reply to its request, or forwards a
@@ -292,20 +299,30 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from, to netip.A
 	if respNBMA != c.NBMA && c.NBMA.IsValid() {
 		flags |= FlagNAT // the responder is reached elsewhere than it says
 	}
-	shortcut := !(prefix.IsSingleIP() && prefix.Addr() == respProto)
+	isShortcut := func(prefix netip.Prefix) bool { return !(prefix.IsSingleIP() && prefix.Addr() == respProto) }
 	claim := Claim{NBMA: respNBMA, Proto: respProto, Packet: "resolution reply", From: from}
 	claimed := hostPrefix(respProto)
-	if shortcut {
+	if isShortcut(prefix) {
 		claim.Prefix, claimed = prefix, prefix
 	}
-	install := func() {
+	// install puts the answer in place; nets says the responder's
+	// identity proved the networks behind it (a certificate's OU=NET=),
+	// else the prefix is bounded (unprovenPrefix).
+	install := func(nets bool) {
 		if e.resolves[r.target] != r {
 			return
+		}
+		prefix := prefix
+		if !nets && isShortcut(prefix) {
+			if p, why := e.unprovenPrefix(r.target, prefix, respProto, respNBMA); p != prefix {
+				e.refuse(RefusedReplyIdentity, from, prefix, why+": installed as "+p.String())
+				prefix = p
+			}
 		}
 		e.endResolution(r)
 		// The responder's own binding (its tunnel address → NBMA).
 		bind := e.installBinding(hostPrefix(respProto), respNBMA, c.NBMA, from, flags, hold, c.MTU)
-		if !shortcut {
+		if !isShortcut(prefix) {
 			if bind != nil {
 				e.scheduleRenew(bind)
 			}
@@ -317,20 +334,32 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from, to netip.A
 		e.refuse(RefusedReplyIdentity, from, claimed, reason)
 		e.resolutionFailed(r, "refused: "+reason)
 	}
+	if !e.inTunnel(respProto) {
+		refused(fmt.Sprintf("responder address %s is outside the tunnel network %s", respProto, e.ownPfx.Masked()))
+		return
+	}
 	if e.deps.Verifier == nil {
 		// The registered NBMA address stands in for the certificate: a
 		// server vouches for what it passes on; a responder answering
-		// directly binds only itself, never in another's place.
-		if cur := e.cache.get(hostPrefix(respProto)); !viaServer && cur != nil && cur.nbma.IsValid() && cur.nbma != respNBMA && cur.typ >= TypeCached {
-			refused(fmt.Sprintf("%s is bound to %s, the answer came from %s", respProto, cur.nbma, from))
+		// directly binds its address only once a server proves it.
+		if viaServer {
+			install(false)
 			return
 		}
-		install()
+		ok, reason := e.directResponder(r.target, respProto, respNBMA)
+		switch {
+		case reason != "":
+			refused(reason)
+		case ok:
+			install(false)
+		default:
+			e.confirmResponder(r, respProto, respNBMA, func() { install(false) }, refused)
+		}
 		return
 	}
 	r.verifying = true
 	r.timer.Stop()
-	e.verifyClaim(claim, true, install, func(reason string, identity bool) {
+	e.verifyClaimVerdict(claim, true, func(v Verdict) { install(len(v.Networks) > 0) }, func(reason string, identity bool) {
 		if e.resolves[r.target] != r {
 			return
 		}
