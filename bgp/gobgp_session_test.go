@@ -18,6 +18,18 @@ import (
 
 // startGoBGPHub runs a hub's controller on GoBGP on a loopback address
 // until the test ends.
+// loopbackHub is the configuration the two-speaker tests start a hub
+// from: on a loopback network of its own (.1), with certificates, timers
+// short enough for a test; spokeAddr (.2) is where its spoke speaks from.
+func loopbackHub(t *testing.T) (cfg Config, hubAddr, spokeAddr netip.Addr, port int) {
+	t.Helper()
+	lo, port := loopbackNet(t)
+	hubAddr = lo.Addr().Next()
+	cfg = Config{Role: RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port, UseCertificates: true,
+		Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second}
+	return cfg, hubAddr, hubAddr.Next(), port
+}
+
 func startGoBGPHub(t *testing.T, cfg Config) (*Controller, *fakeSink) {
 	t.Helper()
 	sink := &fakeSink{}
@@ -58,11 +70,7 @@ func neighborStatus(c *Controller, a netip.Addr) (NeighborStatus, bool) {
 // accepted count says the same.
 func TestTwoSpeakersRenewal(t *testing.T) {
 	leakcheck.Check(t, gobgpLeaks...)
-	lo, port := loopbackNet(t)
-	hubAddr := lo.Addr().Next()
-	spokeAddr := hubAddr.Next()
-	cfg := Config{Role: RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port, UseCertificates: true,
-		Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second}
+	cfg, hubAddr, spokeAddr, port := loopbackHub(t)
 	c, sink := startGoBGPHub(t, cfg)
 	rawSpeaker(t, 65001, spokeAddr, hubAddr, 65000, port, "10.1.0.0/24", "10.11.0.0/24", "10.12.0.0/24")
 
@@ -141,11 +149,8 @@ func TestTwoSpeakersHubNoPrefixLimit(t *testing.T) {
 // than the limit comes back with `clear ip bgp` once it sends fewer.
 func TestTwoSpeakersClearPrefixLimit(t *testing.T) {
 	leakcheck.Check(t, gobgpLeaks...)
-	lo, port := loopbackNet(t)
-	hubAddr := lo.Addr().Next()
-	spokeAddr := hubAddr.Next()
-	cfg := Config{Role: RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port, UseCertificates: true, MaxPrefixes: 3,
-		Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second}
+	cfg, hubAddr, spokeAddr, port := loopbackHub(t)
+	cfg.MaxPrefixes = 3
 	c, sink := startGoBGPHub(t, cfg)
 	c.Event(registered(spokeAddr.String(), "198.51.100.1", attrs("65001", "10.1.0.0/16")))
 	waitFor(t, "the spoke a neighbour", 5*time.Second, func() bool { _, ok := neighborStatus(c, spokeAddr); return ok })
@@ -224,11 +229,7 @@ func TestGoBGPRoutesLongestMatch(t *testing.T) {
 // the kernel and is shown refused.
 func TestTwoSpeakersLearnedNBMAProtected(t *testing.T) {
 	leakcheck.Check(t, gobgpLeaks...)
-	lo, port := loopbackNet(t)
-	hubAddr := lo.Addr().Next()
-	spokeAddr := hubAddr.Next()
-	cfg := Config{Role: RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port, UseCertificates: true,
-		Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second}
+	cfg, hubAddr, spokeAddr, port := loopbackHub(t)
 	c, sink := startGoBGPHub(t, cfg)
 	c.Event(registered(spokeAddr.String(), "198.51.100.1", attrs("65001", "203.0.113.0/24", "10.1.0.0/24")))
 	rawSpeaker(t, 65001, spokeAddr, hubAddr, 65000, port, "203.0.113.0/24", "10.1.0.0/24")
