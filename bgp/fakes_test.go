@@ -44,6 +44,8 @@ type fakeSink struct {
 	mu     sync.Mutex
 	routes []KernelRoute
 	sets   int
+	// history is every route set written, in order.
+	history [][]KernelRoute
 }
 
 func (f *fakeSink) SetRoutes(_ context.Context, rs []KernelRoute) error {
@@ -51,6 +53,7 @@ func (f *fakeSink) SetRoutes(_ context.Context, rs []KernelRoute) error {
 	defer f.mu.Unlock()
 	f.routes = slices.Clone(rs)
 	f.sets++
+	f.history = append(f.history, f.routes)
 	return nil
 }
 
@@ -58,6 +61,26 @@ func (f *fakeSink) Routes(context.Context) ([]KernelRoute, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.routes), nil
+}
+
+// mark is where the history stands now, for lacking.
+func (f *fakeSink) mark() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.history)
+}
+
+// lacking returns the first route set written since mark that has no
+// route to dst, and whether there was one.
+func (f *fakeSink) lacking(mark int, dst netip.Prefix) ([]KernelRoute, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, rs := range f.history[mark:] {
+		if !slices.ContainsFunc(rs, func(r KernelRoute) bool { return r.Dst == dst }) {
+			return rs, true
+		}
+	}
+	return nil, false
 }
 
 func (f *fakeSink) get() []KernelRoute {
