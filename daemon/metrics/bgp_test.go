@@ -5,16 +5,30 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	packet "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/bgp"
 	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/internal/leakcheck"
+	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
 // fakeRouting is a node's BGP speaker answering fixed statistics and a
@@ -195,5 +209,174 @@ func TestBGPMetricsSummaryFails(t *testing.T) {
 	}
 	if d := cmp.Diff(statsSeries, bgpSeries(fams)); d != "" {
 		t.Errorf("BGP series with the summary failing (-want +got):\n%s", d)
+	}
+}
+
+// routeSink is the kernel's BGP routes as the controller writes them.
+type routeSink struct {
+	mu     sync.Mutex
+	routes []bgp.KernelRoute
+}
+
+func (s *routeSink) SetRoutes(_ context.Context, rs []bgp.KernelRoute) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.routes = slices.Clone(rs)
+	return nil
+}
+
+func (s *routeSink) Routes(context.Context) ([]bgp.KernelRoute, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.routes), nil
+}
+
+// registrations is a hub's NHRP engine with one spoke registered: the
+// controller reads it at start and at every resynchronisation (30 s).
+type registrations struct{ spoke nhrp.CacheEntry }
+
+func (r registrations) Cache(context.Context) ([]nhrp.CacheEntry, error) {
+	return []nhrp.CacheEntry{r.spoke}, nil
+}
+func (registrations) NHS(context.Context) ([]nhrp.NHSStatus, error) { return nil, nil }
+
+// loopbackNet picks a /24 of 127.0.0.0/8 for this test process and a free
+// port above 1024, as the bgp package's tests do.
+func loopbackNet(t *testing.T) (netip.Prefix, int) {
+	t.Helper()
+	p := netip.MustParsePrefix(fmt.Sprintf("127.77.%d.0/24", 100+os.Getpid()%150))
+	l, err := net.Listen("tcp", netip.AddrPortFrom(p.Addr().Next(), 0).String())
+	if err != nil {
+		t.Skipf("needs the 127.0.0.0/8 loopback range (127.77.x.0/24) bound to lo: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return p, port
+}
+
+// rawSpoke is a plain GoBGP speaker in AS 65001 at self, peering with the
+// hub and announcing the prefixes.
+func rawSpoke(t *testing.T, self, hub netip.Addr, port int, announce ...string) {
+	t.Helper()
+	lvl := &slog.LevelVar{}
+	lvl.Set(slog.LevelError)
+	s := server.NewBgpServer(server.LoggerOption(slog.New(slog.DiscardHandler), lvl))
+	go s.Serve()
+	ctx := context.Background()
+	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn: 65001, RouterId: self.String(), ListenPort: int32(port), ListenAddresses: []string{self.String()}}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	if err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
+		Conf:      &api.PeerConf{NeighborAddress: hub.String(), PeerAsn: bgp.DefaultHubAS},
+		Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, HoldTime: 9, KeepaliveInterval: 3, IdleHoldTimeAfterReset: 1}},
+		Transport: &api.Transport{LocalAddress: self.String(), RemotePort: uint32(port)},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	nh, err := packet.NewPathAttributeNextHop(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range announce {
+		nlri, err := packet.NewIPAddrPrefix(netip.MustParsePrefix(a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{{Family: packet.RF_IPv4_UC, Nlri: nlri,
+			Attrs: []packet.PathAttributeInterface{packet.NewPathAttributeOrigin(0), nh}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestBGPMetricsLive scrapes a hub's real controller on GoBGP while a
+// real GoBGP spoke on a loopback address, registered with NET=10.1.0.0/24
+// in its certificate, announces one prefix inside and one outside.
+func TestBGPMetricsLive(t *testing.T) {
+	// GoBGP leaves a peer's outgoing-queue goroutine behind after Stop
+	// (see gobgpLeaks in bgp/gobgp_test.go); everything else must end.
+	leakcheck.Check(t, goleak.IgnoreTopFunction("github.com/eapache/channels.(*InfiniteChannel).infiniteBuffer"))
+	lo, port := loopbackNet(t)
+	hubAddr := lo.Addr().Next()
+	spokeAddr := hubAddr.Next()
+	spoke := nhrp.CacheEntry{Type: nhrp.TypeDynamic, Proto: netip.PrefixFrom(spokeAddr, 32), NBMA: netip.MustParseAddr("198.51.100.1"),
+		Flags: []string{"unique", "registered"}, Identity: "CN=" + spokeAddr.String(),
+		Attrs: map[string][]string{"AS": {"65001"}, "NET": {"10.1.0.0/24"}}}
+	sink := &routeSink{}
+	c, err := bgp.NewController(bgp.Config{Role: bgp.RoleHub, Tunnel: netip.PrefixFrom(hubAddr, 24), Port: port,
+		UseCertificates: true, Keepalive: 3 * time.Second, Hold: 9 * time.Second, ConnectRetry: time.Second},
+		bgp.Deps{Speaker: bgp.NewGoBGP(zap.NewNop()), Routes: sink, NHRP: registrations{spoke}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	<-c.Started()
+	rawSpoke(t, spokeAddr, hubAddr, port, "10.1.0.0/24", "10.9.0.0/24")
+
+	m := New(routingSource{fakeSource: fakeSource{eng: fakeEngine{}}, r: c})
+	nb := spokeAddr.String()
+	want := map[string]float64{
+		`dmvpn_bgp_sessions{state="idle"} gauge`:                                 0,
+		`dmvpn_bgp_sessions{state="connect"} gauge`:                              0,
+		`dmvpn_bgp_sessions{state="active"} gauge`:                               0,
+		`dmvpn_bgp_sessions{state="opensent"} gauge`:                             0,
+		`dmvpn_bgp_sessions{state="openconfirm"} gauge`:                          0,
+		`dmvpn_bgp_sessions{state="established"} gauge`:                          1,
+		`dmvpn_bgp_prefixes{kind="received",neighbor="` + nb + `"} gauge`:        2,
+		`dmvpn_bgp_prefixes{kind="accepted",neighbor="` + nb + `"} gauge`:        1,
+		`dmvpn_bgp_prefixes{kind="refused",neighbor="` + nb + `"} gauge`:         1,
+		`dmvpn_bgp_prefixes_refused_total{neighbor="` + nb + `"} counter`:        1,
+		`dmvpn_bgp_flaps_total{neighbor="` + nb + `"} counter`:                   0,
+		`dmvpn_bgp_neighbors_refused_total{} counter`:                            0,
+		`dmvpn_bgp_kernel_routes{} gauge`:                                        1,
+		`dmvpn_bgp_kernel_writes_total{result="error"} counter`:                  0,
+		`dmvpn_bgp_updates_total{direction="in",neighbor="` + nb + `"} counter`:  1, // at least
+		`dmvpn_bgp_updates_total{direction="out",neighbor="` + nb + `"} counter`: 0, // any
+		`dmvpn_bgp_kernel_writes_total{result="ok"} counter`:                     1, // at least
+	}
+	atLeast := map[string]bool{
+		`dmvpn_bgp_updates_total{direction="in",neighbor="` + nb + `"} counter`:  true,
+		`dmvpn_bgp_updates_total{direction="out",neighbor="` + nb + `"} counter`: true,
+		`dmvpn_bgp_kernel_writes_total{result="ok"} counter`:                     true,
+	}
+	// The series that only grow count as their floor once they reach it.
+	floored := func(got map[string]float64) map[string]float64 {
+		out := map[string]float64{}
+		for k, v := range got {
+			if atLeast[k] && v >= want[k] {
+				v = want[k]
+			}
+			out[k] = v
+		}
+		return out
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		fams, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := floored(bgpSeries(fams))
+		if cmp.Equal(want, got) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("BGP series after 30s (-want +got, updates in and kernel writes ok at least, updates out any):\n%s",
+				cmp.Diff(want, got))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if rs, _ := sink.Routes(ctx); len(rs) != 1 || rs[0].Dst != netip.MustParsePrefix("10.1.0.0/24") {
+		t.Errorf("kernel routes %v, want 10.1.0.0/24 alone", rs)
 	}
 }
