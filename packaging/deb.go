@@ -243,6 +243,10 @@ func handWritten(o Options) ([]entry, error) {
 	if err := add("/usr/share/doc/dmvpn/copyright", 0o644, cp, err); err != nil {
 		return nil, err
 	}
+	ov, err := emb("lintian-overrides")
+	if err := add("/usr/share/lintian/overrides/dmvpn", 0o644, ov, err); err != nil {
+		return nil, err
+	}
 	ex, err := read(ExampleConfig)
 	if err := add("/etc/dmvpn/dmvpnd.yaml", 0o640, ex, err); err != nil {
 		return nil, err
