@@ -256,12 +256,15 @@ func (g *GoBGP) markSpokePolicy(a netip.Addr, f func(*spokePolicy)) {
 }
 
 // addSpokeStatement adds a spoke's accepting statement to the import
-// policy.
+// policy: its networks, through the spoke.
 func (g *GoBGP) addSpokeStatement(ctx context.Context, s *server.BgpServer, n Neighbor) error {
 	nbrSet, netSet, stmt := spokeNames(n.Address)
 	st := &api.Statement{Name: stmt,
 		Conditions: &api.Conditions{NeighborSet: matchSet(nbrSet, api.MatchSet_TYPE_ANY), PrefixSet: matchSet(netSet, api.MatchSet_TYPE_ANY)},
-		Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}}
+		// The next hop is the spoke itself, whatever NEXT_HOP it wrote:
+		// another spoke's tunnel address would have the hub (and, in
+		// phase 2, every spoke) send the spoke's LAN traffic there.
+		Actions: &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT, Nexthop: &api.NexthopAction{PeerAddress: true}}}
 	if err := s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: policyImport, Statements: []*api.Statement{st}}}); err != nil {
 		return fmt.Errorf("bgp: filter of %s: %w", n.Address, err)
 	}

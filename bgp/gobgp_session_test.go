@@ -254,3 +254,38 @@ func TestTwoSpeakersLearnedNBMAProtected(t *testing.T) {
 		t.Errorf("the spoke's session: %+v; want established with 1 accepted", st)
 	}
 }
+
+// TestTwoSpeakersNextHopIsThePeer: a spoke's routes go through the spoke,
+// whatever NEXT_HOP it writes in them: another spoke's tunnel address (it
+// would send its own LAN's traffic at that spoke), the hub's own (a loop)
+// or an address outside the tunnel. The hub's kernel and its RIB (which
+// phase 2 reflects with the next hop unchanged) name the spoke.
+func TestTwoSpeakersNextHopIsThePeer(t *testing.T) {
+	leakcheck.Check(t, gobgpLeaks...)
+	cfg, hubAddr, spokeAddr, port := loopbackHub(t)
+	victim := spokeAddr.Next()
+	c, sink := startGoBGPHub(t, cfg)
+	s := rawSpeaker(t, 65001, spokeAddr, hubAddr, 65000, port, "10.1.0.0/24")
+	announceVia(t, s, victim, "10.1.1.0/24")
+	announceVia(t, s, hubAddr, "10.1.2.0/24")
+	announceVia(t, s, addr("203.0.113.9"), "10.1.3.0/24")
+	c.Event(registered(spokeAddr.String(), "198.51.100.1", attrs("65001", "10.1.0.0/16")))
+
+	var want []KernelRoute
+	for _, n := range []string{"10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24"} {
+		want = append(want, KernelRoute{Dst: pfx(n), NextHops: []netip.Addr{spokeAddr}})
+	}
+	var got []KernelRoute
+	if !waitUntil(20*time.Second, func() bool { got = sink.get(); return cmp.Equal(got, want, cmpNet) }) {
+		t.Fatalf("kernel routes (-want +got):\n%s", cmp.Diff(want, got, cmpNet))
+	}
+	rs, err := c.Routes(context.Background(), RouteQuery{Table: TableBest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.NextHop != spokeAddr {
+			t.Errorf("the RIB has %s through %s, not through the spoke %s", r.Prefix, r.NextHop, spokeAddr)
+		}
+	}
+}

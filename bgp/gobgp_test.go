@@ -62,7 +62,15 @@ func rawSpeaker(t *testing.T, as uint32, self, hub netip.Addr, hubAS uint32, por
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	nh, _ := bgp.NewPathAttributeNextHop(self)
+	announceVia(t, s, self, announce...)
+	return s
+}
+
+// announceVia makes a raw speaker announce prefixes with nextHop as their
+// NEXT_HOP, whoever that is.
+func announceVia(t *testing.T, s *server.BgpServer, nextHop netip.Addr, announce ...string) {
+	t.Helper()
+	nh, _ := bgp.NewPathAttributeNextHop(nextHop)
 	for _, a := range announce {
 		nlri, _ := bgp.NewIPAddrPrefix(netip.MustParsePrefix(a))
 		if _, err := s.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{{Family: bgp.RF_IPv4_UC, Nlri: nlri,
@@ -70,7 +78,6 @@ func rawSpeaker(t *testing.T, as uint32, self, hub netip.Addr, hubAS uint32, por
 			t.Fatal(err)
 		}
 	}
-	return s
 }
 
 // gobgpLeaks are goroutines GoBGP leaves behind after Stop, not ours: a
