@@ -188,12 +188,26 @@ func spokeNames(a netip.Addr) (nbrSet, netSet, stmt string) {
 	return "dmvpn-nbr-" + a.String(), "dmvpn-net-" + a.String(), "dmvpn-spoke-" + a.String()
 }
 
+// spokeASPathSet is the name of the AS paths a spoke may send.
+func spokeASPathSet(a netip.Addr) string { return "dmvpn-aspath-" + a.String() }
+
+// spokeASPaths are the AS paths a spoke's routes may carry, as GoBGP's
+// AS-path set patterns: a spoke is a stub, so over eBGP its own AS only
+// (prepended as often as it likes), over iBGP (ibgp mode) none at all. A
+// path through another AS would have the spoke claim to be a transit.
+func spokeASPaths(cfg Config, n Neighbor) []string {
+	if n.AS == cfg.AS {
+		return []string{"^$"}
+	}
+	return []string{fmt.Sprintf("^%d(_%d)*$", n.AS, n.AS)}
+}
+
 // spokePolicy records which of a spoke's policy objects exist in GoBGP
 // (its neighbour set, its networks' prefix set, its statement): the
 // speaker made them all, so it knows without asking GoBGP — a list
 // request per neighbour waits for GoBGP's lock behind every session's
 // UPDATE processing, which made a thousand registrations take minutes.
-type spokePolicy struct{ nbr, nets, stmt bool }
+type spokePolicy struct{ nbr, nets, aspath, stmt bool }
 
 // setNeighborPolicy gives a neighbour its place in the policies before its
 // session starts (had: the neighbour exists, only its networks change):
@@ -239,6 +253,11 @@ func (g *GoBGP) setNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg 
 		return fmt.Errorf("bgp: networks of %s: %w", n.Address, err)
 	}
 	g.markSpokePolicy(n.Address, func(p *spokePolicy) { p.nets = true })
+	if err := s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
+		DefinedType: api.DefinedType_DEFINED_TYPE_AS_PATH, Name: spokeASPathSet(n.Address), List: spokeASPaths(cfg, n)}}); err != nil {
+		return fmt.Errorf("bgp: AS paths of %s: %w", n.Address, err)
+	}
+	g.markSpokePolicy(n.Address, func(p *spokePolicy) { p.aspath = true })
 	return g.addSpokeStatement(ctx, s, n)
 }
 
@@ -255,16 +274,31 @@ func (g *GoBGP) markSpokePolicy(a netip.Addr, f func(*spokePolicy)) {
 	}
 }
 
+// spokeImportActions accept a spoke's route as the hub passes it on: the
+// next hop is the spoke itself, whatever NEXT_HOP it wrote (another
+// spoke's tunnel address would have the hub, and in phase 2 every spoke,
+// send the spoke's LAN traffic there); its communities (standard,
+// extended, large) are dropped, so a spoke cannot reach into the policy of
+// the hubs or of other spokes (BLACKHOLE, NO_EXPORT, graceful shutdown,
+// another site's own values); MED is 0 and LOCAL_PREF 100, so an iBGP
+// spoke cannot rank its paths above the hubs' choice. GoBGP has no action
+// that strips unknown transitive attributes or AGGREGATOR: those pass on,
+// as they do through FRR 8.4 and Cisco by default.
+func spokeImportActions() *api.Actions {
+	clear := func() *api.CommunityAction { return &api.CommunityAction{Type: api.CommunityAction_TYPE_REPLACE} }
+	return &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT, Nexthop: &api.NexthopAction{PeerAddress: true},
+		Community: clear(), ExtCommunity: clear(), LargeCommunity: clear(),
+		Med: &api.MedAction{Type: api.MedAction_TYPE_REPLACE, Value: 0}, LocalPref: &api.LocalPrefAction{Value: 100}}
+}
+
 // addSpokeStatement adds a spoke's accepting statement to the import
-// policy: its networks, through the spoke.
+// policy: its networks with its own AS path, through the spoke.
 func (g *GoBGP) addSpokeStatement(ctx context.Context, s *server.BgpServer, n Neighbor) error {
 	nbrSet, netSet, stmt := spokeNames(n.Address)
 	st := &api.Statement{Name: stmt,
-		Conditions: &api.Conditions{NeighborSet: matchSet(nbrSet, api.MatchSet_TYPE_ANY), PrefixSet: matchSet(netSet, api.MatchSet_TYPE_ANY)},
-		// The next hop is the spoke itself, whatever NEXT_HOP it wrote:
-		// another spoke's tunnel address would have the hub (and, in
-		// phase 2, every spoke) send the spoke's LAN traffic there.
-		Actions: &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT, Nexthop: &api.NexthopAction{PeerAddress: true}}}
+		Conditions: &api.Conditions{NeighborSet: matchSet(nbrSet, api.MatchSet_TYPE_ANY), PrefixSet: matchSet(netSet, api.MatchSet_TYPE_ANY),
+			AsPathSet: matchSet(spokeASPathSet(n.Address), api.MatchSet_TYPE_ANY)},
+		Actions: spokeImportActions()}
 	if err := s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: policyImport, Statements: []*api.Statement{st}}}); err != nil {
 		return fmt.Errorf("bgp: filter of %s: %w", n.Address, err)
 	}
@@ -304,6 +338,7 @@ func (g *GoBGP) deleteNeighborPolicy(ctx context.Context, s *server.BgpServer, c
 	}{
 		{&api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: nbrSet}, cur.nbr, func(p *spokePolicy) { p.nbr = false }},
 		{&api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: netSet}, cur.nets, func(p *spokePolicy) { p.nets = false }},
+		{&api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_AS_PATH, Name: spokeASPathSet(n.Address)}, cur.aspath, func(p *spokePolicy) { p.aspath = false }},
 	} {
 		if !d.there {
 			continue

@@ -55,6 +55,9 @@ func (g *GoBGP) Routes(ctx context.Context, q RouteQuery) ([]Route, error) {
 				rt.Multipath = i > 0 && p.Best
 			case TableReceived:
 				rt.Why = cfg.Refusal(nbr, rt.Prefix)
+				if rt.Why == "" {
+					rt.Why = cfg.ASPathRefusal(nbr, rt)
+				}
 				rt.Refused = rt.Why != ""
 			}
 			out = append(out, rt)
@@ -89,6 +92,7 @@ func toRoute(p *apiutil.Path) (Route, bool) {
 		case *bgp.PathAttributeAsPath:
 			for _, seg := range a.Value {
 				r.ASPath = append(r.ASPath, seg.GetAS()...)
+				r.ASSet = r.ASSet || seg.GetType() != bgp.BGP_ASPATH_ATTR_TYPE_SEQ
 			}
 		case *bgp.PathAttributeMultiExitDisc:
 			r.MED = a.Value

@@ -3,13 +3,16 @@ package bgp
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/internal/leakcheck"
@@ -287,5 +290,96 @@ func TestTwoSpeakersNextHopIsThePeer(t *testing.T) {
 		if r.NextHop != spokeAddr {
 			t.Errorf("the RIB has %s through %s, not through the spoke %s", r.Prefix, r.NextHop, spokeAddr)
 		}
+	}
+}
+
+// pathAttrs returns the path attributes of a raw speaker's best path to
+// prefix, or nil.
+func pathAttrs(s *server.BgpServer, prefix netip.Prefix) []bgp.PathAttributeInterface {
+	var out []bgp.PathAttributeInterface
+	_ = s.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: bgp.RF_IPv4_UC},
+		func(n bgp.NLRI, paths []*apiutil.Path) {
+			if p, ok := n.(*bgp.IPAddrPrefix); ok && p.Prefix == prefix && len(paths) > 0 {
+				out = paths[0].Attrs
+			}
+		})
+	return out
+}
+
+// TestTwoSpeakersSpokeAttributes: what one spoke sends reaches the other
+// spokes (phase 2, here a raw speaker that shows what it got) without the
+// attributes it could use to reach into their policy or the hub's choice:
+// no communities (standard, extended, large), MED 0, LOCAL_PREF 100 over
+// iBGP; and a spoke's route whose AS path names another AS (a spoke
+// claiming to be a transit) is refused, shown refused with why, and not in
+// the kernel, while its own AS prepended is accepted. In both designs.
+func TestTwoSpeakersSpokeAttributes(t *testing.T) {
+	leakcheck.Check(t, gobgpLeaks...)
+	lo, port := loopbackNet(t)
+	for i, mode := range []Mode{ModeEBGP, ModeIBGP} {
+		t.Run(mode.String(), func(t *testing.T) {
+			base := lo.Addr().As4()
+			base[3] = byte(200 + 10*i)
+			hubA := netip.AddrFrom4(base)
+			a, b := hubA.Next(), hubA.Next().Next()
+			asA, asB := uint32(65001), uint32(65002)
+			if mode == ModeIBGP {
+				asA, asB = 65000, 65000
+			}
+			hub := ourHub(t, hubA, port, mode, true, nil, nil, nil)
+			hub.register(a, "198.51.100.1", asA, "10.1.0.0/16")
+			hub.register(b, "198.51.100.2", asB, "10.2.0.0/16")
+
+			sa := rawSpeaker(t, asA, a, hubA, 65000, port)
+			sb := rawSpeaker(t, asB, b, hubA, 65000, port, "10.2.0.0/24")
+			ext := bgp.NewTwoOctetAsSpecificExtended(bgp.EC_SUBTYPE_ROUTE_TARGET, 65002, 666, true)
+			announceWith(t, sa, a, []bgp.PathAttributeInterface{
+				bgp.NewPathAttributeCommunities([]uint32{0xFFFF0000, 0xFFFF029A, 65002<<16 | 666}), // graceful shutdown, blackhole, B's own
+				bgp.NewPathAttributeExtendedCommunities([]bgp.ExtendedCommunityInterface{ext}),
+				bgp.NewPathAttributeLargeCommunities([]*bgp.LargeCommunity{bgp.NewLargeCommunity(65002, 1, 2)}),
+				bgp.NewPathAttributeMultiExitDisc(77), bgp.NewPathAttributeLocalPref(4000),
+			}, "10.1.0.0/24")
+			transit := bgp.NewPathAttributeAsPath([]bgp.AsPathParamInterface{bgp.NewAs4PathParam(bgp.BGP_ASPATH_ATTR_TYPE_SEQ, []uint32{65099})})
+			announceWith(t, sa, a, []bgp.PathAttributeInterface{transit}, "10.1.1.0/24")
+			want := []KernelRoute{via("10.1.0.0/24", a), via("10.2.0.0/24", b)}
+			if mode == ModeEBGP {
+				prepended := bgp.NewPathAttributeAsPath([]bgp.AsPathParamInterface{bgp.NewAs4PathParam(bgp.BGP_ASPATH_ATTR_TYPE_SEQ, []uint32{asA, asA})})
+				announceWith(t, sa, a, []bgp.PathAttributeInterface{prepended}, "10.1.2.0/24")
+				want = []KernelRoute{via("10.1.0.0/24", a), via("10.1.2.0/24", a), via("10.2.0.0/24", b)}
+			}
+			hub.routesAre(t, "the hub", 30*time.Second, want)
+
+			var got []bgp.PathAttributeInterface
+			if !waitUntil(30*time.Second, func() bool { got = pathAttrs(sb, pfx("10.1.0.0/24")); return got != nil }) {
+				t.Fatal("spoke B never got 10.1.0.0/24")
+			}
+			for _, at := range got {
+				switch at := at.(type) {
+				case *bgp.PathAttributeCommunities, *bgp.PathAttributeExtendedCommunities, *bgp.PathAttributeLargeCommunities:
+					t.Errorf("spoke B got spoke A's %T: %v", at, at)
+				case *bgp.PathAttributeMultiExitDisc:
+					if at.Value != 0 {
+						t.Errorf("spoke B got spoke A's MED %d", at.Value)
+					}
+				case *bgp.PathAttributeLocalPref:
+					if at.Value != 100 {
+						t.Errorf("spoke B got LOCAL_PREF %d from spoke A's path", at.Value)
+					}
+				}
+			}
+
+			// The transit path: refused, shown with why.
+			var rs []Route
+			var err error
+			if !waitUntil(10*time.Second, func() bool {
+				rs, err = hub.c.Routes(context.Background(), RouteQuery{Table: TableReceived, Neighbor: a, Prefix: pfx("10.1.1.0/24")})
+				return err == nil && len(rs) == 1
+			}) {
+				t.Fatalf("received-routes of spoke A for 10.1.1.0/24: %v, %v", rs, err)
+			}
+			if !rs[0].Refused || !strings.Contains(rs[0].Why, "65099") {
+				t.Errorf("spoke A's transit path %v: refused %v, why %q; want refused naming AS 65099", rs[0].ASPath, rs[0].Refused, rs[0].Why)
+			}
+		})
 	}
 }

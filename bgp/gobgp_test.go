@@ -70,11 +70,19 @@ func rawSpeaker(t *testing.T, as uint32, self, hub netip.Addr, hubAS uint32, por
 // NEXT_HOP, whoever that is.
 func announceVia(t *testing.T, s *server.BgpServer, nextHop netip.Addr, announce ...string) {
 	t.Helper()
+	announceWith(t, s, nextHop, nil, announce...)
+}
+
+// announceWith makes a raw speaker announce prefixes with extra path
+// attributes besides ORIGIN and NEXT_HOP.
+func announceWith(t *testing.T, s *server.BgpServer, nextHop netip.Addr, extra []bgp.PathAttributeInterface, announce ...string) {
+	t.Helper()
 	nh, _ := bgp.NewPathAttributeNextHop(nextHop)
 	for _, a := range announce {
 		nlri, _ := bgp.NewIPAddrPrefix(netip.MustParsePrefix(a))
+		attrs := append([]bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(0), nh}, extra...)
 		if _, err := s.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{{Family: bgp.RF_IPv4_UC, Nlri: nlri,
-			Attrs: []bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(0), nh}}}}); err != nil {
+			Attrs: attrs}}}); err != nil {
 			t.Fatal(err)
 		}
 	}

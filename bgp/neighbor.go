@@ -184,6 +184,34 @@ func (c Config) Refusal(n Neighbor, p netip.Prefix) string {
 	return fmt.Sprintf("outside the networks %v the neighbour may announce", n.Networks)
 }
 
+// ASPathRefusal says why a spoke's route is refused for its AS path ("" if
+// it is not): a spoke is a stub, so over eBGP its routes carry its own AS
+// only (prepended as often as it likes), over iBGP no AS at all; a path
+// through another AS, or with an AS_SET, would have it claim to be a
+// transit. The import statement's AS-path set (spokeASPaths) is the same
+// rule.
+func (c Config) ASPathRefusal(n Neighbor, r Route) string {
+	if n.Kind != KindSpoke {
+		return ""
+	}
+	switch {
+	case n.AS == c.AS && len(r.ASPath) > 0:
+		return fmt.Sprintf("AS path %v from an iBGP spoke, which must send an empty one", r.ASPath)
+	case n.AS == c.AS:
+		return ""
+	case r.ASSet:
+		return fmt.Sprintf("AS path %v has an AS_SET or confederation segment", r.ASPath)
+	case len(r.ASPath) == 0:
+		return "empty AS path from an eBGP spoke"
+	}
+	for _, as := range r.ASPath {
+		if as != n.AS {
+			return fmt.Sprintf("AS path %v goes through AS %d: a spoke announces its own networks only (AS %d)", r.ASPath, as, n.AS)
+		}
+	}
+	return ""
+}
+
 func comparePrefix(a, b netip.Prefix) int {
 	if c := a.Addr().Compare(b.Addr()); c != 0 {
 		return c

@@ -128,8 +128,11 @@ type Route struct {
 	Peer   netip.Addr `json:"peer,omitzero"`
 	PeerAS uint32     `json:"peer_as,omitempty"`
 	ASPath []uint32   `json:"as_path"`
-	Origin string     `json:"origin"`
-	MED    uint32     `json:"med,omitempty"`
+	// ASSet is set when the AS path has a segment other than a plain
+	// sequence (an AS_SET or a confederation segment), flattened in ASPath.
+	ASSet  bool   `json:"as_set,omitempty"`
+	Origin string `json:"origin"`
+	MED    uint32 `json:"med,omitempty"`
 	// LocalPref is set on iBGP paths.
 	LocalPref uint32 `json:"local_pref,omitempty"`
 	// Best is the best path; Multipath another path of equal rank used
