@@ -19,6 +19,7 @@ import (
 // start from and to resynchronise with.
 type Registrations interface {
 	Cache(ctx context.Context) ([]nhrp.CacheEntry, error)
+	Lookup(ctx context.Context, p netip.Prefix) (nhrp.CacheEntry, bool, error)
 	NHS(ctx context.Context) ([]nhrp.NHSStatus, error)
 }
 
@@ -58,6 +59,9 @@ type change struct {
 	// linger keeps a spoke neighbour through a graceful restart (its
 	// registration was purged).
 	linger bool
+	// recheck asks the engine what binds the address now (its
+	// registration was replaced).
+	recheck bool
 }
 
 // Controller keeps the speaker's neighbours equal to the authorised
@@ -93,7 +97,7 @@ type Controller struct {
 	protected map[netip.Addr]bool
 	// lingering are spokes that purged their registration, kept as
 	// neighbours until then (graceful restart).
-	lingering map[netip.Addr]time.Time
+	lingering map[netip.Addr]*time.Timer
 }
 
 // refusedNeighbor is a registered spoke that did not become a neighbour.
@@ -136,7 +140,7 @@ func NewController(cfg Config, deps Deps) (*Controller, error) {
 		pending: map[netip.Addr]change{}, dirty: map[netip.Addr]bool{},
 		have: map[netip.Addr]Neighbor{}, refNbr: map[netip.Addr]refusedNeighbor{},
 		refused: map[netip.Addr]map[netip.Prefix]string{}, states: map[netip.Addr]string{},
-		protected: map[netip.Addr]bool{}, lingering: map[netip.Addr]time.Time{},
+		protected: map[netip.Addr]bool{}, lingering: map[netip.Addr]*time.Timer{},
 		stats: Stats{PrefixesRefused: map[netip.Addr]uint64{}},
 		wake:  make(chan struct{}, 1), fibWake: make(chan struct{}, 1),
 		started: make(chan struct{}), done: make(chan struct{}),
@@ -170,23 +174,19 @@ func (c *Controller) Event(ev nhrp.Event) {
 		return
 	case c.cfg.Role == RoleHub && ev.Kind == nhrp.EventRegistered:
 		ch = change{present: true, kind: KindSpoke, nbma: ev.NBMA, ident: ev.Identity, attrs: ev.Attrs}
+	case c.cfg.Role == RoleHub && ev.Kind == nhrp.EventExpired && ev.Cause == nhrp.CauseShutdown:
+		// The node stops (graceful restart keeps the routes).
+		return
+	case c.cfg.Role == RoleHub && ev.Kind == nhrp.EventExpired && ev.Cause == nhrp.CauseReplaced:
+		// A registration from a new NBMA address (the session is over
+		// the tunnel address, it need not move; the registration's event
+		// follows), or a static map or local entry took its place (no
+		// registration follows): the engine's binding of that one
+		// address tells which — not the whole cache: two NBMA addresses
+		// registering one address in turn must not cost a cache read
+		// each.
+		ch = change{kind: KindSpoke, recheck: true}
 	case c.cfg.Role == RoleHub && ev.Kind == nhrp.EventExpired:
-		switch ev.Cause {
-		case nhrp.CauseShutdown:
-			// The node stops (graceful restart keeps the routes).
-			return
-		case nhrp.CauseReplaced:
-			// A registration from a new NBMA address (the session is
-			// over the tunnel address, it need not move; the
-			// registration's event follows), or a static map or local
-			// entry took its place (no registration follows): the
-			// engine's cache, read at once, tells which.
-			c.mu.Lock()
-			c.resync = true
-			c.mu.Unlock()
-			poke(c.wake)
-			return
-		}
 		// A spoke that stops purges its registration (purge_on_shutdown)
 		// even when it comes back at once: with graceful restart the
 		// neighbour stays for the restart time (GoBGP keeps its routes,
@@ -327,6 +327,11 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			fcancel()
 			wg.Wait()
+			c.mu.Lock()
+			for a := range c.lingering {
+				c.stopLinger(a)
+			}
+			c.mu.Unlock()
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			return c.deps.Speaker.Stop(sctx, c.cfg.RestartTime > 0)
@@ -358,7 +363,14 @@ func (c *Controller) step(ctx context.Context) {
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	for _, a := range addrs {
-		c.apply(ctx, a, pending[a])
+		ch := pending[a]
+		if ch.recheck {
+			var ok bool
+			if ch, ok = c.recheck(ctx, a); !ok {
+				continue
+			}
+		}
+		c.apply(ctx, a, ch)
 	}
 	// Neighbour changes come first: judging what a neighbour sent (a
 	// request to the speaker each) waits while registrations are
@@ -485,6 +497,27 @@ func (c *Controller) redistributable(p netip.Prefix) bool {
 	return false
 }
 
+// recheck reads what binds one address after its registration was
+// replaced: a registration (from its new NBMA address) keeps or makes the
+// neighbour, anything else (a static map, a local or server entry, none)
+// removes it. When the engine cannot answer, the next step resyncs from
+// the whole cache instead (false).
+func (c *Controller) recheck(ctx context.Context, a netip.Addr) (change, bool) {
+	e, ok, err := c.deps.NHRP.Lookup(ctx, netip.PrefixFrom(a, a.BitLen()))
+	if err != nil {
+		c.log.Warn("reading the NHRP binding of a replaced registration", zap.Stringer("peer", a), zap.Error(err))
+		c.mu.Lock()
+		c.resync = true
+		c.mu.Unlock()
+		poke(c.wake)
+		return change{}, false
+	}
+	if ok && e.Type == nhrp.TypeDynamic && slices.Contains(e.Flags, "registered") && c.spokeAddress(e.Proto) {
+		return change{present: true, kind: KindSpoke, nbma: e.NBMA, ident: e.Identity, attrs: e.Attrs}, true
+	}
+	return change{kind: KindSpoke, reason: "replaced by a binding that is not a registration"}, true
+}
+
 // apply makes one neighbour what a change asks.
 func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 	c.mu.Lock()
@@ -492,7 +525,7 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 	_, wasRefused := c.refNbr[addr]
 	c.mu.Unlock()
 	c.mu.Lock()
-	delete(c.lingering, addr)
+	c.stopLinger(addr)
 	c.mu.Unlock()
 	if !ch.present {
 		if wasRefused {
@@ -561,13 +594,12 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 // linger keeps a purged spoke neighbour for the graceful restart time;
 // then it goes unless it registered again.
 func (c *Controller) linger(addr netip.Addr, reason string) {
-	until := time.Now().Add(c.cfg.RestartTime)
 	c.mu.Lock()
-	c.lingering[addr] = until
-	c.mu.Unlock()
-	time.AfterFunc(c.cfg.RestartTime, func() {
+	c.stopLinger(addr)
+	var t *time.Timer
+	t = time.AfterFunc(c.cfg.RestartTime, func() {
 		c.mu.Lock()
-		if c.lingering[addr] == until {
+		if c.lingering[addr] == t {
 			delete(c.lingering, addr)
 			if _, ok := c.pending[addr]; !ok {
 				c.pending[addr] = change{kind: KindSpoke, reason: reason + ", not registered again within the graceful restart time"}
@@ -576,8 +608,18 @@ func (c *Controller) linger(addr netip.Addr, reason string) {
 		c.mu.Unlock()
 		poke(c.wake)
 	})
+	c.lingering[addr] = t
+	c.mu.Unlock()
 	c.log.Info("neighbour kept through a graceful restart", zap.Stringer("peer", addr), zap.String("reason", reason),
 		zap.Duration("restart_time", c.cfg.RestartTime))
+}
+
+// stopLinger ends a spoke's restart time, if it has one (c.mu held).
+func (c *Controller) stopLinger(addr netip.Addr) {
+	if t, ok := c.lingering[addr]; ok {
+		t.Stop()
+		delete(c.lingering, addr)
+	}
 }
 
 // refuseNeighbor keeps a registered spoke whose fields do not make a

@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -104,4 +105,38 @@ func TestHubPurgeKeepsNeighbourThroughRestart(t *testing.T) {
 	h2.ops("add 172.16.1.1 as=65001 nets=[10.1.0.0/24]")
 	h2.c.Event(expired("172.16.1.1", nhrp.CausePurged))
 	h2.ops("delete 172.16.1.1")
+}
+
+// TestHubReplacedReadsOneBinding: a registration replaced (two NBMA
+// addresses registering one address in turn, without the unique flag)
+// reads the engine's binding of that address, not the whole cache; the
+// neighbour follows the registration's new NBMA address and stays.
+func TestHubReplacedReadsOneBinding(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := hubConfig()
+	cfg.Hubs = nil
+	nh := &fakeNHRP{}
+	h := start(t, cfg, newFakeSpeaker(), nh, &fakeSink{})
+	at := attrs("65001", "10.1.0.0/24")
+	nh.register("172.16.1.1", "198.51.100.1", at)
+	h.c.Event(registered("172.16.1.1", "198.51.100.1", at))
+	h.ops("add 172.16.1.1 as=65001 nets=[10.1.0.0/24]")
+	// The start's resync has read the cache; from here on, none.
+	waitFor(t, "the start's cache read", 5*time.Second, func() bool { return nh.cacheReads() >= 1 })
+	before := nh.cacheReads()
+	for i := range 1000 {
+		nbma := fmt.Sprintf("198.51.100.%d", 1+i%2)
+		nh.register("172.16.1.1", nbma, at)
+		h.c.Event(expired("172.16.1.1", nhrp.CauseReplaced))
+		h.c.Event(registered("172.16.1.1", nbma, at))
+	}
+	// A change the controller acts on after them, to know it is done.
+	nh.mu.Lock()
+	nh.cache = []nhrp.CacheEntry{{Type: nhrp.TypeStatic, Proto: pfx("172.16.1.1/32"), NBMA: addr("198.51.100.1")}}
+	nh.mu.Unlock()
+	h.c.Event(expired("172.16.1.1", nhrp.CauseReplaced))
+	h.ops("delete 172.16.1.1")
+	if n := nh.cacheReads() - before; n != 0 {
+		t.Errorf("1,001 replaced registrations read the whole cache %d times; want none", n)
+	}
 }

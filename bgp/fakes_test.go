@@ -16,12 +16,33 @@ type fakeNHRP struct {
 	mu      sync.Mutex
 	cache   []nhrp.CacheEntry
 	servers []nhrp.NHSStatus
+	// reads counts the whole-cache reads.
+	reads int
 }
 
 func (f *fakeNHRP) Cache(context.Context) ([]nhrp.CacheEntry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.reads++
 	return slices.Clone(f.cache), nil
+}
+
+func (f *fakeNHRP) Lookup(_ context.Context, p netip.Prefix) (nhrp.CacheEntry, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, e := range f.cache {
+		if e.Proto == p.Masked() {
+			return e, true, nil
+		}
+	}
+	return nhrp.CacheEntry{}, false, nil
+}
+
+// cacheReads returns how many times the whole cache was read.
+func (f *fakeNHRP) cacheReads() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reads
 }
 
 func (f *fakeNHRP) NHS(context.Context) ([]nhrp.NHSStatus, error) {

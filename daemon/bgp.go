@@ -115,6 +115,13 @@ func (r engineRef) Cache(ctx context.Context) ([]nhrp.CacheEntry, error) {
 	return nil, errNoEngine
 }
 
+func (r engineRef) Lookup(ctx context.Context, p netip.Prefix) (nhrp.CacheEntry, bool, error) {
+	if e := r.d.Engine(); e != nil {
+		return e.Lookup(ctx, p)
+	}
+	return nhrp.CacheEntry{}, false, errNoEngine
+}
+
 func (r engineRef) NHS(ctx context.Context) ([]nhrp.NHSStatus, error) {
 	if e := r.d.Engine(); e != nil {
 		return e.NHS(ctx)

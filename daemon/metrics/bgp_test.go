@@ -238,6 +238,9 @@ type registrations struct{ spoke nhrp.CacheEntry }
 func (r registrations) Cache(context.Context) ([]nhrp.CacheEntry, error) {
 	return []nhrp.CacheEntry{r.spoke}, nil
 }
+func (r registrations) Lookup(_ context.Context, p netip.Prefix) (nhrp.CacheEntry, bool, error) {
+	return r.spoke, r.spoke.Proto == p, nil
+}
 func (registrations) NHS(context.Context) ([]nhrp.NHSStatus, error) { return nil, nil }
 
 // loopbackNet picks a /24 of 127.0.0.0/8 for this test process and a free

@@ -66,6 +66,17 @@ func (r *registry) Cache(context.Context) ([]nhrp.CacheEntry, error) {
 	return out, nil
 }
 
+// Lookup finds one registration (a scan: the benchmark replaces none).
+func (r *registry) Lookup(ctx context.Context, p netip.Prefix) (nhrp.CacheEntry, bool, error) {
+	all, _ := r.Cache(ctx)
+	for _, e := range all {
+		if e.Proto == p {
+			return e, true, nil
+		}
+	}
+	return nhrp.CacheEntry{}, false, nil
+}
+
 func (r *registry) NHS(context.Context) ([]nhrp.NHSStatus, error) { return nil, nil }
 
 // registered is the engine's event for spoke i's authorised registration,
