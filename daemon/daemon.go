@@ -24,6 +24,7 @@ import (
 	"github.com/opendmvpn/dmvpn/gre"
 	"github.com/opendmvpn/dmvpn/gre/backend"
 	"github.com/opendmvpn/dmvpn/host"
+	"github.com/opendmvpn/dmvpn/internal/auditlimit"
 	"github.com/opendmvpn/dmvpn/ipsec"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -165,6 +166,9 @@ type Daemon struct {
 	uplinks    *failover.Monitor // nil without uplinks
 	follower   *follower         // makes IPsec and NHRP follow the uplinks; nil without them
 	bgp        *bgp.Controller
+	// refusals limits the lines written for refused NHRP packets
+	// (audit.go); made on first use.
+	refusals *auditlimit.Limiter
 }
 
 // Option adjusts a Daemon.
@@ -362,6 +366,10 @@ func (d *Daemon) up(ctx context.Context) error {
 
 	deps := nhrp.Deps{Tunnel: dev, Router: router, Logger: d.log.Named("nhrp"),
 		Observers: append(slices.Clone(d.obs), d.refusalAudit(mgr))}
+	stopReport := make(chan struct{})
+	reported := make(chan struct{})
+	go func() { defer close(reported); d.reportRefusals(mgr, auditlimit.DefaultSummary, stopReport) }()
+	d.stopFn = append(d.stopFn, func() error { close(stopReport); <-reported; return nil })
 	if mon := d.Uplinks(); mon != nil {
 		deps.Tunnel = uplinkTunnel{Device: dev, mon: mon}
 	}

@@ -26,6 +26,9 @@ func strongswanConf(cfg Config, mode Mode) string {
 	fmt.Fprintf(&b, "  retransmit_timeout = %.3f\n  retransmit_base = 1.0\n  retransmit_tries = %d\n",
 		cfg.RetransmitTimeout.Seconds(), cfg.RetransmitTries)
 	fmt.Fprintf(&b, "  install_virtual_ip = no\n")
+	for _, l := range charonLimits(cfg) {
+		fmt.Fprintf(&b, "  %s\n", l)
+	}
 	fmt.Fprintf(&b, "  plugins {\n    vici {\n      socket = unix://%s\n    }\n", cfg.Socket)
 	if mode == ModeUserspace {
 		// ESP in userspace: the GRE traffic selector is the IKE peer

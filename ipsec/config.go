@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"time"
+
+	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
 // Mode selects how ESP is done.
@@ -96,6 +98,9 @@ type Config struct {
 	// as AuditLog.1 (newest) … AuditLog.N.
 	AuditLogMaxSize int64
 	AuditLogKeep    int
+	// MaxPeers is the node's limits.max_peers (0: nhrp.DefaultMaxPeers):
+	// it sizes the IKE SA limit of a managed charon (charonLimits).
+	MaxPeers int
 }
 
 // Audit log rotation defaults: at most 5 × 64 MiB on disk.
@@ -139,6 +144,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.UpTimeout == 0 {
 		c.UpTimeout = DefaultUpTimeout
+	}
+	if c.MaxPeers <= 0 {
+		c.MaxPeers = nhrp.DefaultMaxPeers
 	}
 	return c
 }

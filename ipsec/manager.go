@@ -75,10 +75,9 @@ type Manager struct {
 	local     netip.Addr // the address connections initiate from (LocalMoved)
 	stats     counters
 
-	bg      sync.WaitGroup // PeerDown calls in flight
-	logMu   sync.Mutex
-	logged  map[string]time.Time // rate limit of refusal log lines
-	audited map[string]time.Time // rate limit of packet refusal audit lines
+	bg     sync.WaitGroup // PeerDown calls in flight
+	logMu  sync.Mutex
+	logged map[string]time.Time // rate limit of refusal log lines
 	// rotateErr is the last failure of the credential file watch (logged
 	// once until it changes); expiryWarned the expiry warnings given, by
 	// certificate (expiry.go).

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/opendmvpn/dmvpn/internal/auditlimit"
 	"github.com/opendmvpn/dmvpn/nhrp"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
@@ -103,12 +104,11 @@ func inside(p netip.Prefix, nets []netip.Prefix) bool {
 // AuditPacketRefusal writes an NHRP packet the engine refused to the audit
 // stream (an nhrp.EventPacketRefused): the check, the sender's NBMA
 // address, what it claimed, why, and the subject and serial of the
-// certificate of the sender's SA. One line per sender, check and reason a
-// second at most; the rest are only counted.
+// certificate of the sender's SA. It writes a line for every call: the
+// caller limits them (the daemon's refusal audit, through an
+// auditlimit.Limiter) before this work is done, and reports what it held
+// back with AuditRefusalsSuppressed.
 func (m *Manager) AuditPacketRefusal(ev nhrp.Event) {
-	if !m.limitAudit(ev.NBMA.String() + "|" + ev.Refusal.String() + "|" + ev.Reason) {
-		return
-	}
 	fields := []zap.Field{
 		zap.String("check", ev.Refusal.String()), zap.String("nbma", ev.NBMA.String()),
 		zap.String("claimed", ev.Proto.String()), zap.String("reason", ev.Reason),
@@ -126,16 +126,10 @@ func (m *Manager) AuditPacketRefusal(ev nhrp.Event) {
 	m.audit.Info("packet refused", fields...)
 }
 
-// limitAudit allows one audit line per key a second.
-func (m *Manager) limitAudit(key string) bool {
-	m.logMu.Lock()
-	defer m.logMu.Unlock()
-	if m.audited == nil || len(m.audited) > 10000 {
-		m.audited = map[string]time.Time{}
-	}
-	if t, ok := m.audited[key]; ok && time.Since(t) < time.Second {
-		return false
-	}
-	m.audited[key] = time.Now()
-	return true
+// AuditRefusalsSuppressed writes to the audit stream how many packet
+// refusal lines the caller's limiter held back, by check, so that the
+// audit log accounts for every refusal.
+func (m *Manager) AuditRefusalsSuppressed(s auditlimit.Summary) {
+	m.audit.Info("packet refusals suppressed", zap.String("summary", s.String()), zap.Uint64("suppressed", s.Total),
+		zap.Duration("over", s.Over), zap.Any("by_check", s.ByCheck))
 }

@@ -78,6 +78,10 @@ func (n daemonNode) BGP() control.Routing {
 	return nil
 }
 
+// RefusalAuditSuppressed returns the refused-packet lines the daemon's
+// limiter held back, by check.
+func (n daemonNode) RefusalAuditSuppressed() map[string]uint64 { return n.d.RefusalAuditSuppressed() }
+
 // Reload applies a configuration through the daemon.
 func (n daemonNode) Reload(ctx context.Context, cfg daemon.Config) ([]string, error) {
 	return n.d.Reload(ctx, cfg)
@@ -145,6 +149,15 @@ func (a *App) Uplinks() control.Uplinks {
 func (a *App) BGP() control.Routing {
 	if rs, ok := a.node.(interface{ BGP() control.Routing }); ok {
 		return rs.BGP()
+	}
+	return nil
+}
+
+// RefusalAuditSuppressed implements metrics.RefusalAuditSource (none
+// from a node that does not count them).
+func (a *App) RefusalAuditSuppressed() map[string]uint64 {
+	if rs, ok := a.node.(metrics.RefusalAuditSource); ok {
+		return rs.RefusalAuditSuppressed()
 	}
 	return nil
 }

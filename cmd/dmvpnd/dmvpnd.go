@@ -215,6 +215,12 @@ type metricsSource struct{ app **App }
 // The metrics package finds the IPsec state through this interface.
 var _ control.CryptoSource = metricsSource{}
 
+// The limiter of refused-packet lines reaches the metrics through these.
+var (
+	_ metrics.RefusalAuditSource = metricsSource{}
+	_ metrics.RefusalAuditSource = daemonNode{}
+)
+
 // MetricsEngine implements metrics.Source.
 func (s metricsSource) MetricsEngine() metrics.Engine {
 	if *s.app == nil {
@@ -247,6 +253,15 @@ func (s metricsSource) Crypto() control.Crypto {
 		return nil
 	}
 	return (*s.app).Crypto()
+}
+
+// RefusalAuditSuppressed implements metrics.RefusalAuditSource (none
+// while starting).
+func (s metricsSource) RefusalAuditSuppressed() map[string]uint64 {
+	if *s.app == nil {
+		return nil
+	}
+	return (*s.app).RefusalAuditSuppressed()
 }
 
 // BGP implements control.RoutingSource: the BGP metrics (nil while

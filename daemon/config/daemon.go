@@ -34,7 +34,7 @@ func (c *Config) Daemon(rt Runtime) daemon.Config {
 	if sec != nil {
 		sec.Tunnel, sec.UncheckedCredentials = t.Address.Addr(), rt.UncheckedCredentials
 	}
-	c.Limits.applyAudit(sec)
+	c.Limits.applyIPsec(sec)
 	n := nhrp.Config{
 		HoldingTime:            t.HoldingTime,
 		RegistrationInterval:   t.RegistrationInterval,

@@ -86,11 +86,13 @@ func (l Limits) nhrpLimits() nhrp.Limits {
 	}
 }
 
-// applyAudit puts the audit log's rotation in an ipsec configuration.
-func (l Limits) applyAudit(c *ipsec.Config) {
+// applyIPsec puts the audit log's rotation in an ipsec configuration, and
+// max_peers, which sizes a managed charon's IKE SA limit.
+func (l Limits) applyIPsec(c *ipsec.Config) {
 	if c == nil {
 		return
 	}
 	c.AuditLogMaxSize = int64(l.AuditLogMaxMB) << 20
 	c.AuditLogKeep = l.AuditLogKeep
+	c.MaxPeers = l.MaxPeers
 }

@@ -35,9 +35,12 @@ func TestLimits(t *testing.T) {
 		t.Errorf("engine limits (-want +got):\n%s", diff)
 	}
 	sec := &ipsec.Config{}
-	c.Limits.applyAudit(sec)
+	c.Limits.applyIPsec(sec)
 	if sec.AuditLogMaxSize != 16<<20 || sec.AuditLogKeep != 3 {
 		t.Errorf("audit rotation: %d bytes, %d kept", sec.AuditLogMaxSize, sec.AuditLogKeep)
+	}
+	if sec.MaxPeers != 150000 {
+		t.Errorf("ipsec MaxPeers %d, want max_peers 150000 (it sizes charon's ikesa_limit)", sec.MaxPeers)
 	}
 	back, err := Parse(c.YAML(), "rendered")
 	if err != nil {

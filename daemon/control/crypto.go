@@ -118,6 +118,11 @@ func (s *Server) cryptoLog(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, errors.New("streaming unsupported"))
 		return
 	}
+	done, ok := s.openStream(w)
+	if !ok {
+		return
+	}
+	defer done()
 	ctx := r.Context() // ends when the client goes or the server closes
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)

@@ -24,6 +24,9 @@ import (
 // requestTimeout bounds every call into the engine.
 const requestTimeout = 5 * time.Second
 
+// idleTimeout closes a client's keep-alive connection idle this long.
+const idleTimeout = time.Minute
+
 // Server serves the API. Its listeners and streams stop with Close.
 type Server struct {
 	d   Daemon
@@ -39,6 +42,9 @@ type Server struct {
 	closed     bool
 	unixAccess UnixAccess
 	refused    refusals // callers refused, for the log
+	// streams counts the event and log streams open, up to maxStreams
+	// (MaxStreams; streams.go).
+	streams, maxStreams int
 }
 
 // NewServer returns a server for d; Listen* start serving.
@@ -46,7 +52,7 @@ func NewServer(d Daemon, log *zap.Logger) *Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Server{d: d, log: log, unixAccess: UnixAccess{Group: -1}}
+	s := &Server{d: d, log: log, unixAccess: UnixAccess{Group: -1}, maxStreams: MaxStreams}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathStatus, s.status)
@@ -77,9 +83,12 @@ func NewServer(d Daemon, log *zap.Logger) *Server {
 	s.srv = &http.Server{
 		Handler:           s.authorize(mux),
 		ReadHeaderTimeout: 5 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return s.ctx },
-		ConnContext:       connContext,
-		ErrorLog:          zap.NewStdLog(log),
+		// A connection idle between requests is closed (streams are
+		// not idle: they are one request, bounded by MaxStreams).
+		IdleTimeout: idleTimeout,
+		BaseContext: func(net.Listener) context.Context { return s.ctx },
+		ConnContext: connContext,
+		ErrorLog:    zap.NewStdLog(log),
 	}
 	return s
 }
@@ -482,6 +491,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, errors.New("streaming unsupported"))
 		return
 	}
+	done, ok := s.openStream(w)
+	if !ok {
+		return
+	}
+	defer done()
 	ch, cancel := e.Subscribe(256, r.URL.Query().Get("packets") == "true")
 	defer cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")

@@ -161,6 +161,7 @@ func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range bgpDescs {
 		ch <- d
 	}
+	ch <- descRefusalAuditSuppressed
 }
 
 // Collect implements prometheus.Collector: it reads the snapshots.
@@ -206,6 +207,7 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	collectFirewall(ch, s.src)
 	collectUplinks(ch, s.src)
+	collectRefusalAudit(ch, s.src)
 	if b := routingOf(s.src); b != nil {
 		collectBGP(ch, b)
 	}

@@ -192,3 +192,34 @@ func TestHandler(t *testing.T) {
 		}
 	}
 }
+
+// auditSource is a fakeSource whose limiter held back refused-packet
+// lines.
+type auditSource struct {
+	fakeSource
+	suppressed map[string]uint64
+}
+
+func (s auditSource) RefusalAuditSuppressed() map[string]uint64 { return s.suppressed }
+
+// TestMetricsRefusalAudit: the lines the refusal limiter held back are
+// exported by check; a source that does not count them has no family.
+func TestMetricsRefusalAudit(t *testing.T) {
+	m := New(auditSource{fakeSource: fakeSource{eng: fakeEngine{}}, suppressed: map[string]uint64{"purge-not-owner": 49931, "request-source": 2}})
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for check, want := range map[string]float64{"purge-not-owner": 49931, "request-source": 2} {
+		if got, err := value(fams, "dmvpn_nhrp_refusal_audit_suppressed_total", "check", check); err != nil || got != want {
+			t.Errorf("dmvpn_nhrp_refusal_audit_suppressed_total{check=%q} = %v (%v), want %v", check, got, err, want)
+		}
+	}
+	fams, err = New(fakeSource{eng: fakeEngine{}}).Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := value(fams, "dmvpn_nhrp_refusal_audit_suppressed_total"); err == nil {
+		t.Error("the family without a source that counts it")
+	}
+}
