@@ -98,6 +98,10 @@ type Controller struct {
 	// lingering are spokes that purged their registration, kept as
 	// neighbours until then (graceful restart).
 	lingering map[netip.Addr]*time.Timer
+	// nets are the spoke neighbours' networks (those of have), for the
+	// overlaps between spokes (Neighbor.Excluded); the goroutine of Run
+	// owns it.
+	nets netIndex
 }
 
 // refusedNeighbor is a registered spoke that did not become a neighbour.
@@ -548,6 +552,7 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 		delete(c.refused, addr)
 		c.mu.Unlock()
 		c.log.Info("neighbour removed", zap.Stringer("peer", addr), zap.String("kind", cur.Kind.String()), zap.String("reason", ch.reason))
+		c.spokeNetworks(ctx, addr, cur, Neighbor{})
 		return
 	}
 	var n Neighbor
@@ -557,8 +562,12 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 		n, err = c.cfg.spokeNeighbor(addr, ch.nbma, ch.ident, ch.attrs)
 		if err != nil {
 			c.refuseNeighbor(ctx, addr, ch, err, had)
+			if had {
+				c.spokeNetworks(ctx, addr, cur, Neighbor{})
+			}
 			return
 		}
+		n.Excluded = c.excludedFor(addr, n.Networks)
 	default:
 		n = c.cfg.hubNeighbor(addr, ch.nbma, ch.kind)
 	}
@@ -579,6 +588,11 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 	c.have[addr] = n
 	delete(c.refNbr, addr)
 	c.mu.Unlock()
+	var before Neighbor
+	if had {
+		before = cur
+	}
+	c.spokeNetworks(ctx, addr, before, n)
 	what := "neighbour added"
 	if had {
 		what = "neighbour updated"
@@ -588,7 +602,7 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 		poke(c.wake)
 	}
 	c.log.Info(what, zap.Stringer("peer", addr), zap.Uint32("as", n.AS), zap.String("kind", n.Kind.String()),
-		zap.Stringers("networks", n.Networks), zap.String("identity", n.Identity))
+		zap.Stringers("networks", n.Networks), zap.Stringers("excluded", n.Excluded), zap.String("identity", n.Identity))
 }
 
 // linger keeps a purged spoke neighbour for the graceful restart time;
@@ -681,7 +695,7 @@ func (c *Controller) judge(ctx context.Context, addr netip.Addr) {
 	for _, p := range fresh {
 		c.deps.Audit.Info("bgp prefix refused", zap.String("peer", addr.String()), zap.Uint32("as", n.AS),
 			zap.String("prefix", p.String()), zap.String("reason", now[p]), zap.String("subject", n.Identity),
-			zap.String("source", n.Source), zap.Stringers("networks", n.Networks), zap.Int("max_length", n.MaxLen))
+			zap.String("source", n.Source), zap.Stringers("networks", n.Networks), zap.Stringers("excluded", n.Excluded), zap.Int("max_length", n.MaxLen))
 	}
 }
 

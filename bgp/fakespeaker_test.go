@@ -19,6 +19,8 @@ type fakeSpeaker struct {
 	rib     []Route
 	running bool
 	stopped string
+	// fail makes SetNeighbor of that address fail.
+	fail netip.Addr
 }
 
 func newFakeSpeaker() *fakeSpeaker { return &fakeSpeaker{nbrs: map[netip.Addr]Neighbor{}} }
@@ -49,7 +51,15 @@ func (f *fakeSpeaker) SetNeighbor(_ context.Context, n Neighbor) error {
 			op = "reset"
 		}
 	}
-	f.ops = append(f.ops, fmt.Sprintf("%s %s as=%d nets=%v", op, n.Address, n.AS, n.Networks))
+	op = fmt.Sprintf("%s %s as=%d nets=%v", op, n.Address, n.AS, n.Networks)
+	if len(n.Excluded) > 0 {
+		op += fmt.Sprintf(" excluded=%v", n.Excluded)
+	}
+	if n.Address == f.fail {
+		f.ops = append(f.ops, "failed "+op)
+		return fmt.Errorf("setting %s failed", n.Address)
+	}
+	f.ops = append(f.ops, op)
 	f.nbrs[n.Address] = n
 	return nil
 }

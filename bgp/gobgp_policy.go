@@ -212,7 +212,8 @@ type spokePolicy struct{ nbr, nets, aspath, stmt bool }
 // setNeighborPolicy gives a neighbour its place in the policies before its
 // session starts (had: the neighbour exists, only its networks change):
 // a hub or server joins the hubs' set; a spoke gets a statement that
-// accepts its networks (up to MaxLen bits) and nothing else.
+// accepts its networks (up to MaxLen bits) less other spokes' more
+// specific networks inside them (Neighbor.Excluded), and nothing else.
 func (g *GoBGP) setNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg Config, n Neighbor, had bool) error {
 	host := netip.PrefixFrom(n.Address, 32).String()
 	if n.Kind != KindSpoke {
@@ -221,8 +222,8 @@ func (g *GoBGP) setNeighborPolicy(ctx context.Context, s *server.BgpServer, cfg 
 	}
 	nbrSet, netSet, _ := spokeNames(n.Address)
 	nets := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: netSet}
-	for _, p := range n.Networks {
-		nets.Prefixes = append(nets.Prefixes, prefixEntry(p, p.Bits(), max(p.Bits(), n.MaxLen)))
+	for _, r := range acceptRanges(n) {
+		nets.Prefixes = append(nets.Prefixes, prefixEntry(r.Prefix, r.Min, r.Max))
 	}
 	g.mu.Lock()
 	cur := g.spokePol[n.Address]

@@ -62,6 +62,13 @@ type Neighbor struct {
 	// refused from every neighbour is accepted from them.
 	Networks []netip.Prefix
 	MaxLen   int
+	// Excluded are other spokes' networks strictly inside one of
+	// Networks (the controller's, sorted): a spoke may announce nothing
+	// inside or equal to one of them under that network, since those
+	// addresses belong to the more specific network's spoke; prefixes
+	// covering them stay allowed. A spoke with the same network as
+	// another may announce inside it as the other does.
+	Excluded []netip.Prefix
 	// Identity is the certificate subject the spoke proved ("" without
 	// IPsec), Source where AS and networks came from ("certificate" or
 	// "config").
@@ -85,7 +92,8 @@ type Neighbor struct {
 // its filter (NBMA and identity may differ).
 func (n Neighbor) same(o Neighbor) bool {
 	return n.Address == o.Address && n.AS == o.AS && n.Kind == o.Kind && n.MaxLen == o.MaxLen &&
-		n.RRClient == o.RRClient && n.Passive == o.Passive && slices.Equal(n.Networks, o.Networks)
+		n.RRClient == o.RRClient && n.Passive == o.Passive && slices.Equal(n.Networks, o.Networks) &&
+		slices.Equal(n.Excluded, o.Excluded)
 }
 
 // sessionSame reports whether a change from o to n keeps the session (only
@@ -162,7 +170,8 @@ func (c Config) hubNeighbor(addr, nbma netip.Addr, kind Kind) Neighbor {
 // Refusal says why a prefix received from a neighbour is refused, or "" if
 // it is accepted: refused from everyone whatever the certificate says
 // (default route, hub NBMA, tunnel network), and from a spoke anything
-// outside its networks or longer than their limit.
+// outside its networks, longer than their limit, or inside another
+// spoke's more specific network (Neighbor.Excluded).
 func (c Config) Refusal(n Neighbor, p netip.Prefix) string {
 	if why := c.bogon(p); why != "" {
 		return why
@@ -170,13 +179,31 @@ func (c Config) Refusal(n Neighbor, p netip.Prefix) string {
 	if n.Kind != KindSpoke {
 		return ""
 	}
+	return n.networkRefusal(p)
+}
+
+// networkRefusal judges a spoke's prefix by its networks: accepted if one
+// of them allows it (the GoBGP filter is their union, acceptRanges), else
+// refused for the reason the most specific network containing it gives.
+func (n Neighbor) networkRefusal(p netip.Prefix) string {
+	why, whyBits := "", -1
 	for _, allowed := range n.Networks {
-		if allowed.Contains(p.Addr()) && p.Bits() >= allowed.Bits() {
-			if p.Bits() > max(n.MaxLen, allowed.Bits()) {
-				return fmt.Sprintf("longer than /%d inside %s", max(n.MaxLen, allowed.Bits()), allowed)
-			}
+		if !allowed.Contains(p.Addr()) || p.Bits() < allowed.Bits() {
+			continue
+		}
+		reason := n.excludedRefusal(allowed, p)
+		if limit := max(n.MaxLen, allowed.Bits()); p.Bits() > limit {
+			reason = fmt.Sprintf("longer than /%d inside %s", limit, allowed)
+		}
+		if reason == "" {
 			return ""
 		}
+		if allowed.Bits() > whyBits {
+			why, whyBits = reason, allowed.Bits()
+		}
+	}
+	if why != "" {
+		return why
 	}
 	if len(n.Networks) == 0 {
 		return "the neighbour may announce no network"
