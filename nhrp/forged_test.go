@@ -211,9 +211,10 @@ type forgedCase struct {
 	to     func(l *forgeLab) *node
 	packet func(t *testing.T, l *forgeLab) *wire.Packet
 	// refusal is the check the receiver fails; wantReg instead counts a
-	// refused registration.
+	// refused registration, with the CIE code regCode when it is set.
 	refusal Refusal
 	wantReg bool
+	regCode wire.CIECode
 }
 
 var forgedCases = []forgedCase{
@@ -330,6 +331,25 @@ var forgedCases = []forgedCase{
 				SrcProto: spokeAddr(1), DstProto: hubAddr(1), CIEs: []wire.CIE{{PrefixLen: 255, HoldingTime: 7200}}}
 		},
 	},
+	{
+		// Its own source, spoke1's address in the CIE: unproven, so
+		// refused as prohibited (not only as taken: a no-unique binding
+		// would have moved).
+		name: "registration request from spoke3 with a CIE for spoke1's address", wantReg: true, regCode: wire.CIEAdminProhibited,
+		to: func(l *forgeLab) *node { return l.hub },
+		packet: func(t *testing.T, l *forgeLab) *wire.Packet {
+			return &wire.Packet{Type: wire.TypeRegistrationRequest, RequestID: 82,
+				SrcProto: spokeAddr(3), DstProto: hubAddr(1), CIEs: []wire.CIE{{PrefixLen: 255, HoldingTime: 7200, Proto: spokeAddr(1)}}}
+		},
+	},
+	{
+		name: "registration request from spoke3 with a CIE for an unheld address", wantReg: true, regCode: wire.CIEAdminProhibited,
+		to: func(l *forgeLab) *node { return l.hub },
+		packet: func(t *testing.T, l *forgeLab) *wire.Packet {
+			return &wire.Packet{Type: wire.TypeRegistrationRequest, RequestID: 83,
+				SrcProto: spokeAddr(3), DstProto: hubAddr(1), CIEs: []wire.CIE{{PrefixLen: 255, HoldingTime: 7200, Proto: netip.MustParseAddr("10.0.0.50")}}}
+		},
+	},
 }
 
 // TestForgedPackets sends every forged packet from spoke3's NBMA address,
@@ -351,8 +371,11 @@ func TestForgedPackets(t *testing.T) {
 					l.inet.Inject(spokeNBMA(3), to.dev.Info().NBMA[0], forge(t, c.packet(t, l)))
 					settle(2 * time.Second)
 					if c.wantReg {
-						if got := len(to.eventsOf(EventRegistrationRefused)); got != regs0+1 {
+						evs := to.eventsOf(EventRegistrationRefused)
+						if got := len(evs); got != regs0+1 {
 							t.Errorf("%s: %d registrations refused, want %d", to.name, got, regs0+1)
+						} else if c.regCode != 0 && evs[regs0].Code != uint8(c.regCode) {
+							t.Errorf("%s: registration refused with code %d (%s), want %d", to.name, evs[regs0].Code, evs[regs0].Reason, c.regCode)
 						}
 					} else {
 						n, evs := refused(t, to, c.refusal)

@@ -63,6 +63,26 @@ func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 		e.sendError(p, raw, from, wire.ErrorInvalidResolutionReply, 0)
 		return
 	}
+	// A prefix over tunnel addresses is passed on as the host asked for,
+	// or refused (tunnelPrefix): the requester binds no other node's
+	// tunnel address at the responder.
+	c, ok := replyClaim(p, from)
+	narrowed, given := "", c.Prefix
+	if ok && c.Prefix.IsValid() {
+		host, why, refuse := e.tunnelPrefix(p.DstProto, c.Prefix, c.Proto)
+		if refuse != "" {
+			e.refuse(RefusedReplyIdentity, from, c.Prefix, refuse)
+			e.sendError(p, raw, from, wire.ErrorInvalidResolutionReply, 0)
+			return
+		}
+		if why != "" {
+			narrowed = why
+			c.Prefix = netip.Prefix{}
+			if host.Addr() != c.Proto {
+				c.Prefix = host
+			}
+		}
+	}
 	vouched := false
 	pass := func(p *wire.Packet) {
 		if e.cache.get(en.proto) != en || e.stopping {
@@ -73,6 +93,10 @@ func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 			return
 		}
 		fwd.HopCount--
+		if narrowed != "" && len(fwd.CIEs) > 0 {
+			fwd.CIEs[0].PrefixLen = uint8(fwd.DstProto.BitLen())
+			e.refuse(RefusedReplyIdentity, from, given, narrowed+": passed on as "+hostPrefix(fwd.DstProto).String())
+		}
 		e.appendTransit(fwd, wire.ExtReverseTransit, en.nbma)
 		// The requester reaches the responder where its reply came from:
 		// the NAT extension says so whatever NBMA address the CIE gives
@@ -83,7 +107,6 @@ func (e *Engine) forwardReply(p *wire.Packet, raw []byte, from netip.Addr) {
 		}
 		e.send(fwd, en.nbma, roleOf(en.typ), p.SrcProto)
 	}
-	c, ok := replyClaim(p, from)
 	if !ok || e.trusted(from) {
 		vouched = true
 		pass(p) // a negative answer claims nothing; a server vouches for its own

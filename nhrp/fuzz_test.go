@@ -252,8 +252,10 @@ func mustEncode(t *testing.T, p *wire.Packet) []byte {
 	return b
 }
 
-// checkFuzzInvariants: the engine's tables stay within their bounds, and
-// every binding it holds is proven. With IPsec, by the certificate at its
+// checkFuzzInvariants: the engine's tables stay within their bounds, no
+// prefix learnt from a resolution overlaps the tunnel network (tunnel
+// addresses are bound one by one), and every binding it holds is proven.
+// With IPsec, by the certificate at its
 // NBMA address: a registration or a resolved binding for the address the
 // certificate names, a shortcut through that address to a network inside
 // its OU=NET=. Without, by the registered NBMA address — the lab's nodes'
@@ -293,6 +295,11 @@ func checkFuzzInvariants(t *testing.T, n *node, c *certs, ipsec bool) {
 				proves = en.nextHop
 			default:
 				continue
+			}
+			// Tunnel addresses are bound one by one: no learnt prefix
+			// over the tunnel network, proven by a certificate or not.
+			if en.typ != TypeDynamic && !en.proto.IsSingleIP() && en.proto.Overlaps(e.ownPfx.Masked()) {
+				problems = append(problems, fmt.Sprintf("%s %s at %s via %s overlaps the tunnel network %s", en.typ, en.proto, en.nbma, en.nextHop, e.ownPfx.Masked()))
 			}
 			if !ipsec {
 				if why := unregistered(c, en, proves); why != "" {
@@ -404,6 +411,9 @@ func fuzzSeeds() [][]byte {
 		seq(op(2, 1, 7, 0, 1, 3, 32, 3, 0, false), op(3, 1, 7, 0, 1, 3, 32, 3, 0, false)),
 		// A registration of spoke1's address from the unknown address.
 		seq(op(4, 0, 2, 1, 0, 4, 255, 4, 1, false)),
+		// spoke3 registers, under its own source address, spoke1's
+		// address and an unheld one.
+		seq(op(2, 0, 2, 3, 0, 2, 255, 2, 1, false), op(2, 0, 2, 3, 0, 2, 255, 2, 4, false)),
 		// spoke3 answers spoke2's request naming spoke1 (the audit's
 		// hijack without IPsec), for a /13 around its LAN, with a responder
 		// outside the tunnel network.

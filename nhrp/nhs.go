@@ -2,6 +2,7 @@ package nhrp
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -174,6 +175,11 @@ func (e *Engine) completeRegistration(p *wire.Packet, from netip.Addr, regs []re
 	for i := range regs {
 		r := &regs[i]
 		code := wire.CIECode(r.verdict.Code)
+		if code == wire.CIESuccess && !r.verdict.Proven {
+			if reason := unprovenRegistration(p.SrcProto, r.reg.Proto); reason != "" {
+				code, r.verdict.Reason = wire.CIEAdminProhibited, reason
+			}
+		}
 		if code == wire.CIESuccess {
 			code = e.bind(r, p.RequestID)
 		}
@@ -206,6 +212,24 @@ func (e *Engine) completeRegistration(p *wire.Packet, from netip.Addr, regs []re
 	sc.cies, sc.exts = reply.CIEs, reply.Extensions
 	e.send(reply, from, "client", p.SrcProto)
 	sc.pkt = wire.Packet{} // hold nothing of the request
+}
+
+// unprovenRegistration says why a registration of proto that nothing
+// proves (no Verdict.Proven: without IPsec, the policy alone) must be
+// refused, or "": the client registers its own address — a host CIE must
+// be the request's source protocol address src, a prefix CIE must contain
+// it. Otherwise a registered spoke could register another's tunnel
+// address from its own NBMA address (taking over a no-unique binding) or
+// claim any unheld address. Cisco and FRR register their own address
+// (the CIE's client address is the source or left out).
+func unprovenRegistration(src netip.Addr, proto netip.Prefix) string {
+	switch {
+	case proto.IsSingleIP() && proto.Addr() != src:
+		return fmt.Sprintf("%s is not the request's source address %s, and nothing proves it is the client's", proto, src)
+	case !proto.IsSingleIP() && !proto.Contains(src):
+		return fmt.Sprintf("%s does not contain the request's source address %s, and nothing proves it is the client's", proto, src)
+	}
+	return ""
 }
 
 // replyScratch is the engine's registration reply, reused: send encodes a

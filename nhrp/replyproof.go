@@ -25,6 +25,37 @@ func (e *Engine) inTunnel(a netip.Addr) bool {
 	return p.Contains(a)
 }
 
+// tunnelPrefix decides what a shortcut prefix that a Resolution Reply
+// gives for the address asked for, target, may be bound as. Tunnel
+// addresses are bound one by one — each by its own registration, or by
+// the OU=GRE= of its sender's certificate — never as a prefix: a prefix
+// that overlaps the tunnel network (proven by OU=NET= or not) would take
+// other nodes' tunnel addresses to the responder resp. Such a prefix is
+// narrowed to the host prefix of target, and why says so; when target is
+// a tunnel address that is not the responder's own, nothing proves even
+// the host and refuse says why it must be refused. A node that knows no
+// tunnel network (its address a host prefix) cannot tell which prefixes
+// overlap it: it narrows every prefix of its own family to the host of
+// target.
+func (e *Engine) tunnelPrefix(target netip.Addr, prefix netip.Prefix, resp netip.Addr) (p netip.Prefix, why, refuse string) {
+	if !prefix.IsValid() || prefix.IsSingleIP() {
+		return prefix, "", ""
+	}
+	tun := e.ownPfx.Masked()
+	known := tun.IsValid() && !tun.IsSingleIP()
+	switch {
+	case known && !tun.Overlaps(prefix):
+		return prefix, "", ""
+	case !known && prefix.Addr().BitLen() != e.own.BitLen():
+		return prefix, "", "" // another family than the tunnel's addresses
+	case known && tun.Contains(target) && target != resp:
+		return netip.Prefix{}, "", fmt.Sprintf("%s overlaps the tunnel network %s and %s is a tunnel address that is not the responder's (%s): tunnel addresses are bound only by their own registration", prefix, tun, target, resp)
+	case known:
+		return hostPrefix(target), fmt.Sprintf("%s overlaps the tunnel network %s, whose addresses are bound one by one", prefix, tun), ""
+	}
+	return hostPrefix(target), fmt.Sprintf("%s may cover tunnel addresses: this node's tunnel network is unknown (its address is %s)", prefix, e.ownPfx), ""
+}
+
 // directResponder decides, without a Verifier, whether a Resolution
 // Reply that came straight from its responder (not passed on by a
 // server) may bind the responder's address resp to the NBMA address it

@@ -11,18 +11,21 @@ import (
 )
 
 // The certificates a direct-reply test runs with: none (no IPsec), the
-// lab's (each spoke's OU=NET= its LAN), or the lab's with spoke3's
-// certificate carrying no OU=NET=.
+// lab's (each spoke's OU=NET= its LAN), the lab's with spoke3's
+// certificate carrying no OU=NET=, or the lab's with spoke3's OU=NET=
+// naming the tunnel network as well as its LAN (a certificate issued
+// carelessly).
 type certMode int
 
 const (
 	noCerts certMode = iota
 	certsWithNET
 	certsWithoutNET
+	certsWithTunnelNET
 )
 
 func (m certMode) String() string {
-	return [...]string{"no-ipsec", "cert-with-NET", "cert-without-NET"}[m]
+	return [...]string{"no-ipsec", "cert-with-NET", "cert-without-NET", "cert-with-tunnel-NET"}[m]
 }
 
 // replyLab is a hub and three spokes in which spoke2 has asked the hub

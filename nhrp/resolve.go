@@ -300,6 +300,18 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from, to netip.A
 		flags |= FlagNAT // the responder is reached elsewhere than it says
 	}
 	isShortcut := func(prefix netip.Prefix) bool { return !(prefix.IsSingleIP() && prefix.Addr() == respProto) }
+	// A prefix over tunnel addresses is bound as the host asked for, or
+	// not at all (tunnelPrefix); the claim checked is what is bound.
+	given, narrowed := prefix, ""
+	if isShortcut(prefix) {
+		p, why, refuse := e.tunnelPrefix(r.target, prefix, respProto)
+		if refuse != "" {
+			e.refuse(RefusedReplyIdentity, from, prefix, refuse)
+			e.resolutionFailed(r, "refused: "+refuse)
+			return
+		}
+		prefix, narrowed = p, why
+	}
 	claim := Claim{NBMA: respNBMA, Proto: respProto, Packet: "resolution reply", From: from}
 	claimed := hostPrefix(respProto)
 	if isShortcut(prefix) {
@@ -313,6 +325,9 @@ func (e *Engine) resolutionReply(r *resolution, p *wire.Packet, from, to netip.A
 			return
 		}
 		prefix := prefix
+		if narrowed != "" {
+			e.refuse(RefusedReplyIdentity, from, given, narrowed+": installed as "+prefix.String())
+		}
 		if !nets && isShortcut(prefix) {
 			if p, why := e.unprovenPrefix(r.target, prefix, respProto, respNBMA); p != prefix {
 				e.refuse(RefusedReplyIdentity, from, prefix, why+": installed as "+p.String())
