@@ -102,6 +102,8 @@ type cache struct {
 	// (ownKind): the entries of one peer, or of one purge's sender under
 	// its prefix, are a range of it, not a walk of the cache.
 	own *btree.BTreeG[ownItem]
+	// pivot is the entry a walk of own starts from (ownPivot).
+	pivot *entry
 	// lru lists the entries of each type, oldest first (the evictable
 	// types' are the eviction order).
 	lru [TypeLocal + 1]entryList
@@ -143,7 +145,7 @@ func (l *entryList) remove(e *entry) {
 func newCache() *cache {
 	return &cache{m: make(map[netip.Prefix]*entry), ord: btree.NewG(32, func(a, b *entry) bool {
 		return protoCompare(a.proto, b.proto) < 0
-	}), own: newOwnIndex()}
+	}), own: newOwnIndex(), pivot: &entry{}}
 }
 
 // protoCompare orders prefixes by address, then length: the order of

@@ -27,11 +27,12 @@ const (
 )
 
 // ownItem is an item of the owner index: an entry under one of its keys.
+// It is ordered by its entry's prefix, which does not change while the
+// entry is in the cache (40 bytes an item: no copy of the prefix).
 type ownItem struct {
-	kind  ownKind
-	key   netip.Addr
-	proto netip.Prefix
-	e     *entry
+	kind ownKind
+	key  netip.Addr
+	e    *entry
 }
 
 // ownLess orders the owner index by kind, key, then prefix (protoCompare):
@@ -43,7 +44,15 @@ func ownLess(a, b ownItem) bool {
 	if c := a.key.Compare(b.key); c != 0 {
 		return c < 0
 	}
-	return protoCompare(a.proto, b.proto) < 0
+	return protoCompare(a.e.proto, b.e.proto) < 0
+}
+
+// ownPivot is where a walk of the owner index starts: the first item of
+// kind and key from the prefix from. It uses the cache's pivot entry
+// (engine goroutine only; a walk does not nest).
+func (c *cache) ownPivot(kind ownKind, key netip.Addr, from netip.Prefix) ownItem {
+	c.pivot.proto = from
+	return ownItem{kind: kind, key: key, e: c.pivot}
 }
 
 func newOwnIndex() *btree.BTreeG[ownItem] { return btree.NewG(32, ownLess) }
@@ -53,7 +62,7 @@ func newOwnIndex() *btree.BTreeG[ownItem] { return btree.NewG(32, ownLess) }
 // setSrc, which keep the index; its type, prefix and next hop never do.
 func ownItems(e *entry) (items [ownKinds]ownItem, n int) {
 	add := func(k ownKind, key netip.Addr) {
-		items[n] = ownItem{kind: k, key: key, proto: e.proto, e: e}
+		items[n] = ownItem{kind: k, key: key, e: e}
 		n++
 	}
 	if e.nbma.IsValid() {
@@ -120,7 +129,7 @@ func (c *cache) setSrc(e *entry, src netip.Addr) {
 // work is theirs and a lookup, never the cache's.
 func (c *cache) keyed(kind ownKind, key netip.Addr) []*entry {
 	var out []*entry
-	c.own.AscendGreaterOrEqual(ownItem{kind: kind, key: key}, func(it ownItem) bool {
+	c.own.AscendGreaterOrEqual(c.ownPivot(kind, key, netip.Prefix{}), func(it ownItem) bool {
 		if it.kind != kind || it.key != key {
 			return false
 		}
@@ -138,12 +147,12 @@ func (c *cache) owned(kind ownKind, key netip.Addr, p netip.Prefix) []*entry {
 	var out []*entry
 	// As in under: the prefixes within p are those of at least its
 	// length from its first address to its last.
-	c.own.AscendGreaterOrEqual(ownItem{kind: kind, key: key, proto: netip.PrefixFrom(p.Addr(), 0)}, func(it ownItem) bool {
-		if it.kind != kind || it.key != key || !p.Contains(it.proto.Addr()) {
+	c.own.AscendGreaterOrEqual(c.ownPivot(kind, key, netip.PrefixFrom(p.Addr(), 0)), func(it ownItem) bool {
+		if it.kind != kind || it.key != key || !p.Contains(it.e.proto.Addr()) {
 			return false
 		}
 		c.visited++
-		if it.proto.Bits() >= p.Bits() {
+		if it.e.proto.Bits() >= p.Bits() {
 			out = append(out, it.e)
 		}
 		return true

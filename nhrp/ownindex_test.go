@@ -29,13 +29,13 @@ func (c *cache) checkIndex() error {
 	var errs []string
 	c.own.Ascend(func(it ownItem) bool {
 		if !want[it] {
-			errs = append(errs, fmt.Sprintf("stale item %d/%s/%s (entry %s %s at %s from %s)", it.kind, it.key, it.proto, it.e.typ, it.e.proto, it.e.nbma, it.e.src))
+			errs = append(errs, fmt.Sprintf("stale item %d/%s (entry %s %s at %s from %s)", it.kind, it.key, it.e.typ, it.e.proto, it.e.nbma, it.e.src))
 		}
 		delete(want, it)
 		return len(errs) < 5
 	})
 	for it := range want {
-		errs = append(errs, fmt.Sprintf("missing item %d/%s/%s", it.kind, it.key, it.proto))
+		errs = append(errs, fmt.Sprintf("missing item %d/%s/%s", it.kind, it.key, it.e.proto))
 		if len(errs) >= 10 {
 			break
 		}
