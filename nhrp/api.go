@@ -174,8 +174,10 @@ func (e *Engine) PeerLost(ctx context.Context, nbma netip.Addr, reason string) e
 			e.setPeerState(p, peerIdle)
 			p.gen++
 			var again []*entry
-			for _, en := range e.cache.all() {
-				if (en.typ == TypeShortcut || en.typ == TypeCached) && en.nbma == nbma {
+			// The peer's entries only (the owner index): an SA going
+			// down costs its own entries, not a walk of the cache.
+			for _, en := range e.cache.keyed(byNBMA, nbma) {
+				if en.typ == TypeShortcut || en.typ == TypeCached {
 					e.removeEntry(en, CauseProtectionLost)
 					again = append(again, en)
 				}
@@ -298,8 +300,8 @@ func (e *Engine) Revoke(ctx context.Context, nbma netip.Addr, reason string) (in
 	n := 0
 	err := e.do(ctx, func() {
 		e.now = time.Now()
-		for _, en := range e.cache.all() {
-			if e.cache.get(en.proto) != en || en.nbma != nbma {
+		for _, en := range e.cache.keyed(byNBMA, nbma) {
+			if e.cache.get(en.proto) != en {
 				continue
 			}
 			switch en.typ {

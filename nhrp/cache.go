@@ -98,11 +98,21 @@ type cache struct {
 	// walk the cache in bounded chunks from a cursor (Engine.CacheEach),
 	// and the entries under a prefix are a range of it (purges).
 	ord *btree.BTreeG[*entry]
+	// own indexes the entries by the addresses that may ask for them
+	// (ownKind): the entries of one peer, or of one purge's sender under
+	// its prefix, are a range of it, not a walk of the cache.
+	own *btree.BTreeG[ownItem]
+	// pivot is the entry a walk of own starts from (ownPivot).
+	pivot *entry
 	// lru lists the entries of each type, oldest first (the evictable
 	// types' are the eviction order).
 	lru [TypeLocal + 1]entryList
 	// types counts entries by type.
 	types [TypeLocal + 1]atomic.Int64
+	// visited counts the entries the cache's walks yielded (engine
+	// goroutine only): the work a packet or call cost, which the tests
+	// bound.
+	visited int
 }
 
 // entryList is an intrusive list of entries, oldest first.
@@ -135,7 +145,7 @@ func (l *entryList) remove(e *entry) {
 func newCache() *cache {
 	return &cache{m: make(map[netip.Prefix]*entry), ord: btree.NewG(32, func(a, b *entry) bool {
 		return protoCompare(a.proto, b.proto) < 0
-	})}
+	}), own: newOwnIndex(), pivot: &entry{}}
 }
 
 // protoCompare orders prefixes by address, then length: the order of
@@ -155,6 +165,7 @@ func (c *cache) after(from netip.Prefix, first bool, n int) []*entry {
 		if !first && protoCompare(e.proto, from) <= 0 {
 			return true
 		}
+		c.visited++
 		out = append(out, e)
 		return len(out) < n
 	}
@@ -176,11 +187,13 @@ func (c *cache) put(e *entry) {
 	}
 	if ok {
 		c.unlink(old)
+		c.unindex(old)
 	} else {
 		c.count(e.proto, 1)
 	}
 	c.m[e.proto] = e
 	c.ord.ReplaceOrInsert(e)
+	c.index(e)
 	if int(e.typ) < len(c.lru) {
 		c.lru[e.typ].push(e)
 	}
@@ -193,6 +206,7 @@ func (c *cache) del(e *entry) {
 	if cur, ok := c.m[e.proto]; ok && cur == e {
 		delete(c.m, e.proto)
 		c.ord.Delete(e)
+		c.unindex(e)
 		c.count(e.proto, -1)
 		c.unlink(e)
 	}
@@ -224,32 +238,54 @@ func (c *cache) evictable(t EntryType) *entry {
 	return nil
 }
 
+// underChunk is the most entries under walks between calls of its f;
+// it starts at one and doubles, so a walk that stops at once looks at one
+// entry.
+const underChunk = 64
+
 // under calls f for every entry whose prefix is within p (p itself
-// included) until f returns false.
+// included), in address order, until f returns false: a range of the
+// address order, walked in chunks from a cursor, so a walk that stops
+// early costs what it visited (and a lookup), not every entry under p.
+// f may change the cache: an entry it removes ahead is skipped, one it
+// adds ahead may be visited.
 func (c *cache) under(p netip.Prefix, f func(*entry) bool) {
 	if p.IsSingleIP() {
 		if e := c.m[p]; e != nil {
+			c.visited++
 			f(e)
 		}
 		return
 	}
 	p = p.Masked()
-	var found []*entry // f may change the cache
 	// The prefixes within p are those of at least its length from its
-	// first address to its last: a range of the address order.
-	c.ord.AscendGreaterOrEqual(&entry{proto: netip.PrefixFrom(p.Addr(), 0)}, func(e *entry) bool {
-		if !p.Contains(e.proto.Addr()) {
-			return false
+	// first address to its last.
+	from, first := netip.PrefixFrom(p.Addr(), 0), true
+	var chunk []*entry
+	for size := 1; ; size = min(2*size, underChunk) {
+		chunk = chunk[:0]
+		c.ord.AscendGreaterOrEqual(&entry{proto: from}, func(e *entry) bool {
+			if !first && protoCompare(e.proto, from) <= 0 {
+				return true
+			}
+			if !p.Contains(e.proto.Addr()) {
+				return false
+			}
+			c.visited++
+			if e.proto.Bits() >= p.Bits() {
+				chunk = append(chunk, e)
+			}
+			return len(chunk) < size
+		})
+		for _, e := range chunk {
+			if c.m[e.proto] == e && !f(e) {
+				return
+			}
 		}
-		if e.proto.Bits() >= p.Bits() {
-			found = append(found, e)
-		}
-		return true
-	})
-	for _, e := range found {
-		if !f(e) {
+		if len(chunk) < size {
 			return
 		}
+		from, first = chunk[len(chunk)-1].proto, false
 	}
 }
 
@@ -261,6 +297,7 @@ func (c *cache) ofType(t EntryType) []*entry {
 	}
 	var out []*entry
 	for e := c.lru[t].head; e != nil; e = e.next {
+		c.visited++
 		out = append(out, e)
 	}
 	return out
@@ -309,6 +346,7 @@ func (c *cache) lookup(a netip.Addr, ok func(*entry) bool) *entry {
 func (c *cache) all() []*entry {
 	out := make([]*entry, 0, len(c.m))
 	c.ord.Ascend(func(e *entry) bool {
+		c.visited++
 		out = append(out, e)
 		return true
 	})

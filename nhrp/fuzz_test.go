@@ -286,6 +286,11 @@ func checkFuzzInvariants(t *testing.T, n *node, c *certs, ipsec bool) {
 		}
 		bound("authorizations in flight", len(e.authorizing), 16)
 		bound("timers", e.sched.len(), 256)
+		// The owner index (purges, PeerLost, Revoke) holds every entry
+		// under each of its keys and nothing else.
+		if err := e.cache.checkIndex(); err != nil {
+			problems = append(problems, err.Error())
+		}
 		for _, en := range e.cache.m {
 			var proves netip.Addr
 			switch en.typ {

@@ -131,7 +131,8 @@ func (e *Engine) moveBinding(cur *entry, r *regCIE, reqID uint32) {
 	if r.reg.ClaimedNBMA != r.reg.NBMA {
 		flags |= FlagNAT
 	}
-	cur.nbma, cur.claimed, cur.flags = r.reg.NBMA, r.reg.ClaimedNBMA, flags|cur.flags&FlagUsed
+	e.cache.setNBMA(cur, r.reg.NBMA)
+	cur.claimed, cur.flags = r.reg.ClaimedNBMA, flags|cur.flags&FlagUsed
 	cur.holding, cur.mtu, cur.reqID = uint16(r.holding/time.Second), r.mtu, reqID
 	if r.verdict.Identity != "" {
 		// As a refresh does (bind): the networks the certificate allows
@@ -157,9 +158,10 @@ func (e *Engine) moveBinding(cur *entry, r *regCIE, reqID uint32) {
 
 // freeUnique clears the unique flag of the bindings of a client at nbma
 // whose protection went away (a hub): a registration from another address
-// may then take them over.
+// may then take them over. Its work is that address's entries (the owner
+// index), not the cache's.
 func (e *Engine) freeUnique(nbma netip.Addr, reason string) {
-	for _, en := range e.cache.all() {
+	for _, en := range e.cache.keyed(byNBMA, nbma) {
 		if en.typ == TypeDynamic && en.nbma == nbma && en.flags&FlagUnique != 0 {
 			en.flags &^= FlagUnique
 			e.log.Info("unique binding freed: its SA is gone", zap.Stringer("proto", en.proto), zap.Stringer("nbma", nbma), zap.String("reason", reason))

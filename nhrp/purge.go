@@ -108,20 +108,29 @@ func (e *Engine) scheduleLocalCheck() {
 // node registers again at once: the server restarted, or an operator
 // cleared it) and the negative entries of resolutions; with a Verifier, a
 // binding or shortcut also when the sender's identity proves the tunnel
-// address it belongs to (the node moved to another NBMA address) — and
-// replies unless
-// the N flag is set. Static, server and local entries are never purged.
-// A purge of nothing its sender owns is refused and not answered.
+// address it belongs to, the one the purge comes from (its source
+// protocol address: the node moved to another NBMA address) — and
+// replies unless the N flag is set. Static, server and local entries are
+// never purged. A CIE covering an entry its sender does not own is
+// refused (counted once, whatever else it purged); a purge of nothing its
+// sender owns is not answered.
+//
+// The work per CIE is the sender's entries under its prefix (the owner
+// index) and a lookup, never the entries of others: a walk of the prefix
+// looks only as far as the first entry the sender does not own.
 func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr) {
 	if e.refuseUnknown(p, raw, from) {
 		return
 	}
 	server := e.trusted(from)
 	owned, refused, pending := 0, 0, 0
-	// Bindings a peer that moved (another NBMA address, the same tunnel
-	// address) gave: its identity proves them, by the tunnel address they
-	// belong to.
-	byOwner := map[netip.Addr][]*entry{}
+	// Bindings of the tunnel address the purge comes from, which the
+	// sender's identity may prove from another NBMA address (it moved).
+	claimant := netip.Addr{}
+	if e.deps.Verifier != nil && p.SrcProto.BitLen() == e.own.BitLen() {
+		claimant = p.SrcProto
+	}
+	var proven []*entry
 	var again []*entry // purged, to resolve again if traffic uses them
 	for _, c := range p.CIEs {
 		addr := c.Proto
@@ -151,52 +160,60 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 			}
 			continue
 		}
-		notOwned := 0
-		// Only the entries under the prefix: a range of the cache in address order (a map lookup for
-		// a single address), never the whole cache.
-		e.cache.under(pf, func(en *entry) bool {
-			if e.cache.get(en.proto) != en {
-				return true // removed along with another
-			}
-			owns := false
-			switch en.typ {
-			case TypeCached, TypeShortcut:
-				owns = en.nbma == from || en.src == from
-			case TypeNegative, TypeIncomplete:
-				owns = server
-			case TypeDynamic:
-				owns = en.nbma == from
-			default:
-				return true
-			}
-			if !owns {
-				if o := ownerOf(en); o.IsValid() && e.deps.Verifier != nil {
-					byOwner[o] = append(byOwner[o], en)
-					return true
-				}
-				notOwned++
-				return true
+		// The sender's entries under the prefix: ranges of the owner
+		// index (collected first: removing changes it).
+		mine := e.cache.owned(byNBMA, from, pf)
+		mine = append(mine, e.cache.owned(bySrc, from, pf)...)
+		if server {
+			mine = append(mine, e.cache.owned(byServer, netip.Addr{}, pf)...)
+		}
+		for _, en := range mine {
+			if e.cache.get(en.proto) != en || !purgeOwns(en, from, server) {
+				continue
 			}
 			owned++
 			e.limits.forgetRedirect(en.proto, e.now)
 			e.removeEntry(en, CausePurged)
 			again = append(again, en)
-			return true
+		}
+		if claimant.IsValid() {
+			for _, en := range e.cache.owned(byOwner, claimant, pf) {
+				if en.typ == TypeCached || en.typ == TypeShortcut {
+					proven = append(proven, en)
+				}
+			}
+		}
+		// What is left under the prefix is another's, unless the
+		// sender's identity may prove it or it is never purged: the first
+		// such entry refuses the CIE.
+		var other *entry
+		e.cache.under(pf, func(en *entry) bool {
+			switch en.typ {
+			case TypeCached, TypeShortcut, TypeDynamic, TypeNegative, TypeIncomplete:
+			default:
+				return true // never purged
+			}
+			if claimant.IsValid() && ownerOf(en) == claimant || purgeOwns(en, from, server) {
+				return true
+			}
+			other = en
+			return false
 		})
-		if notOwned > 0 {
+		if other != nil {
 			refused++
-			e.refuse(RefusedPurge, from, pf, fmt.Sprintf("%d entries under %s are not %s's", notOwned, pf, from))
+			e.refuse(RefusedPurge, from, pf, fmt.Sprintf("%s %s under %s is not %s's", other.typ, other.proto, pf, from))
 		}
 	}
 	for _, en := range again {
 		e.resolveAgain(en)
 	}
-	for o, ens := range byOwner {
+	if len(proven) > 0 {
 		pending++
+		o := claimant
 		c := Claim{NBMA: from, Proto: o, Packet: "purge request", From: from}
 		e.verifyClaim(c, false, func() {
 			var again []*entry
-			for _, en := range ens {
+			for _, en := range proven {
 				if e.cache.get(en.proto) == en {
 					e.limits.forgetRedirect(en.proto, e.now)
 					e.removeEntry(en, CausePurged)
@@ -208,7 +225,7 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 			}
 		}, func(reason string, identity bool) {
 			if identity {
-				e.refuse(RefusedPurge, from, hostPrefix(o), fmt.Sprintf("%d entries of %s: %s", len(ens), o, reason))
+				e.refuse(RefusedPurge, from, hostPrefix(o), fmt.Sprintf("%d entries of %s: %s", len(proven), o, reason))
 			}
 		})
 	}
@@ -223,6 +240,22 @@ func (e *Engine) handlePurgeRequest(p *wire.Packet, raw []byte, from netip.Addr)
 	}
 	reply.Extensions = e.replyExtensions(p, nil, nil)
 	e.send(reply, from, "shortcut", p.SrcProto)
+}
+
+// purgeOwns reports whether a purge from the node at from may remove en
+// (a server's, when server): a registration from its client's address, a
+// binding or shortcut from where it goes or the node it was learned from,
+// the negative and incomplete entries from a server.
+func purgeOwns(en *entry, from netip.Addr, server bool) bool {
+	switch en.typ {
+	case TypeCached, TypeShortcut:
+		return en.nbma == from || en.src == from
+	case TypeNegative, TypeIncomplete:
+		return server
+	case TypeDynamic:
+		return en.nbma == from
+	}
+	return false
 }
 
 // ownerOf is the tunnel address of the node a resolved binding or

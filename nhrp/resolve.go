@@ -418,7 +418,7 @@ func (e *Engine) installBinding(p netip.Prefix, nbma, claimed, src netip.Addr, f
 	}
 	if cur != nil && cur.typ == TypeCached && cur.nbma == nbma {
 		cur.flags |= flags
-		cur.src = src
+		e.cache.setSrc(cur, src)
 		cur.holding = uint16(hold / time.Second)
 		e.expireAt(cur, e.now.Add(hold))
 		return cur
@@ -443,7 +443,7 @@ func (e *Engine) installShortcut(prefix netip.Prefix, via, nbma, src netip.Addr,
 		return
 	}
 	if cur != nil && cur.typ == TypeShortcut && cur.nextHop == via {
-		cur.src = src
+		e.cache.setSrc(cur, src)
 		cur.holding = uint16(hold / time.Second)
 		e.expireAt(cur, e.now.Add(hold))
 		e.scheduleRenew(cur)
