@@ -152,6 +152,9 @@ func (d *Daemon) startIPsec(ctx context.Context, cfg Config, dev gre.Device, gat
 	if err != nil {
 		return nil, err
 	}
+	// Its registration decision lines and the refused packets' share one
+	// budget, and the daemon writes the summary of what both held back.
+	m.LimitAuditWith(d.refusalLimiter())
 	// With uplinks, the connections initiate from the active uplink's
 	// address from the start, not from %any: with balanced uplinks the
 	// kernel's multipath pick would be charon's source while GRE is sent

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/opendmvpn/dmvpn/internal/auditlimit"
 	"github.com/opendmvpn/dmvpn/nhrp"
 	"github.com/opendmvpn/dmvpn/nhrp/wire"
 )
@@ -34,20 +35,57 @@ func (m *Manager) Authorize(ctx context.Context, r nhrp.Registration) nhrp.Verdi
 	if sa != nil {
 		fields = append(fields, zap.String("ike_id", sa.IKEID))
 	}
+	lim := m.lineLimiter()
+	defer m.linesDue(lim)
 	if v.Code == 0 {
 		m.stats.accept()
-		m.audit.Info("registration accepted", fields...)
+		if lim.Allow(r.NBMA, "registration-accepted") {
+			m.audit.Info("registration accepted", fields...)
+		}
 		return v
 	}
 	m.stats.refuse(kind)
 	// The audit line carries the certificate; the warning in the log is
 	// the NHRP engine's, once a minute per client and reason, for every
-	// refusal (this one, the policy's, its own).
-	m.audit.Info("registration refused", append(fields, zap.String("reason", v.Reason), zap.String("kind", kind))...)
+	// refusal (this one, the policy's, its own). Every decision is
+	// counted; a peer repeating one within a second gets one line.
+	if lim.Allow(r.NBMA, "registration-refused-"+kind) {
+		m.audit.Info("registration refused", append(fields, zap.String("reason", v.Reason), zap.String("kind", kind))...)
+	}
 	if sa != nil {
 		m.terminateAfterReply(sa.IKEID)
 	}
 	return v
+}
+
+// LimitAuditWith makes the registration decision lines share lim, the
+// daemon's refusal limiter, whose summaries of held-back lines the daemon
+// writes; otherwise the manager limits them alone and writes its own.
+func (m *Manager) LimitAuditWith(lim *auditlimit.Limiter) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lines, m.sharedLines = lim, true
+}
+
+// lineLimiter returns the limiter of the decision lines.
+func (m *Manager) lineLimiter() *auditlimit.Limiter {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lines
+}
+
+// linesDue writes the summary of the decision lines held back, when the
+// limiter is the manager's own and one is due.
+func (m *Manager) linesDue(lim *auditlimit.Limiter) {
+	m.mu.Lock()
+	shared := m.sharedLines
+	m.mu.Unlock()
+	if shared {
+		return
+	}
+	if s, ok := lim.Due(); ok {
+		m.AuditRefusalsSuppressed(s)
+	}
 }
 
 // refusalGrace is how long a refused spoke's SA is left up so that the
@@ -57,11 +95,25 @@ func (m *Manager) Authorize(ctx context.Context, r nhrp.Registration) nhrp.Verdi
 const refusalGrace = 500 * time.Millisecond
 
 // terminateAfterReply ends an IKE SA once the reply to a refused
-// registration has gone out over it.
+// registration has gone out over it: one pending ending per SA, however
+// many registrations it carries meanwhile (a peer repeating a refused
+// registration costs no goroutine and no VICI call each).
 func (m *Manager) terminateAfterReply(ikeID string) {
+	m.mu.Lock()
+	if m.terminating[ikeID] {
+		m.mu.Unlock()
+		return
+	}
+	m.terminating[ikeID] = true
+	m.mu.Unlock()
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
+		defer func() {
+			m.mu.Lock()
+			delete(m.terminating, ikeID)
+			m.mu.Unlock()
+		}()
 		select {
 		case <-time.After(refusalGrace):
 		case <-m.done:

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/opendmvpn/dmvpn/internal/auditlimit"
 )
 
 // Hooks are what the manager tells the NHRP engine.
@@ -46,6 +48,16 @@ type Manager struct {
 	charon    *charon // nil when charon is not ours
 
 	cmd *viciConn // command session; replaced on reconnect
+
+	// lines limits the registration decision lines of the audit stream
+	// (one per peer and decision a second, within a shared budget);
+	// sharedLines is set when it is the daemon's, which writes its
+	// summaries (LimitAuditWith).
+	lines       *auditlimit.Limiter
+	sharedLines bool
+	// terminating are the IKE SAs of refused registrations whose ending
+	// is pending (terminateAfterReply): one each, however many refusals.
+	terminating map[string]bool
 
 	mu    sync.Mutex
 	creds *credSet
@@ -113,6 +125,7 @@ func New(cfg Config, mode Mode, hub bool, log *zap.Logger, hooks Hooks) (*Manage
 		sas: newSATable(), certs: map[string][]byte{}, certSeen: map[string]time.Time{}, loaded: map[string]connSpec{},
 		waiters: map[netip.Addr][]chan struct{}{}, verified: map[string]netip.Addr{}, logged: map[string]time.Time{},
 		wake: make(chan struct{}, 1), done: make(chan struct{}), certQ: make(chan certReq, 1024),
+		lines: auditlimit.New(auditlimit.Config{}), terminating: map[string]bool{},
 	}
 	m.stats.init()
 	audit, af, err := newAuditLogger(cfg.AuditLog, cfg.AuditLogMaxSize, cfg.AuditLogKeep)

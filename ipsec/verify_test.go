@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/opendmvpn/dmvpn/internal/auditlimit"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
 
@@ -19,7 +22,8 @@ func verifyManager(t *testing.T) *Manager {
 	t.Helper()
 	m := &Manager{mode: ModeKernel, log: zap.NewNop(), audit: zap.NewNop(), sas: newSATable(),
 		certs: map[string][]byte{}, certSeen: map[string]time.Time{}, verified: map[string]netip.Addr{},
-		waiters: map[netip.Addr][]chan struct{}{}, logged: map[string]time.Time{}}
+		waiters: map[netip.Addr][]chan struct{}{}, logged: map[string]time.Time{},
+		lines: auditlimit.New(auditlimit.Config{}), terminating: map[string]bool{}, done: make(chan struct{})}
 	m.stats.init()
 	return m
 }
@@ -113,5 +117,57 @@ func TestCheckShortcutPeer(t *testing.T) {
 	}
 	if n := m.Stats().ClaimsRefused[RefusedWrongGRE]; n != 2 {
 		t.Errorf("%d gre_mismatch refusals counted, want 2", n)
+	}
+}
+
+// TestRegistrationDecisionsLimited: a peer with a valid certificate
+// repeating a refused registration (another spoke's address) gets every
+// refusal counted, one audit line a second, a summary of the rest, and
+// one pending ending of its SA, not a goroutine and a VICI call each; a
+// first accepted registration from another peer in the same second still
+// gets its line.
+func TestRegistrationDecisionsLimited(t *testing.T) {
+	ca := newCA(t)
+	m := verifyManager(t)
+	defer close(m.done)
+	core, audit := observer.New(zap.InfoLevel)
+	m.audit = zap.New(core)
+	now := time.Unix(1_000_000, 0)
+	m.lines = auditlimit.New(auditlimit.Config{Now: func() time.Time { return now }})
+	attacker, honest := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")
+	addPeer(t, m, "1", attacker, issue(t, ca, dn(t, "C=FI, O=Example, OU=GRE=172.16.1.1, CN=spoke1")), false)
+	addPeer(t, m, "2", honest, issue(t, ca, dn(t, "C=FI, O=Example, OU=GRE=172.16.2.1, CN=spoke2")), false)
+	ctx := context.Background()
+	goroutines := runtime.NumGoroutine()
+	for range 1000 {
+		v := m.Authorize(ctx, nhrp.Registration{NBMA: attacker, Proto: netip.MustParsePrefix("172.16.2.1/32")})
+		if v.Code == 0 {
+			t.Fatal("another spoke's address was accepted")
+		}
+	}
+	if v := m.Authorize(ctx, nhrp.Registration{NBMA: honest, Proto: netip.MustParsePrefix("172.16.2.1/32")}); v.Code != 0 {
+		t.Fatalf("the honest spoke was refused: %s", v.Reason)
+	}
+	if n := m.Stats().Refused[RefusedWrongGRE]; n != 1000 {
+		t.Errorf("refusals counted: %d, want 1000", n)
+	}
+	if n := audit.FilterMessage("registration refused").Len(); n != 1 {
+		t.Errorf("%d refusal lines in the same second, want 1", n)
+	}
+	if n := audit.FilterMessage("registration accepted").Len(); n != 1 {
+		t.Errorf("%d accepted lines, want 1", n)
+	}
+	m.mu.Lock()
+	pending := len(m.terminating)
+	m.mu.Unlock()
+	if more := runtime.NumGoroutine() - goroutines; pending != 1 || more > 10 {
+		t.Errorf("%d SA endings pending and %d goroutines more, want the attacker's one", pending, more)
+	}
+	// The window's summary comes with the next decision after it.
+	now = now.Add(auditlimit.DefaultSummary + time.Second)
+	m.Authorize(ctx, nhrp.Registration{NBMA: attacker, Proto: netip.MustParsePrefix("172.16.2.1/32")})
+	sum := audit.FilterMessage("packet refusals suppressed").All()
+	if len(sum) != 1 || sum[0].ContextMap()["suppressed"] != uint64(999) {
+		t.Errorf("summary lines %+v, want one of 999 suppressed", sum)
 	}
 }
