@@ -92,6 +92,9 @@ func TestTwoSpeakersOverlap(t *testing.T) {
 	if st.Accepted != 3 || st.Refused != 4 {
 		t.Errorf("A's summary line: %d accepted, %d refused; want 3 and 4", st.Accepted, st.Refused)
 	}
+	if d := cmp.Diff([]netip.Prefix{pfx("10.0.5.0/24")}, st.Excluded, cmpNet); d != "" {
+		t.Errorf("A's exclusions in show ip bgp neighbors (-want +got):\n%s", d)
+	}
 
 	// B's registration expires: A's routes are judged again, from what
 	// the hub kept of them.

@@ -31,6 +31,9 @@ type NeighborStatus struct {
 	Identity string         `json:"identity,omitempty"`
 	Source   string         `json:"source,omitempty"`
 	Networks []netip.Prefix `json:"networks,omitempty"`
+	// Excluded are other spokes' more specific networks inside Networks,
+	// which this one may not announce into.
+	Excluded []netip.Prefix `json:"excluded,omitempty"`
 	MaxLen   int            `json:"max_length,omitempty"`
 	// Refused is how many prefixes it sends that the filter refuses now,
 	// RefusedTotal how many were refused since it became a neighbour.
@@ -62,7 +65,7 @@ func (c *Controller) Summary(ctx context.Context) (Summary, error) {
 		ns := NeighborStatus{SessionState: st}
 		if n, ok := c.have[st.Address]; ok {
 			ns.Kind, ns.NBMA, ns.Identity, ns.Source = n.Kind, n.NBMA, n.Identity, n.Source
-			ns.Networks, ns.MaxLen = n.Networks, n.MaxLen
+			ns.Networks, ns.Excluded, ns.MaxLen = n.Networks, n.Excluded, n.MaxLen
 			if n.Kind != KindSpoke {
 				ns.MaxLen = 0
 			}

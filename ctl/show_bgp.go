@@ -338,6 +338,13 @@ func printBGPNeighbors(w io.Writer, ns []bgp.NeighborStatus, now time.Time) erro
 				nets = append(nets, p.String())
 			}
 			fmt.Fprintf(w, "  May announce (from the %s): %s le %d\n", n.Source, strings.Join(nets, ", "), n.MaxLen)
+			if len(n.Excluded) > 0 {
+				ex := make([]string, 0, len(n.Excluded))
+				for _, p := range n.Excluded {
+					ex = append(ex, p.String())
+				}
+				fmt.Fprintf(w, "  Except inside other spokes' more specific networks: %s\n", strings.Join(ex, ", "))
+			}
 		}
 		state := stateName(n.State)
 		if n.PrefixLimit {

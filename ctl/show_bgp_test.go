@@ -44,3 +44,41 @@ func TestParsePrefixArg(t *testing.T) {
 		t.Error("parsePrefixArg(nope): no error")
 	}
 }
+
+// TestBGPPrintNeighborDetail: `show ip bgp neighbors` prints a spoke's
+// certificate, what it may announce and the other spokes' more specific
+// networks it may not announce into, as the speaker filters it.
+func TestBGPPrintNeighborDetail(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	n := bgp.NeighborStatus{
+		SessionState: bgp.SessionState{Address: netip.MustParseAddr("172.16.1.1"), AS: 65001, State: bgp.StateEstablished,
+			Since: now.Add(-90 * time.Second), Received: 3, Accepted: 1},
+		Kind: bgp.KindSpoke, NBMA: netip.MustParseAddr("198.51.100.1"), Identity: "CN=spoke1", Source: "certificate",
+		Networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}, MaxLen: 26,
+		Excluded: []netip.Prefix{netip.MustParsePrefix("10.0.5.0/24"), netip.MustParsePrefix("10.0.9.0/24")},
+		Refused:  2, RefusedTotal: 2,
+	}
+	var b strings.Builder
+	if err := printBGPNeighbors(&b, []bgp.NeighborStatus{n}, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"BGP neighbor is 172.16.1.1, remote AS 65001, external link, spoke\n",
+		"  Certificate CN=spoke1\n",
+		"  May announce (from the certificate): 10.0.0.0/16 le 26\n",
+		"  Except inside other spokes' more specific networks: 10.0.5.0/24, 10.0.9.0/24\n",
+		"  Prefixes: 3 received, 1 accepted, 2 refused now (2 refused in all)\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("detail lacks %q:\n%s", want, b.String())
+		}
+	}
+	n.Excluded = nil
+	b.Reset()
+	if err := printBGPNeighbors(&b, []bgp.NeighborStatus{n}, now); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "Except") {
+		t.Errorf("a spoke without exclusions:\n%s", b.String())
+	}
+}
