@@ -51,6 +51,10 @@ const (
 	DefaultPort         = 179
 	DefaultMaxPrefixLen = 26
 	DefaultMaxPrefixes  = 100
+	// DefaultMaxNeighbors bounds a hub's spoke neighbours: a GoBGP
+	// neighbour costs about 350 KiB (make bench-bgp), so 2,000 are
+	// about 700 MiB.
+	DefaultMaxNeighbors = 2000
 	DefaultKeepalive    = 10 * time.Second
 	DefaultHold         = 30 * time.Second
 	DefaultConnectRetry = 5 * time.Second
@@ -105,6 +109,10 @@ type Config struct {
 	// spoke's routes: they have no limit).
 	MaxPrefixLen int
 	MaxPrefixes  int
+	// MaxNeighbors bounds a hub's spoke neighbours: a registration past
+	// it is refused as a neighbour (counted, audited, listed under show
+	// ip bgp summary) and tried again as others go.
+	MaxNeighbors int
 	// Keepalive, Hold and ConnectRetry are the session timers.
 	Keepalive, Hold, ConnectRetry time.Duration
 	// RestartTime is the graceful restart time announced and granted; 0
@@ -151,6 +159,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxPrefixes == 0 {
 		c.MaxPrefixes = DefaultMaxPrefixes
 	}
+	if c.MaxNeighbors == 0 {
+		c.MaxNeighbors = DefaultMaxNeighbors
+	}
 	if c.Keepalive == 0 {
 		c.Keepalive = DefaultKeepalive
 	}
@@ -181,6 +192,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxPrefixLen < 1 || c.MaxPrefixLen > 32 {
 		bad("bgp: max prefix length %d is not in 1..32", c.MaxPrefixLen)
+	}
+	if c.MaxNeighbors < 1 {
+		bad("bgp: max neighbours %d must be at least 1", c.MaxNeighbors)
 	}
 	if c.MaxPrefixes < 1 {
 		bad("bgp: max prefixes %d must be at least 1", c.MaxPrefixes)

@@ -78,6 +78,8 @@ type Controller struct {
 	resync  bool
 	dirty   map[netip.Addr]bool // neighbours whose UPDATEs must be judged
 	have    map[netip.Addr]Neighbor
+	// spokes counts the spoke neighbours of have (Config.MaxNeighbors).
+	spokes  int
 	refNbr  map[netip.Addr]refusedNeighbor
 	refused map[netip.Addr]map[netip.Prefix]string
 	states  map[netip.Addr]string // the sessions' last states
@@ -548,7 +550,7 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 			c.log.Warn("removing a neighbour", zap.Stringer("peer", addr), zap.Error(err))
 		}
 		c.mu.Lock()
-		delete(c.have, addr)
+		c.forget(addr)
 		delete(c.refused, addr)
 		c.mu.Unlock()
 		c.log.Info("neighbour removed", zap.Stringer("peer", addr), zap.String("kind", cur.Kind.String()), zap.String("reason", ch.reason))
@@ -565,6 +567,13 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 			if had {
 				c.spokeNetworks(ctx, addr, cur, Neighbor{})
 			}
+			return
+		}
+		c.mu.Lock()
+		full := !had && c.spokes >= c.cfg.MaxNeighbors
+		c.mu.Unlock()
+		if full {
+			c.refuseNeighbor(ctx, addr, ch, fmt.Errorf("the hub has %d spoke neighbours already (bgp.max_neighbors); tried again as others go", c.cfg.MaxNeighbors), false)
 			return
 		}
 		n.Excluded = c.excludedFor(addr, n.Networks)
@@ -585,6 +594,9 @@ func (c *Controller) apply(ctx context.Context, addr netip.Addr, ch change) {
 		return
 	}
 	c.mu.Lock()
+	if !had && n.Kind == KindSpoke {
+		c.spokes++
+	}
 	c.have[addr] = n
 	delete(c.refNbr, addr)
 	c.mu.Unlock()
@@ -636,6 +648,16 @@ func (c *Controller) stopLinger(addr netip.Addr) {
 	}
 }
 
+// forget takes a neighbour out of have (c.mu held).
+func (c *Controller) forget(addr netip.Addr) {
+	if n, ok := c.have[addr]; ok {
+		if n.Kind == KindSpoke {
+			c.spokes--
+		}
+		delete(c.have, addr)
+	}
+}
+
 // refuseNeighbor keeps a registered spoke whose fields do not make a
 // neighbour out (and removes it if it was one: a renewed certificate
 // with two AS fields).
@@ -647,7 +669,7 @@ func (c *Controller) refuseNeighbor(ctx context.Context, addr netip.Addr, ch cha
 	}
 	c.mu.Lock()
 	prev, seen := c.refNbr[addr]
-	delete(c.have, addr)
+	c.forget(addr)
 	c.refNbr[addr] = refusedNeighbor{Identity: ch.ident, Reason: why.Error(), Time: time.Now()}
 	if !seen || prev.Reason != why.Error() || prev.Identity != ch.ident {
 		c.stats.NeighborsRefused++

@@ -3,6 +3,7 @@ package bgp
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,4 +140,37 @@ func TestHubReplacedReadsOneBinding(t *testing.T) {
 	if n := nh.cacheReads() - before; n != 0 {
 		t.Errorf("1,001 replaced registrations read the whole cache %d times; want none", n)
 	}
+}
+
+// TestHubNeighbourLimit: past bgp.max_neighbors a registered spoke is not
+// made a neighbour (counted, audited, listed with why); once another goes,
+// its next registration makes it one.
+func TestHubNeighbourLimit(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := hubConfig()
+	cfg.Hubs = nil
+	cfg.MaxNeighbors = 2
+	nh := &fakeNHRP{}
+	h := start(t, cfg, newFakeSpeaker(), nh, &fakeSink{})
+	for i, a := range []string{"172.16.1.1", "172.16.1.2", "172.16.1.3"} {
+		at := attrs(fmt.Sprint(65001+i), fmt.Sprintf("10.%d.0.0/24", i+1))
+		nh.register(a, "198.51.100.1", at)
+		h.c.Event(registered(a, "198.51.100.1", at))
+	}
+	h.ops("add 172.16.1.1 as=65001 nets=[10.1.0.0/24]", "add 172.16.1.2 as=65002 nets=[10.2.0.0/24]")
+	waitFor(t, "the third listed as refused", 5*time.Second, func() bool {
+		s, err := h.c.Summary(h.ctx)
+		return err == nil && len(s.Refused) == 1 && s.Refused[0].Address == addr("172.16.1.3") &&
+			strings.Contains(s.Refused[0].Reason, "max_neighbors")
+	})
+	if n := h.c.Stats().NeighborsRefused; n != 1 {
+		t.Errorf("neighbours refused: %d, want 1", n)
+	}
+	if n := h.logs.FilterMessage("bgp neighbour refused").Len(); n != 1 {
+		t.Errorf("%d audit lines of the refusal, want 1", n)
+	}
+	h.c.Event(expired("172.16.1.1", nhrp.CauseExpired))
+	h.ops("delete 172.16.1.1")
+	h.c.Event(registered("172.16.1.3", "198.51.100.1", attrs("65003", "10.3.0.0/24")))
+	h.ops("add 172.16.1.3 as=65003 nets=[10.3.0.0/24]")
 }

@@ -38,6 +38,8 @@ type BGP struct {
 	// MaxPrefixLength (le) and MaxPrefixes per spoke neighbour.
 	MaxPrefixLength int
 	MaxPrefixes     int
+	// MaxNeighbors bounds a hub's spoke neighbours.
+	MaxNeighbors int
 	// Keepalive, HoldTime and ConnectRetry are the session timers;
 	// GracefulRestart the restart time (0: off).
 	Keepalive       time.Duration
@@ -134,6 +136,7 @@ func (d *decoder) bgpSection(n *yaml.Node, p string, c *Config) {
 		"redistribute_within": prefixes(&s.RedistributeWithin),
 		"max_prefix_length":   func(n *yaml.Node, p string) { d.intField(n, p, 8, 32, &s.MaxPrefixLength) },
 		"max_prefixes":        func(n *yaml.Node, p string) { d.intField(n, p, 1, 100000, &s.MaxPrefixes) },
+		"max_neighbors":       func(n *yaml.Node, p string) { d.intField(n, p, 1, 100000, &s.MaxNeighbors) },
 		"keepalive":           func(n *yaml.Node, p string) { d.duration(n, p, time.Second, time.Hour, &s.Keepalive) },
 		"hold_time":           func(n *yaml.Node, p string) { d.duration(n, p, 3*time.Second, 3*time.Hour, &s.HoldTime) },
 		"connect_retry":       func(n *yaml.Node, p string) { d.duration(n, p, time.Second, time.Hour, &s.ConnectRetry) },
@@ -183,6 +186,9 @@ func (c *Config) bgpDefaults(d *decoder) {
 	}
 	if s.MaxPrefixes == 0 {
 		s.MaxPrefixes = bgp.DefaultMaxPrefixes
+	}
+	if s.MaxNeighbors == 0 {
+		s.MaxNeighbors = bgp.DefaultMaxNeighbors
 	}
 	if s.Keepalive == 0 {
 		s.Keepalive = bgp.DefaultKeepalive
@@ -289,7 +295,7 @@ func (c *Config) bgpConfig() *bgp.Config {
 		AS: s.AS, HubAS: s.HubAS, RouterID: s.RouterID, Tunnel: c.Tunnel.Address, Port: s.Port,
 		Hubs: slices.Clone(s.Hubs), Networks: slices.Clone(s.Networks), Summary: slices.Clone(s.Summary),
 		Phase2: s.Phase == 2, Redistribute: slices.Clone(s.Redistribute), RedistributeWithin: slices.Clone(s.RedistributeWithin),
-		MaxPrefixLen: s.MaxPrefixLength, MaxPrefixes: s.MaxPrefixes,
+		MaxPrefixLen: s.MaxPrefixLength, MaxPrefixes: s.MaxPrefixes, MaxNeighbors: s.MaxNeighbors,
 		Keepalive: s.Keepalive, Hold: s.HoldTime, ConnectRetry: s.ConnectRetry, RestartTime: s.GracefulRestart,
 		UseCertificates: c.IPsec != nil, Multipath: s.Multipath,
 	}
@@ -356,6 +362,7 @@ func renderBGP(s *BGP) *yaml.Node {
 	}
 	m.add("max_prefix_length", num(s.MaxPrefixLength))
 	m.add("max_prefixes", num(s.MaxPrefixes))
+	m.add("max_neighbors", num(s.MaxNeighbors))
 	m.add("keepalive", raw(durationString(s.Keepalive)))
 	m.add("hold_time", raw(durationString(s.HoldTime)))
 	m.add("connect_retry", raw(durationString(s.ConnectRetry)))

@@ -23,6 +23,7 @@ func TestBGPSection(t *testing.T) {
   summary: [10.0.0.0/8]
   phase: 2
   max_prefixes: 8
+  max_neighbors: 50
   graceful_restart: 0
   spokes:
     - address: 172.16.1.1
@@ -36,7 +37,7 @@ func TestBGPSection(t *testing.T) {
 	b := c.Daemon(Runtime{}).BGP
 	want := &bgp.Config{Role: bgp.RoleHub, AS: 65000, HubAS: 65000, Tunnel: netip.MustParsePrefix("172.16.0.1/16"), Port: 179,
 		Hubs: []netip.Addr{netip.MustParseAddr("172.16.0.2")}, Summary: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
-		Phase2: true, MaxPrefixLen: 26, MaxPrefixes: 8, Keepalive: 10 * time.Second, Hold: 30 * time.Second, ConnectRetry: 5 * time.Second,
+		Phase2: true, MaxPrefixLen: 26, MaxPrefixes: 8, MaxNeighbors: 50, Keepalive: 10 * time.Second, Hold: 30 * time.Second, ConnectRetry: 5 * time.Second,
 		Spokes:       map[netip.Addr]bgp.SpokeAuth{netip.MustParseAddr("172.16.1.1"): {AS: 65001, Networks: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}}},
 		DefaultSpoke: &bgp.SpokeAuth{AS: 65100, Networks: []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}},
 	}
