@@ -35,20 +35,22 @@ func (m *Manager) Authorize(ctx context.Context, r nhrp.Registration) nhrp.Verdi
 	if sa != nil {
 		fields = append(fields, zap.String("ike_id", sa.IKEID))
 	}
-	lim := m.lineLimiter()
-	defer m.linesDue(lim)
 	if v.Code == 0 {
+		// Every accepted registration has its line: each needs the
+		// peer's valid certificate over an SA, and a new SA or a renewed
+		// certificate is what an audit must show.
 		m.stats.accept()
-		if lim.Allow(r.NBMA, "registration-accepted") {
-			m.audit.Info("registration accepted", fields...)
-		}
+		m.audit.Info("registration accepted", fields...)
 		return v
 	}
+	lim := m.lineLimiter()
+	defer m.linesDue(lim)
 	m.stats.refuse(kind)
 	// The audit line carries the certificate; the warning in the log is
 	// the NHRP engine's, once a minute per client and reason, for every
-	// refusal (this one, the policy's, its own). Every decision is
-	// counted; a peer repeating one within a second gets one line.
+	// refusal (this one, the policy's, its own). Every refusal is
+	// counted; a peer repeating one within a second gets one line, within
+	// the budget all refusals share.
 	if lim.Allow(r.NBMA, "registration-refused-"+kind) {
 		m.audit.Info("registration refused", append(fields, zap.String("reason", v.Reason), zap.String("kind", kind))...)
 	}
