@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -17,16 +14,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/osrg/gobgp/v4/api"
-	"github.com/osrg/gobgp/v4/pkg/apiutil"
-	packet "github.com/osrg/gobgp/v4/pkg/packet/bgp"
-	"github.com/osrg/gobgp/v4/pkg/server"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/opendmvpn/dmvpn/bgp"
 	"github.com/opendmvpn/dmvpn/daemon/control"
+	"github.com/opendmvpn/dmvpn/internal/bgptest"
 	"github.com/opendmvpn/dmvpn/internal/leakcheck"
 	"github.com/opendmvpn/dmvpn/nhrp"
 )
@@ -243,57 +237,6 @@ func (r registrations) Lookup(_ context.Context, p netip.Prefix) (nhrp.CacheEntr
 }
 func (registrations) NHS(context.Context) ([]nhrp.NHSStatus, error) { return nil, nil }
 
-// loopbackNet picks a /24 of 127.0.0.0/8 for this test process and a free
-// port above 1024, as the bgp package's tests do.
-func loopbackNet(t *testing.T) (netip.Prefix, int) {
-	t.Helper()
-	p := netip.MustParsePrefix(fmt.Sprintf("127.77.%d.0/24", 100+os.Getpid()%150))
-	l, err := net.Listen("tcp", netip.AddrPortFrom(p.Addr().Next(), 0).String())
-	if err != nil {
-		t.Skipf("needs the 127.0.0.0/8 loopback range (127.77.x.0/24) bound to lo: %v", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return p, port
-}
-
-// rawSpoke is a plain GoBGP speaker in AS 65001 at self, peering with the
-// hub and announcing the prefixes.
-func rawSpoke(t *testing.T, self, hub netip.Addr, port int, announce ...string) {
-	t.Helper()
-	lvl := &slog.LevelVar{}
-	lvl.Set(slog.LevelError)
-	s := server.NewBgpServer(server.LoggerOption(slog.New(slog.DiscardHandler), lvl))
-	go s.Serve()
-	ctx := context.Background()
-	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn: 65001, RouterId: self.String(), ListenPort: int32(port), ListenAddresses: []string{self.String()}}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
-	if err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
-		Conf:      &api.PeerConf{NeighborAddress: hub.String(), PeerAsn: bgp.DefaultHubAS},
-		Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, HoldTime: 9, KeepaliveInterval: 3, IdleHoldTimeAfterReset: 1}},
-		Transport: &api.Transport{LocalAddress: self.String(), RemotePort: uint32(port)},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	nh, err := packet.NewPathAttributeNextHop(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range announce {
-		nlri, err := packet.NewIPAddrPrefix(netip.MustParsePrefix(a))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{{Family: packet.RF_IPv4_UC, Nlri: nlri,
-			Attrs: []packet.PathAttributeInterface{packet.NewPathAttributeOrigin(0), nh}}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // TestBGPMetricsLive scrapes a hub's real controller on GoBGP while a
 // real GoBGP spoke on a loopback address, registered with NET=10.1.0.0/24
 // in its certificate, announces one prefix inside and one outside.
@@ -301,7 +244,7 @@ func TestBGPMetricsLive(t *testing.T) {
 	// GoBGP leaves a peer's outgoing-queue goroutine behind after Stop
 	// (see gobgpLeaks in bgp/gobgp_test.go); everything else must end.
 	leakcheck.Check(t, goleak.IgnoreTopFunction("github.com/eapache/channels.(*InfiniteChannel).infiniteBuffer"))
-	lo, port := loopbackNet(t)
+	lo, port := bgptest.LoopbackNet(t)
 	hubAddr := lo.Addr().Next()
 	spokeAddr := hubAddr.Next()
 	spoke := nhrp.CacheEntry{Type: nhrp.TypeDynamic, Proto: netip.PrefixFrom(spokeAddr, 32), NBMA: netip.MustParseAddr("198.51.100.1"),
@@ -324,7 +267,7 @@ func TestBGPMetricsLive(t *testing.T) {
 		}
 	})
 	<-c.Started()
-	rawSpoke(t, spokeAddr, hubAddr, port, "10.1.0.0/24", "10.9.0.0/24")
+	bgptest.RawSpeaker(t, 65001, spokeAddr, hubAddr, bgp.DefaultHubAS, port, "10.1.0.0/24", "10.9.0.0/24")
 
 	m := New(routingSource{fakeSource: fakeSource{eng: fakeEngine{}}, r: c})
 	nb := spokeAddr.String()
