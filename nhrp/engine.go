@@ -91,6 +91,7 @@ type Engine struct {
 	dns          map[string]*dnsName
 	pending      map[uint32]*pendingReq
 	resolves     map[netip.Addr]*resolution
+	late         map[uint32]lateReq // tries of failed resolutions whose answer is still taken
 	authorizing  map[authKey]bool
 	verifying    int               // identity verifications in flight
 	forwarded    map[fwdKey]fwdRec // Resolution Requests forwarded

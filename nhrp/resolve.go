@@ -128,7 +128,14 @@ func (e *Engine) sendResolution(r *resolution) {
 			return
 		}
 		if r.tries >= resolveTries {
+			tos := make(map[uint32]netip.Addr, len(r.ids))
+			for _, id := range r.ids {
+				if pr := e.pending[id]; pr != nil {
+					tos[id] = pr.to
+				}
+			}
 			e.resolutionFailed(r, "no reply")
+			e.keepLate(r, tos)
 			return
 		}
 		e.sendResolution(r)
@@ -202,11 +209,16 @@ func (e *Engine) handleResolutionReply(p *wire.Packet, raw []byte, from netip.Ad
 // request ID must be one outstanding of the reply's type, and the reply
 // must come from the address the request went to or, for a Resolution
 // Reply answered directly by its responder, name that address (the server
-// it went through) in its Forward Transit record. Anything else is
-// refused (a late duplicate only dropped).
+// it went through) in its Forward Transit record. A Resolution Reply to a
+// resolution that gave up waiting is taken on the same terms while its
+// negative entry stands (lateMatch). Anything else is refused (a late
+// duplicate only dropped).
 func (e *Engine) matchReply(p *wire.Packet, from netip.Addr) *pendingReq {
 	r := e.pending[p.RequestID]
 	if r == nil || r.typ.Reply() != p.Type {
+		if lr, handled := e.lateMatch(p, from); handled {
+			return lr
+		}
 		if e.wasAnswered(p.RequestID) {
 			e.stats.drop("unexpected-reply")
 			return nil
