@@ -82,10 +82,14 @@ func testLabCrash(t *testing.T, l *labEnv) {
 	// The picture to compare with is taken once every peer of hub1 is up
 	// (a peer's SA may be coming back from the previous steps).
 	var show string
-	waitFor(t, 15*time.Second, "every peer of hub1 up before the crash", func() bool {
-		show = showDMVPN(t, l, "hub1")
-		return !strings.Contains(show, " DOWN ")
-	})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if show = showDMVPN(t, l, "hub1"); !strings.Contains(show, " DOWN ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a peer of hub1 still down 30 s before the crash:\n%s", show)
+		}
+	}
 	regs := registrations(t, l, "hub1")
 	if len(regs) < 2 {
 		t.Fatalf("hub1 has %d registrations to begin with: %v", len(regs), regs)
