@@ -58,6 +58,9 @@ type CA struct {
 	Cert    *x509.Certificate
 	Key     *ecdsa.PrivateKey
 	CertPEM []byte
+	// CRLURLs, when set, are the CRL distribution points named by the
+	// certificates Issue signs from then on.
+	CRLURLs []string
 }
 
 // NewCA makes a self-signed ECDSA P-256 CA valid for ten years.
@@ -117,8 +120,9 @@ func (ca *CA) Issue(subject pkix.RDNSequence, notBefore, notAfter time.Time) (*I
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(), RawSubject: raw, NotBefore: notBefore, NotAfter: notAfter,
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		CRLDistributionPoints: ca.CRLURLs,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
