@@ -150,12 +150,6 @@ bench-nhrp-scale: deps
 	$(GO) build -o $(BIN)/dmvpnctl ./cmd/dmvpnctl
 	$(BIN)/benchnhrp -scale -n $(or $(N),100000) -rounds $(or $(ROUNDS),3) $(BENCHFLAGS)
 
-# Uplink failover (root, strongSwan): a spoke with two ISPs loses the
-# preferred one (nftables drop with the link up, then link down) under LAN
-# traffic, ROUNDS times each way; prints the medians from the cut to the
-# default route moved, the first LAN packet through the other ISP, the
-# registration through it and the shortcut working again, beside the goals
-# and pingu's defaults.
 # Side by side with FRR on the production path (root, QEMU, FRR): FRR's
 # nhrpd and dmvpnd, each as the hub on ip_gre in one VM boot (Debian's
 # kernel), one after the other, registered by the same spoke simulator on
@@ -182,6 +176,12 @@ bench-nhrp-kscale: deps
 	$(GO) build -o $(BIN)/dmvpnd ./cmd/dmvpnd
 	$(BIN)/benchnhrp -frr -kscale $(or $(N),100000) $(BENCHFLAGS)
 
+# Uplink failover (root, strongSwan): a spoke with two ISPs loses the
+# preferred one (nftables drop with the link up, then link down) under LAN
+# traffic, ROUNDS times each way; prints the medians from the cut to the
+# default route moved, the first LAN packet through the other ISP, the
+# registration through it and the shortcut working again, beside the goals
+# and pingu's defaults.
 .PHONY: bench-failover
 bench-failover: deps
 	$(GO) test ./integration -run '^$$' -bench '^BenchmarkFailover$$' -benchtime $(or $(ROUNDS),5)x -count 1
@@ -208,6 +208,7 @@ bench-ipsec: deps
 # neighbour, memory per neighbour; then hub1 killed on the lab, ROUNDS
 # times. Prints both columns' medians beside the goals and fails when one
 # of ours misses its goal.
+.PHONY: bench-bgp
 bench-bgp: deps build
 	$(GO) build -o $(BIN)/benchbgp ./integration/cmd/benchbgp
 	$(BIN)/benchbgp -n $(or $(N),1000) -rounds $(or $(ROUNDS),3) -failover $(or $(ROUNDS),3) -bin $(BIN)
