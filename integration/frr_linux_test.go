@@ -195,7 +195,9 @@ func (f *frrNode) redirectRule() {
 	if err := os.WriteFile(path, []byte(rules), 0o644); err != nil {
 		f.t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// The first nft of a VM loads nf_tables and its expressions' modules:
+	// under TCG on a loaded machine that took more than 20 s.
+	ctx, cancel := context.WithTimeout(context.Background(), slowVM(20*time.Second))
 	defer cancel()
 	if out, err := f.node.Run(ctx, "nft", "-f", path); err != nil {
 		f.t.Fatalf("%s: redirect rule: %v\n%s", f.name, err, out)

@@ -152,9 +152,16 @@ func (l *Lab) demo(ctx context.Context, t Topology, st *State) error {
 	fmt.Fprintf(l.Out, "\n======== spoke-to-spoke shortcut ========\n")
 	fmt.Fprintf(l.Out, "ping from %s-h1 (%s) to %s-h1 (%s); the routes send it through %s (BGP: the hubs' summary)\n",
 		a.Site.Name, src, b.Site.Name, dst, hub.Site.Name)
-	ttl, err := ping(ctx, srcNS.NS, dst, 1)
-	if err != nil {
-		return err
+	// The first reply, asked for again until it comes: on a slow machine
+	// a spoke's routes may still be settling (its BGP session with a hub
+	// coming back after a late registration reply).
+	var ttl int
+	var lastErr error
+	if err := waitUntil(ctx, 10*time.Second, func() (bool, error) {
+		ttl, lastErr = ping(ctx, srcNS.NS, dst, 1)
+		return lastErr == nil, nil
+	}); err != nil {
+		return fmt.Errorf("no reply from %s: %w: %v", dst, err, lastErr)
 	}
 	fmt.Fprintf(l.Out, "first reply: ttl=%d (64 - %d routers: %s, %s, %s): through the hub\n", ttl, 64-ttl, a.Site.Name, hub.Site.Name, b.Site.Name)
 	fmt.Fprintf(l.Out, "%s relays it, sees traffic enter and leave its tunnel, and sends NHRP Traffic Indications;\n"+
